@@ -1,0 +1,205 @@
+"""The ``pohmelfs`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import shutil
+import signal
+import stat
+import sys
+import threading
+from collections.abc import Sequence
+
+from . import __version__
+
+DEFAULT_PORT = 7400
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UserError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.export import LocalExport
+    from .server.service import Server
+
+    root = os.path.abspath(args.dir)
+    if not os.path.isdir(root):
+        raise UserError(f"export folder {args.dir!r} does not exist or is not a directory")
+    host, port = parse_hostport(args.listen, "--listen")
+    export = LocalExport(root, read_only=args.read_only)
+    try:
+        server = Server(
+            export, host, port, max_payload=args.max_payload << 20, workers=args.workers
+        )
+    except OSError as e:
+        why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+        raise UserError(f"cannot listen on {host}:{port}: {why}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(
+        f"pohmelfs: serving {root} on {server.address[0]}:{server.address[1]}"
+        f"{' (read-only)' if args.read_only else ''}",
+        flush=True,
+    )
+    while not stop.wait(3600):
+        pass
+    server.stop()
+    export.close()
+    return 0
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .client.client import Client
+
+    return Client(args.server, timeout=args.timeout)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        for e in sorted(c.scandir(args.path), key=lambda e: e.name):
+            st = e.stat()
+            print(
+                f"{stat.filemode(st.st_mode)} {st.st_nlink:3} {st.st_uid:5} {st.st_gid:5} "
+                f"{st.st_size:12} {e.name}"
+            )
+    return 0
+
+
+def _cat(args: argparse.Namespace) -> int:
+    with _client(args) as c, c.open(args.path, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+    return 0
+
+
+def _put(args: argparse.Namespace) -> int:
+    with _client(args) as c, open(args.local, "rb") as src, c.open(args.remote, "wb") as dst:
+        shutil.copyfileobj(src, dst, 4 << 20)
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    with _client(args) as c, c.open(args.remote, "rb") as src, open(args.local, "wb") as dst:
+        shutil.copyfileobj(src, dst, 4 << 20)
+    return 0
+
+
+def _df(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        info = c.server_info()
+        s = c.statvfs()
+    total, free = s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize
+    used = (s.f_blocks - s.f_bfree) * s.f_frsize
+    flags = "read-only" if info["read_only"] else "read-write"
+    print(f"{'server':24} {'size':>14} {'used':>14} {'avail':>14}  mode")
+    print(f"{info['address']:24} {total:14} {used:14} {free:14}  {flags}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pohmelfs",
+        description="pohmelfs: a network filesystem with a coherent client cache.",
+    )
+    parser.add_argument("--version", action="version", version=f"pohmelfs {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr (default: warning)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="export a directory to clients over TCP",
+        description="Export DIR to pohmelfs clients. Every client path "
+        "stays beneath DIR; symlinks are stored, never followed.",
+    )
+    serve.add_argument("dir", metavar="DIR", help="the folder to export")
+    serve.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (default: {DEFAULT_LISTEN})",
+    )
+    serve.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
+    serve.add_argument(
+        "--max-payload",
+        type=int,
+        default=8,
+        metavar="MIB",
+        help="largest message payload in MiB (default: 8)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="threads for slow requests such as fsync (default: 16)",
+    )
+    serve.set_defaults(func=_serve)
+
+    def client_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        cmd.add_argument("server", metavar="HOST:PORT[,HOST:PORT...]", help="the server(s)")
+        cmd.add_argument(
+            "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)"
+        )
+        return cmd
+
+    ls = client_cmd("ls", "list a remote directory")
+    ls.add_argument("path", nargs="?", default="/")
+    ls.set_defaults(func=_ls)
+    cat = client_cmd("cat", "print a remote file")
+    cat.add_argument("path")
+    cat.set_defaults(func=_cat)
+    put = client_cmd("put", "copy a local file to the export")
+    put.add_argument("local")
+    put.add_argument("remote")
+    put.set_defaults(func=_put)
+    get = client_cmd("get", "copy a file from the export")
+    get.add_argument("remote")
+    get.add_argument("local")
+    get.set_defaults(func=_get)
+    df = client_cmd("df", "show the export's size, use and free space")
+    df.set_defaults(func=_df)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        print(f"pohmelfs: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"pohmelfs: error{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The client core: connections, transactions and the library API."""

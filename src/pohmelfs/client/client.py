@@ -1,0 +1,450 @@
+"""The blocking, thread-safe client library: ``os``/``shutil``-like calls."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat as stat_mod
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .. import protocol as p
+from ..protocol import Attr, Command, Cred
+from .connection import Connection
+from .file import RemoteFile
+
+PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+# Requests that may safely be sent again after the connection carrying them died.
+IDEMPOTENT = frozenset(
+    {
+        Command.LOOKUP,
+        Command.READDIR,
+        Command.READLINK,
+        Command.STATFS,
+        Command.GETXATTR,
+        Command.LISTXATTR,
+        Command.PING,
+    }
+)
+
+
+def _process_umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _mode_flags(mode: str) -> int:
+    kinds = set(mode) - {"b", "t"}
+    if not kinds <= set("rwax+") or len(mode) != len(set(mode)) or ("b" in mode and "t" in mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    main = kinds & set("rwax")
+    if len(main) != 1:
+        raise ValueError(f"mode must have exactly one of r, w, a, x: {mode!r}")
+    plus = "+" in mode
+    acc = os.O_RDWR if plus else (os.O_RDONLY if "r" in main else os.O_WRONLY)
+    extra = {
+        "r": 0,
+        "w": os.O_CREAT | os.O_TRUNC,
+        "a": os.O_CREAT | os.O_APPEND,
+        "x": os.O_CREAT | os.O_EXCL,
+    }[main.pop()]
+    return acc | extra
+
+
+class ScanEntry:
+    """Like ``os.DirEntry``; attributes come with the listing (lstat semantics)."""
+
+    __slots__ = ("name", "path", "_attr", "_client")
+
+    def __init__(self, name: str | bytes, path: str | bytes, attr: Attr, client: Client) -> None:
+        self.name, self.path, self._attr, self._client = name, path, attr, client
+
+    def inode(self) -> int:
+        return self._attr.ino
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return stat_mod.S_ISDIR(self._attr.mode)
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        return stat_mod.S_ISREG(self._attr.mode)
+
+    def is_symlink(self) -> bool:
+        return stat_mod.S_ISLNK(self._attr.mode)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        return self._client._stat_result(self._attr)
+
+    def __repr__(self) -> str:
+        return f"<ScanEntry {self.name!r}>"
+
+
+class Client:
+    """A connection to a pohmelfs export.
+
+    ``servers`` is a list of ``"host:port"`` (or one comma-separated string).
+    Requests go to the first server that answers and move to the next one when
+    it cannot be reached. Every call is thread-safe; many threads share one
+    connection with their requests in flight at once. A call that gets no
+    answer within ``timeout`` seconds raises ``TimeoutError`` (ETIMEDOUT); a
+    lost connection is re-established by the next call.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[str] | str,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
+        cred: Cred | None = None,
+        umask: int | None = None,
+        max_payload: int = p.DEFAULT_MAX_PAYLOAD,
+    ) -> None:
+        if isinstance(servers, str):
+            servers = [s for s in servers.split(",") if s]
+        if not servers:
+            raise ValueError("no server given")
+        for s in servers:
+            if ":" not in s:
+                raise ValueError(f"server address must be HOST:PORT, got {s!r}")
+        self.servers = list(servers)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        self.cred = cred or Cred(os.geteuid(), os.getegid(), tuple(os.getgroups()))
+        self.umask = _process_umask() if umask is None else umask
+        self.max_payload = max_payload
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._closed = False
+        self._connection()  # fail early when no server can be reached
+
+    # --- connections ---------------------------------------------------------
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise ValueError("client is closed")
+            if self._conn is not None and not self._conn.closed:
+                return self._conn
+            last: OSError | None = None
+            for address in self.servers:
+                try:
+                    self._conn = Connection(
+                        address,
+                        timeout=self.timeout,
+                        connect_timeout=self.connect_timeout,
+                        max_payload=self.max_payload,
+                    )
+                    return self._conn
+                except OSError as e:
+                    last = e
+            assert last is not None
+            raise last
+
+    def _call(
+        self, cmd: Command, shown: Any = None, shown2: Any = None, /, **fields: Any
+    ) -> p.Message:
+        """Send one request; ``shown``/``shown2`` are the paths named in errors."""
+        conn = self._connection()
+        try:
+            return conn.call(cmd, shown, shown2, **fields)
+        except ConnectionError:
+            if cmd not in IDEMPOTENT or not conn.closed:
+                raise
+            return self._connection().call(cmd, shown, shown2, **fields)
+
+    def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
+        return self._call(cmd, path, cred=self.cred, path=os.fsencode(path), **fields)
+
+    def _open(self, path: PathArg, flags: int, perm: int) -> tuple[Connection, int, Attr]:
+        conn = self._connection()
+        reply = conn.call(
+            Command.OPEN, path, cred=self.cred, path=os.fsencode(path), flags=flags, mode=perm
+        )
+        return conn, reply.oid, reply["attr"]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def server_info(self) -> dict[str, Any]:
+        """What the server announced at connect: capabilities and space."""
+        conn = self._connection()
+        s = conn.statfs
+        return {
+            "address": conn.address,
+            "protocol_version": p.VERSION,
+            "max_payload": conn.max_payload,
+            "read_only": bool(conn.caps & p.Cap.READ_ONLY),
+            "xattrs": bool(conn.caps & p.Cap.XATTR),
+            "total_bytes": s.blocks * s.frsize,
+            "used_bytes": (s.blocks - s.bfree) * s.frsize,
+            "free_bytes": s.bavail * s.frsize,
+        }
+
+    # --- attributes -------------------------------------------------------------
+
+    def _stat_result(self, a: Attr) -> os.stat_result:
+        dev = (self._conn.fsid if self._conn else 0) & 0xFFFFFFFF
+        return os.stat_result(
+            (
+                a.mode,
+                a.ino,
+                dev,
+                a.nlink,
+                a.uid,
+                a.gid,
+                a.size,
+                a.atime_ns // 10**9,
+                a.mtime_ns // 10**9,
+                a.ctime_ns // 10**9,
+                a.atime_ns / 1e9,
+                a.mtime_ns / 1e9,
+                a.ctime_ns / 1e9,
+                a.atime_ns,
+                a.mtime_ns,
+                a.ctime_ns,
+                a.blksize,
+                a.blocks,
+                a.rdev,
+            )
+        )
+
+    def stat(self, path: PathArg) -> os.stat_result:
+        """Attributes of ``path`` (the server never follows symlinks: lstat)."""
+        return self._stat_result(self._path_call(Command.LOOKUP, path)["attr"])
+
+    lstat = stat
+
+    def exists(self, path: PathArg) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def isdir(self, path: PathArg) -> bool:
+        try:
+            return stat_mod.S_ISDIR(self.stat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def isfile(self, path: PathArg) -> bool:
+        try:
+            return stat_mod.S_ISREG(self.stat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def statvfs(self, path: PathArg = "/") -> os.statvfs_result:
+        s = self._call(Command.STATFS, path, cred=self.cred)["statfs"]
+        flag = os.ST_RDONLY if self._connection().caps & p.Cap.READ_ONLY else 0
+        return os.statvfs_result(
+            (
+                s.bsize,
+                s.frsize,
+                s.blocks,
+                s.bfree,
+                s.bavail,
+                s.files,
+                s.ffree,
+                s.ffree,
+                flag,
+                s.namemax,
+            )
+        )
+
+    def chmod(self, path: PathArg, mode: int) -> None:
+        self._path_call(Command.CHMOD, path, mode=mode)
+
+    def chown(self, path: PathArg, uid: int, gid: int) -> None:
+        """Change owner and group; -1 leaves one unchanged (lchown semantics)."""
+        self._path_call(
+            Command.CHOWN,
+            path,
+            uid=p.ID_UNCHANGED if uid == -1 else uid,
+            gid=p.ID_UNCHANGED if gid == -1 else gid,
+        )
+
+    def utime(
+        self,
+        path: PathArg,
+        times: tuple[float, float] | None = None,
+        *,
+        ns: tuple[int, int] | None = None,
+    ) -> None:
+        """Set access and modification times, as ``os.utime`` (never follows symlinks)."""
+        if times is not None and ns is not None:
+            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+        which = 0
+        if ns is None and times is None:
+            which, ns = p.UTIME_ATIME_NOW | p.UTIME_MTIME_NOW, (0, 0)
+        elif ns is None:
+            assert times is not None
+            ns = (int(times[0] * 1e9), int(times[1] * 1e9))
+        self._path_call(Command.UTIMES, path, atime_ns=ns[0], mtime_ns=ns[1], which=which)
+
+    def truncate(self, path: PathArg, length: int) -> None:
+        if length < 0:
+            raise OSError(errno.EINVAL, "negative length", path)
+        self._path_call(Command.TRUNCATE, path, offset=length)
+
+    # --- directories ------------------------------------------------------------
+
+    def scandir(self, path: PathArg = "/") -> Iterator[ScanEntry]:
+        """All entries of a directory with their attributes, in one streamed request."""
+        conn = self._connection()
+        raw = os.fsencode(path)
+        tx = conn.start(Command.READDIR, cred=self.cred, path=raw)
+        frames = conn.stream(tx, path)  # type: ignore[arg-type]
+        as_str = isinstance(os.fspath(path), str)
+        base = raw.rstrip(b"/")
+        for frame in frames:
+            for e in frame["entries"]:
+                full = base + b"/" + e.name
+                if as_str:
+                    yield ScanEntry(os.fsdecode(e.name), os.fsdecode(full), e.attr, self)
+                else:
+                    yield ScanEntry(e.name, full, e.attr, self)
+
+    def listdir(self, path: PathArg = "/") -> list[Any]:
+        return [e.name for e in self.scandir(path)]
+
+    def mkdir(self, path: PathArg, mode: int = 0o777) -> None:
+        self._path_call(Command.MKDIR, path, mode=mode & ~self.umask)
+
+    def makedirs(self, path: PathArg, mode: int = 0o777, exist_ok: bool = False) -> None:
+        """Create a directory and all missing parents with ONE request."""
+        try:
+            self._path_call(Command.MAKEDIRS, path, mode=mode & ~self.umask)
+        except FileExistsError:
+            if not exist_ok or not self.isdir(path):
+                raise
+
+    def rmdir(self, path: PathArg) -> None:
+        self._path_call(Command.RMDIR, path)
+
+    def rmtree(self, path: PathArg) -> None:
+        """Remove a directory and everything below it with ONE request."""
+        self._path_call(Command.RMTREE, path)
+
+    def unlink(self, path: PathArg) -> None:
+        self._path_call(Command.UNLINK, path)
+
+    remove = unlink
+
+    def rename(
+        self, src: PathArg, dst: PathArg, *, noreplace: bool = False, exchange: bool = False
+    ) -> None:
+        """Rename, replacing ``dst``; ``noreplace`` fails with EEXIST instead,
+        ``exchange`` swaps the two names atomically."""
+        flags = (1 if noreplace else 0) | (2 if exchange else 0)
+        self._call(
+            Command.RENAME,
+            src,
+            dst,
+            cred=self.cred,
+            path=os.fsencode(src),
+            new=os.fsencode(dst),
+            flags=flags,
+        )
+
+    replace = rename
+
+    def link(self, src: PathArg, dst: PathArg) -> None:
+        self._call(
+            Command.LINK, src, dst, cred=self.cred, path=os.fsencode(src), new=os.fsencode(dst)
+        )
+
+    def symlink(self, target: PathArg, path: PathArg) -> None:
+        """Create ``path`` as a symlink to ``target`` (stored as given, never followed)."""
+        self._call(
+            Command.SYMLINK,
+            path,
+            cred=self.cred,
+            target=os.fsencode(target),
+            path=os.fsencode(path),
+        )
+
+    def readlink(self, path: PathArg) -> Any:
+        target = self._path_call(Command.READLINK, path)["target"]
+        return os.fsdecode(target) if isinstance(os.fspath(path), str) else target
+
+    def mknod(self, path: PathArg, mode: int = 0o600 | stat_mod.S_IFREG, device: int = 0) -> None:
+        """Create a FIFO, socket or empty regular file (device nodes are refused)."""
+        kind = stat_mod.S_IFMT(mode) or stat_mod.S_IFREG
+        perm = stat_mod.S_IMODE(mode) & ~self.umask
+        self._path_call(Command.MKNOD, path, mode=kind | perm, rdev=device)
+
+    # --- extended attributes ----------------------------------------------------
+
+    def getxattr(self, path: PathArg, attribute: str | bytes) -> bytes:
+        return bytes(self._path_call(Command.GETXATTR, path, name=os.fsencode(attribute))["value"])
+
+    def setxattr(self, path: PathArg, attribute: str | bytes, value: bytes, flags: int = 0) -> None:
+        self._path_call(
+            Command.SETXATTR, path, name=os.fsencode(attribute), value=bytes(value), flags=flags
+        )
+
+    def listxattr(self, path: PathArg) -> list[str]:
+        return [os.fsdecode(n) for n in self._path_call(Command.LISTXATTR, path)["names"]]
+
+    def removexattr(self, path: PathArg, attribute: str | bytes) -> None:
+        self._path_call(Command.REMOVEXATTR, path, name=os.fsencode(attribute))
+
+    # --- files ------------------------------------------------------------------
+
+    def open(
+        self,
+        path: PathArg,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """Open a remote file like the built-in ``open``.
+
+        ``buffering=0`` (binary only) returns the raw :class:`RemoteFile`,
+        whose ``readinto`` places data straight into the caller's buffer.
+        """
+        flags = _mode_flags(mode)
+        binary = "b" in mode
+        if binary and (encoding or errors or newline):
+            raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
+        if buffering == 0 and not binary:
+            raise ValueError("can't have unbuffered text I/O")
+        raw = RemoteFile(self, os.fspath(path), flags, 0o666 & ~self.umask, mode)
+        if buffering == 0:
+            return raw
+        size = buffering if buffering > 1 else 256 << 10
+        buffered: io.BufferedIOBase
+        if "+" in mode:
+            buffered = io.BufferedRandom(raw, size)
+        elif raw.readable():
+            buffered = io.BufferedReader(raw, size)
+        else:
+            buffered = io.BufferedWriter(raw, size)
+        if binary:
+            return buffered
+        return io.TextIOWrapper(
+            buffered, encoding or "utf-8", errors, newline, line_buffering=buffering == 1
+        )

@@ -1,0 +1,252 @@
+"""One client connection to one server: transactions in flight, matched by id.
+
+Any number of threads send requests on one socket (pipelined). A dedicated
+receive thread reads every reply; for a read it receives the data straight
+into the memory the caller passed, while the caller sleeps on its
+transaction, with no intermediate copy (the seed's "copy from another thread
+into the sleeping caller's buffer").
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .. import errors
+from .. import protocol as p
+from ..protocol import Command, Flag, Message, ProtocolError
+from ..wire import PeerClosed, SocketReader, send_parts
+
+log = logging.getLogger("pohmelfs.client")
+
+
+class Transaction:
+    """A request in flight. ``into`` receives READ reply data directly."""
+
+    __slots__ = ("xid", "cmd", "done", "into", "nbytes", "reply", "frames", "error", "claimed")
+
+    def __init__(self, xid: int, cmd: Command, into: memoryview | None) -> None:
+        self.xid = xid
+        self.cmd = cmd
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.into = into
+        self.nbytes = 0
+        self.reply: Message | None = None
+        self.frames: list[Message] = []
+        self.error: BaseException | None = None
+        self.claimed = False  # the receive thread is filling ``into``
+
+
+class Connection:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        max_payload: int = p.DEFAULT_MAX_PAYLOAD,
+        name: bytes = b"pohmelfs-client",
+        on_notify: Callable[[Message], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        host, _, port = address.rpartition(":")
+        try:
+            sock = socket.create_connection((host.strip("[]"), int(port)), timeout=connect_timeout)
+        except (OSError, ValueError) as e:
+            raise errors.unreachable_error(address, str(e)) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.reader = SocketReader(sock)
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pending: dict[int, Transaction] = {}
+        self._xids = itertools.count(1)
+        self._on_notify = on_notify
+        self.closed = False
+        self.close_reason = ""
+        try:
+            self._handshake(max_payload, name, connect_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        self._receiver = threading.Thread(
+            target=self._receive_loop, daemon=True, name=f"pohmelfs-recv-{address}"
+        )
+        self._receiver.start()
+
+    def _handshake(self, max_payload: int, name: bytes, timeout: float) -> None:
+        hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload, client=name)
+        try:
+            send_parts(self.sock, hello.encode())
+            header = self.reader.read_header(p.DEFAULT_MAX_PAYLOAD)
+            reply = p.decode_payload(header, self.reader.read_view(header.payload_len))
+        except TimeoutError:
+            raise errors.timeout_error(self.address, timeout) from None
+        except (OSError, ProtocolError) as e:
+            raise errors.unreachable_error(self.address, f"handshake failed: {e}") from None
+        if reply.cmd != Command.HELLO or not reply.is_reply:
+            raise errors.unreachable_error(self.address, "handshake failed: unexpected reply")
+        if reply.status:
+            raise errors.remote_error(reply.status, self.address, bytes(reply["data"]).decode())
+        self.max_payload: int = reply["max_payload"]
+        self.caps = p.Cap(reply["caps"])
+        self.fsid: int = reply["fsid"]
+        self.statfs: p.StatFs = reply["statfs"]
+
+    # --- sending and waiting -----------------------------------------------
+
+    def start(
+        self,
+        cmd: Command,
+        *,
+        into: memoryview | None = None,
+        oid: int = 0,
+        offset: int = 0,
+        length: int = 0,
+        **fields: Any,
+    ) -> Transaction:
+        """Send a request and return its transaction without waiting."""
+        xid = next(self._xids)
+        parts = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields).encode()
+        tx = Transaction(xid, cmd, into)
+        with self._lock:
+            if self.closed:
+                raise errors.connection_error(self.address, self.close_reason)
+            self._pending[xid] = tx
+        try:
+            with self._send_lock:
+                send_parts(self.sock, parts)
+        except OSError as e:
+            self._fail(f"send failed: {e}")
+        return tx
+
+    def wait(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
+        """Wait for a transaction; raise its error as an OSError naming ``path``."""
+        if not tx.done.acquire(timeout=self.timeout):
+            with self._lock:
+                mine = self._pending.pop(tx.xid, None) is tx and not tx.claimed
+            if mine:
+                raise errors.timeout_error(self.address, self.timeout, path)
+            # The receive thread is writing into the caller's buffer: it must
+            # finish (or the connection must die) before the buffer is returned.
+            if not tx.done.acquire(timeout=self.timeout):
+                self._fail("timed out in the middle of a reply")
+                tx.done.acquire()
+        if tx.error is not None:
+            err = tx.error
+            if isinstance(err, OSError) and path is not None and err.filename is None:
+                err = OSError(err.errno, err.strerror, path)
+            raise err
+        reply = tx.reply
+        assert reply is not None
+        if reply.status:
+            detail = bytes(reply["data"]).decode(errors="replace")
+            raise errors.remote_error(reply.status, self.address, detail, path, path2)
+        return reply
+
+    def call(
+        self, cmd: Command, shown: Any = None, shown2: Any = None, /, **kwargs: Any
+    ) -> Message:
+        """Send a request and wait for its reply; errors name ``shown``/``shown2``."""
+        return self.wait(self.start(cmd, **kwargs), shown, shown2)
+
+    def stream(self, tx: Transaction, path: Any = None) -> list[Message]:
+        """Wait for a streamed (MORE) reply; returns every frame, last one included."""
+        last = self.wait(tx, path)
+        return [*tx.frames, last]
+
+    # --- receiving ---------------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        reader = self.reader
+        current: Transaction | None = None  # being received when an error strikes
+        try:
+            while True:
+                header = reader.read_header(self.max_payload)
+                if header.flags & Flag.NOTIFY:
+                    msg = p.decode_payload(header, bytes(reader.read_view(header.payload_len)))
+                    if self._on_notify is not None:
+                        self._on_notify(msg)
+                    continue
+                if not header.flags & Flag.REPLY:
+                    raise ProtocolError(f"server sent a request ({header.cmd.name})")
+                more = bool(header.flags & Flag.MORE)
+                with self._lock:
+                    tx = (
+                        self._pending.get(header.xid)
+                        if more
+                        else self._pending.pop(header.xid, None)
+                    )
+                    if tx is not None and tx.into is not None and not header.status:
+                        tx.claimed = True
+                if tx is None:  # the caller gave up on it
+                    reader.skip(header.payload_len)
+                    continue
+                if tx.cmd != header.cmd:
+                    raise ProtocolError(f"reply {header.cmd.name} to a {tx.cmd.name} request")
+                current = tx
+                if tx.claimed:
+                    if header.payload_len > len(tx.into):  # type: ignore[arg-type]
+                        raise ProtocolError("read reply longer than requested")
+                    reader.read_into(tx.into[: header.payload_len])  # type: ignore[index]
+                    tx.nbytes = header.payload_len
+                    tx.reply = p.Message(
+                        header.cmd,
+                        header.xid,
+                        header.flags,
+                        0,
+                        header.oid,
+                        header.offset,
+                        header.length,
+                        {"data": b""},
+                    )
+                else:
+                    payload = bytes(reader.read_view(header.payload_len))
+                    msg = p.decode_payload(header, payload)
+                    if more:
+                        tx.frames.append(msg)
+                        current = None
+                        continue
+                    tx.reply = msg
+                current = None
+                tx.done.release()
+        except PeerClosed:
+            why = "server closed the connection"
+        except (OSError, ProtocolError) as e:
+            why = str(e)
+        except BaseException as e:  # never leave callers waiting
+            log.exception("receive thread failed")
+            why = f"receive thread failed: {e}"
+        self._fail(why)
+        if current is not None and current.reply is None:
+            current.error = errors.connection_error(self.address, why)
+            current.done.release()
+
+    def _fail(self, why: str) -> None:
+        """Mark the connection dead and fail every transaction in flight."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self.close_reason = why
+                log.info("connection to %s lost: %s", self.address, why)
+            pending, self._pending = list(self._pending.values()), {}
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        for tx in pending:
+            tx.error = errors.connection_error(self.address, why)
+            tx.done.release()
+
+    def close(self) -> None:
+        self._fail("closed by client")
+        if threading.current_thread() is not self._receiver:
+            self._receiver.join(5)
+        self.sock.close()

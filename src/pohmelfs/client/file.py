@@ -1,0 +1,214 @@
+"""An open remote file as an ``io.RawIOBase``.
+
+Large reads and writes are split into chunks that are all in flight at once
+on the connection; each read chunk's reply lands directly in its slice of the
+caller's buffer. Positional ``pread``/``pwrite`` methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import Attr, Command
+from .connection import Connection, Transaction
+
+if TYPE_CHECKING:
+    from .client import Client
+
+CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
+WINDOW = 16  # requests of one transfer in flight at once
+REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+
+
+class RemoteFile(io.RawIOBase):
+    def __init__(self, client: Client, path: str | bytes, flags: int, perm: int, mode: str) -> None:
+        super().__init__()
+        self._client = client
+        self.name = path
+        self.mode = mode
+        self._flags = flags
+        self._lock = threading.Lock()
+        self._conn, self._oid, attr = client._open(path, flags, perm)
+        self._pos = attr.size if flags & os.O_APPEND else 0
+
+    # --- the handle, reopened after a reconnect ------------------------------
+
+    def _handle(self) -> tuple[Connection, int]:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        conn = self._conn
+        if not conn.closed:
+            return conn, self._oid
+        with self._lock:
+            if self._conn.closed:
+                self._conn, self._oid, _ = self._client._open(
+                    self.name, self._flags & REOPEN_MASK, 0
+                )
+            return self._conn, self._oid
+
+    def _retrying(self, fn: Any) -> Any:
+        """Run fn(conn, oid); after a lost connection, reopen and try once more."""
+        conn, oid = self._handle()
+        try:
+            return fn(conn, oid)
+        except ConnectionError:
+            if not conn.closed:
+                raise
+            conn, oid = self._handle()
+            return fn(conn, oid)
+
+    # --- positional I/O ---------------------------------------------------------
+
+    def preadinto(self, buffer: Any, offset: int) -> int:
+        """Read up to len(buffer) bytes at ``offset`` straight into ``buffer``."""
+        mv = memoryview(buffer).cast("B")
+        return int(self._retrying(lambda c, o: self._preadinto(c, o, mv, offset)))
+
+    def _preadinto(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> int:
+        chunk = min(CHUNK, conn.max_payload)
+        total = len(mv)
+        inflight: deque[tuple[Transaction, int, int]] = deque()
+        pos = 0
+        try:
+            while pos < total or inflight:
+                while pos < total and len(inflight) < WINDOW:
+                    n = min(chunk, total - pos)
+                    tx = conn.start(
+                        Command.READ, into=mv[pos : pos + n], oid=oid, offset=offset + pos, length=n
+                    )
+                    inflight.append((tx, pos, n))
+                    pos += n
+                tx, at, n = inflight.popleft()
+                conn.wait(tx, self.name)
+                if tx.nbytes < n:  # end of file
+                    return at + tx.nbytes
+            return total
+        finally:
+            for tx, _, _ in inflight:  # their buffers are the caller's: wait them out
+                try:
+                    conn.wait(tx)
+                except OSError:
+                    pass
+
+    def pread(self, size: int, offset: int) -> bytes:
+        buf = bytearray(size)
+        n = self.preadinto(buf, offset)
+        del buf[n:]
+        return bytes(buf)
+
+    def pwrite(self, data: Any, offset: int) -> int:
+        """Write all of ``data`` at ``offset`` (at the end in append mode)."""
+        mv = memoryview(data).cast("B")
+        written, _end = self._retrying(lambda c, o: self._pwrite(c, o, mv, offset))
+        return int(written)
+
+    def _pwrite(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> tuple[int, int]:
+        chunk = min(CHUNK, conn.max_payload)
+        inflight: deque[Transaction] = deque()
+        pos = written = 0
+        end = offset
+        try:
+            while pos < len(mv) or inflight:
+                while pos < len(mv) and len(inflight) < WINDOW:
+                    n = min(chunk, len(mv) - pos)
+                    inflight.append(
+                        conn.start(
+                            Command.WRITE, oid=oid, offset=offset + pos, data=mv[pos : pos + n]
+                        )
+                    )
+                    pos += n
+                reply = conn.wait(inflight.popleft(), self.name)
+                written += reply.length
+                end = reply.offset
+            return written, end
+        finally:
+            for tx in inflight:
+                try:
+                    conn.wait(tx)
+                except OSError:
+                    pass
+
+    # --- RawIOBase ------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return (self._flags & os.O_ACCMODE) != os.O_WRONLY
+
+    def writable(self) -> bool:
+        return (self._flags & os.O_ACCMODE) != os.O_RDONLY
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self.readable():
+            raise io.UnsupportedOperation("file not open for reading")
+        n = self.preadinto(buffer, self._pos)
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        buf = bytearray(max(self.fstat().size - self._pos, 0))
+        del buf[self.readinto(buf) :]
+        while more := self.read(CHUNK):  # the file may have grown since fstat
+            buf += more
+        return bytes(buf)
+
+    def write(self, data: Any) -> int:
+        if not self.writable():
+            raise io.UnsupportedOperation("file not open for writing")
+        mv = memoryview(data).cast("B")
+        written, end = self._retrying(lambda c, o: self._pwrite(c, o, mv, self._pos))
+        self._pos = end
+        return int(written)
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            new = pos
+        elif whence == os.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == os.SEEK_END:
+            new = self.fstat().size + pos
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if new < 0:
+            raise OSError(22, "Invalid argument", self.name)
+        self._pos = new
+        return new
+
+    def tell(self) -> int:
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        self._retrying(lambda c, o: c.call(Command.FTRUNCATE, self.name, oid=o, offset=size))
+        return size
+
+    def fstat(self) -> Attr:
+        reply = self._retrying(lambda c, o: c.call(Command.FSTAT, self.name, oid=o))
+        return reply["attr"]  # type: ignore[no-any-return]
+
+    def stat(self) -> os.stat_result:
+        return self._client._stat_result(self.fstat())
+
+    def fsync(self, datasync: bool = False) -> None:
+        """Make everything written so far durable on the server."""
+        conn, oid = self._handle()
+        conn.call(Command.FSYNC, self.name, oid=oid, datasync=int(datasync))
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a remote file has no local file descriptor")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._conn.closed:
+                self._conn.call(Command.CLOSE, self.name, oid=self._oid)
+        except ConnectionError:
+            pass  # the server dropped the handle with the connection
+        finally:
+            super().close()

@@ -1,0 +1,1 @@
+"""The export server: confined storage access and the TCP service."""

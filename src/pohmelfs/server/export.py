@@ -1,0 +1,410 @@
+"""A directory of the local filesystem, exported with every path confined.
+
+This is the server's one narrow storage interface: the network service calls
+these methods and nothing else touches the export. Confinement: a client path
+is normalised lexically (``..`` may not climb above the root), its parent is
+opened with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` relative to the
+export's root descriptor, and the last component is acted on with ``*at``
+calls that do not follow symlinks. Symlinks are stored and returned, never
+followed. Device nodes can be neither created nor opened (as with ``nodev``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..protocol import (
+    UTIME_ATIME_NOW,
+    UTIME_ATIME_OMIT,
+    UTIME_MTIME_NOW,
+    UTIME_MTIME_OMIT,
+    Attr,
+    Cred,
+    DirEntry,
+    StatFs,
+)
+from . import linux
+
+RESOLVE = linux.RESOLVE_BENEATH | linux.RESOLVE_NO_SYMLINKS | linux.RESOLVE_NO_MAGICLINKS
+OPEN_FLAGS_ALLOWED = (
+    os.O_ACCMODE
+    | os.O_CREAT
+    | os.O_EXCL
+    | os.O_TRUNC
+    | os.O_APPEND
+    | os.O_DIRECTORY
+    | os.O_NOFOLLOW
+    | os.O_SYNC
+    | os.O_DSYNC
+    | os.O_NONBLOCK
+    | os.O_NOATIME
+    | os.O_DIRECT
+)
+RENAME_FLAGS_ALLOWED = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
+
+
+def attr_of(st: os.stat_result) -> Attr:
+    return Attr(
+        st.st_ino,
+        st.st_mode,
+        st.st_nlink,
+        st.st_uid,
+        st.st_gid,
+        st.st_rdev,
+        st.st_size,
+        st.st_blocks,
+        st.st_blksize,
+        st.st_atime_ns,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+
+
+def _err(code: int, path: bytes | None = None, detail: str | None = None) -> OSError:
+    return OSError(code, detail or os.strerror(code), path)
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Lexically normalise a client path (relative to the export root)."""
+    if b"\0" in path:
+        raise _err(errno.EINVAL, path, "NUL byte in path")
+    parts: list[bytes] = []
+    for comp in path.split(b"/"):
+        if comp in (b"", b"."):
+            continue
+        if comp == b"..":
+            if not parts:
+                raise _err(errno.EACCES, path, "path escapes the export")
+            parts.pop()
+        else:
+            parts.append(comp)
+    return parts
+
+
+def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: LocalExport, *args: Any, **kwargs: Any) -> Any:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        return fn(self, *args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class LocalExport:
+    def __init__(self, root: str, read_only: bool = False) -> None:
+        self.root = os.path.abspath(root)
+        self.read_only = read_only
+        self.root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.as_root = os.geteuid() == 0
+        self._local = threading.local()
+        try:
+            os.listxattr(self.root)
+            self.xattrs = True
+        except OSError:
+            self.xattrs = False
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    # --- credentials and path resolution -----------------------------------
+
+    def act_as(self, cred: Cred) -> None:
+        """Give this thread the caller's file-system identity (root servers only)."""
+        if not self.as_root or getattr(self._local, "cred", None) == cred:
+            return
+        linux.set_thread_creds(cred.uid, cred.gid, tuple(cred.groups))
+        self._local.cred = cred
+
+    @contextmanager
+    def _parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """Yield (directory fd, last component) for a path; root is (root_fd, '.')."""
+        parts = split_path(path)
+        if not parts:
+            yield self.root_fd, b"."
+            return
+        if len(parts) == 1:
+            yield self.root_fd, parts[0]
+            return
+        fd = linux.openat2(
+            self.root_fd, b"/".join(parts[:-1]), os.O_PATH | os.O_DIRECTORY, resolve=RESOLVE
+        )
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _object(self, path: bytes) -> Iterator[tuple[int, os.stat_result]]:
+        """An O_PATH descriptor of the object itself (never a symlink's target)."""
+        with self._parent(path) as (dfd, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            yield fd, os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _proc(fd: int, name: bytes | None = None) -> bytes:
+        base = b"/proc/self/fd/%d" % fd
+        return base if name is None else base + b"/" + name
+
+    # --- reading the namespace ----------------------------------------------
+
+    def statfs(self) -> StatFs:
+        s = os.statvfs(self.root_fd)
+        return StatFs(
+            s.f_bsize,
+            s.f_frsize,
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_namemax,
+        )
+
+    def lookup(self, path: bytes) -> Attr:
+        with self._parent(path) as (dfd, name):
+            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+
+    def readdir(self, path: bytes, batch: int = 512) -> Iterator[list[DirEntry]]:
+        """Yield the directory's entries with attributes, ``batch`` at a time."""
+        with self._parent(path) as (dfd, name):
+            fd = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd
+            )
+        try:
+            out: list[DirEntry] = []
+            with os.scandir(fd) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed while listing
+                    out.append(DirEntry(os.fsencode(entry.name), attr_of(st)))
+                    if len(out) >= batch:
+                        yield out
+                        out = []
+            yield out
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: bytes) -> bytes:
+        with self._parent(path) as (dfd, name):
+            return os.readlink(name, dir_fd=dfd)
+
+    # --- open files -----------------------------------------------------------
+
+    def open(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr]:
+        """Open (or create) a file; returns its descriptor and attributes."""
+        if flags & ~OPEN_FLAGS_ALLOWED:
+            raise _err(
+                errno.EINVAL, path, f"unsupported open flags {flags & ~OPEN_FLAGS_ALLOWED:#o}"
+            )
+        writes = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & (os.O_CREAT | os.O_TRUNC)
+        if self.read_only and writes:
+            raise _err(errno.EROFS, path)
+        flags |= os.O_CLOEXEC | os.O_NONBLOCK
+        with self._parent(path) as (dfd, name):
+            for _ in range(8):  # bounded: a racing create/unlink cannot loop us forever
+                try:
+                    pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                except FileNotFoundError:
+                    if not flags & os.O_CREAT:
+                        raise
+                    try:
+                        fd = os.open(
+                            name, flags | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777, dir_fd=dfd
+                        )
+                    except FileExistsError:
+                        if flags & os.O_EXCL:
+                            raise
+                        continue
+                    return fd, attr_of(os.fstat(fd))
+                try:
+                    if flags & os.O_CREAT and flags & os.O_EXCL:
+                        raise _err(errno.EEXIST, path)
+                    st = os.fstat(pfd)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise _err(errno.ELOOP, path, "symlinks are not followed by the server")
+                    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                        raise _err(errno.EACCES, path, "device nodes cannot be opened")
+                    # Reopening through the O_PATH descriptor checks permissions
+                    # again and cannot be redirected by a concurrent rename.
+                    reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
+                    fd = os.open(self._proc(pfd), reopen)
+                    return fd, attr_of(os.fstat(fd))
+                finally:
+                    os.close(pfd)
+            raise _err(errno.EAGAIN, path, "file kept changing during open")
+
+    # --- changing the namespace --------------------------------------------
+
+    @_mutating
+    def truncate(self, path: bytes, size: int) -> None:
+        with self._parent(path) as (dfd, name):
+            fd = os.open(
+                name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
+            )
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    @_mutating
+    def mkdir(self, path: bytes, mode: int) -> Attr:
+        with self._parent(path) as (dfd, name):
+            os.mkdir(name, mode & 0o7777, dir_fd=dfd)
+            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+
+    @_mutating
+    def makedirs(self, path: bytes, mode: int) -> Attr:
+        """Create a directory and every missing parent in one call.
+
+        EEXIST only when the last component already existed.
+        """
+        parts = split_path(path)
+        if not parts:
+            raise _err(errno.EEXIST, path)
+        fd = os.dup(self.root_fd)
+        try:
+            for i, comp in enumerate(parts):
+                last = i == len(parts) - 1
+                try:
+                    os.mkdir(comp, mode & 0o7777, dir_fd=fd)
+                except FileExistsError:
+                    if last:
+                        raise
+                if last:
+                    return attr_of(os.stat(comp, dir_fd=fd, follow_symlinks=False))
+                nfd = os.open(
+                    comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+                os.close(fd)
+                fd = nfd
+        finally:
+            os.close(fd)
+        raise AssertionError("unreachable")
+
+    @_mutating
+    def rmdir(self, path: bytes) -> None:
+        with self._parent(path) as (dfd, name):
+            os.rmdir(name, dir_fd=dfd)
+
+    @_mutating
+    def rmtree(self, path: bytes) -> None:
+        """Remove a directory and everything below it in one call."""
+        if not split_path(path):
+            raise _err(errno.EBUSY, path, "cannot remove the export root")
+        with self._parent(path) as (dfd, name):
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                raise _err(errno.ENOTDIR, path)
+
+            def onerror(_fn: Any, _p: Any, exc_info: Any) -> None:
+                raise exc_info[1]
+
+            shutil.rmtree(os.fsdecode(name), onerror=onerror, dir_fd=dfd)
+
+    @_mutating
+    def unlink(self, path: bytes) -> None:
+        with self._parent(path) as (dfd, name):
+            os.unlink(name, dir_fd=dfd)
+
+    @_mutating
+    def rename(self, old: bytes, new: bytes, flags: int) -> None:
+        if flags & ~RENAME_FLAGS_ALLOWED or flags == RENAME_FLAGS_ALLOWED:
+            raise _err(errno.EINVAL, old, "bad rename flags")
+        with self._parent(old) as (odfd, oname), self._parent(new) as (ndfd, nname):
+            if flags:
+                linux.renameat2(odfd, oname, ndfd, nname, flags)
+            else:
+                os.rename(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd)
+
+    @_mutating
+    def link(self, old: bytes, new: bytes) -> Attr:
+        with self._parent(old) as (odfd, oname), self._parent(new) as (ndfd, nname):
+            os.link(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd, follow_symlinks=False)
+            return attr_of(os.stat(nname, dir_fd=ndfd, follow_symlinks=False))
+
+    @_mutating
+    def symlink(self, target: bytes, path: bytes) -> Attr:
+        if not target:
+            raise _err(errno.ENOENT, path, "empty symlink target")
+        with self._parent(path) as (dfd, name):
+            os.symlink(target, name, dir_fd=dfd)
+            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+
+    @_mutating
+    def mknod(self, path: bytes, mode: int, rdev: int) -> Attr:
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, 0):
+            raise _err(errno.EPERM, path, "only FIFOs, sockets and regular files can be created")
+        with self._parent(path) as (dfd, name):
+            os.mknod(name, mode, 0, dir_fd=dfd)
+            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+
+    # --- attributes -------------------------------------------------------------
+
+    @_mutating
+    def chmod(self, path: bytes, mode: int) -> None:
+        with self._object(path) as (fd, st):
+            if stat.S_ISLNK(st.st_mode):
+                raise _err(errno.EOPNOTSUPP, path, "symlinks have no mode")
+            os.chmod(self._proc(fd), mode & 0o7777)
+
+    @_mutating
+    def chown(self, path: bytes, uid: int, gid: int) -> None:
+        with self._parent(path) as (dfd, name):
+            os.chown(
+                name,
+                uid if uid != 0xFFFFFFFF else -1,
+                gid if gid != 0xFFFFFFFF else -1,
+                dir_fd=dfd,
+                follow_symlinks=False,
+            )
+
+    @_mutating
+    def utimes(self, path: bytes, atime_ns: int, mtime_ns: int, which: int) -> None:
+        with self._parent(path) as (dfd, name):
+            linux.utimensat(
+                dfd,
+                name,
+                None if which & UTIME_ATIME_OMIT else atime_ns,
+                None if which & UTIME_MTIME_OMIT else mtime_ns,
+                bool(which & UTIME_ATIME_NOW),
+                bool(which & UTIME_MTIME_NOW),
+            )
+
+    def _xattr_target(self, path: bytes) -> Any:
+        if not self.xattrs:
+            raise _err(errno.EOPNOTSUPP, path, "the export's filesystem has no xattrs")
+        return self._parent(path)
+
+    def getxattr(self, path: bytes, name: bytes) -> bytes:
+        with self._xattr_target(path) as (dfd, leaf):
+            return os.getxattr(self._proc(dfd, leaf), name, follow_symlinks=False)
+
+    def listxattr(self, path: bytes) -> list[bytes]:
+        with self._xattr_target(path) as (dfd, leaf):
+            names = os.listxattr(self._proc(dfd, leaf), follow_symlinks=False)
+            return [os.fsencode(n) for n in names]
+
+    @_mutating
+    def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int) -> None:
+        with self._xattr_target(path) as (dfd, leaf):
+            os.setxattr(self._proc(dfd, leaf), name, value, flags, follow_symlinks=False)
+
+    @_mutating
+    def removexattr(self, path: bytes, name: bytes) -> None:
+        with self._xattr_target(path) as (dfd, leaf):
+            os.removexattr(self._proc(dfd, leaf), name, follow_symlinks=False)

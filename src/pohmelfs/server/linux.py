@@ -1,0 +1,117 @@
+"""Linux system calls the standard library does not wrap, through ctypes.
+
+openat2 (confined path resolution), renameat2 (no-replace and exchange),
+utimensat with UTIME_NOW/UTIME_OMIT, and per-thread credentials. glibc's
+setgroups() changes every thread of the process, so the raw system call is
+used: a server thread then acts for one caller without affecting the others.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_SYSCALLS = {
+    "x86_64": {"setgroups": 116, "renameat2": 316, "openat2": 437},
+    "aarch64": {"setgroups": 159, "renameat2": 276, "openat2": 437},
+}
+_NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+_libc.syscall.restype = ctypes.c_long
+_libc.setfsuid.restype = ctypes.c_int
+_libc.setfsgid.restype = ctypes.c_int
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _check(ret: int, *names: bytes) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), *[n.decode(errors="replace") for n in names])
+    return ret
+
+
+def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    ret = _libc.syscall(
+        ctypes.c_long(_NR["openat2"]),
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    return _check(ret, path)
+
+
+def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) -> None:
+    ret = _libc.syscall(
+        ctypes.c_long(_NR["renameat2"]),
+        ctypes.c_int(olddirfd),
+        ctypes.c_char_p(old),
+        ctypes.c_int(newdirfd),
+        ctypes.c_char_p(new),
+        ctypes.c_uint(flags),
+    )
+    _check(ret, old, new)
+
+
+def utimensat(
+    dirfd: int, name: bytes, atime: int | None, mtime: int | None, atime_now: bool, mtime_now: bool
+) -> None:
+    """Set times in ns; None omits that time, *_now uses the current time."""
+
+    def ts(value: int | None, now: bool) -> _Timespec:
+        if now:
+            return _Timespec(0, UTIME_NOW)
+        if value is None:
+            return _Timespec(0, UTIME_OMIT)
+        sec, nsec = divmod(value, 1_000_000_000)
+        return _Timespec(sec, nsec)
+
+    times = (_Timespec * 2)(ts(atime, atime_now), ts(mtime, mtime_now))
+    AT_SYMLINK_NOFOLLOW = 0x100
+    ret = _libc.utimensat(
+        ctypes.c_int(dirfd), ctypes.c_char_p(name), times, ctypes.c_int(AT_SYMLINK_NOFOLLOW)
+    )
+    _check(ret, name)
+
+
+def set_thread_creds(uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """Make the calling thread's file-system identity (uid, gid, groups).
+
+    Only the fs ids change, so the thread keeps its real and effective root
+    ids and can switch back. Leaving fsuid 0 drops the file capabilities
+    (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER...), so the kernel applies POSIX
+    permission and ownership rules exactly as it would for that user.
+    """
+    arr = (ctypes.c_uint * max(len(groups), 1))(*groups)
+    ret = _libc.syscall(ctypes.c_long(_NR["setgroups"]), ctypes.c_size_t(len(groups)), arr)
+    _check(ret)
+    _libc.setfsgid(ctypes.c_uint(gid))
+    _libc.setfsuid(ctypes.c_uint(uid))
+    # setfs*id return the previous id and no error: read back to verify.
+    if (
+        _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF)) != uid
+        or _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid
+    ):
+        raise PermissionError(1, "cannot switch to the caller's credentials")

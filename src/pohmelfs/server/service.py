@@ -1,0 +1,431 @@
+"""The TCP service: accepts clients and runs their requests against an export.
+
+One thread per connection reads frames and runs quick requests inline, in
+arrival order; requests that may take long (fsync, listing, tree removal,
+path creation) go to a shared worker pool so they do not hold up the rest of
+the connection. Replies are matched to requests by transaction id, so they may
+leave in any order. A WRITE is applied only once its whole payload has
+arrived, with one ``pwrite``: a connection that dies mid-frame or a SIGTERM
+never leaves half of a write request applied.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import protocol as p
+from ..protocol import Command, Flag, Header, Message, ProtocolError
+from ..wire import PeerClosed, SocketReader, send_parts
+from .export import LocalExport, attr_of
+
+log = logging.getLogger("pohmelfs.server")
+
+SENDFILE_MIN = 64 << 10  # below this, pread + sendmsg beats header + sendfile
+SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
+
+
+class _Handle:
+    __slots__ = ("fd", "refs", "append", "regular")
+
+    def __init__(self, fd: int, append: bool, regular: bool) -> None:
+        self.fd, self.refs, self.append, self.regular = fd, 1, append, regular
+
+
+class Session:
+    """One client connection."""
+
+    def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:
+        self.server, self.sock, self.peer = server, sock, peer
+        self.export = server.export
+        self.reader = SocketReader(sock)
+        self.max_payload = server.max_payload
+        self.send_lock = threading.Lock()
+        self.handles: dict[int, _Handle] = {}
+        self.handles_lock = threading.Lock()
+        self.next_handle = 1
+        self._wbuf: memoryview | None = None
+        self._scratch = threading.local()
+        self.handlers: dict[Command, Callable[[Message], Message | None]] = {
+            Command.PING: lambda m: p.reply(m),
+            Command.STATFS: self._statfs,
+            Command.LOOKUP: lambda m: p.reply(m, attr=self.export.lookup(m["path"])),
+            Command.READDIR: self._readdir,
+            Command.OPEN: self._open,
+            Command.CLOSE: self._close,
+            Command.READ: self._read,
+            Command.WRITE: self._write,
+            Command.FSTAT: self._fstat,
+            Command.FTRUNCATE: self._ftruncate,
+            Command.FSYNC: self._fsync,
+            Command.TRUNCATE: lambda m: self._done(m, self.export.truncate(m["path"], m.offset)),
+            Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
+            Command.MAKEDIRS: lambda m: p.reply(m, attr=self.export.makedirs(m["path"], m["mode"])),
+            Command.RMDIR: lambda m: self._done(m, self.export.rmdir(m["path"])),
+            Command.RMTREE: lambda m: self._done(m, self.export.rmtree(m["path"])),
+            Command.UNLINK: lambda m: self._done(m, self.export.unlink(m["path"])),
+            Command.RENAME: lambda m: self._done(
+                m, self.export.rename(m["path"], m["new"], m["flags"])
+            ),
+            Command.LINK: lambda m: p.reply(m, attr=self.export.link(m["path"], m["new"])),
+            Command.SYMLINK: lambda m: p.reply(m, attr=self.export.symlink(m["target"], m["path"])),
+            Command.READLINK: lambda m: p.reply(m, target=self.export.readlink(m["path"])),
+            Command.MKNOD: lambda m: p.reply(
+                m, attr=self.export.mknod(m["path"], m["mode"], m["rdev"])
+            ),
+            Command.CHMOD: lambda m: self._done(m, self.export.chmod(m["path"], m["mode"])),
+            Command.CHOWN: lambda m: self._done(
+                m, self.export.chown(m["path"], m["uid"], m["gid"])
+            ),
+            Command.UTIMES: lambda m: self._done(
+                m, self.export.utimes(m["path"], m["atime_ns"], m["mtime_ns"], m["which"])
+            ),
+            Command.GETXATTR: lambda m: p.reply(
+                m, value=self.export.getxattr(m["path"], m["name"])
+            ),
+            Command.SETXATTR: lambda m: self._done(
+                m, self.export.setxattr(m["path"], m["name"], m["value"], m["flags"])
+            ),
+            Command.LISTXATTR: lambda m: p.reply(m, names=tuple(self.export.listxattr(m["path"]))),
+            Command.REMOVEXATTR: lambda m: self._done(
+                m, self.export.removexattr(m["path"], m["name"])
+            ),
+        }
+
+    # --- the connection loop ------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._handshake()
+            while True:
+                self._serve_one()
+        except PeerClosed:
+            log.debug("%s: closed", self.peer)
+        except ProtocolError as e:
+            log.warning("%s: protocol error, dropping connection: %s", self.peer, e)
+        except OSError as e:
+            log.debug("%s: connection ended: %s", self.peer, e)
+        finally:
+            self.close()
+
+    def _handshake(self) -> None:
+        header = self.reader.read_header(p.DEFAULT_MAX_PAYLOAD)
+        if header.cmd != Command.HELLO or header.flags:
+            raise ProtocolError("first frame must be HELLO")
+        hello = p.decode_payload(header, self.reader.read_view(header.payload_len))
+        if hello["version"] != p.VERSION:
+            msg = f"protocol version {hello['version']} not supported (server speaks {p.VERSION})"
+            self.send(p.reply(hello, status=errno.EPROTONOSUPPORT, data=msg.encode()))
+            raise ProtocolError(msg)
+        self.max_payload = max(64 << 10, min(self.server.max_payload, hello["max_payload"]))
+        caps = (p.Cap.READ_ONLY if self.export.read_only else 0) | (
+            p.Cap.XATTR if self.export.xattrs else 0
+        )
+        self.send(
+            p.reply(
+                hello,
+                version=p.VERSION,
+                max_payload=self.max_payload,
+                caps=int(caps),
+                fsid=self.server.fsid,
+                statfs=self.export.statfs(),
+            )
+        )
+        log.debug("%s: hello from %r", self.peer, hello["client"])
+
+    def _serve_one(self) -> None:
+        try:
+            header = self.reader.read_header(self.max_payload)
+        except ProtocolError as e:
+            if e.skip is None:
+                raise
+            cmd, xid, plen = e.skip
+            self.reader.skip(plen)
+            self._send_raw_error(cmd, xid, errno.EPROTO, str(e))
+            return
+        if header.flags:  # clients send only requests in version 1
+            self.reader.skip(header.payload_len)
+            log.warning(
+                "%s: ignoring %s frame with flags %#x", self.peer, header.cmd.name, header.flags
+            )
+            return
+        payload = self._read_payload(header)
+        try:
+            msg = p.decode_payload(header, payload)
+        except ProtocolError as e:
+            self.send(p.reply(header, status=errno.EPROTO, data=str(e).encode()))
+            return
+        if header.cmd in SLOW_COMMANDS:
+            self.server.pool.submit(self.execute, msg)
+        else:
+            self.execute(msg)
+
+    def _read_payload(self, header: Header) -> memoryview:
+        n = header.payload_len
+        if n <= 256 << 10:
+            return self.reader.read_view(n)
+        if self._wbuf is None or len(self._wbuf) < n:
+            self._wbuf = memoryview(bytearray(self.max_payload))
+        view = self._wbuf[:n]
+        self.reader.read_into(view)
+        return view
+
+    def execute(self, msg: Message) -> None:
+        """Run one request and send its reply; never raises for the request's faults."""
+        try:
+            if "cred" in msg.fields:
+                self.export.act_as(msg["cred"])
+            out = self.handlers[msg.cmd](msg)
+        except OSError as e:
+            code = e.errno or errno.EIO
+            out = p.reply(msg, status=code, data=(e.strerror or "").encode(errors="replace"))
+        except ConnectionError:
+            raise
+        except Exception as e:  # a bug must cost one request, not the server
+            log.exception("%s: %s failed", self.peer, msg.cmd.name)
+            out = p.reply(msg, status=errno.EIO, data=f"internal server error: {e}".encode())
+        if out is not None:
+            try:
+                self.send(out)
+            except OSError as e:
+                log.debug("%s: cannot send reply: %s", self.peer, e)
+
+    def send(self, msg: Message) -> None:
+        parts = msg.encode()
+        with self.send_lock:
+            send_parts(self.sock, parts)
+
+    def _send_raw_error(self, cmd: int, xid: int, code: int, text: str) -> None:
+        data = text.encode()
+        hdr = p.HEADER.pack(p.MAGIC, cmd, Flag.REPLY, 0, code, len(data), xid, 0, 0, 0)
+        with self.send_lock:
+            send_parts(self.sock, [hdr, data])
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self.handles_lock:
+            handles, self.handles = list(self.handles.values()), {}
+        for h in handles:
+            self._release(h)
+        self.server.forget(self)
+
+    # --- handles --------------------------------------------------------------
+
+    def _acquire(self, oid: int) -> _Handle:
+        with self.handles_lock:
+            h = self.handles.get(oid)
+            if h is None:
+                raise OSError(errno.EBADF, "unknown file handle")
+            h.refs += 1
+            return h
+
+    def _release(self, h: _Handle) -> None:
+        with self.handles_lock:
+            h.refs -= 1
+            last = h.refs == 0
+        if last:
+            os.close(h.fd)
+
+    @staticmethod
+    def _done(m: Message, _result: None) -> Message:
+        return p.reply(m)
+
+    # --- request handlers -----------------------------------------------------
+
+    def _statfs(self, m: Message) -> Message:
+        return p.reply(m, statfs=self.export.statfs())
+
+    def _readdir(self, m: Message) -> None:
+        batches = self.export.readdir(m["path"])
+        batch = next(batches)
+        for following in batches:
+            self.send(p.reply(m, more=True, entries=tuple(batch)))
+            batch = following
+        self.send(p.reply(m, entries=tuple(batch)))
+
+    def _open(self, m: Message) -> Message:
+        fd, attr = self.export.open(m["path"], m["flags"], m["mode"])
+        h = _Handle(fd, bool(m["flags"] & os.O_APPEND), stat.S_ISREG(attr.mode))
+        with self.handles_lock:
+            oid = self.next_handle
+            self.next_handle += 1
+            self.handles[oid] = h
+        return p.reply(m, oid=oid, attr=attr)
+
+    def _close(self, m: Message) -> Message:
+        with self.handles_lock:
+            h = self.handles.pop(m.oid, None)
+        if h is None:
+            raise OSError(errno.EBADF, "unknown file handle")
+        self._release(h)
+        return p.reply(m)
+
+    def _with_handle(self, m: Message, fn: Callable[[_Handle], Message | None]) -> Message | None:
+        h = self._acquire(m.oid)
+        try:
+            return fn(h)
+        finally:
+            self._release(h)
+
+    def _fstat(self, m: Message) -> Message | None:
+        return self._with_handle(m, lambda h: p.reply(m, attr=attr_of(os.fstat(h.fd))))
+
+    def _ftruncate(self, m: Message) -> Message | None:
+        if self.export.read_only:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return self._with_handle(m, lambda h: self._done(m, os.ftruncate(h.fd, m.offset)))
+
+    def _fsync(self, m: Message) -> Message | None:
+        sync = os.fdatasync if m["datasync"] else os.fsync
+        return self._with_handle(m, lambda h: self._done(m, sync(h.fd)))
+
+    def _write(self, m: Message) -> Message | None:
+        def write(h: _Handle) -> Message:
+            data = memoryview(m["data"])
+            done = 0
+            if h.append:
+                while done < len(data):
+                    done += os.write(h.fd, data[done:])
+                end = os.lseek(h.fd, 0, os.SEEK_CUR)
+            else:
+                while done < len(data):
+                    done += os.pwrite(h.fd, data[done:], m.offset + done)
+                end = m.offset + done
+            return p.reply(m, length=done, offset=end)
+
+        return self._with_handle(m, write)
+
+    def _read(self, m: Message) -> Message | None:
+        if m.length > self.max_payload:
+            raise OSError(errno.EINVAL, f"read of {m.length} bytes exceeds {self.max_payload}")
+        return self._with_handle(m, lambda h: self._send_read(m, h))
+
+    def _send_read(self, m: Message, h: _Handle) -> None:
+        if m.length < SENDFILE_MIN or not h.regular:
+            buf = getattr(self._scratch, "buf", None)
+            if buf is None or len(buf) < m.length:
+                buf = self._scratch.buf = memoryview(bytearray(max(m.length, SENDFILE_MIN)))
+            got = os.preadv(h.fd, [buf[: m.length]], m.offset)
+            hdr = Header(m.cmd, Flag.REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
+            with self.send_lock:
+                send_parts(self.sock, [hdr, buf[:got]])
+            return
+        size = os.fstat(h.fd).st_size
+        n = max(0, min(m.length, size - m.offset))
+        hdr = Header(m.cmd, Flag.REPLY, 0, n, m.xid, 0, m.offset, 0).pack()
+        with self.send_lock:
+            send_parts(self.sock, [hdr])
+            sent = 0
+            while sent < n:
+                try:
+                    k = os.sendfile(self.sock.fileno(), h.fd, m.offset + sent, n - sent)
+                except OSError as e:
+                    if e.errno in (errno.EAGAIN, errno.EINTR):
+                        continue
+                    k = -1
+                    err = e
+                if k <= 0:
+                    # The file shrank or failed under us after the header promised
+                    # n bytes: the frame cannot be completed, so end the connection.
+                    why = "file shrank" if k == 0 else str(err)
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                    raise ConnectionAbortedError(f"read reply cut short: {why}")
+                sent += k
+
+
+class Server:
+    """Serve ``export`` on ``host:port``; ``port`` 0 picks a free port."""
+
+    def __init__(
+        self,
+        export: LocalExport,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_payload: int = p.DEFAULT_MAX_PAYLOAD,
+        workers: int = 16,
+    ) -> None:
+        self.export = export
+        self.max_payload = max_payload
+        # Clients send the modes they want, already masked by their own umask.
+        os.umask(0)
+        self.fsid = random.getrandbits(63) | 1
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pohmelfs-worker")
+        self.sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self.address = self.listener.getsockname()[:2]
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="pohmelfs-accept", daemon=True
+        )
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> Server:
+        self._accept_thread.start()
+        log.info(
+            "serving %s on %s:%d%s",
+            self.export.root,
+            *self.address,
+            " (read-only)" if self.export.read_only else "",
+        )
+        return self
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                sock, addr = self.listener.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            session = Session(self, sock, "%s:%d" % addr[:2])
+            with self._lock:
+                if self._stopping:
+                    sock.close()
+                    return
+                self.sessions.add(session)
+                t = threading.Thread(
+                    target=session.run, name=f"pohmelfs-conn-{session.peer}", daemon=True
+                )
+                self._threads = [x for x in self._threads if x.is_alive()]
+                self._threads.append(t)
+            t.start()
+
+    def forget(self, session: Session) -> None:
+        with self._lock:
+            self.sessions.discard(session)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let requests in progress finish, then close everything."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            sessions = list(self.sessions)
+            threads = list(self._threads)
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for s in sessions:  # end each reader at its next frame boundary
+            try:
+                s.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        for t in threads:
+            t.join(timeout)
+        self.pool.shutdown(wait=True)
+        self._accept_thread.join(timeout)
+        log.info("stopped")
