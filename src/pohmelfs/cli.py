@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -38,28 +39,70 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(root):
         raise UserError(f"export folder {args.dir!r} does not exist or is not a directory")
     host, port = parse_hostport(args.listen, "--listen")
-    export = LocalExport(root, read_only=args.read_only)
+    report = _daemonize(args) if args.daemon else None
     try:
-        server = Server(
-            export, host, port, max_payload=args.max_payload << 20, workers=args.workers
-        )
-    except OSError as e:
-        why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
-        raise UserError(f"cannot listen on {host}:{port}: {why}") from None
+        export = LocalExport(root, read_only=args.read_only)
+        try:
+            server = Server(export, host, port, max_payload=args.max_payload << 20,
+                            workers=args.workers)  # fmt: skip
+        except OSError as e:
+            why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise UserError(f"cannot listen on {host}:{port}: {why}") from None
+    except (UserError, OSError) as e:
+        if report is None:
+            raise
+        os.write(report, f"error {e}".encode())
+        os._exit(2)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(
-        f"pohmelfs: serving {root} on {server.address[0]}:{server.address[1]}"
-        f"{' (read-only)' if args.read_only else ''}",
-        flush=True,
-    )
+    line = (f"pohmelfs: serving {root} on {server.address[0]}:{server.address[1]}"
+            f"{' (read-only)' if args.read_only else ''}")  # fmt: skip
+    if report is not None:
+        os.write(report, f"ok {line}".encode())
+        os.close(report)
+    print(line, flush=True)
     while not stop.wait(3600):
         pass
     server.stop()
     export.close()
+    if args.pid_file:
+        with contextlib.suppress(OSError):
+            os.unlink(args.pid_file)
     return 0
+
+
+def _daemonize(args: argparse.Namespace) -> int:
+    """Detach into the background; the parent exits once the server listens.
+
+    Returns, in the daemon, the pipe on which to report "ok ..." or "error ...".
+    """
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            status = pipe.read().decode(errors="replace")
+        if status.startswith("ok "):
+            print(status[3:])
+            os._exit(0)
+        print(f"pohmelfs: error: {status[6:] or 'server failed to start'}", file=sys.stderr)
+        os._exit(2)
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    log = os.open(args.log_file or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    if args.pid_file:
+        with open(args.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    return w
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -149,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="threads for slow requests such as fsync (default: 16)",
+    )
+    serve.add_argument(
+        "--daemon",
+        action="store_true",
+        help="run in the background; returns once the server listens",
+    )
+    serve.add_argument("--pid-file", metavar="FILE", help="write the server's PID here")
+    serve.add_argument(
+        "--log-file", metavar="FILE", help="with --daemon, append the log here (default: discard)"
     )
     serve.set_defaults(func=_serve)
 

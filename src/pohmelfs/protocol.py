@@ -381,6 +381,28 @@ def schema_for(cmd: Command, flags: int, status: int) -> Schema:
     return REQUESTS[cmd]
 
 
+def _flag_problem(flags: int, status: int) -> str | None:
+    if flags & ~KNOWN_FLAGS:
+        return f"unknown flags {flags:#x}"
+    if flags & Flag.REPLY and flags & Flag.NOTIFY:
+        return "frame is both reply and notification"
+    if flags & Flag.MORE and not flags & Flag.REPLY:
+        return "MORE on a frame that is not a reply"
+    if status and not flags & Flag.REPLY:
+        return "status set on a frame that is not a reply"
+    return None
+
+
+_SCHEMA_NAMES: dict[Schema, frozenset[str]] = {}
+
+
+def _names(schema: Schema) -> frozenset[str]:
+    names = _SCHEMA_NAMES.get(schema)
+    if names is None:
+        names = _SCHEMA_NAMES[schema] = frozenset(n for n, _ in schema)
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """A validated frame header."""
@@ -406,14 +428,9 @@ class Header:
         if tag_len:  # the trailer's length is unknown to version 1: cannot resync
             raise ProtocolError("authentication tags are not supported by version 1")
         skip = (cmd, xid, plen)
-        if flags & ~KNOWN_FLAGS:
-            raise ProtocolError(f"unknown flags {flags:#x}", skip)
-        if flags & Flag.REPLY and flags & Flag.NOTIFY:
-            raise ProtocolError("frame is both reply and notification", skip)
-        if flags & Flag.MORE and not flags & Flag.REPLY:
-            raise ProtocolError("MORE on a frame that is not a reply", skip)
-        if status and not flags & Flag.REPLY:
-            raise ProtocolError("status set on a frame that is not a reply", skip)
+        problem = _flag_problem(flags, status)
+        if problem:
+            raise ProtocolError(problem, skip)
         try:
             command = Command(cmd)
         except ValueError:
@@ -461,11 +478,15 @@ class Message:
         ):
             if not isinstance(value, int) or not 0 <= value <= U64_MAX:
                 raise ProtocolError(f"header field {name} out of range: {value!r}")
-        if not 0 <= self.status <= U32_MAX:
+        if not isinstance(self.status, int) or not 0 <= self.status <= U32_MAX:
             raise ProtocolError(f"status out of range: {self.status!r}")
-        Header.unpack(self._header(0).pack(), U32_MAX)  # flag sanity checks
-        names = {n for n, _ in self.schema}
-        if set(self.fields) != names:
+        if not isinstance(self.cmd, Command):
+            raise ProtocolError(f"unknown command {self.cmd!r}")
+        problem = _flag_problem(self.flags, self.status)
+        if problem:
+            raise ProtocolError(problem)
+        names = _names(self.schema)
+        if self.fields.keys() != names:
             missing, extra = names - set(self.fields), set(self.fields) - names
             raise ProtocolError(
                 f"{self.cmd.name}: missing {sorted(missing)}, extra {sorted(extra)}"

@@ -311,10 +311,15 @@ class Client:
 
     def scandir(self, path: PathArg = "/") -> Iterator[ScanEntry]:
         """All entries of a directory with their attributes, in one streamed request."""
-        conn = self._connection()
         raw = os.fsencode(path)
-        tx = conn.start(Command.READDIR, cred=self.cred, path=raw)
-        frames = conn.stream(tx, path)  # type: ignore[arg-type]
+        conn = self._connection()
+        try:
+            frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
+        except ConnectionError:
+            if not conn.closed:
+                raise
+            conn = self._connection()
+            frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
         as_str = isinstance(os.fspath(path), str)
         base = raw.rstrip(b"/")
         for frame in frames:

@@ -24,6 +24,10 @@ from ..wire import PeerClosed, SocketReader, send_parts
 log = logging.getLogger("pohmelfs.client")
 
 
+# The reply recorded for a READ whose data went straight into the caller's buffer.
+_READ_DONE = p.reply(p.request(Command.READ, 0), data=b"")
+
+
 class Transaction:
     """A request in flight. ``into`` receives READ reply data directly."""
 
@@ -114,7 +118,10 @@ class Connection:
     ) -> Transaction:
         """Send a request and return its transaction without waiting."""
         xid = next(self._xids)
-        parts = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields).encode()
+        if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
+            parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]
+        else:
+            parts = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields).encode()
         tx = Transaction(xid, cmd, into)
         with self._lock:
             if self.closed:
@@ -197,16 +204,7 @@ class Connection:
                         raise ProtocolError("read reply longer than requested")
                     reader.read_into(tx.into[: header.payload_len])  # type: ignore[index]
                     tx.nbytes = header.payload_len
-                    tx.reply = p.Message(
-                        header.cmd,
-                        header.xid,
-                        header.flags,
-                        0,
-                        header.oid,
-                        header.offset,
-                        header.length,
-                        {"data": b""},
-                    )
+                    tx.reply = _READ_DONE
                 else:
                     payload = bytes(reader.read_view(header.payload_len))
                     msg = p.decode_payload(header, payload)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what pohmelfs needs on Debian 12 (run as root): system packages through apt,
+# Python packages into ./.venv through pip, and the `pohmelfs` command on the PATH.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+packages=(python3 python3-venv python3-pip fuse3 attr procps)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "pohmelfs: installing ${missing[*]} with apt" >&2
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.pohmelfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
+if [ -w /usr/local/bin ]; then
+    ln -sf "$PWD/.venv/bin/pohmelfs" /usr/local/bin/pohmelfs
+fi
