@@ -85,6 +85,7 @@ class Command(enum.IntEnum):
     SETXATTR = 28
     LISTXATTR = 29
     REMOVEXATTR = 30
+    FALLOCATE = 31
 
 
 # Bits of the UTIMES "which" field.
@@ -335,6 +336,7 @@ REQUESTS: dict[Command, Schema] = {
     ),
     _C.LISTXATTR: (("cred", "cred"), ("path", "name")),
     _C.REMOVEXATTR: (("cred", "cred"), ("path", "name"), ("name", "name")),
+    _C.FALLOCATE: (("mode", "u32"),),
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)

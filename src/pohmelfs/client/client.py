@@ -123,11 +123,11 @@ class Client:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
-        self._connection()  # fail early when no server can be reached
+        self.connection()  # fail early when no server can be reached
 
     # --- connections ---------------------------------------------------------
 
-    def _connection(self) -> Connection:
+    def connection(self) -> Connection:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -151,25 +151,31 @@ class Client:
             assert last is not None
             raise last
 
-    def _call(
+    def request(
         self, cmd: Command, shown: Any = None, shown2: Any = None, /, **fields: Any
     ) -> p.Message:
-        """Send one request; ``shown``/``shown2`` are the paths named in errors."""
-        conn = self._connection()
+        """Send one protocol request and wait for its reply (the adapters' entry point).
+
+        ``shown``/``shown2`` are the paths named in errors. Idempotent requests
+        are sent once more if the connection carrying them died.
+        """
+        conn = self.connection()
         try:
             return conn.call(cmd, shown, shown2, **fields)
         except ConnectionError:
             if cmd not in IDEMPOTENT or not conn.closed:
                 raise
-            return self._connection().call(cmd, shown, shown2, **fields)
+            return self.connection().call(cmd, shown, shown2, **fields)
 
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
-        return self._call(cmd, path, cred=self.cred, path=os.fsencode(path), **fields)
+        return self.request(cmd, path, cred=self.cred, path=os.fsencode(path), **fields)
 
-    def _open(self, path: PathArg, flags: int, perm: int) -> tuple[Connection, int, Attr]:
-        conn = self._connection()
+    def _open(
+        self, path: PathArg, flags: int, perm: int, cred: Cred
+    ) -> tuple[Connection, int, Attr]:
+        conn = self.connection()
         reply = conn.call(
-            Command.OPEN, path, cred=self.cred, path=os.fsencode(path), flags=flags, mode=perm
+            Command.OPEN, path, cred=cred, path=os.fsencode(path), flags=flags, mode=perm
         )
         return conn, reply.oid, reply["attr"]
 
@@ -188,7 +194,7 @@ class Client:
 
     def server_info(self) -> dict[str, Any]:
         """What the server announced at connect: capabilities and space."""
-        conn = self._connection()
+        conn = self.connection()
         s = conn.statfs
         return {
             "address": conn.address,
@@ -255,8 +261,8 @@ class Client:
             return False
 
     def statvfs(self, path: PathArg = "/") -> os.statvfs_result:
-        s = self._call(Command.STATFS, path, cred=self.cred)["statfs"]
-        flag = os.ST_RDONLY if self._connection().caps & p.Cap.READ_ONLY else 0
+        s = self.request(Command.STATFS, path, cred=self.cred)["statfs"]
+        flag = os.ST_RDONLY if self.connection().caps & p.Cap.READ_ONLY else 0
         return os.statvfs_result(
             (
                 s.bsize,
@@ -312,13 +318,13 @@ class Client:
     def scandir(self, path: PathArg = "/") -> Iterator[ScanEntry]:
         """All entries of a directory with their attributes, in one streamed request."""
         raw = os.fsencode(path)
-        conn = self._connection()
+        conn = self.connection()
         try:
             frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
         except ConnectionError:
             if not conn.closed:
                 raise
-            conn = self._connection()
+            conn = self.connection()
             frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
         as_str = isinstance(os.fspath(path), str)
         base = raw.rstrip(b"/")
@@ -362,7 +368,7 @@ class Client:
         """Rename, replacing ``dst``; ``noreplace`` fails with EEXIST instead,
         ``exchange`` swaps the two names atomically."""
         flags = (1 if noreplace else 0) | (2 if exchange else 0)
-        self._call(
+        self.request(
             Command.RENAME,
             src,
             dst,
@@ -375,13 +381,13 @@ class Client:
     replace = rename
 
     def link(self, src: PathArg, dst: PathArg) -> None:
-        self._call(
+        self.request(
             Command.LINK, src, dst, cred=self.cred, path=os.fsencode(src), new=os.fsencode(dst)
         )
 
     def symlink(self, target: PathArg, path: PathArg) -> None:
         """Create ``path`` as a symlink to ``target`` (stored as given, never followed)."""
-        self._call(
+        self.request(
             Command.SYMLINK,
             path,
             cred=self.cred,

@@ -13,6 +13,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,22 +29,46 @@ log = logging.getLogger("pohmelfs.client")
 _READ_DONE = p.reply(p.request(Command.READ, 0), data=b"")
 
 
+Sink = Callable[[p.Header, SocketReader], None]
+
+
 class Transaction:
-    """A request in flight. ``into`` receives READ reply data directly."""
+    """A request in flight.
 
-    __slots__ = ("xid", "cmd", "done", "into", "nbytes", "reply", "frames", "error", "claimed")
+    A caller either sleeps on it (``wait``) or gives a ``callback`` that the
+    receive thread runs on completion, success or failure. Read data goes
+    straight into ``into`` (a caller's buffer), or is handed with the socket
+    to ``sink``, which must consume exactly the payload (the FUSE adapter
+    forwards it to the kernel from there).
+    """
 
-    def __init__(self, xid: int, cmd: Command, into: memoryview | None) -> None:
+    __slots__ = ("xid", "cmd", "done", "into", "sink", "callback", "deadline", "nbytes",
+                 "reply", "frames", "error", "claimed")  # fmt: skip
+
+    def __init__(self, xid: int, cmd: Command, into: memoryview | None, sink: Sink | None,
+                 callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
         self.xid = xid
         self.cmd = cmd
         self.done = threading.Lock()
         self.done.acquire()
         self.into = into
+        self.sink = sink
+        self.callback = callback
+        self.deadline = 0.0
         self.nbytes = 0
         self.reply: Message | None = None
         self.frames: list[Message] = []
         self.error: BaseException | None = None
-        self.claimed = False  # the receive thread is filling ``into``
+        self.claimed = False  # the receive thread is filling ``into`` or running ``sink``
+
+    def complete(self) -> None:
+        if self.callback is None:
+            self.done.release()
+            return
+        try:
+            self.callback(self)
+        except Exception:
+            log.exception("transaction callback failed")
 
 
 class Connection:
@@ -72,6 +97,8 @@ class Connection:
         self._pending: dict[int, Transaction] = {}
         self._xids = itertools.count(1)
         self._on_notify = on_notify
+        self._sweeper: threading.Thread | None = None
+        self._closing = threading.Event()
         self.closed = False
         self.close_reason = ""
         try:
@@ -111,6 +138,8 @@ class Connection:
         cmd: Command,
         *,
         into: memoryview | None = None,
+        sink: Sink | None = None,
+        callback: Callable[[Transaction], None] | None = None,
         oid: int = 0,
         offset: int = 0,
         length: int = 0,
@@ -122,11 +151,18 @@ class Connection:
             parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]
         else:
             parts = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields).encode()
-        tx = Transaction(xid, cmd, into)
+        tx = Transaction(xid, cmd, into, sink, callback)
+        if callback is not None:
+            tx.deadline = time.monotonic() + self.timeout
         with self._lock:
             if self.closed:
                 raise errors.connection_error(self.address, self.close_reason)
             self._pending[xid] = tx
+            if callback is not None and self._sweeper is None:
+                self._sweeper = threading.Thread(
+                    target=self._sweep_loop, daemon=True, name=f"pohmelfs-sweep-{self.address}"
+                )
+                self._sweeper.start()
         try:
             with self._send_lock:
                 send_parts(self.sock, parts)
@@ -200,9 +236,13 @@ class Connection:
                     raise ProtocolError(f"reply {header.cmd.name} to a {tx.cmd.name} request")
                 current = tx
                 if tx.claimed:
-                    if header.payload_len > len(tx.into):  # type: ignore[arg-type]
-                        raise ProtocolError("read reply longer than requested")
-                    reader.read_into(tx.into[: header.payload_len])  # type: ignore[index]
+                    if tx.sink is not None:
+                        tx.sink(header, reader)
+                    else:
+                        assert tx.into is not None
+                        if header.payload_len > len(tx.into):
+                            raise ProtocolError("read reply longer than requested")
+                        reader.read_into(tx.into[: header.payload_len])
                     tx.nbytes = header.payload_len
                     tx.reply = _READ_DONE
                 else:
@@ -214,7 +254,7 @@ class Connection:
                         continue
                     tx.reply = msg
                 current = None
-                tx.done.release()
+                tx.complete()
         except PeerClosed:
             why = "server closed the connection"
         except (OSError, ProtocolError) as e:
@@ -225,7 +265,7 @@ class Connection:
         self._fail(why)
         if current is not None and current.reply is None:
             current.error = errors.connection_error(self.address, why)
-            current.done.release()
+            current.complete()
 
     def _fail(self, why: str) -> None:
         """Mark the connection dead and fail every transaction in flight."""
@@ -235,13 +275,31 @@ class Connection:
                 self.close_reason = why
                 log.info("connection to %s lost: %s", self.address, why)
             pending, self._pending = list(self._pending.values()), {}
+        self._closing.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         for tx in pending:
             tx.error = errors.connection_error(self.address, why)
-            tx.done.release()
+            tx.complete()
+
+    def _sweep_loop(self) -> None:
+        """Fail callback transactions that outlive the timeout (nobody waits on them)."""
+        period = min(max(self.timeout / 4, 0.05), 1.0)
+        while not self._closing.wait(period):
+            now = time.monotonic()
+            with self._lock:
+                expired = [
+                    tx
+                    for tx in self._pending.values()
+                    if tx.callback is not None and tx.deadline < now and not tx.claimed
+                ]
+                for tx in expired:
+                    del self._pending[tx.xid]
+            for tx in expired:
+                tx.error = errors.timeout_error(self.address, self.timeout)
+                tx.complete()
 
     def close(self) -> None:
         self._fail("closed by client")

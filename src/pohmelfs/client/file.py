@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import Attr, Command
+from ..protocol import Attr, Command, Cred
 from .connection import Connection, Transaction
 
 if TYPE_CHECKING:
@@ -25,14 +25,24 @@ REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
 
 
 class RemoteFile(io.RawIOBase):
-    def __init__(self, client: Client, path: str | bytes, flags: int, perm: int, mode: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        path: str | bytes,
+        flags: int,
+        perm: int,
+        mode: str,
+        cred: Cred | None = None,
+    ) -> None:
         super().__init__()
         self._client = client
         self.name = path
         self.mode = mode
         self._flags = flags
+        self._cred = cred or client.cred
         self._lock = threading.Lock()
-        self._conn, self._oid, attr = client._open(path, flags, perm)
+        self._conn, self._oid, attr = client._open(path, flags, perm, self._cred)
+        self.attr: Attr = attr
         self._pos = attr.size if flags & os.O_APPEND else 0
 
     # --- the handle, reopened after a reconnect ------------------------------
@@ -193,6 +203,14 @@ class RemoteFile(io.RawIOBase):
 
     def stat(self) -> os.stat_result:
         return self._client._stat_result(self.fstat())
+
+    def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
+        """Allocate (mode 0) or, with Linux FALLOC_FL_* flags, punch or keep size."""
+        self._retrying(
+            lambda c, o: c.call(
+                Command.FALLOCATE, self.name, oid=o, offset=offset, length=length, mode=mode
+            )
+        )
 
     def fsync(self, datasync: bool = False) -> None:
         """Make everything written so far durable on the server."""

@@ -115,3 +115,10 @@ def set_thread_creds(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         or _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid
     ):
         raise PermissionError(1, "cannot switch to the caller's credentials")
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    ret = _libc.fallocate(
+        ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset), ctypes.c_long(length)
+    )
+    _check(ret)

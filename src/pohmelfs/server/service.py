@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import protocol as p
 from ..protocol import Command, Flag, Header, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
+from . import linux
 from .export import LocalExport, attr_of
 
 log = logging.getLogger("pohmelfs.server")
@@ -65,6 +66,7 @@ class Session:
             Command.FSTAT: self._fstat,
             Command.FTRUNCATE: self._ftruncate,
             Command.FSYNC: self._fsync,
+            Command.FALLOCATE: self._fallocate,
             Command.TRUNCATE: lambda m: self._done(m, self.export.truncate(m["path"], m.offset)),
             Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
             Command.MAKEDIRS: lambda m: p.reply(m, attr=self.export.makedirs(m["path"], m["mode"])),
@@ -284,6 +286,13 @@ class Session:
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return self._with_handle(m, lambda h: self._done(m, os.ftruncate(h.fd, m.offset)))
+
+    def _fallocate(self, m: Message) -> Message | None:
+        if self.export.read_only:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return self._with_handle(
+            m, lambda h: self._done(m, linux.fallocate(h.fd, m["mode"], m.offset, m.length))
+        )
 
     def _fsync(self, m: Message) -> Message | None:
         sync = os.fdatasync if m["datasync"] else os.fsync
