@@ -304,6 +304,15 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.01)
+    return not _pid_alive(pid)
+
+
 def test_serve_daemon_pid_file_and_sigterm(export_dir: Path, tmp_path: Path) -> None:
     port = free_port()
     pid_file = tmp_path / "server.pid"
@@ -330,11 +339,7 @@ def test_serve_daemon_pid_file_and_sigterm(export_dir: Path, tmp_path: Path) -> 
     finally:
         if pid > 0 and _pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
-    for _ in range(500):  # up to 5 s
-        if not _pid_alive(pid):
-            break
-        time.sleep(0.01)
-    else:
+    if not _wait_gone(pid, 5):
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the daemon did not exit within 5 s of SIGTERM")
     assert not pid_file.exists(), "the daemon should remove its pid file on exit"
@@ -356,11 +361,12 @@ def test_serve_daemon_reports_startup_error(export_dir: Path, tmp_path: Path) ->
             str(pid_file),
         )
     pid = int(pid_file.read_text()) if pid_file.exists() else 0
-    if pid > 0 and _pid_alive(pid):  # must not happen; never leave it running
+    exited = pid == 0 or _wait_gone(pid, 5)
+    if not exited:  # must not happen; never leave it running
         os.kill(pid, signal.SIGKILL)
     assert_one_line_error(r, "in use")
     assert r.returncode == 2
-    assert not (pid > 0 and _pid_alive(pid))
+    assert exited, "the daemon that failed to start is still running"
 
 
 def test_serve_daemon_failed_start_leaves_no_pid_file(export_dir: Path, tmp_path: Path) -> None:

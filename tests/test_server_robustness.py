@@ -688,7 +688,13 @@ def test_signal_shutdown_with_idle_clients(
         for c in clients:
             assert c.listdir("/") == ["f"]
         f = clients[0].open("/f", "rb", buffering=0)  # a handle open on the server
+        assert hello(half).status == 0
         half.sendall(b"PO\x00")  # a connection stuck in the middle of a header
+        # Idle means settled: every connection has its own running server thread
+        # (main + accept + 6 sessions + the pool worker that ran READDIR).
+        # Signals racing new connections are tested separately below.
+        tasks = Path(f"/proc/{server_proc.pid}/task")
+        wait_until(lambda: len(list(tasks.iterdir())) >= 9, what="all sessions to start")
         t0 = time.monotonic()
         os.kill(server_proc.pid, sig)
         try:
@@ -696,7 +702,8 @@ def test_signal_shutdown_with_idle_clients(
         except subprocess.TimeoutExpired:
             pytest.fail(f"server still running 5 s after {sig.name}")
         elapsed = time.monotonic() - t0
-        assert status == 0
+        assert server_proc.proc.stderr is not None
+        assert status == 0, server_proc.proc.stderr.read()
         assert elapsed < 5
         with pytest.raises(ConnectionError):
             clients[1].stat("/f")
@@ -709,6 +716,30 @@ def test_signal_shutdown_with_idle_clients(
     assert server_proc.proc.stderr is not None
     err = server_proc.proc.stderr.read()
     assert "Traceback" not in err, err
+
+
+def test_sigterm_right_after_a_burst_of_connections(export_dir: Path) -> None:
+    """SIGTERM while connections are still being accepted: exit 0, promptly, no traceback."""
+    for _ in range(3):
+        sp = ServerProcess(export_dir)
+        socks: list[socket.socket] = []
+        try:
+            socks = [
+                socket.create_connection(split_address(sp.address), timeout=5) for _ in range(64)
+            ]
+            os.kill(sp.pid, signal.SIGTERM)
+            try:
+                status = sp.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pytest.fail("server ignored SIGTERM: still running 5 s later")
+            assert sp.proc.stderr is not None
+            err = sp.proc.stderr.read()
+            assert status == 0, err
+            assert "Traceback" not in err, err
+        finally:
+            for s in socks:
+                s.close()
+            sp.stop()
 
 
 def test_sigterm_while_requests_in_flight(server_proc: ServerProcess, export_dir: Path) -> None:
@@ -757,7 +788,7 @@ def test_pipelined_requests_from_many_threads_match_by_xid(
         (export_dir / f"d{n}").mkdir()
         for k in range(n % 5):
             (export_dir / f"d{n}" / f"e{k}").touch()
-    conn = client._connection()
+    conn = client.connection()
     peak = 0
     lock = threading.Lock()
 

@@ -11,7 +11,6 @@ import shutil
 import signal
 import stat
 import sys
-import threading
 from collections.abc import Sequence
 
 from . import __version__
@@ -39,6 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not os.path.isdir(root):
         raise UserError(f"export folder {args.dir!r} does not exist or is not a directory")
     host, port = parse_hostport(args.listen, "--listen")
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    if not 1 <= args.max_payload <= 256:
+        raise UserError("--max-payload must be between 1 and 256 (MiB)")
     report = _daemonize(args) if args.daemon else None
     try:
         export = LocalExport(root, read_only=args.read_only)
@@ -52,10 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
         if report is None:
             raise
         os.write(report, f"error {e}".encode())
+        _remove_pid_file(args)
         os._exit(2)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    # Block the stop signals in every thread (threads inherit the mask) and
+    # take them synchronously here, so one reaching a worker thread cannot
+    # leave the main thread asleep.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server.start()
     line = (f"pohmelfs: serving {root} on {server.address[0]}:{server.address[1]}"
             f"{' (read-only)' if args.read_only else ''}")  # fmt: skip
@@ -63,14 +69,17 @@ def _serve(args: argparse.Namespace) -> int:
         os.write(report, f"ok {line}".encode())
         os.close(report)
     print(line, flush=True)
-    while not stop.wait(3600):
-        pass
+    signal.sigwait(stop_signals)
     server.stop()
     export.close()
-    if args.pid_file:
+    _remove_pid_file(args)
+    return 0
+
+
+def _remove_pid_file(args: argparse.Namespace) -> None:
+    if getattr(args, "pid_file", None):
         with contextlib.suppress(OSError):
             os.unlink(args.pid_file)
-    return 0
 
 
 def _daemonize(args: argparse.Namespace) -> int:
@@ -103,6 +112,46 @@ def _daemonize(args: argparse.Namespace) -> int:
         with open(args.pid_file, "w") as f:
             f.write(f"{os.getpid()}\n")
     return w
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from .fuse import mount as fmount
+
+    try:
+        cfg = fmount.MountConfig.parse(args.servers, args.mountpoint, args.o or [])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for server in cfg.servers:
+        parse_hostport(server, "server")
+    if not os.path.isdir(cfg.mountpoint):
+        raise UserError(f"mount point {args.mountpoint!r} does not exist or is not a directory")
+    from .fuse import device
+
+    if device.is_mounted(cfg.mountpoint):
+        raise UserError(f"{cfg.mountpoint} is already mounted")
+    report = None if args.foreground else _daemonize(args)
+    try:
+        if report is None:
+            return fmount.run(cfg, ready=lambda line: print(line, flush=True))
+
+        def ready(line: str) -> None:
+            os.write(report, f"ok {line}".encode())
+            os.close(report)
+
+        return fmount.run(cfg, ready=ready)
+    except OSError as e:
+        if report is None:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        os.write(report, f"error{where}: {e.strerror or e}".encode())
+        os._exit(1)
+
+
+def _umount(args: argparse.Namespace) -> int:
+    from .fuse import mount as fmount
+
+    fmount.umount(args.mountpoint)
+    return 0
 
 
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -212,6 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return cmd
 
+    mount = sub.add_parser(
+        "mount",
+        help="mount an export as a local filesystem (FUSE)",
+        description="Mount the export served at HOST:PORT on MOUNTPOINT. Returns once the "
+        "mount is ready and keeps serving it in the background; stop with "
+        "'pohmelfs umount MOUNTPOINT'. Options (-o, comma-separated): allow_other, "
+        "no_default_permissions, attr_timeout=S, entry_timeout=S, timeout=S (network), "
+        "threads=N, readahead_kib=N.",
+    )
+    mount.add_argument("servers", metavar="HOST:PORT[,HOST:PORT...]")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("-o", action="append", metavar="OPTIONS", help="mount options")
+    mount.add_argument(
+        "-f", "--foreground", action="store_true", help="stay attached (for systemd and debugging)"
+    )
+    mount.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="in the background, append the log here (default: discard)",
+    )
+    mount.set_defaults(func=_mount, pid_file=None)
+    umount = sub.add_parser(
+        "umount",
+        help="write back and unmount a pohmelfs mount",
+        description="Write back everything, unmount and stop the daemon.",
+    )
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    umount.set_defaults(func=_umount)
+
     ls = client_cmd("ls", "list a remote directory")
     ls.add_argument("path", nargs="?", default="/")
     ls.set_defaults(func=_ls)
@@ -242,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except UserError as e:
+    except (UserError, ValueError) as e:
         print(f"pohmelfs: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

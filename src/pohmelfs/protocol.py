@@ -141,6 +141,7 @@ class DirEntry(NamedTuple):
 
 _ATTR = struct.Struct("!QIIIIQQQIqqq")
 _STATFS = struct.Struct("!IIQQQQQI")
+ATTR_SIZE = _ATTR.size  # 76
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
@@ -308,7 +309,7 @@ REQUESTS: dict[Command, Schema] = {
     _C.FSYNC: (("datasync", "u32"),),
     _C.TRUNCATE: (("cred", "cred"), ("path", "name")),
     _C.MKDIR: (("cred", "cred"), ("path", "name"), ("mode", "u32")),
-    _C.MAKEDIRS: (("cred", "cred"), ("path", "name"), ("mode", "u32")),
+    _C.MAKEDIRS: (("cred", "cred"), ("path", "name"), ("mode", "u32"), ("parent_mode", "u32")),
     _C.RMDIR: (("cred", "cred"), ("path", "name")),
     _C.RMTREE: (("cred", "cred"), ("path", "name")),
     _C.UNLINK: (("cred", "cred"), ("path", "name")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import stat as stat_mod
 import threading
@@ -28,6 +29,23 @@ IDEMPOTENT = frozenset(
         Command.PING,
     }
 )
+
+
+def encode_path(path: PathArg) -> bytes:
+    """A path as the bytes the protocol carries; refuses what no server could accept."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    if len(raw) > p.MAX_PATH:
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+    return raw
+
+
+def _float_to_ns(t: float) -> int:
+    """Seconds as nanoseconds, rounded the way os.utime rounds (towards -inf)."""
+    frac, whole = math.modf(t)
+    ns = math.floor(frac * 1e9)
+    return int(whole) * 1_000_000_000 + ns
 
 
 def _process_umask() -> int:
@@ -168,14 +186,14 @@ class Client:
             return self.connection().call(cmd, shown, shown2, **fields)
 
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
-        return self.request(cmd, path, cred=self.cred, path=os.fsencode(path), **fields)
+        return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 
     def _open(
         self, path: PathArg, flags: int, perm: int, cred: Cred
     ) -> tuple[Connection, int, Attr]:
         conn = self.connection()
         reply = conn.call(
-            Command.OPEN, path, cred=cred, path=os.fsencode(path), flags=flags, mode=perm
+            Command.OPEN, path, cred=cred, path=encode_path(path), flags=flags, mode=perm
         )
         return conn, reply.oid, reply["attr"]
 
@@ -241,24 +259,28 @@ class Client:
 
     lstat = stat
 
-    def exists(self, path: PathArg) -> bool:
+    def _mode_or_none(self, path: PathArg) -> int | None:
+        """The mode of ``path``, or None where ``os.path`` would say it does not exist
+        (but a server that does not answer is still an error, not a "no")."""
         try:
-            self.stat(path)
-            return True
-        except FileNotFoundError:
-            return False
+            return self.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENAMETOOLONG, errno.EACCES):
+                return None
+            raise
+
+    def exists(self, path: PathArg) -> bool:
+        return self._mode_or_none(path) is not None
 
     def isdir(self, path: PathArg) -> bool:
-        try:
-            return stat_mod.S_ISDIR(self.stat(path).st_mode)
-        except FileNotFoundError:
-            return False
+        mode = self._mode_or_none(path)
+        return mode is not None and stat_mod.S_ISDIR(mode)
 
     def isfile(self, path: PathArg) -> bool:
-        try:
-            return stat_mod.S_ISREG(self.stat(path).st_mode)
-        except FileNotFoundError:
-            return False
+        mode = self._mode_or_none(path)
+        return mode is not None and stat_mod.S_ISREG(mode)
 
     def statvfs(self, path: PathArg = "/") -> os.statvfs_result:
         s = self.request(Command.STATFS, path, cred=self.cred)["statfs"]
@@ -305,7 +327,7 @@ class Client:
             which, ns = p.UTIME_ATIME_NOW | p.UTIME_MTIME_NOW, (0, 0)
         elif ns is None:
             assert times is not None
-            ns = (int(times[0] * 1e9), int(times[1] * 1e9))
+            ns = (_float_to_ns(times[0]), _float_to_ns(times[1]))
         self._path_call(Command.UTIMES, path, atime_ns=ns[0], mtime_ns=ns[1], which=which)
 
     def truncate(self, path: PathArg, length: int) -> None:
@@ -317,7 +339,7 @@ class Client:
 
     def scandir(self, path: PathArg = "/") -> Iterator[ScanEntry]:
         """All entries of a directory with their attributes, in one streamed request."""
-        raw = os.fsencode(path)
+        raw = encode_path(path)
         conn = self.connection()
         try:
             frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
@@ -345,7 +367,9 @@ class Client:
     def makedirs(self, path: PathArg, mode: int = 0o777, exist_ok: bool = False) -> None:
         """Create a directory and all missing parents with ONE request."""
         try:
-            self._path_call(Command.MAKEDIRS, path, mode=mode & ~self.umask)
+            self._path_call(
+                Command.MAKEDIRS, path, mode=mode & ~self.umask, parent_mode=0o777 & ~self.umask
+            )
         except FileExistsError:
             if not exist_ok or not self.isdir(path):
                 raise
@@ -373,8 +397,8 @@ class Client:
             src,
             dst,
             cred=self.cred,
-            path=os.fsencode(src),
-            new=os.fsencode(dst),
+            path=encode_path(src),
+            new=encode_path(dst),
             flags=flags,
         )
 
@@ -382,7 +406,7 @@ class Client:
 
     def link(self, src: PathArg, dst: PathArg) -> None:
         self.request(
-            Command.LINK, src, dst, cred=self.cred, path=os.fsencode(src), new=os.fsencode(dst)
+            Command.LINK, src, dst, cred=self.cred, path=encode_path(src), new=encode_path(dst)
         )
 
     def symlink(self, target: PathArg, path: PathArg) -> None:
@@ -391,8 +415,8 @@ class Client:
             Command.SYMLINK,
             path,
             cred=self.cred,
-            target=os.fsencode(target),
-            path=os.fsencode(path),
+            target=encode_path(target),
+            path=encode_path(path),
         )
 
     def readlink(self, path: PathArg) -> Any:
@@ -411,6 +435,10 @@ class Client:
         return bytes(self._path_call(Command.GETXATTR, path, name=os.fsencode(attribute))["value"])
 
     def setxattr(self, path: PathArg, attribute: str | bytes, value: bytes, flags: int = 0) -> None:
+        if len(value) > p.MAX_XATTR_VALUE:
+            raise OSError(
+                errno.E2BIG, f"xattr values are limited to {p.MAX_XATTR_VALUE} bytes", path
+            )
         self._path_call(
             Command.SETXATTR, path, name=os.fsencode(attribute), value=bytes(value), flags=flags
         )

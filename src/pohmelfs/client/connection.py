@@ -9,6 +9,7 @@ into the sleeping caller's buffer").
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import socket
@@ -150,7 +151,11 @@ class Connection:
         if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
             parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]
         else:
-            parts = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields).encode()
+            try:
+                msg = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields)
+                parts = msg.encode()
+            except ProtocolError as e:
+                raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
         tx = Transaction(xid, cmd, into, sink, callback)
         if callback is not None:
             tx.deadline = time.monotonic() + self.timeout
@@ -193,6 +198,17 @@ class Connection:
             detail = bytes(reply["data"]).decode(errors="replace")
             raise errors.remote_error(reply.status, self.address, detail, path, path2)
         return reply
+
+    def cancel(self, tx: Transaction) -> None:
+        """Give up on a transaction; returns once its buffer is no longer written to."""
+        with self._lock:
+            if self._pending.get(tx.xid) is tx and not tx.claimed:
+                del self._pending[tx.xid]
+                return
+        try:
+            self.wait(tx)
+        except OSError:
+            pass
 
     def call(
         self, cmd: Command, shown: Any = None, shown2: Any = None, /, **kwargs: Any
@@ -245,6 +261,7 @@ class Connection:
                         reader.read_into(tx.into[: header.payload_len])
                     tx.nbytes = header.payload_len
                     tx.reply = _READ_DONE
+                    tx.into = None  # hold no reference to the caller's buffer
                 else:
                     payload = bytes(reader.read_view(header.payload_len))
                     msg = p.decode_payload(header, payload)
@@ -255,6 +272,7 @@ class Connection:
                     tx.reply = msg
                 current = None
                 tx.complete()
+                del tx
         except PeerClosed:
             why = "server closed the connection"
         except (OSError, ProtocolError) as e:

@@ -56,7 +56,7 @@ class RemoteFile(io.RawIOBase):
         with self._lock:
             if self._conn.closed:
                 self._conn, self._oid, _ = self._client._open(
-                    self.name, self._flags & REOPEN_MASK, 0
+                    self.name, self._flags & REOPEN_MASK, 0, self._cred
                 )
             return self._conn, self._oid
 
@@ -98,11 +98,8 @@ class RemoteFile(io.RawIOBase):
                     return at + tx.nbytes
             return total
         finally:
-            for tx, _, _ in inflight:  # their buffers are the caller's: wait them out
-                try:
-                    conn.wait(tx)
-                except OSError:
-                    pass
+            for tx, _, _ in inflight:  # their buffers are the caller's
+                conn.cancel(tx)
 
     def pread(self, size: int, offset: int) -> bytes:
         buf = bytearray(size)
@@ -137,10 +134,7 @@ class RemoteFile(io.RawIOBase):
             return written, end
         finally:
             for tx in inflight:
-                try:
-                    conn.wait(tx)
-                except OSError:
-                    pass
+                conn.cancel(tx)
 
     # --- RawIOBase ------------------------------------------------------------
 

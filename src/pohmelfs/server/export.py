@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..protocol import (
+    ATTR_SIZE,
     UTIME_ATIME_NOW,
     UTIME_ATIME_OMIT,
     UTIME_MTIME_NOW,
@@ -126,7 +127,23 @@ class LocalExport:
 
     @contextmanager
     def _parent(self, path: bytes) -> Iterator[tuple[int, bytes]]:
-        """Yield (directory fd, last component) for a path; root is (root_fd, '.')."""
+        """Yield (directory fd, last component) for a path; root is (root_fd, '.').
+
+        A trailing slash demands a directory, as POSIX has it: ENOTDIR otherwise.
+        """
+        with self._parent_of(path) as (dfd, name):
+            if path.endswith(b"/") and name != b".":
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    pass
+                else:
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise _err(errno.ENOTDIR, path)
+            yield dfd, name
+
+    @contextmanager
+    def _parent_of(self, path: bytes) -> Iterator[tuple[int, bytes]]:
         parts = split_path(path)
         if not parts:
             yield self.root_fd, b"."
@@ -176,24 +193,29 @@ class LocalExport:
         with self._parent(path) as (dfd, name):
             return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
 
-    def readdir(self, path: bytes, batch: int = 512) -> Iterator[list[DirEntry]]:
-        """Yield the directory's entries with attributes, ``batch`` at a time."""
+    def readdir(self, path: bytes, batch_bytes: int = 256 << 10) -> Iterator[list[DirEntry]]:
+        """Yield the directory's entries with attributes, in batches whose
+        encoding stays under ``batch_bytes``."""
         with self._parent(path) as (dfd, name):
             fd = os.open(
                 name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd
             )
         try:
             out: list[DirEntry] = []
+            size = 4
             with os.scandir(fd) as it:
                 for entry in it:
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue  # removed while listing
-                    out.append(DirEntry(os.fsencode(entry.name), attr_of(st)))
-                    if len(out) >= batch:
+                    name = os.fsencode(entry.name)
+                    cost = 2 + len(name) + ATTR_SIZE
+                    if out and size + cost > batch_bytes:
                         yield out
-                        out = []
+                        out, size = [], 4
+                    out.append(DirEntry(name, attr_of(st)))
+                    size += cost
             yield out
         finally:
             os.close(fd)
@@ -217,44 +239,47 @@ class LocalExport:
         with self._parent(path) as (dfd, name):
             for _ in range(8):  # bounded: a racing create/unlink cannot loop us forever
                 try:
-                    pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                    return self._reopen(dfd, name, flags, path)
                 except FileNotFoundError:
                     if not flags & os.O_CREAT:
                         raise
-                    try:
-                        fd = os.open(
-                            name, flags | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777, dir_fd=dfd
-                        )
-                    except FileExistsError:
-                        if flags & os.O_EXCL:
-                            raise
-                        continue
-                    return fd, attr_of(os.fstat(fd))
                 try:
-                    if flags & os.O_CREAT and flags & os.O_EXCL:
-                        raise _err(errno.EEXIST, path)
-                    st = os.fstat(pfd)
-                    if stat.S_ISLNK(st.st_mode):
-                        raise _err(errno.ELOOP, path, "symlinks are not followed by the server")
-                    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                        raise _err(errno.EACCES, path, "device nodes cannot be opened")
-                    # Reopening through the O_PATH descriptor checks permissions
-                    # again and cannot be redirected by a concurrent rename.
-                    reopen = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)
-                    fd = os.open(self._proc(pfd), reopen)
-                    return fd, attr_of(os.fstat(fd))
-                finally:
-                    os.close(pfd)
+                    fd = os.open(name, flags | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777,
+                                 dir_fd=dfd)  # fmt: skip
+                except FileExistsError:
+                    if flags & os.O_EXCL:
+                        raise
+                    continue
+                return fd, attr_of(os.fstat(fd))
             raise _err(errno.EAGAIN, path, "file kept changing during open")
+
+    def _reopen(self, dfd: int, name: bytes, flags: int, path: bytes) -> tuple[int, Attr]:
+        """Open an existing object through an O_PATH descriptor.
+
+        Refuses symlinks and device nodes without opening them; reopening via
+        /proc/self/fd checks permissions again and cannot be redirected by a
+        concurrent rename.
+        """
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                raise _err(errno.EEXIST, path)
+            st = os.fstat(pfd)
+            if stat.S_ISLNK(st.st_mode):
+                raise _err(errno.ELOOP, path, "symlinks are not followed by the server")
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                raise _err(errno.EACCES, path, "device nodes cannot be opened")
+            fd = os.open(self._proc(pfd), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
+            return fd, attr_of(os.fstat(fd))
+        finally:
+            os.close(pfd)
 
     # --- changing the namespace --------------------------------------------
 
     @_mutating
     def truncate(self, path: bytes, size: int) -> None:
         with self._parent(path) as (dfd, name):
-            fd = os.open(
-                name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
-            )
+            fd, _ = self._reopen(dfd, name, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC, path)
         try:
             os.ftruncate(fd, size)
         finally:
@@ -267,7 +292,7 @@ class LocalExport:
             return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
 
     @_mutating
-    def makedirs(self, path: bytes, mode: int) -> Attr:
+    def makedirs(self, path: bytes, mode: int, parent_mode: int = 0o777) -> Attr:
         """Create a directory and every missing parent in one call.
 
         EEXIST only when the last component already existed.
@@ -280,7 +305,7 @@ class LocalExport:
             for i, comp in enumerate(parts):
                 last = i == len(parts) - 1
                 try:
-                    os.mkdir(comp, mode & 0o7777, dir_fd=fd)
+                    os.mkdir(comp, (mode if last else parent_mode) & 0o7777, dir_fd=fd)
                 except FileExistsError:
                     if last:
                         raise

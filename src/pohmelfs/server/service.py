@@ -69,7 +69,9 @@ class Session:
             Command.FALLOCATE: self._fallocate,
             Command.TRUNCATE: lambda m: self._done(m, self.export.truncate(m["path"], m.offset)),
             Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
-            Command.MAKEDIRS: lambda m: p.reply(m, attr=self.export.makedirs(m["path"], m["mode"])),
+            Command.MAKEDIRS: lambda m: p.reply(
+                m, attr=self.export.makedirs(m["path"], m["mode"], m["parent_mode"])
+            ),
             Command.RMDIR: lambda m: self._done(m, self.export.rmdir(m["path"])),
             Command.RMTREE: lambda m: self._done(m, self.export.rmtree(m["path"])),
             Command.UNLINK: lambda m: self._done(m, self.export.unlink(m["path"])),
@@ -248,7 +250,7 @@ class Session:
         return p.reply(m, statfs=self.export.statfs())
 
     def _readdir(self, m: Message) -> None:
-        batches = self.export.readdir(m["path"])
+        batches = self.export.readdir(m["path"], self.max_payload - 4096)
         batch = next(batches)
         for following in batches:
             self.send(p.reply(m, more=True, entries=tuple(batch)))
@@ -409,7 +411,7 @@ class Server:
                 )
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
-            t.start()
+                t.start()  # under the lock: stop() must never join an unstarted thread
 
     def forget(self, session: Session) -> None:
         with self._lock:

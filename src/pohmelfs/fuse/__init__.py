@@ -1,0 +1,1 @@
+"""The FUSE mount: our own kernel-protocol layer, operations, mounting."""

@@ -1,0 +1,166 @@
+"""Running a mount: connect, mount, serve the kernel, unmount on SIGTERM."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..client.client import Client
+from . import device
+from .operations import Operations, Options
+from .session import MAX_WRITE, FuseSession
+
+log = logging.getLogger("pohmelfs.fuse")
+
+
+@dataclass
+class MountConfig:
+    servers: list[str]
+    mountpoint: str
+    allow_other: bool = False
+    default_permissions: bool = True
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    timeout: float = 5.0
+    threads: int = 4
+    readahead_kib: int = 1024
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, servers: str, mountpoint: str, options: list[str]) -> MountConfig:
+        """Build from ``-o a,b=c`` option strings; raises ValueError on unknown ones."""
+        cfg = cls([s for s in servers.split(",") if s], os.path.abspath(mountpoint))
+        for chunk in options:
+            for opt in filter(None, chunk.split(",")):
+                key, _, value = opt.partition("=")
+                if key in ("allow_other", "default_permissions"):
+                    setattr(cfg, key, True)
+                elif key == "no_default_permissions":
+                    cfg.default_permissions = False
+                elif key in ("attr_timeout", "entry_timeout", "timeout"):
+                    setattr(cfg, key, _number(key, value, float))
+                elif key in ("threads", "readahead_kib"):
+                    setattr(cfg, key, _number(key, value, int))
+                elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
+                             "noauto", "user", "nouser", "_netdev"):  # fmt: skip
+                    continue  # fstab words that mean nothing here
+                else:
+                    raise ValueError(f"unknown mount option {key!r}")
+        if not cfg.servers:
+            raise ValueError("no server given")
+        return cfg
+
+
+def _number(key: str, value: str, kind: type) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ValueError(f"mount option {key} needs a number, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"mount option {key} must not be negative")
+    return number  # type: ignore[no-any-return]
+
+
+def run_dir() -> str:
+    base = "/run/pohmelfs" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/tmp")
+    path = base if base.endswith("pohmelfs") else os.path.join(base, "pohmelfs")
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    return path
+
+
+def pid_file(mountpoint: str) -> str:
+    name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
+    return os.path.join(run_dir(), f"mount-{name}.pid")
+
+
+def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
+    """Mount and serve until unmounted or signalled; returns an exit status."""
+    # Nothing may touch the mount point between mount(2) and our answer to INIT:
+    # the kernel would make that call wait for the very thread making it.
+    pidf = pid_file(cfg.mountpoint)
+    client = Client(cfg.servers, timeout=cfg.timeout, umask=0)
+    ops = Operations(client, Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE))
+    source = "pohmelfs:" + ",".join(cfg.servers)
+    fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,
+                      default_permissions=cfg.default_permissions)  # fmt: skip
+    session = FuseSession(fd, ops, cfg.threads)
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    # Taken synchronously by this thread; blocked in the threads started below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        session.init()
+        session.start()
+        device.set_readahead(cfg.mountpoint, cfg.readahead_kib)
+        with open(pidf, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        if ready is not None:
+            ready(f"pohmelfs: mounted {source} on {cfg.mountpoint}")
+        while not session.stopped.is_set():
+            if signal.sigtimedwait(stop_signals, 0.5) is not None:
+                log.info("signalled: unmounting %s", cfg.mountpoint)
+                unmount_quietly(cfg.mountpoint)
+                session.wait(10)
+                break
+    finally:
+        if device.is_mounted(cfg.mountpoint) and not session.stopped.is_set():
+            unmount_quietly(cfg.mountpoint)
+        session.close()
+        ops.close()
+        client.close()
+        os.close(fd)
+        try:
+            os.unlink(pidf)
+        except OSError:
+            pass
+    return 0
+
+
+def unmount_quietly(mountpoint: str) -> None:
+    """Unmount; if the mount is busy, detach it lazily (it goes when last used)."""
+    try:
+        device.unmount(mountpoint)
+    except OSError as e:
+        if e.errno not in (errno.EBUSY, errno.EPERM):
+            log.warning("unmount %s: %s", mountpoint, e)
+        try:
+            device.unmount(mountpoint, lazy=True)
+        except OSError as e2:
+            log.warning("lazy unmount %s: %s", mountpoint, e2)
+
+
+def umount(mountpoint: str, timeout: float = 30.0) -> None:
+    """Stop the daemon serving ``mountpoint`` (it unmounts after writing back)."""
+    mountpoint = os.path.abspath(mountpoint)
+    pid = _daemon_pid(mountpoint)
+    if pid is None:
+        if not device.is_mounted(mountpoint):
+            raise OSError(errno.EINVAL, "not mounted", mountpoint)
+        unmount_quietly(mountpoint)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.05)
+    raise OSError(errno.ETIMEDOUT, f"daemon {pid} did not stop within {timeout:g} s", mountpoint)
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    try:
+        with open(pid_file(mountpoint)) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"pohmelfs" not in f.read():
+                return None
+    except OSError:
+        return None
+    return pid

@@ -1,0 +1,481 @@
+"""The filesystem behind the mount: FUSE requests carried out with the client core.
+
+Depends only on injected objects (a :class:`~pohmelfs.Client` and a reply
+writer), so it is testable without a kernel. READ and WRITE are asynchronous:
+the request is sent and the reply to the kernel is written by the client's
+receive thread when the server answers; for a READ that thread receives the
+data and writes it to ``/dev/fuse`` itself. Everything else runs inline in the
+FUSE reader thread that received it. :func:`errno_of` is the one place where
+failures become the errno an application sees.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .. import protocol as p
+from ..client.client import Client
+from ..client.connection import Transaction
+from ..client.file import RemoteFile
+from ..protocol import Command, Cred
+from ..wire import SocketReader
+from . import kernel as k
+from .nodes import Node, NodeTable
+
+log = logging.getLogger("pohmelfs.fuse")
+
+OPEN_FLAGS_PASSED = (
+    os.O_ACCMODE | os.O_TRUNC | os.O_APPEND | os.O_SYNC | os.O_DSYNC | os.O_NONBLOCK | os.O_EXCL
+    | os.O_CREAT
+)  # fmt: skip
+RENAME_WHITEOUT = 4
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno an application sees for a failure."""
+    if isinstance(exc, OSError) and exc.errno:
+        if exc.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE):
+            return errno.EIO  # the server is gone: an I/O error, as on a local disk failure
+        return exc.errno
+    return errno.EIO
+
+
+def kernel_attr(a: p.Attr) -> k.Attr:
+    return k.Attr(a.ino, a.size, a.blocks, a.atime_ns, a.mtime_ns, a.ctime_ns, a.mode, a.nlink,
+                  a.uid, a.gid, a.rdev, a.blksize)  # fmt: skip
+
+
+class Replier:
+    """Answers one request on the descriptor it came from."""
+
+    __slots__ = ("unique", "write")
+
+    def __init__(self, unique: int, write: Callable[[list[Any]], None]) -> None:
+        self.unique = unique
+        self.write = write
+
+    def ok(self, *payload: Any) -> None:
+        self.write(k.reply_parts(self.unique, 0, *payload))
+
+    def error(self, code: int) -> None:
+        self.write(k.reply_parts(self.unique, code))
+
+
+@dataclass
+class Options:
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    max_write: int = 1 << 20
+
+
+@dataclass
+class _Dir:
+    node: Node
+    entries: list[tuple[bytes, p.Attr | None]]
+
+
+class Operations:
+    def __init__(self, client: Client, options: Options | None = None) -> None:
+        self.client = client
+        self.opts = options or Options()
+        root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
+        self.nodes = NodeTable(root.ino)
+        self.files: dict[int, RemoteFile] = {}
+        self.dirs: dict[int, _Dir] = {}
+        self._fh = itertools.count(1)
+        self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
+        self._scratch = threading.local()
+        self._retry = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pohmelfs-fuse-retry")
+        self.handlers: dict[int, Callable[[k.Request, Replier], None]] = {
+            op: getattr(self, "op_" + op.name.lower())
+            for op in k.Op
+            if hasattr(self, "op_" + op.name.lower())
+        }
+
+    # --- dispatch ---------------------------------------------------------------
+
+    def dispatch(self, req: k.Request, reply: Replier) -> None:
+        handler = self.handlers.get(req.opcode)
+        if handler is None:
+            reply.error(errno.ENOSYS)
+            return
+        try:
+            handler(req, reply)
+        except Exception as e:
+            if not isinstance(e, OSError):
+                log.exception("%s failed", k.Op(req.opcode).name)
+            reply.error(errno_of(e))
+
+    def close(self) -> None:
+        for f in list(self.files.values()):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.files.clear()
+        self._retry.shutdown(wait=False)
+
+    # --- helpers ----------------------------------------------------------------
+
+    def cred(self, req: k.Request) -> Cred:
+        uid, gid, pid = req.header.uid, req.header.gid, req.header.pid
+        return Cred(uid, gid, self._supplementary_groups(pid, uid))
+
+    def _supplementary_groups(self, pid: int, uid: int) -> tuple[int, ...]:
+        now = time.monotonic()
+        cached = self._groups.get((pid, uid))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        groups: tuple[int, ...] = ()
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("Groups:"):
+                        groups = tuple(int(g) for g in line.split()[1:])
+                        break
+        except (OSError, ValueError):
+            pass
+        if len(self._groups) > 4096:
+            self._groups.clear()
+        self._groups[(pid, uid)] = (now + 1.0, groups)
+        return groups
+
+    def node(self, nodeid: int) -> Node:
+        node = self.nodes.get(nodeid)
+        if node is None:
+            raise OSError(errno.ESTALE, "unknown node")
+        return node
+
+    def call(self, cmd: Command, req: k.Request, path: bytes, **fields: Any) -> p.Message:
+        return self.client.request(cmd, path, cred=self.cred(req), path=path, **fields)
+
+    def entry(self, parent: Node, name: bytes, attr: p.Attr) -> bytes:
+        node = self.nodes.remember(parent, name, attr.ino, attr.nlink)
+        return k.pack_entry(node.nodeid, 0, kernel_attr(attr), self.opts.entry_timeout,
+                            self.opts.attr_timeout)  # fmt: skip
+
+    def attr_out(self, attr: p.Attr) -> bytes:
+        return k.pack_attr_out(kernel_attr(attr), self.opts.attr_timeout)
+
+    def _new_file(self, f: RemoteFile) -> int:
+        fh = next(self._fh)
+        self.files[fh] = f
+        return fh
+
+    def file(self, fh: int) -> RemoteFile:
+        f = self.files.get(fh)
+        if f is None:
+            raise OSError(errno.EBADF, "unknown file handle")
+        return f
+
+    # --- names and attributes ------------------------------------------------------
+
+    def op_lookup(self, req: k.Request, reply: Replier) -> None:
+        parent = self.node(req.nodeid)
+        name = req.names[0]
+        attr = self.call(Command.LOOKUP, req, self.nodes.child_path(parent, name))["attr"]
+        reply.ok(self.entry(parent, name, attr))
+
+    def op_forget(self, req: k.Request, reply: Replier) -> None:
+        self.nodes.forget(req.nodeid, req.args.nlookup)  # no reply
+
+    def op_batch_forget(self, req: k.Request, reply: Replier) -> None:
+        for nodeid, nlookup in k.parse_forgets(req):
+            self.nodes.forget(nodeid, nlookup)
+
+    def op_getattr(self, req: k.Request, reply: Replier) -> None:
+        args = req.args
+        if args.getattr_flags & k.GETATTR_FH and args.fh in self.files:
+            attr = self.files[args.fh].fstat()
+        else:
+            attr = self.call(Command.LOOKUP, req, self.node(req.nodeid).path())["attr"]
+        reply.ok(self.attr_out(attr))
+
+    def op_setattr(self, req: k.Request, reply: Replier) -> None:
+        a = req.args
+        path = self.node(req.nodeid).path()
+        handle = self.files.get(a.fh) if a.valid & k.FATTR_FH else None
+        if a.valid & k.FATTR_MODE:
+            self.call(Command.CHMOD, req, path, mode=a.mode & 0o7777)
+        if a.valid & (k.FATTR_UID | k.FATTR_GID):
+            uid = a.uid if a.valid & k.FATTR_UID else p.ID_UNCHANGED
+            gid = a.gid if a.valid & k.FATTR_GID else p.ID_UNCHANGED
+            self.call(Command.CHOWN, req, path, uid=uid, gid=gid)
+        if a.valid & k.FATTR_SIZE:
+            if handle is not None:
+                handle.truncate(a.size)
+            else:
+                self.call(Command.TRUNCATE, req, path, offset=a.size)
+        if a.valid & (k.FATTR_ATIME | k.FATTR_MTIME | k.FATTR_ATIME_NOW | k.FATTR_MTIME_NOW):
+            which = 0
+            if a.valid & k.FATTR_ATIME_NOW:
+                which |= p.UTIME_ATIME_NOW
+            elif not a.valid & k.FATTR_ATIME:
+                which |= p.UTIME_ATIME_OMIT
+            if a.valid & k.FATTR_MTIME_NOW:
+                which |= p.UTIME_MTIME_NOW
+            elif not a.valid & k.FATTR_MTIME:
+                which |= p.UTIME_MTIME_OMIT
+            self.call(Command.UTIMES, req, path, atime_ns=_ns(a.atime, a.atimensec),
+                      mtime_ns=_ns(a.mtime, a.mtimensec), which=which)  # fmt: skip
+        if handle is not None:
+            attr = handle.fstat()
+        else:
+            attr = self.call(Command.LOOKUP, req, path)["attr"]
+        reply.ok(self.attr_out(attr))
+
+    def op_readlink(self, req: k.Request, reply: Replier) -> None:
+        reply.ok(self.call(Command.READLINK, req, self.node(req.nodeid).path())["target"])
+
+    def op_statfs(self, req: k.Request, reply: Replier) -> None:
+        s = self.client.request(Command.STATFS, "/", cred=self.cred(req))["statfs"]
+        reply.ok(k.pack_statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize,
+                               s.namemax, s.frsize))  # fmt: skip
+
+    # --- creating and removing names ------------------------------------------------
+
+    def op_mknod(self, req: k.Request, reply: Replier) -> None:
+        parent, name = self.node(req.nodeid), req.names[0]
+        path = self.nodes.child_path(parent, name)
+        attr = self.call(Command.MKNOD, req, path, mode=req.args.mode, rdev=req.args.rdev)["attr"]
+        reply.ok(self.entry(parent, name, attr))
+
+    def op_mkdir(self, req: k.Request, reply: Replier) -> None:
+        parent, name = self.node(req.nodeid), req.names[0]
+        path = self.nodes.child_path(parent, name)
+        attr = self.call(Command.MKDIR, req, path, mode=req.args.mode & 0o7777)["attr"]
+        reply.ok(self.entry(parent, name, attr))
+
+    def op_symlink(self, req: k.Request, reply: Replier) -> None:
+        parent, (name, target) = self.node(req.nodeid), req.names
+        path = self.nodes.child_path(parent, name)
+        attr = self.client.request(Command.SYMLINK, path, cred=self.cred(req), target=target,
+                                   path=path)["attr"]  # fmt: skip
+        reply.ok(self.entry(parent, name, attr))
+
+    def op_link(self, req: k.Request, reply: Replier) -> None:
+        old = self.node(req.args.oldnodeid)
+        parent, name = self.node(req.nodeid), req.names[0]
+        new = self.nodes.child_path(parent, name)
+        attr = self.client.request(Command.LINK, old.path(), new, cred=self.cred(req),
+                                   path=old.path(), new=new)["attr"]  # fmt: skip
+        reply.ok(self.entry(parent, name, attr))
+
+    def op_unlink(self, req: k.Request, reply: Replier) -> None:
+        parent, name = self.node(req.nodeid), req.names[0]
+        self.call(Command.UNLINK, req, self.nodes.child_path(parent, name))
+        self.nodes.unlinked(parent, name)
+        reply.ok()
+
+    def op_rmdir(self, req: k.Request, reply: Replier) -> None:
+        parent, name = self.node(req.nodeid), req.names[0]
+        self.call(Command.RMDIR, req, self.nodes.child_path(parent, name))
+        self.nodes.unlinked(parent, name)
+        reply.ok()
+
+    def op_rename(self, req: k.Request, reply: Replier) -> None:
+        self._rename(req, reply, 0)
+
+    def op_rename2(self, req: k.Request, reply: Replier) -> None:
+        self._rename(req, reply, req.args.flags)
+
+    def _rename(self, req: k.Request, reply: Replier, flags: int) -> None:
+        if flags & RENAME_WHITEOUT:
+            reply.error(errno.EINVAL)
+            return
+        old_parent, new_parent = self.node(req.nodeid), self.node(req.args.newdir)
+        old_name, new_name = req.names
+        old = self.nodes.child_path(old_parent, old_name)
+        new = self.nodes.child_path(new_parent, new_name)
+        self.client.request(Command.RENAME, old, new, cred=self.cred(req), path=old, new=new,
+                            flags=flags)  # fmt: skip
+        self.nodes.renamed(old_parent, old_name, new_parent, new_name, exchange=flags == 2)
+        reply.ok()
+
+    # --- files --------------------------------------------------------------------------
+
+    def op_open(self, req: k.Request, reply: Replier) -> None:
+        flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)
+        f = RemoteFile(self.client, self.node(req.nodeid).path(), flags, 0, "", self.cred(req))
+        reply.ok(k.pack_open(self._new_file(f)))
+
+    def op_create(self, req: k.Request, reply: Replier) -> None:
+        parent, name = self.node(req.nodeid), req.names[0]
+        path = self.nodes.child_path(parent, name)
+        flags = (req.args.flags & OPEN_FLAGS_PASSED) | os.O_CREAT
+        f = RemoteFile(self.client, path, flags, req.args.mode & 0o7777, "", self.cred(req))
+        entry = self.entry(parent, name, f.attr)
+        reply.ok(entry, k.pack_open(self._new_file(f)))
+
+    def op_read(self, req: k.Request, reply: Replier) -> None:
+        a = req.args
+        f = self.file(a.fh)
+        conn, oid = f._handle()
+        replied = False
+
+        def sink(header: p.Header, reader: SocketReader) -> None:
+            nonlocal replied
+            n = header.payload_len
+            buf = getattr(self._scratch, "buf", None)
+            if buf is None or len(buf) < n:
+                buf = self._scratch.buf = memoryview(bytearray(max(n, 1 << 20)))
+            reader.read_into(buf[:n])
+            replied = True
+            reply.ok(buf[:n])
+
+        def done(tx: Transaction) -> None:
+            if replied:
+                return
+            if _lost_connection(tx):
+                self._retry.submit(self._read_again, f, a.offset, a.size, reply)
+                return
+            reply.error(_tx_errno(tx))
+
+        conn.start(Command.READ, sink=sink, callback=done, oid=oid, offset=a.offset, length=a.size)
+
+    def _read_again(self, f: RemoteFile, offset: int, size: int, reply: Replier) -> None:
+        try:
+            buf = bytearray(size)
+            n = f.preadinto(buf, offset)
+            reply.ok(memoryview(buf)[:n])
+        except Exception as e:
+            reply.error(errno_of(e))
+
+    def op_write(self, req: k.Request, reply: Replier) -> None:
+        # Synchronous in this reader thread: the kernel waits for each write(2)
+        # anyway, and the data stays in our buffer should a reconnect need it.
+        a = req.args
+        reply.ok(k.pack_write(self.file(a.fh).pwrite(req.data[: a.size], a.offset)))
+
+    def op_flush(self, req: k.Request, reply: Replier) -> None:
+        reply.ok()  # writes are acknowledged by the server before write(2) returns
+
+    def op_release(self, req: k.Request, reply: Replier) -> None:
+        f = self.files.pop(req.args.fh, None)
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+        reply.ok()
+
+    def op_fsync(self, req: k.Request, reply: Replier) -> None:
+        self.file(req.args.fh).fsync(bool(req.args.fsync_flags & k.FSYNC_FDATASYNC))
+        reply.ok()
+
+    def op_fallocate(self, req: k.Request, reply: Replier) -> None:
+        a = req.args
+        self.file(a.fh).fallocate(a.offset, a.length, a.mode)
+        reply.ok()
+
+    # --- directories ----------------------------------------------------------------------
+
+    def op_opendir(self, req: k.Request, reply: Replier) -> None:
+        node = self.node(req.nodeid)
+        path = node.path()
+        conn = self.client.connection()
+        tx = conn.start(Command.READDIR, cred=self.cred(req), path=path)
+        entries: list[tuple[bytes, p.Attr | None]] = [(b".", None), (b"..", None)]
+        for frame in conn.stream(tx, path):
+            entries.extend((e.name, e.attr) for e in frame["entries"])
+        fh = next(self._fh)
+        self.dirs[fh] = _Dir(node, entries)
+        reply.ok(k.pack_open(fh))
+
+    def op_readdir(self, req: k.Request, reply: Replier) -> None:
+        self._readdir(req, reply, plus=False)
+
+    def op_readdirplus(self, req: k.Request, reply: Replier) -> None:
+        self._readdir(req, reply, plus=True)
+
+    def _readdir(self, req: k.Request, reply: Replier, plus: bool) -> None:
+        d = self.dirs.get(req.args.fh)
+        if d is None:
+            raise OSError(errno.EBADF, "unknown directory handle")
+        out: list[bytes] = []
+        room = req.args.size
+        for index in range(req.args.offset, len(d.entries)):
+            name, attr = d.entries[index]
+            size = k.dirent_size(name, plus)
+            if size > room:
+                break
+            room -= size
+            ino = attr.ino if attr is not None else d.node.ino
+            kind = stat.S_IFMT(attr.mode) >> 12 if attr is not None else stat.S_IFDIR >> 12
+            if plus:
+                if attr is None:  # "." and "..": the kernel does not link these
+                    entry = k.pack_entry(0, 0, None, 0, 0)
+                else:
+                    entry = self.entry(d.node, name, attr)
+                out.append(k.pack_direntplus(entry, ino, index + 1, kind, name))
+            else:
+                out.append(k.pack_dirent(ino, index + 1, kind, name))
+        reply.ok(b"".join(out))
+
+    def op_releasedir(self, req: k.Request, reply: Replier) -> None:
+        self.dirs.pop(req.args.fh, None)
+        reply.ok()
+
+    def op_fsyncdir(self, req: k.Request, reply: Replier) -> None:
+        reply.ok()
+
+    # --- extended attributes ----------------------------------------------------------------
+
+    def op_setxattr(self, req: k.Request, reply: Replier) -> None:
+        value = bytes(req.data[: req.args.size])
+        self.call(Command.SETXATTR, req, self.node(req.nodeid).path(), name=req.names[0],
+                  value=value, flags=req.args.flags)  # fmt: skip
+        reply.ok()
+
+    def op_getxattr(self, req: k.Request, reply: Replier) -> None:
+        value = self.call(Command.GETXATTR, req, self.node(req.nodeid).path(),
+                          name=req.names[0])["value"]  # fmt: skip
+        _sized_reply(reply, req.args.size, value)
+
+    def op_listxattr(self, req: k.Request, reply: Replier) -> None:
+        names = self.call(Command.LISTXATTR, req, self.node(req.nodeid).path())["names"]
+        _sized_reply(reply, req.args.size, b"".join(n + b"\0" for n in names))
+
+    def op_removexattr(self, req: k.Request, reply: Replier) -> None:
+        self.call(Command.REMOVEXATTR, req, self.node(req.nodeid).path(), name=req.names[0])
+        reply.ok()
+
+    def op_interrupt(self, req: k.Request, reply: Replier) -> None:
+        pass  # requests finish quickly or time out; the kernel needs no answer
+
+
+def _ns(sec: int, nsec: int) -> int:
+    if sec >= 1 << 63:
+        sec -= 1 << 64
+    return sec * 1_000_000_000 + nsec
+
+
+def _sized_reply(reply: Replier, size: int, value: bytes) -> None:
+    if size == 0:
+        reply.ok(k.pack_xattr_size(len(value)))
+    elif len(value) > size:
+        reply.error(errno.ERANGE)
+    else:
+        reply.ok(value)
+
+
+def _lost_connection(tx: Transaction) -> bool:
+    return isinstance(tx.error, ConnectionError)
+
+
+def _tx_errno(tx: Transaction) -> int:
+    if tx.error is not None:
+        return errno_of(tx.error)
+    if tx.reply is not None and tx.reply.status:
+        return tx.reply.status
+    return errno.EIO

@@ -1,0 +1,143 @@
+"""The FUSE request loop: INIT negotiation, reader threads, replies.
+
+Each reader thread owns a cloned ``/dev/fuse`` descriptor (the kernel expects
+a reply on the descriptor the request was read from) and one reusable buffer
+that requests are read into with ``readv``; replies go out with one
+``writev`` of header and payload.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import device
+from . import kernel as k
+from .operations import Operations, Replier
+
+log = logging.getLogger("pohmelfs.fuse")
+
+MAX_WRITE = 1 << 20
+MAX_PAGES = MAX_WRITE // 4096
+WANTED_FLAGS = (
+    k.ASYNC_READ | k.ATOMIC_O_TRUNC | k.BIG_WRITES | k.DO_READDIRPLUS | k.READDIRPLUS_AUTO
+    | k.PARALLEL_DIROPS | k.MAX_PAGES | k.AUTO_INVAL_DATA | k.ASYNC_DIO | k.ABORT_ERROR
+    | k.CACHE_SYMLINKS | k.INIT_EXT
+)  # fmt: skip
+
+
+class FuseSession:
+    def __init__(self, fd: int, ops: Operations, threads: int = 4) -> None:
+        self.fd = fd
+        self.ops = ops
+        self.threads = max(1, threads)
+        self.minor = 0
+        self.flags = 0
+        self.stopped = threading.Event()
+        self._fds: list[int] = []
+        self._workers: list[threading.Thread] = []
+
+    def _writer(self, fd: int) -> Callable[[list[Any]], None]:
+        def write(parts: list[Any]) -> None:
+            try:
+                os.writev(fd, parts)
+            except OSError as e:
+                # ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
+                if e.errno not in (errno.ENOENT, errno.ENODEV):
+                    log.warning("cannot reply to the kernel: %s", e)
+
+        return write
+
+    def write(self, parts: list[Any]) -> None:
+        """Send a notification (any descriptor of the connection will do)."""
+        self._writer(self.fd)(parts)
+
+    def init(self) -> None:
+        """Read and answer INIT; after this the mount is usable."""
+        buf = bytearray(MAX_WRITE + 64 * 1024)
+        while True:
+            n = self._read(self.fd, buf)
+            if n is None:
+                raise OSError(errno.ENODEV, "unmounted before INIT")
+            req = k.parse_request(memoryview(buf)[:n])
+            if req.opcode != k.Op.INIT:
+                log.warning("request %d before INIT", req.opcode)
+                continue
+            break
+        major, minor, max_readahead, flags, _flags2 = k.parse_init(req)
+        write = self._writer(self.fd)
+        if major != k.KERNEL_MAJOR:
+            # Tell the kernel our major; it will retry or give up.
+            write(k.reply_parts(req.unique, 0, k.pack_init(k.OUR_MINOR, 0, 0, 0, 0, 0, 0, 0)))
+            raise OSError(errno.EPROTO, f"kernel FUSE major {major} not supported")
+        self.minor = min(minor, k.OUR_MINOR)
+        self.flags = flags & WANTED_FLAGS
+        out = k.pack_init(self.minor, max(max_readahead, MAX_WRITE), self.flags, 64, 48,
+                          MAX_WRITE, 1, MAX_PAGES)  # fmt: skip
+        write(k.reply_parts(req.unique, 0, out))
+        log.debug("INIT: kernel 7.%d flags %#x, negotiated 7.%d flags %#x", minor, flags,
+                  self.minor, self.flags)  # fmt: skip
+
+    def start(self) -> None:
+        for i in range(self.threads):
+            fd = self.fd if i == 0 else self._clone()
+            t = threading.Thread(target=self._loop, args=(fd,), name=f"pohmelfs-fuse-{i}",
+                                 daemon=True)  # fmt: skip
+            self._workers.append(t)
+            t.start()
+
+    def _clone(self) -> int:
+        try:
+            fd = device.clone(self.fd)
+        except OSError:
+            return self.fd  # old kernels: share the one descriptor
+        self._fds.append(fd)
+        return fd
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.stopped.wait(timeout)
+
+    def _read(self, fd: int, buf: bytearray) -> int | None:
+        while True:
+            try:
+                return os.readv(fd, [buf])
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # ENOENT: the request was interrupted before we read it
+                if e.errno == errno.ENODEV:
+                    return None  # unmounted
+                raise
+
+    def _loop(self, fd: int) -> None:
+        buf = bytearray(MAX_WRITE + 64 * 1024)
+        view = memoryview(buf)
+        write = self._writer(fd)
+        setxattr_ext = bool(self.flags & k.SETXATTR_EXT)
+        try:
+            while not self.stopped.is_set():
+                n = self._read(fd, buf)
+                if n is None:
+                    break
+                try:
+                    req = k.parse_request(view[:n], setxattr_ext)
+                except k.FuseError as e:
+                    log.error("bad request from the kernel: %s", e)
+                    continue
+                if req.opcode == k.Op.DESTROY:
+                    write(k.reply_parts(req.unique, 0))
+                    break
+                self.ops.dispatch(req, Replier(req.unique, write))
+        except Exception:
+            log.exception("FUSE reader thread failed")
+        finally:
+            self.stopped.set()
+
+    def close(self) -> None:
+        self.stopped.set()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
