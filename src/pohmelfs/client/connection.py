@@ -243,7 +243,7 @@ class Connection:
                         if more
                         else self._pending.pop(header.xid, None)
                     )
-                    if tx is not None and tx.into is not None and not header.status:
+                    if tx is not None and not header.status and (tx.into is not None or tx.sink):
                         tx.claimed = True
                 if tx is None:  # the caller gave up on it
                     reader.skip(header.payload_len)
