@@ -94,3 +94,106 @@ def server_proc(export_dir: Path) -> Iterator[ServerProcess]:
     sp = ServerProcess(export_dir)
     yield sp
     sp.stop()
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The child's first line of output, or "" if it says nothing within ``timeout``."""
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return ""
+    return proc.stdout.readline()
+
+
+class MountProcess:
+    """``pohmelfs mount --foreground`` as a child process.
+
+    Stopping it is bounded and unconditional: SIGTERM (the daemon unmounts),
+    then SIGKILL, then a lazy unmount if the mount is still there.
+    """
+
+    def __init__(self, servers: str, mountpoint: Path, *options: str) -> None:
+        self.mountpoint = Path(mountpoint)
+        opts = [a for o in options for a in ("-o", o)]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pohmelfs.cli", "mount", servers, str(mountpoint),
+             "--foreground", *opts],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.pid = self.proc.pid
+        line = _read_line(self.proc, 20)
+        if "mounted" not in line:
+            self.stop()
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"mount did not come up: {line!r} {err!r}")
+
+    def stop(self) -> int | None:
+        from pohmelfs.fuse import device
+
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if device.is_mounted(str(self.mountpoint)):
+            try:
+                device.unmount(str(self.mountpoint), lazy=True)
+            except OSError:
+                pass
+        return self.proc.returncode
+
+
+def _fuse_available() -> bool:
+    return os.path.exists("/dev/fuse") and os.geteuid() == 0
+
+
+requires_fuse = pytest.mark.skipif(
+    not _fuse_available() and not os.environ.get("CI"),
+    reason="needs /dev/fuse and root (never skipped in CI)",
+)
+
+
+class Mounted:
+    """A server process exporting ``export`` and a mount of it at ``mnt``."""
+
+    def __init__(self, root: Path, *options: str) -> None:
+        self.export = root / "export"
+        self.mnt = root / "mnt"
+        self.export.mkdir(exist_ok=True)
+        self.mnt.mkdir(exist_ok=True)
+        os.chmod(self.export, 0o777)
+        self.server = ServerProcess(self.export)
+        try:
+            self.mount = MountProcess(self.server.address, self.mnt, *options)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def stop(self) -> None:
+        try:
+            self.mount.stop()
+        finally:
+            self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+    """One server and mount shared by a test module (allow_other, default_permissions)."""
+    m = Mounted(tmp_path_factory.mktemp("mounted"), "allow_other")
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def mnt(mounted: Mounted, request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path]]:
+    """A fresh directory for one test: (path through the mount, same path in the export)."""
+    name = re.sub(r"[^\w.-]", "_", request.node.name)[:100]
+    (mounted.export / name).mkdir(mode=0o777)
+    os.chmod(mounted.export / name, 0o777)
+    yield mounted.mnt / name, mounted.export / name
