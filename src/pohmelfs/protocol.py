@@ -47,6 +47,8 @@ class Flag(enum.IntFlag):
 
 
 KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE)
+# Plain ints for the hot paths: IntFlag arithmetic builds enum objects.
+FLAG_REPLY, FLAG_NOTIFY, FLAG_MORE = int(Flag.REPLY), int(Flag.NOTIFY), int(Flag.MORE)
 
 
 class Cap(enum.IntFlag):
@@ -374,24 +376,26 @@ NOTIFICATIONS: dict[Command, Schema] = {}
 
 
 def schema_for(cmd: Command, flags: int, status: int) -> Schema:
-    if flags & Flag.NOTIFY:
+    if flags & FLAG_NOTIFY:
         try:
             return NOTIFICATIONS[cmd]
         except KeyError:
             raise ProtocolError(f"unknown notification {cmd.name}") from None
-    if flags & Flag.REPLY:
+    if flags & FLAG_REPLY:
         return ERROR_REPLY if status else REPLIES[cmd]
     return REQUESTS[cmd]
 
 
 def _flag_problem(flags: int, status: int) -> str | None:
+    if (flags == 0 and status == 0) or flags == FLAG_REPLY:
+        return None  # the common cases, decided at once
     if flags & ~KNOWN_FLAGS:
         return f"unknown flags {flags:#x}"
-    if flags & Flag.REPLY and flags & Flag.NOTIFY:
+    if flags & FLAG_REPLY and flags & FLAG_NOTIFY:
         return "frame is both reply and notification"
-    if flags & Flag.MORE and not flags & Flag.REPLY:
+    if flags & FLAG_MORE and not flags & FLAG_REPLY:
         return "MORE on a frame that is not a reply"
-    if status and not flags & Flag.REPLY:
+    if status and not flags & FLAG_REPLY:
         return "status set on a frame that is not a reply"
     return None
 
@@ -501,7 +505,7 @@ class Message:
 
     @property
     def is_reply(self) -> bool:
-        return bool(self.flags & Flag.REPLY)
+        return bool(self.flags & FLAG_REPLY)
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]
@@ -545,7 +549,7 @@ def reply(
     length: int = 0,
     **fields: Any,
 ) -> Message:
-    flags = Flag.REPLY | (Flag.MORE if more else 0)
+    flags = FLAG_REPLY | (FLAG_MORE if more else 0)
     if status and not fields:
         fields = {"data": b""}
     return Message(req.cmd, req.xid, int(flags), status, oid, offset, length, fields)
@@ -569,16 +573,27 @@ def decode_payload(header: Header, payload: bytes | bytearray | memoryview) -> M
             fields[name], pos = FIELD_TYPES[kind][1](buf, pos)
     if pos != len(buf):
         raise ProtocolError(f"{len(buf) - pos} unexpected bytes after {header.cmd.name} payload")
-    return Message(
-        header.cmd,
-        header.xid,
-        header.flags,
-        header.status,
-        header.oid,
-        header.offset,
-        header.length,
-        fields,
-    )
+    # The header and every field were validated while decoding: skip __post_init__.
+    msg = object.__new__(Message)
+    for name, value in zip(
+        _MESSAGE_SLOTS,
+        (
+            header.cmd,
+            header.xid,
+            header.flags,
+            header.status,
+            header.oid,
+            header.offset,
+            header.length,
+            fields,
+        ),
+        strict=True,
+    ):
+        object.__setattr__(msg, name, value)
+    return msg
+
+
+_MESSAGE_SLOTS = ("cmd", "xid", "flags", "status", "oid", "offset", "length", "fields")
 
 
 class FrameDecoder:

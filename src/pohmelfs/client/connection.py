@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import errors
 from .. import protocol as p
-from ..protocol import Command, Flag, Message, ProtocolError
+from ..protocol import Command, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
 
 log = logging.getLogger("pohmelfs.client")
@@ -229,14 +229,14 @@ class Connection:
         try:
             while True:
                 header = reader.read_header(self.max_payload)
-                if header.flags & Flag.NOTIFY:
+                if header.flags & p.FLAG_NOTIFY:
                     msg = p.decode_payload(header, bytes(reader.read_view(header.payload_len)))
                     if self._on_notify is not None:
                         self._on_notify(msg)
                     continue
-                if not header.flags & Flag.REPLY:
+                if not header.flags & p.FLAG_REPLY:
                     raise ProtocolError(f"server sent a request ({header.cmd.name})")
-                more = bool(header.flags & Flag.MORE)
+                more = bool(header.flags & p.FLAG_MORE)
                 with self._lock:
                     tx = (
                         self._pending.get(header.xid)

@@ -214,6 +214,17 @@ class RemoteFile(io.RawIOBase):
     def fileno(self) -> int:
         raise io.UnsupportedOperation("a remote file has no local file descriptor")
 
+    def close_async(self) -> None:
+        """Close without waiting for the server's answer (errors are dropped)."""
+        if self.closed:
+            return
+        if not self._conn.closed:
+            try:
+                self._conn.start(Command.CLOSE, callback=_ignore, oid=self._oid)
+            except OSError:
+                pass
+        super().close()
+
     def close(self) -> None:
         if self.closed:
             return
@@ -224,3 +235,7 @@ class RemoteFile(io.RawIOBase):
             pass  # the server dropped the handle with the connection
         finally:
             super().close()
+
+
+def _ignore(_tx: Transaction) -> None:
+    pass

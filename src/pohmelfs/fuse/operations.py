@@ -354,8 +354,20 @@ class Operations:
     def op_write(self, req: k.Request, reply: Replier) -> None:
         # Synchronous in this reader thread: the kernel waits for each write(2)
         # anyway, and the data stays in our buffer should a reconnect need it.
+        # With HANDLE_KILLPRIV_V2 the kernel stops asking for security.capability
+        # before every write and instead flags writes that must clear set-id bits.
         a = req.args
-        reply.ok(k.pack_write(self.file(a.fh).pwrite(req.data[: a.size], a.offset)))
+        f = self.file(a.fh)
+        written = f.pwrite(req.data[: a.size], a.offset)
+        if a.write_flags & k.WRITE_KILL_SUIDGID:
+            self._kill_suid(req, f)
+        reply.ok(k.pack_write(written))
+
+    def _kill_suid(self, req: k.Request, f: RemoteFile) -> None:
+        mode = f.fstat().mode
+        kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if mode & kill:
+            self.call(Command.CHMOD, req, os.fsencode(f.name), mode=stat.S_IMODE(mode) & ~kill)
 
     def op_flush(self, req: k.Request, reply: Replier) -> None:
         reply.ok()  # writes are acknowledged by the server before write(2) returns
@@ -363,10 +375,7 @@ class Operations:
     def op_release(self, req: k.Request, reply: Replier) -> None:
         f = self.files.pop(req.args.fh, None)
         if f is not None:
-            try:
-                f.close()
-            except OSError:
-                pass
+            f.close_async()  # close(2) does not wait for RELEASE: neither do we
         reply.ok()
 
     def op_fsync(self, req: k.Request, reply: Replier) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import protocol as p
-from ..protocol import Command, Flag, Header, Message, ProtocolError
+from ..protocol import Command, Header, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
 from . import linux
 from .export import LocalExport, attr_of
@@ -208,7 +208,7 @@ class Session:
 
     def _send_raw_error(self, cmd: int, xid: int, code: int, text: str) -> None:
         data = text.encode()
-        hdr = p.HEADER.pack(p.MAGIC, cmd, Flag.REPLY, 0, code, len(data), xid, 0, 0, 0)
+        hdr = p.HEADER.pack(p.MAGIC, cmd, p.FLAG_REPLY, 0, code, len(data), xid, 0, 0, 0)
         with self.send_lock:
             send_parts(self.sock, [hdr, data])
 
@@ -327,13 +327,13 @@ class Session:
             if buf is None or len(buf) < m.length:
                 buf = self._scratch.buf = memoryview(bytearray(max(m.length, SENDFILE_MIN)))
             got = os.preadv(h.fd, [buf[: m.length]], m.offset)
-            hdr = Header(m.cmd, Flag.REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
+            hdr = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
             with self.send_lock:
                 send_parts(self.sock, [hdr, buf[:got]])
             return
         size = os.fstat(h.fd).st_size
         n = max(0, min(m.length, size - m.offset))
-        hdr = Header(m.cmd, Flag.REPLY, 0, n, m.xid, 0, m.offset, 0).pack()
+        hdr = Header(m.cmd, p.FLAG_REPLY, 0, n, m.xid, 0, m.offset, 0).pack()
         with self.send_lock:
             send_parts(self.sock, [hdr])
             sent = 0
