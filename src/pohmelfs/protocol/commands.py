@@ -1,0 +1,186 @@
+"""Commands, flags and the payload layout (schema) of every message."""
+
+from __future__ import annotations
+
+import enum
+
+from .fields import U32_MAX, ProtocolError
+
+
+class Flag(enum.IntFlag):
+    REPLY = 0x1  # answers the request with the same xid
+    NOTIFY = 0x2  # server-initiated; xid is from the server's own sequence
+    MORE = 0x4  # a streamed reply: further frames with this xid follow
+
+
+KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE)
+# Plain ints for the hot paths: IntFlag arithmetic builds enum objects.
+FLAG_REPLY, FLAG_NOTIFY, FLAG_MORE = int(Flag.REPLY), int(Flag.NOTIFY), int(Flag.MORE)
+
+
+class Cap(enum.IntFlag):
+    READ_ONLY = 0x1
+    XATTR = 0x2
+
+
+class Command(enum.IntEnum):
+    HELLO = 1
+    PING = 2
+    STATFS = 3
+    LOOKUP = 4
+    READDIR = 5
+    OPEN = 6
+    CLOSE = 7
+    READ = 8
+    WRITE = 9
+    FSTAT = 10
+    FTRUNCATE = 11
+    FSYNC = 12
+    TRUNCATE = 13
+    MKDIR = 14
+    MAKEDIRS = 15
+    RMDIR = 16
+    RMTREE = 17
+    UNLINK = 18
+    RENAME = 19
+    LINK = 20
+    SYMLINK = 21
+    READLINK = 22
+    MKNOD = 23
+    CHMOD = 24
+    CHOWN = 25
+    UTIMES = 26
+    GETXATTR = 27
+    SETXATTR = 28
+    LISTXATTR = 29
+    REMOVEXATTR = 30
+    FALLOCATE = 31
+
+
+# Bits of the UTIMES "which" field.
+UTIME_ATIME_NOW = 0x1
+UTIME_ATIME_OMIT = 0x2
+UTIME_MTIME_NOW = 0x4
+UTIME_MTIME_OMIT = 0x8
+
+# The value of CHOWN's uid or gid that leaves it unchanged.
+ID_UNCHANGED = U32_MAX
+
+
+Schema = tuple[tuple[str, str], ...]
+# "data" as the last field means: the rest of the payload, raw.
+DATA = ("data", "data")
+
+_C = Command
+REQUESTS: dict[Command, Schema] = {
+    _C.HELLO: (("version", "u32"), ("max_payload", "u32"), ("client", "name")),
+    _C.PING: (),
+    _C.STATFS: (("cred", "cred"),),
+    _C.LOOKUP: (("cred", "cred"), ("path", "name")),
+    _C.READDIR: (("cred", "cred"), ("path", "name")),
+    _C.OPEN: (("cred", "cred"), ("path", "name"), ("flags", "u32"), ("mode", "u32")),
+    _C.CLOSE: (),
+    _C.READ: (),
+    _C.WRITE: (DATA,),
+    _C.FSTAT: (),
+    _C.FTRUNCATE: (),
+    _C.FSYNC: (("datasync", "u32"),),
+    _C.TRUNCATE: (("cred", "cred"), ("path", "name")),
+    _C.MKDIR: (("cred", "cred"), ("path", "name"), ("mode", "u32")),
+    _C.MAKEDIRS: (("cred", "cred"), ("path", "name"), ("mode", "u32"), ("parent_mode", "u32")),
+    _C.RMDIR: (("cred", "cred"), ("path", "name")),
+    _C.RMTREE: (("cred", "cred"), ("path", "name")),
+    _C.UNLINK: (("cred", "cred"), ("path", "name")),
+    _C.RENAME: (("cred", "cred"), ("path", "name"), ("new", "name"), ("flags", "u32")),
+    _C.LINK: (("cred", "cred"), ("path", "name"), ("new", "name")),
+    _C.SYMLINK: (("cred", "cred"), ("target", "name"), ("path", "name")),
+    _C.READLINK: (("cred", "cred"), ("path", "name")),
+    _C.MKNOD: (("cred", "cred"), ("path", "name"), ("mode", "u32"), ("rdev", "u64")),
+    _C.CHMOD: (("cred", "cred"), ("path", "name"), ("mode", "u32")),
+    _C.CHOWN: (("cred", "cred"), ("path", "name"), ("uid", "u32"), ("gid", "u32")),
+    _C.UTIMES: (
+        ("cred", "cred"),
+        ("path", "name"),
+        ("atime_ns", "i64"),
+        ("mtime_ns", "i64"),
+        ("which", "u32"),
+    ),
+    _C.GETXATTR: (("cred", "cred"), ("path", "name"), ("name", "name")),
+    _C.SETXATTR: (
+        ("cred", "cred"),
+        ("path", "name"),
+        ("name", "name"),
+        ("value", "blob"),
+        ("flags", "u32"),
+    ),
+    _C.LISTXATTR: (("cred", "cred"), ("path", "name")),
+    _C.REMOVEXATTR: (("cred", "cred"), ("path", "name"), ("name", "name")),
+    _C.FALLOCATE: (("mode", "u32"),),
+}
+
+_ATTR_REPLY: Schema = (("attr", "attr"),)
+REPLIES: dict[Command, Schema] = {c: () for c in Command}
+REPLIES.update(
+    {
+        _C.HELLO: (
+            ("version", "u32"),
+            ("max_payload", "u32"),
+            ("caps", "u32"),
+            ("fsid", "u64"),
+            ("statfs", "statfs"),
+        ),
+        _C.STATFS: (("statfs", "statfs"),),
+        _C.LOOKUP: _ATTR_REPLY,
+        _C.READDIR: (("entries", "entries"),),
+        _C.OPEN: _ATTR_REPLY,
+        _C.READ: (DATA,),
+        _C.FSTAT: _ATTR_REPLY,
+        _C.MKDIR: _ATTR_REPLY,
+        _C.MAKEDIRS: _ATTR_REPLY,
+        _C.LINK: _ATTR_REPLY,
+        _C.SYMLINK: _ATTR_REPLY,
+        _C.MKNOD: _ATTR_REPLY,
+        _C.READLINK: (("target", "name"),),
+        _C.GETXATTR: (("value", "blob"),),
+        _C.LISTXATTR: (("names", "names"),),
+    }
+)
+# An error reply (status != 0) carries a human-readable message as its data.
+ERROR_REPLY: Schema = (DATA,)
+# Server-initiated messages; none are defined in version 1.
+NOTIFICATIONS: dict[Command, Schema] = {}
+
+
+def schema_for(cmd: Command, flags: int, status: int) -> Schema:
+    if flags & FLAG_NOTIFY:
+        try:
+            return NOTIFICATIONS[cmd]
+        except KeyError:
+            raise ProtocolError(f"unknown notification {cmd.name}") from None
+    if flags & FLAG_REPLY:
+        return ERROR_REPLY if status else REPLIES[cmd]
+    return REQUESTS[cmd]
+
+
+def _flag_problem(flags: int, status: int) -> str | None:
+    if (flags == 0 and status == 0) or flags == FLAG_REPLY:
+        return None  # the common cases, decided at once
+    if flags & ~KNOWN_FLAGS:
+        return f"unknown flags {flags:#x}"
+    if flags & FLAG_REPLY and flags & FLAG_NOTIFY:
+        return "frame is both reply and notification"
+    if flags & FLAG_MORE and not flags & FLAG_REPLY:
+        return "MORE on a frame that is not a reply"
+    if status and not flags & FLAG_REPLY:
+        return "status set on a frame that is not a reply"
+    return None
+
+
+_SCHEMA_NAMES: dict[Schema, frozenset[str]] = {}
+
+
+def _names(schema: Schema) -> frozenset[str]:
+    names = _SCHEMA_NAMES.get(schema)
+    if names is None:
+        names = _SCHEMA_NAMES[schema] = frozenset(n for n, _ in schema)
+    return names
