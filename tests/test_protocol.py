@@ -1203,6 +1203,7 @@ def test_property_decoder_yields_messages_or_protocol_error(
         for i in range(0, len(data), chunk):
             for m in dec.feed(data[i : i + chunk]):
                 got.append(m)
+        got.extend(dec.feed(b""))  # raises an error held back behind good frames
     except ProtocolError as e:
         error = e
     # Anything other than ProtocolError propagates and fails the test.
