@@ -142,8 +142,8 @@ def _mount(args: argparse.Namespace) -> int:
     except OSError as e:
         if report is None:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        os.write(report, f"error{where}: {e.strerror or e}".encode())
+        where = f"{e.filename}: " if e.filename else ""
+        os.write(report, f"error {where}{e.strerror or e}".encode())
         os._exit(1)
 
 

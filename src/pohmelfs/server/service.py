@@ -11,12 +11,14 @@ never leaves half of a write request applied.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
 import random
 import socket
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,18 +28,23 @@ from ..protocol import Command, Header, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
 from . import linux
 from .export import LocalExport, attr_of
+from .rangelock import END, RangeLocks
 
 log = logging.getLogger("pohmelfs.server")
 
 SENDFILE_MIN = 64 << 10  # below this, pread + sendmsg beats header + sendfile
+SEND_TIMEOUT = struct.pack("ll", 20, 0)  # struct timeval: 20 s
 SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
 
 
 class _Handle:
-    __slots__ = ("fd", "refs", "append", "regular")
+    __slots__ = ("fd", "refs", "append", "regular", "key", "writable")
 
-    def __init__(self, fd: int, append: bool, regular: bool) -> None:
+    def __init__(self, fd: int, append: bool, regular: bool, key: tuple[int, int],
+                 writable: bool) -> None:  # fmt: skip
         self.fd, self.refs, self.append, self.regular = fd, 1, append, regular
+        self.key = key  # (st_dev, st_ino): which file the range locks apply to
+        self.writable = writable
 
 
 class Session:
@@ -238,6 +245,8 @@ class Session:
             h.refs -= 1
             last = h.refs == 0
         if last:
+            if h.writable:
+                self.server.writer_closed(h.key)
             os.close(h.fd)
 
     @staticmethod
@@ -259,7 +268,12 @@ class Session:
 
     def _open(self, m: Message) -> Message:
         fd, attr = self.export.open(m["path"], m["flags"], m["mode"])
-        h = _Handle(fd, bool(m["flags"] & os.O_APPEND), stat.S_ISREG(attr.mode))
+        st = os.fstat(fd)
+        writable = (m["flags"] & os.O_ACCMODE) != os.O_RDONLY
+        h = _Handle(fd, bool(m["flags"] & os.O_APPEND), stat.S_ISREG(st.st_mode),
+                    (st.st_dev, st.st_ino), writable)  # fmt: skip
+        if writable:
+            self.server.writer_opened(h.key)
         with self.handles_lock:
             oid = self.next_handle
             self.next_handle += 1
@@ -287,14 +301,24 @@ class Session:
     def _ftruncate(self, m: Message) -> Message | None:
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return self._with_handle(m, lambda h: self._done(m, os.ftruncate(h.fd, m.offset)))
+
+        def truncate(h: _Handle) -> Message:
+            with self.server.ranges.hold(h.key, min(m.offset, os.fstat(h.fd).st_size), END, True):
+                os.ftruncate(h.fd, m.offset)
+            return p.reply(m)
+
+        return self._with_handle(m, truncate)
 
     def _fallocate(self, m: Message) -> Message | None:
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return self._with_handle(
-            m, lambda h: self._done(m, linux.fallocate(h.fd, m["mode"], m.offset, m.length))
-        )
+
+        def allocate(h: _Handle) -> Message:
+            with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, True):
+                linux.fallocate(h.fd, m["mode"], m.offset, m.length)
+            return p.reply(m)
+
+        return self._with_handle(m, allocate)
 
     def _fsync(self, m: Message) -> Message | None:
         sync = os.fdatasync if m["datasync"] else os.fsync
@@ -304,13 +328,15 @@ class Session:
         def write(h: _Handle) -> Message:
             data = memoryview(m["data"])
             done = 0
-            if h.append:
-                while done < len(data):
-                    done += os.write(h.fd, data[done:])
-                end = os.lseek(h.fd, 0, os.SEEK_CUR)
+            if h.append:  # where it lands is known only once written: lock the tail
+                with self.server.ranges.hold(h.key, os.fstat(h.fd).st_size, END, True):
+                    while done < len(data):
+                        done += os.write(h.fd, data[done:])
+                    end = os.lseek(h.fd, 0, os.SEEK_CUR)
             else:
-                while done < len(data):
-                    done += os.pwrite(h.fd, data[done:], m.offset + done)
+                with self.server.ranges.hold(h.key, m.offset, m.offset + len(data), True):
+                    while done < len(data):
+                        done += os.pwrite(h.fd, data[done:], m.offset + done)
                 end = m.offset + done
             return p.reply(m, length=done, offset=end)
 
@@ -322,15 +348,26 @@ class Session:
         return self._with_handle(m, lambda h: self._send_read(m, h))
 
     def _send_read(self, m: Message, h: _Handle) -> None:
-        if m.length < SENDFILE_MIN or not h.regular:
+        # Zero-copy sendfile hands the kernel references to page-cache pages that
+        # are read only as the receiver consumes them, after the range lock is
+        # gone; so it is used only while nobody has the file open for writing.
+        # Otherwise the data is copied under the lock, giving an atomic snapshot.
+        if m.length < SENDFILE_MIN or not h.regular or h.key in self.server.writers:
             buf = getattr(self._scratch, "buf", None)
             if buf is None or len(buf) < m.length:
                 buf = self._scratch.buf = memoryview(bytearray(max(m.length, SENDFILE_MIN)))
-            got = os.preadv(h.fd, [buf[: m.length]], m.offset)
+            with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
+                got = os.preadv(h.fd, [buf[: m.length]], m.offset)
             hdr = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
             with self.send_lock:
                 send_parts(self.sock, [hdr, buf[:got]])
             return
+        # sendfile reads the file while it sends, so the shared lock covers the
+        # send; SO_SNDTIMEO bounds how long a stalled client can hold it.
+        with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
+            self._sendfile_reply(m, h)
+
+    def _sendfile_reply(self, m: Message, h: _Handle) -> None:
         size = os.fstat(h.fd).st_size
         n = max(0, min(m.length, size - m.offset))
         hdr = Header(m.cmd, p.FLAG_REPLY, 0, n, m.xid, 0, m.offset, 0).pack()
@@ -341,7 +378,7 @@ class Session:
                 try:
                     k = os.sendfile(self.sock.fileno(), h.fd, m.offset + sent, n - sent)
                 except OSError as e:
-                    if e.errno in (errno.EAGAIN, errno.EINTR):
+                    if e.errno == errno.EINTR:
                         continue
                     k = -1
                     err = e
@@ -370,6 +407,8 @@ class Server:
         # Clients send the modes they want, already masked by their own umask.
         os.umask(0)
         self.fsid = random.getrandbits(63) | 1
+        self.ranges = RangeLocks()
+        self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pohmelfs-worker")
         self.sessions: set[Session] = set()
         self._lock = threading.Lock()
@@ -400,6 +439,9 @@ class Server:
                     return
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A client that does not take its replies for this long is cut off
+            # (a blocked send would otherwise hold a range lock indefinitely).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, SEND_TIMEOUT)
             session = Session(self, sock, "%s:%d" % addr[:2])
             with self._lock:
                 if self._stopping:
@@ -412,6 +454,16 @@ class Server:
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
                 t.start()  # under the lock: stop() must never join an unstarted thread
+
+    def writer_opened(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            self.writers[key] += 1
+
+    def writer_closed(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            self.writers[key] -= 1
+            if self.writers[key] <= 0:
+                del self.writers[key]
 
     def forget(self, session: Session) -> None:
         with self._lock:
