@@ -65,6 +65,13 @@ class SocketReader:
                 raise ConnectionError("connection closed in the middle of a frame")
             pos += got
 
+    def take_buffered(self, n: int) -> memoryview:
+        """Up to ``n`` bytes already received (valid until the next read)."""
+        have = min(n, self._end - self._start)
+        start = self._start
+        self._start += have
+        return self._view[start : start + have]
+
     def read_view(self, n: int) -> memoryview:
         """The next ``n`` bytes: a view of the internal buffer when they fit
         (valid until the next read), otherwise a fresh buffer."""

@@ -29,6 +29,7 @@ class MountConfig:
     timeout: float = 5.0
     threads: int = 4
     readahead_kib: int = 1024
+    splice: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -44,6 +45,8 @@ class MountConfig:
                     cfg.default_permissions = False
                 elif key in ("attr_timeout", "entry_timeout", "timeout"):
                     setattr(cfg, key, _number(key, value, float))
+                elif key == "splice":
+                    cfg.splice = True
                 elif key in ("threads", "readahead_kib"):
                     setattr(cfg, key, _number(key, value, int))
                 elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
@@ -84,7 +87,7 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     # the kernel would make that call wait for the very thread making it.
     pidf = pid_file(cfg.mountpoint)
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0)
-    ops = Operations(client, Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE))
+    ops = Operations(client, Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice))
     source = "pohmelfs:" + ",".join(cfg.servers)
     fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,
                       default_permissions=cfg.default_permissions)  # fmt: skip
@@ -145,10 +148,20 @@ def umount(mountpoint: str, timeout: float = 30.0) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}"):
+        if not _running(pid):
             return
         time.sleep(0.05)
     raise OSError(errno.ETIMEDOUT, f"daemon {pid} did not stop within {timeout:g} s", mountpoint)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs (an exited child not yet reaped by its parent does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _daemon_pid(mountpoint: str) -> int | None:

@@ -15,7 +15,7 @@ ROOT_ID = 1
 
 
 class Node:
-    __slots__ = ("nodeid", "parent", "name", "lookups", "ino", "linked")
+    __slots__ = ("nodeid", "parent", "name", "lookups", "ino", "linked", "aliases")
 
     def __init__(self, nodeid: int, parent: Node | None, name: bytes, ino: int) -> None:
         self.nodeid = nodeid
@@ -23,7 +23,8 @@ class Node:
         self.name = name
         self.ino = ino
         self.lookups = 0
-        self.linked = True  # false once its name was removed (it may still be open)
+        self.linked = True  # false once its last name was removed (it may still be open)
+        self.aliases: list[tuple[Node, bytes]] = []  # its other names (hard links)
 
     def path(self) -> bytes:
         parts = []
@@ -66,14 +67,15 @@ class NodeTable:
             if node is None or node.ino != ino:
                 linked = self._by_ino.get(ino) if nlink > 1 else None
                 if linked is not None and linked.linked:
-                    node = linked
+                    node = linked  # another name of a file the kernel knows
+                    if (parent, name) != (node.parent, node.name):
+                        node.aliases.append((parent, name))
                 else:
                     node = Node(self._next, parent, name, ino)
                     self._next += 1
                     self._by_id[node.nodeid] = node
                     self._by_ino[ino] = node
                 self._by_name[(parent.nodeid, name)] = node
-                node.parent, node.name = parent, name
             node.lookups += 1
             return node
 
@@ -98,8 +100,8 @@ class NodeTable:
         """``parent/name`` was removed."""
         with self._lock:
             node = self._by_name.pop((parent.nodeid, name), None)
-            if node is not None and node.parent is parent and node.name == name:
-                node.linked = False
+            if node is not None:
+                self._drop_name(node, parent, name)
 
     def renamed(self, old_parent: Node, old: bytes, new_parent: Node, new: bytes,
                 exchange: bool = False) -> None:  # fmt: skip
@@ -107,11 +109,29 @@ class NodeTable:
             moving = self._by_name.pop((old_parent.nodeid, old), None)
             other = self._by_name.pop((new_parent.nodeid, new), None)
             if moving is not None:
-                moving.parent, moving.name = new_parent, new
+                self._rename_name(moving, old_parent, old, new_parent, new)
                 self._by_name[(new_parent.nodeid, new)] = moving
             if other is not None:
                 if exchange:
-                    other.parent, other.name = old_parent, old
+                    self._rename_name(other, new_parent, new, old_parent, old)
                     self._by_name[(old_parent.nodeid, old)] = other
                 elif other is not moving:
-                    other.linked = False
+                    self._drop_name(other, new_parent, new)
+
+    @staticmethod
+    def _rename_name(node: Node, parent: Node, name: bytes, new_parent: Node, new: bytes) -> None:
+        if (node.parent, node.name) == (parent, name):
+            node.parent, node.name = new_parent, new
+        else:
+            node.aliases = [(new_parent, new) if a == (parent, name) else a for a in node.aliases]
+
+    @staticmethod
+    def _drop_name(node: Node, parent: Node, name: bytes) -> None:
+        """One name of ``node`` is gone: fall back to another, or mark it unlinked."""
+        if (node.parent, node.name) == (parent, name):
+            if node.aliases:
+                node.parent, node.name = node.aliases.pop()
+            else:
+                node.linked = False
+        else:
+            node.aliases = [a for a in node.aliases if a != (parent, name)]

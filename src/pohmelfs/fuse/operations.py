@@ -12,6 +12,7 @@ failures become the errno an application sees.
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -39,6 +40,9 @@ OPEN_FLAGS_PASSED = (
     | os.O_CREAT
 )  # fmt: skip
 RENAME_WHITEOUT = 4
+SPLICE_MIN = 64 << 10  # smaller replies are cheaper to copy than to splice
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
 
 
 def errno_of(exc: BaseException) -> int:
@@ -58,11 +62,12 @@ def kernel_attr(a: p.Attr) -> k.Attr:
 class Replier:
     """Answers one request on the descriptor it came from."""
 
-    __slots__ = ("unique", "write")
+    __slots__ = ("unique", "write", "fd")
 
-    def __init__(self, unique: int, write: Callable[[list[Any]], None]) -> None:
+    def __init__(self, unique: int, write: Callable[[list[Any]], None], fd: int = -1) -> None:
         self.unique = unique
         self.write = write
+        self.fd = fd  # the /dev/fuse descriptor, for splicing a reply into it
 
     def ok(self, *payload: Any) -> None:
         self.write(k.reply_parts(self.unique, 0, *payload))
@@ -76,6 +81,7 @@ class Options:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     max_write: int = 1 << 20
+    splice: bool = False  # READ data socket -> pipe -> /dev/fuse, no copy in Python
 
 
 @dataclass
@@ -91,6 +97,7 @@ class Operations:
         root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
         self.nodes = NodeTable(root.ino)
         self.files: dict[int, RemoteFile] = {}
+        self.node_files: dict[int, set[int]] = {}  # nodeid -> its open file handles
         self.dirs: dict[int, _Dir] = {}
         self._fh = itertools.count(1)
         self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
@@ -167,10 +174,39 @@ class Operations:
     def attr_out(self, attr: p.Attr) -> bytes:
         return k.pack_attr_out(kernel_attr(attr), self.opts.attr_timeout)
 
-    def _new_file(self, f: RemoteFile) -> int:
+    def _new_file(self, f: RemoteFile, node: Node) -> int:
         fh = next(self._fh)
         self.files[fh] = f
+        self.node_files.setdefault(node.nodeid, set()).add(fh)
         return fh
+
+    def _handle_of(self, node: Node, fh: int | None = None) -> RemoteFile | None:
+        """An open handle of this node (``fh`` if given): it reaches the very file the
+        kernel means even after its name was removed or reused."""
+        if fh is not None and fh in self.files:
+            return self.files[fh]
+        for other in self.node_files.get(node.nodeid, ()):
+            if other in self.files:
+                return self.files[other]
+        return None
+
+    def object_call(
+        self, req: k.Request, node: Node, fh: int | None = None
+    ) -> Callable[..., p.Message]:
+        """A request sender aimed at the node's open handle if it has one, else its path."""
+        f = self._handle_of(node, fh)
+        if f is None:
+            path = node.path()
+            return lambda cmd, **fields: self.call(cmd, req, path, **fields)
+        conn, oid = f._handle()
+        cred = self.cred(req)
+        return lambda cmd, **fields: conn.call(cmd, f.name, cred=cred, path=b"", oid=oid, **fields)
+
+    def object_attr(self, req: k.Request, node: Node, fh: int | None = None) -> p.Attr:
+        f = self._handle_of(node, fh)
+        if f is not None:
+            return f.fstat()
+        return self.call(Command.LOOKUP, req, node.path())["attr"]  # type: ignore[no-any-return]
 
     def file(self, fh: int) -> RemoteFile:
         f = self.files.get(fh)
@@ -195,27 +231,26 @@ class Operations:
 
     def op_getattr(self, req: k.Request, reply: Replier) -> None:
         args = req.args
-        if args.getattr_flags & k.GETATTR_FH and args.fh in self.files:
-            attr = self.files[args.fh].fstat()
-        else:
-            attr = self.call(Command.LOOKUP, req, self.node(req.nodeid).path())["attr"]
-        reply.ok(self.attr_out(attr))
+        fh = args.fh if args.getattr_flags & k.GETATTR_FH else None
+        reply.ok(self.attr_out(self.object_attr(req, self.node(req.nodeid), fh)))
 
     def op_setattr(self, req: k.Request, reply: Replier) -> None:
         a = req.args
-        path = self.node(req.nodeid).path()
-        handle = self.files.get(a.fh) if a.valid & k.FATTR_FH else None
+        node = self.node(req.nodeid)
+        fh = a.fh if a.valid & k.FATTR_FH else None
+        handle = self._handle_of(node, fh)
+        call = self.object_call(req, node, fh)
         if a.valid & k.FATTR_MODE:
-            self.call(Command.CHMOD, req, path, mode=a.mode & 0o7777)
+            call(Command.CHMOD, mode=a.mode & 0o7777)
         if a.valid & (k.FATTR_UID | k.FATTR_GID):
             uid = a.uid if a.valid & k.FATTR_UID else p.ID_UNCHANGED
             gid = a.gid if a.valid & k.FATTR_GID else p.ID_UNCHANGED
-            self.call(Command.CHOWN, req, path, uid=uid, gid=gid)
+            call(Command.CHOWN, uid=uid, gid=gid)
         if a.valid & k.FATTR_SIZE:
-            if handle is not None:
+            if handle is not None and handle.writable():
                 handle.truncate(a.size)
             else:
-                self.call(Command.TRUNCATE, req, path, offset=a.size)
+                self.call(Command.TRUNCATE, req, node.path(), offset=a.size)
         if a.valid & (k.FATTR_ATIME | k.FATTR_MTIME | k.FATTR_ATIME_NOW | k.FATTR_MTIME_NOW):
             which = 0
             if a.valid & k.FATTR_ATIME_NOW:
@@ -226,13 +261,9 @@ class Operations:
                 which |= p.UTIME_MTIME_NOW
             elif not a.valid & k.FATTR_MTIME:
                 which |= p.UTIME_MTIME_OMIT
-            self.call(Command.UTIMES, req, path, atime_ns=_ns(a.atime, a.atimensec),
-                      mtime_ns=_ns(a.mtime, a.mtimensec), which=which)  # fmt: skip
-        if handle is not None:
-            attr = handle.fstat()
-        else:
-            attr = self.call(Command.LOOKUP, req, path)["attr"]
-        reply.ok(self.attr_out(attr))
+            call(Command.UTIMES, atime_ns=_ns(a.atime, a.atimensec),
+                 mtime_ns=_ns(a.mtime, a.mtimensec), which=which)  # fmt: skip
+        reply.ok(self.attr_out(self.object_attr(req, node, fh)))
 
     def op_readlink(self, req: k.Request, reply: Replier) -> None:
         reply.ok(self.call(Command.READLINK, req, self.node(req.nodeid).path())["target"])
@@ -306,16 +337,19 @@ class Operations:
 
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)
-        f = RemoteFile(self.client, self.node(req.nodeid).path(), flags, 0, "", self.cred(req))
-        reply.ok(k.pack_open(self._new_file(f)))
+        node = self.node(req.nodeid)
+        f = RemoteFile(self.client, node.path(), flags, 0, "", self.cred(req))
+        reply.ok(k.pack_open(self._new_file(f, node)))
 
     def op_create(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
         flags = (req.args.flags & OPEN_FLAGS_PASSED) | os.O_CREAT
         f = RemoteFile(self.client, path, flags, req.args.mode & 0o7777, "", self.cred(req))
-        entry = self.entry(parent, name, f.attr)
-        reply.ok(entry, k.pack_open(self._new_file(f)))
+        node = self.nodes.remember(parent, name, f.attr.ino, f.attr.nlink)
+        entry = k.pack_entry(node.nodeid, 0, kernel_attr(f.attr), self.opts.entry_timeout,
+                             self.opts.attr_timeout)  # fmt: skip
+        reply.ok(entry, k.pack_open(self._new_file(f, node)))
 
     def op_read(self, req: k.Request, reply: Replier) -> None:
         a = req.args
@@ -326,6 +360,10 @@ class Operations:
         def sink(header: p.Header, reader: SocketReader) -> None:
             nonlocal replied
             n = header.payload_len
+            if self.opts.splice and SPLICE_MIN <= n <= self._pipe_room() and reply.fd >= 0:
+                self._splice_reply(reply, n, reader)
+                replied = True
+                return
             buf = getattr(self._scratch, "buf", None)
             if buf is None or len(buf) < n:
                 buf = self._scratch.buf = memoryview(bytearray(max(n, 1 << 20)))
@@ -342,6 +380,49 @@ class Operations:
             reply.error(_tx_errno(tx))
 
         conn.start(Command.READ, sink=sink, callback=done, oid=oid, offset=a.offset, length=a.size)
+
+    def _splice_reply(self, reply: Replier, n: int, reader: SocketReader) -> None:
+        """Move a READ reply's data from the socket to the kernel without copying it
+        into Python: header and already-buffered bytes are written into a pipe, the
+        rest is spliced from the socket, then the whole message into /dev/fuse."""
+        r, w = self._scratch.pipe
+        os.write(w, k.OUT_HEADER.pack(k.OUT_HEADER.size + n, 0, reply.unique))
+        head = reader.take_buffered(n)
+        if len(head):
+            os.write(w, head)
+        left = n - len(head)
+        sock = reader.sock.fileno()
+        try:
+            while left:
+                moved = os.splice(sock, w, left)
+                if not moved:
+                    raise ConnectionError("connection closed in the middle of a frame")
+                left -= moved
+        except BaseException:
+            _drain(r, k.OUT_HEADER.size + n - left)  # the caller answers the kernel instead
+            raise
+        total = k.OUT_HEADER.size + n
+        try:
+            while total:
+                total -= os.splice(r, reply.fd, total)
+        except OSError as e:  # the request was interrupted: empty the pipe for the next one
+            _drain(r, total)
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                log.warning("cannot splice a reply to the kernel: %s", e)
+
+    def _pipe_room(self) -> int:
+        """How large a reply this thread's pipe can hold (the message must fit whole)."""
+        room = getattr(self._scratch, "room", None)
+        if room is None:
+            self._scratch.pipe = _r, w = os.pipe()
+            for size in (2 * self.opts.max_write, self.opts.max_write):
+                try:
+                    fcntl.fcntl(w, F_SETPIPE_SZ, size)
+                    break
+                except OSError:
+                    continue
+            room = self._scratch.room = fcntl.fcntl(w, F_GETPIPE_SZ) - k.OUT_HEADER.size
+        return int(room)
 
     def _read_again(self, f: RemoteFile, offset: int, size: int, reply: Replier) -> None:
         try:
@@ -367,13 +448,21 @@ class Operations:
         mode = f.fstat().mode
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
         if mode & kill:
-            self.call(Command.CHMOD, req, os.fsencode(f.name), mode=stat.S_IMODE(mode) & ~kill)
+            conn, oid = f._handle()
+            conn.call(Command.CHMOD, f.name, cred=self.cred(req), path=b"", oid=oid,
+                      mode=stat.S_IMODE(mode) & ~kill)  # fmt: skip
 
     def op_flush(self, req: k.Request, reply: Replier) -> None:
         reply.ok()  # writes are acknowledged by the server before write(2) returns
 
     def op_release(self, req: k.Request, reply: Replier) -> None:
-        f = self.files.pop(req.args.fh, None)
+        fh = req.args.fh
+        f = self.files.pop(fh, None)
+        fhs = self.node_files.get(req.nodeid)
+        if fhs is not None:
+            fhs.discard(fh)
+            if not fhs:
+                del self.node_files[req.nodeid]
         if f is not None:
             f.close_async()  # close(2) does not wait for RELEASE: neither do we
         reply.ok()
@@ -442,25 +531,30 @@ class Operations:
 
     def op_setxattr(self, req: k.Request, reply: Replier) -> None:
         value = bytes(req.data[: req.args.size])
-        self.call(Command.SETXATTR, req, self.node(req.nodeid).path(), name=req.names[0],
-                  value=value, flags=req.args.flags)  # fmt: skip
+        call = self.object_call(req, self.node(req.nodeid))
+        call(Command.SETXATTR, name=req.names[0], value=value, flags=req.args.flags)
         reply.ok()
 
     def op_getxattr(self, req: k.Request, reply: Replier) -> None:
-        value = self.call(Command.GETXATTR, req, self.node(req.nodeid).path(),
-                          name=req.names[0])["value"]  # fmt: skip
+        call = self.object_call(req, self.node(req.nodeid))
+        value = call(Command.GETXATTR, name=req.names[0])["value"]
         _sized_reply(reply, req.args.size, value)
 
     def op_listxattr(self, req: k.Request, reply: Replier) -> None:
-        names = self.call(Command.LISTXATTR, req, self.node(req.nodeid).path())["names"]
+        names = self.object_call(req, self.node(req.nodeid))(Command.LISTXATTR)["names"]
         _sized_reply(reply, req.args.size, b"".join(n + b"\0" for n in names))
 
     def op_removexattr(self, req: k.Request, reply: Replier) -> None:
-        self.call(Command.REMOVEXATTR, req, self.node(req.nodeid).path(), name=req.names[0])
+        self.object_call(req, self.node(req.nodeid))(Command.REMOVEXATTR, name=req.names[0])
         reply.ok()
 
     def op_interrupt(self, req: k.Request, reply: Replier) -> None:
         pass  # requests finish quickly or time out; the kernel needs no answer
+
+
+def _drain(fd: int, n: int) -> None:
+    while n > 0:
+        n -= len(os.read(fd, n))
 
 
 def _ns(sec: int, nsec: int) -> int:

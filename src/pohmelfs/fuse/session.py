@@ -130,7 +130,7 @@ class FuseSession:
                 if req.opcode == k.Op.DESTROY:
                     write(k.reply_parts(req.unique, 0))
                     break
-                self.ops.dispatch(req, Replier(req.unique, write))
+                self.ops.dispatch(req, Replier(req.unique, write, fd))
         except Exception:
             log.exception("FUSE reader thread failed")
         finally:

@@ -380,56 +380,73 @@ class LocalExport:
 
     # --- attributes -------------------------------------------------------------
 
+    # With ``fd`` (an open handle) these act on that file, whatever names it has now.
+
     @_mutating
-    def chmod(self, path: bytes, mode: int) -> None:
+    def chmod(self, path: bytes, mode: int, fd: int | None = None) -> None:
+        if fd is not None:
+            os.chmod(fd, mode & 0o7777)
+            return
         with self._object(path) as (fd, st):
             if stat.S_ISLNK(st.st_mode):
                 raise _err(errno.EOPNOTSUPP, path, "symlinks have no mode")
             os.chmod(self._proc(fd), mode & 0o7777)
 
     @_mutating
-    def chown(self, path: bytes, uid: int, gid: int) -> None:
+    def chown(self, path: bytes, uid: int, gid: int, fd: int | None = None) -> None:
+        uid, gid = (uid if uid != 0xFFFFFFFF else -1), (gid if gid != 0xFFFFFFFF else -1)
+        if fd is not None:
+            os.chown(fd, uid, gid)
+            return
         with self._parent(path) as (dfd, name):
-            os.chown(
-                name,
-                uid if uid != 0xFFFFFFFF else -1,
-                gid if gid != 0xFFFFFFFF else -1,
-                dir_fd=dfd,
-                follow_symlinks=False,
-            )
+            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
 
     @_mutating
-    def utimes(self, path: bytes, atime_ns: int, mtime_ns: int, which: int) -> None:
+    def utimes(self, path: bytes, atime_ns: int, mtime_ns: int, which: int,
+               fd: int | None = None) -> None:  # fmt: skip
+        times = (
+            None if which & UTIME_ATIME_OMIT else atime_ns,
+            None if which & UTIME_MTIME_OMIT else mtime_ns,
+            bool(which & UTIME_ATIME_NOW),
+            bool(which & UTIME_MTIME_NOW),
+        )
+        if fd is not None:
+            linux.utimensat(fd, None, *times)
+            return
         with self._parent(path) as (dfd, name):
-            linux.utimensat(
-                dfd,
-                name,
-                None if which & UTIME_ATIME_OMIT else atime_ns,
-                None if which & UTIME_MTIME_OMIT else mtime_ns,
-                bool(which & UTIME_ATIME_NOW),
-                bool(which & UTIME_MTIME_NOW),
-            )
+            linux.utimensat(dfd, name, *times)
 
     def _xattr_target(self, path: bytes) -> Any:
         if not self.xattrs:
             raise _err(errno.EOPNOTSUPP, path, "the export's filesystem has no xattrs")
         return self._parent(path)
 
-    def getxattr(self, path: bytes, name: bytes) -> bytes:
+    def getxattr(self, path: bytes, name: bytes, fd: int | None = None) -> bytes:
+        if fd is not None:
+            return os.getxattr(fd, name)
         with self._xattr_target(path) as (dfd, leaf):
             return os.getxattr(self._proc(dfd, leaf), name, follow_symlinks=False)
 
-    def listxattr(self, path: bytes) -> list[bytes]:
+    def listxattr(self, path: bytes, fd: int | None = None) -> list[bytes]:
+        if fd is not None:
+            return [os.fsencode(n) for n in os.listxattr(fd)]
         with self._xattr_target(path) as (dfd, leaf):
             names = os.listxattr(self._proc(dfd, leaf), follow_symlinks=False)
             return [os.fsencode(n) for n in names]
 
     @_mutating
-    def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int) -> None:
+    def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int,
+                 fd: int | None = None) -> None:  # fmt: skip
+        if fd is not None:
+            os.setxattr(fd, name, value, flags)
+            return
         with self._xattr_target(path) as (dfd, leaf):
             os.setxattr(self._proc(dfd, leaf), name, value, flags, follow_symlinks=False)
 
     @_mutating
-    def removexattr(self, path: bytes, name: bytes) -> None:
+    def removexattr(self, path: bytes, name: bytes, fd: int | None = None) -> None:
+        if fd is not None:
+            os.removexattr(fd, name)
+            return
         with self._xattr_target(path) as (dfd, leaf):
             os.removexattr(self._proc(dfd, leaf), name, follow_symlinks=False)

@@ -76,7 +76,12 @@ def renameat2(olddirfd: int, old: bytes, newdirfd: int, new: bytes, flags: int) 
 
 
 def utimensat(
-    dirfd: int, name: bytes, atime: int | None, mtime: int | None, atime_now: bool, mtime_now: bool
+    dirfd: int,
+    name: bytes | None,
+    atime: int | None,
+    mtime: int | None,
+    atime_now: bool,
+    mtime_now: bool,
 ) -> None:
     """Set times in ns; None omits that time, *_now uses the current time."""
 
@@ -89,6 +94,9 @@ def utimensat(
         return _Timespec(sec, nsec)
 
     times = (_Timespec * 2)(ts(atime, atime_now), ts(mtime, mtime_now))
+    if name is None:  # the open file itself (glibc's utimensat refuses a NULL name)
+        _check(_libc.futimens(ctypes.c_int(dirfd), times))
+        return
     AT_SYMLINK_NOFOLLOW = 0x100
     ret = _libc.utimensat(
         ctypes.c_int(dirfd), ctypes.c_char_p(name), times, ctypes.c_int(AT_SYMLINK_NOFOLLOW)

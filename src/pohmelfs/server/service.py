@@ -91,22 +91,33 @@ class Session:
             Command.MKNOD: lambda m: p.reply(
                 m, attr=self.export.mknod(m["path"], m["mode"], m["rdev"])
             ),
-            Command.CHMOD: lambda m: self._done(m, self.export.chmod(m["path"], m["mode"])),
-            Command.CHOWN: lambda m: self._done(
-                m, self.export.chown(m["path"], m["uid"], m["gid"])
+            # These act on the open handle ``oid`` instead of ``path`` when it is set.
+            Command.CHMOD: lambda m: self._on_object(
+                m, lambda fd: self.export.chmod(m["path"], m["mode"], fd=fd)
             ),
-            Command.UTIMES: lambda m: self._done(
-                m, self.export.utimes(m["path"], m["atime_ns"], m["mtime_ns"], m["which"])
+            Command.CHOWN: lambda m: self._on_object(
+                m, lambda fd: self.export.chown(m["path"], m["uid"], m["gid"], fd=fd)
             ),
-            Command.GETXATTR: lambda m: p.reply(
-                m, value=self.export.getxattr(m["path"], m["name"])
+            Command.UTIMES: lambda m: self._on_object(
+                m,
+                lambda fd: self.export.utimes(
+                    m["path"], m["atime_ns"], m["mtime_ns"], m["which"], fd=fd
+                ),
             ),
-            Command.SETXATTR: lambda m: self._done(
-                m, self.export.setxattr(m["path"], m["name"], m["value"], m["flags"])
+            Command.GETXATTR: lambda m: self._on_object(
+                m, lambda fd: self.export.getxattr(m["path"], m["name"], fd=fd), "value"
             ),
-            Command.LISTXATTR: lambda m: p.reply(m, names=tuple(self.export.listxattr(m["path"]))),
-            Command.REMOVEXATTR: lambda m: self._done(
-                m, self.export.removexattr(m["path"], m["name"])
+            Command.SETXATTR: lambda m: self._on_object(
+                m,
+                lambda fd: self.export.setxattr(
+                    m["path"], m["name"], m["value"], m["flags"], fd=fd
+                ),
+            ),
+            Command.LISTXATTR: lambda m: self._on_object(
+                m, lambda fd: tuple(self.export.listxattr(m["path"], fd=fd)), "names"
+            ),
+            Command.REMOVEXATTR: lambda m: self._on_object(
+                m, lambda fd: self.export.removexattr(m["path"], m["name"], fd=fd)
             ),
         }
 
@@ -248,6 +259,19 @@ class Session:
             if h.writable:
                 self.server.writer_closed(h.key)
             os.close(h.fd)
+
+    def _on_object(self, m: Message, fn: Callable[[int | None], object],
+                   field: str | None = None) -> Message:  # fmt: skip
+        """Run fn on the open handle m.oid (its fd) or, without one, on m["path"]."""
+        if m.oid:
+            h = self._acquire(m.oid)
+            try:
+                result = fn(h.fd)
+            finally:
+                self._release(h)
+        else:
+            result = fn(None)
+        return p.reply(m, **({field: result} if field else {}))
 
     @staticmethod
     def _done(m: Message, _result: None) -> Message:
