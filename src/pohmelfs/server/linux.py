@@ -130,3 +130,14 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset), ctypes.c_long(length)
     )
     _check(ret)
+
+
+CLONE_FS = 0x200
+
+
+def private_umask_zero() -> None:
+    """Give the calling thread its own umask of 0 (unshare CLONE_FS): the server
+    creates files with exactly the modes clients send, already masked by the
+    client's umask, without changing the umask of the process that embeds it."""
+    _check(_libc.unshare(ctypes.c_int(CLONE_FS)))
+    os.umask(0)

@@ -125,6 +125,7 @@ class Session:
 
     def run(self) -> None:
         try:
+            linux.private_umask_zero()
             self._handshake()
             while True:
                 self._serve_one()
@@ -428,12 +429,14 @@ class Server:
     ) -> None:
         self.export = export
         self.max_payload = max_payload
-        # Clients send the modes they want, already masked by their own umask.
-        os.umask(0)
         self.fsid = random.getrandbits(63) | 1
         self.ranges = RangeLocks()
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pohmelfs-worker")
+        self.pool = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="pohmelfs-worker",
+            initializer=linux.private_umask_zero,
+        )
         self.sessions: set[Session] = set()
         self._lock = threading.Lock()
         self._stopping = False
