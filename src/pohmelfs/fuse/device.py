@@ -105,25 +105,27 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
         raise OSError(errno.EBUSY, f"fusermount3: {proc.stderr.strip()}", mountpoint)
 
 
-def is_mounted(mountpoint: str) -> bool:
+def _mountinfo(mountpoint: str) -> list[str] | None:
+    """The /proc/self/mountinfo fields of the mount at ``mountpoint`` (the last one)."""
     target = os.path.realpath(mountpoint)
+    found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
+            # Mount points are octal-escaped there (a space is \040).
             if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
-                return True
-    return False
+                found = fields
+    return found
+
+
+def is_mounted(mountpoint: str) -> bool:
+    return _mountinfo(mountpoint) is not None
 
 
 def bdi_of(mountpoint: str) -> str | None:
     """The mount's backing device info name (major:minor), for read_ahead_kb."""
-    target = os.path.realpath(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == target:
-                return fields[2]
-    return None
+    fields = _mountinfo(mountpoint)
+    return fields[2] if fields else None
 
 
 def set_readahead(mountpoint: str, kib: int) -> bool:
