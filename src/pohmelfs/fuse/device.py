@@ -107,7 +107,7 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
 
 def _mountinfo(mountpoint: str) -> list[str] | None:
     """The /proc/self/mountinfo fields of the mount at ``mountpoint`` (the last one)."""
-    target = os.path.realpath(mountpoint)
+    target = os.path.abspath(mountpoint)  # no syscall: a hung mount must not hang us
     found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:

@@ -77,7 +77,9 @@ def run_dir() -> str:
 
 
 def pid_file(mountpoint: str) -> str:
-    name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
+    name = os.path.abspath(
+        mountpoint
+    )  # no syscall: a hung mount must not hang us.strip("/").replace("/", "_") or "root"
     return os.path.join(run_dir(), f"mount-{name}.pid")
 
 
