@@ -77,9 +77,8 @@ def run_dir() -> str:
 
 
 def pid_file(mountpoint: str) -> str:
-    name = os.path.abspath(
-        mountpoint
-    )  # no syscall: a hung mount must not hang us.strip("/").replace("/", "_") or "root"
+    # abspath, not realpath: no system call, so a hung mount cannot hang us here.
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
     return os.path.join(run_dir(), f"mount-{name}.pid")
 
 
