@@ -1,37 +1,34 @@
 """The filesystem behind the mount: FUSE requests carried out with the client core.
 
 Depends only on injected objects (a :class:`~pohmelfs.Client` and a reply
-writer), so it is testable without a kernel. READ and WRITE are asynchronous:
-the request is sent and the reply to the kernel is written by the client's
-receive thread when the server answers; for a READ that thread receives the
-data and writes it to ``/dev/fuse`` itself. Everything else runs inline in the
-FUSE reader thread that received it. :func:`errno_of` is the one place where
-failures become the errno an application sees.
+writer), so it is testable without a kernel. READ is asynchronous (see
+``reads.py``: the client's receive thread answers the kernel); everything else
+runs inline in the FUSE reader thread that received it. ``reply.errno_of`` is
+the one place where failures become the errno an application sees.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol as p
 from ..client.client import Client
-from ..client.connection import Transaction
 from ..client.file import RemoteFile
 from ..protocol import Command, Cred
-from ..wire import SocketReader
 from . import kernel as k
 from .nodes import Node, NodeTable
+from .reads import DirectReads
+from .reply import Replier, errno_of
+
+__all__ = ["Operations", "Options", "Replier", "errno_of"]
 
 log = logging.getLogger("pohmelfs.fuse")
 
@@ -40,40 +37,11 @@ OPEN_FLAGS_PASSED = (
     | os.O_CREAT
 )  # fmt: skip
 RENAME_WHITEOUT = 4
-SPLICE_MIN = 64 << 10  # smaller replies are cheaper to copy than to splice
-F_SETPIPE_SZ = 1031
-F_GETPIPE_SZ = 1032
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno an application sees for a failure."""
-    if isinstance(exc, OSError) and exc.errno:
-        if exc.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE):
-            return errno.EIO  # the server is gone: an I/O error, as on a local disk failure
-        return exc.errno
-    return errno.EIO
 
 
 def kernel_attr(a: p.Attr) -> k.Attr:
     return k.Attr(a.ino, a.size, a.blocks, a.atime_ns, a.mtime_ns, a.ctime_ns, a.mode, a.nlink,
                   a.uid, a.gid, a.rdev, a.blksize)  # fmt: skip
-
-
-class Replier:
-    """Answers one request on the descriptor it came from."""
-
-    __slots__ = ("unique", "write", "fd")
-
-    def __init__(self, unique: int, write: Callable[[list[Any]], None], fd: int = -1) -> None:
-        self.unique = unique
-        self.write = write
-        self.fd = fd  # the /dev/fuse descriptor, for splicing a reply into it
-
-    def ok(self, *payload: Any) -> None:
-        self.write(k.reply_parts(self.unique, 0, *payload))
-
-    def error(self, code: int) -> None:
-        self.write(k.reply_parts(self.unique, code))
 
 
 @dataclass
@@ -101,8 +69,7 @@ class Operations:
         self.dirs: dict[int, _Dir] = {}
         self._fh = itertools.count(1)
         self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
-        self._scratch = threading.local()
-        self._retry = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pohmelfs-fuse-retry")
+        self.reads = DirectReads(self.opts.splice, self.opts.max_write)
         self.handlers: dict[int, Callable[[k.Request, Replier], None]] = {
             op: getattr(self, "op_" + op.name.lower())
             for op in k.Op
@@ -130,7 +97,7 @@ class Operations:
             except OSError:
                 pass
         self.files.clear()
-        self._retry.shutdown(wait=False)
+        self.reads.close()
 
     # --- helpers ----------------------------------------------------------------
 
@@ -353,84 +320,7 @@ class Operations:
 
     def op_read(self, req: k.Request, reply: Replier) -> None:
         a = req.args
-        f = self.file(a.fh)
-        conn, oid = f._handle()
-        replied = False
-
-        def sink(header: p.Header, reader: SocketReader) -> None:
-            nonlocal replied
-            n = header.payload_len
-            if self.opts.splice and SPLICE_MIN <= n <= self._pipe_room() and reply.fd >= 0:
-                self._splice_reply(reply, n, reader)
-                replied = True
-                return
-            buf = getattr(self._scratch, "buf", None)
-            if buf is None or len(buf) < n:
-                buf = self._scratch.buf = memoryview(bytearray(max(n, 1 << 20)))
-            reader.read_into(buf[:n])
-            replied = True
-            reply.ok(buf[:n])
-
-        def done(tx: Transaction) -> None:
-            if replied:
-                return
-            if _lost_connection(tx):
-                self._retry.submit(self._read_again, f, a.offset, a.size, reply)
-                return
-            reply.error(_tx_errno(tx))
-
-        conn.start(Command.READ, sink=sink, callback=done, oid=oid, offset=a.offset, length=a.size)
-
-    def _splice_reply(self, reply: Replier, n: int, reader: SocketReader) -> None:
-        """Move a READ reply's data from the socket to the kernel without copying it
-        into Python: header and already-buffered bytes are written into a pipe, the
-        rest is spliced from the socket, then the whole message into /dev/fuse."""
-        r, w = self._scratch.pipe
-        os.write(w, k.OUT_HEADER.pack(k.OUT_HEADER.size + n, 0, reply.unique))
-        head = reader.take_buffered(n)
-        if len(head):
-            os.write(w, head)
-        left = n - len(head)
-        sock = reader.sock.fileno()
-        try:
-            while left:
-                moved = os.splice(sock, w, left)
-                if not moved:
-                    raise ConnectionError("connection closed in the middle of a frame")
-                left -= moved
-        except BaseException:
-            _drain(r, k.OUT_HEADER.size + n - left)  # the caller answers the kernel instead
-            raise
-        total = k.OUT_HEADER.size + n
-        try:
-            while total:
-                total -= os.splice(r, reply.fd, total)
-        except OSError as e:  # the request was interrupted: empty the pipe for the next one
-            _drain(r, total)
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
-                log.warning("cannot splice a reply to the kernel: %s", e)
-
-    def _pipe_room(self) -> int:
-        """How large a reply this thread's pipe can hold (the message must fit whole)."""
-        room = getattr(self._scratch, "room", None)
-        if room is None:
-            self._scratch.pipe = _r, w = os.pipe()
-            for size in (2 * self.opts.max_write, self.opts.max_write):
-                try:
-                    fcntl.fcntl(w, F_SETPIPE_SZ, size)
-                    break
-                except OSError:
-                    continue
-            room = self._scratch.room = fcntl.fcntl(w, F_GETPIPE_SZ) - k.OUT_HEADER.size
-        return int(room)
-
-    def _read_again(self, f: RemoteFile, offset: int, size: int, reply: Replier) -> None:
-        try:
-            buf = bytearray(size)
-            n = f.preadinto(buf, offset)
-            reply.ok(memoryview(buf)[:n])
-        except Exception as e:
-            reply.error(errno_of(e))
+        self.reads.start(self.file(a.fh), a.offset, a.size, reply)
 
     def op_write(self, req: k.Request, reply: Replier) -> None:
         # Synchronous in this reader thread: the kernel waits for each write(2)
@@ -552,11 +442,6 @@ class Operations:
         pass  # requests finish quickly or time out; the kernel needs no answer
 
 
-def _drain(fd: int, n: int) -> None:
-    while n > 0:
-        n -= len(os.read(fd, n))
-
-
 def _ns(sec: int, nsec: int) -> int:
     if sec >= 1 << 63:
         sec -= 1 << 64
@@ -570,15 +455,3 @@ def _sized_reply(reply: Replier, size: int, value: bytes) -> None:
         reply.error(errno.ERANGE)
     else:
         reply.ok(value)
-
-
-def _lost_connection(tx: Transaction) -> bool:
-    return isinstance(tx.error, ConnectionError)
-
-
-def _tx_errno(tx: Transaction) -> int:
-    if tx.error is not None:
-        return errno_of(tx.error)
-    if tx.reply is not None and tx.reply.status:
-        return tx.reply.status
-    return errno.EIO
