@@ -30,6 +30,7 @@ class MountConfig:
     threads: int = 4
     readahead_kib: int = 1024
     splice: bool = False
+    writeback: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -45,8 +46,10 @@ class MountConfig:
                     cfg.default_permissions = False
                 elif key in ("attr_timeout", "entry_timeout", "timeout"):
                     setattr(cfg, key, _number(key, value, float))
-                elif key == "splice":
-                    cfg.splice = True
+                elif key in ("splice", "writeback"):
+                    setattr(cfg, key, True)
+                elif key == "no_writeback":
+                    cfg.writeback = False
                 elif key in ("threads", "readahead_kib"):
                     setattr(cfg, key, _number(key, value, int))
                 elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
@@ -88,7 +91,9 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     # the kernel would make that call wait for the very thread making it.
     pidf = pid_file(cfg.mountpoint)
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0)
-    ops = Operations(client, Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice))
+    ops = Operations(
+        client, Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback)
+    )
     source = "pohmelfs:" + ",".join(cfg.servers)
     fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,
                       default_permissions=cfg.default_permissions)  # fmt: skip

@@ -50,6 +50,7 @@ class Options:
     entry_timeout: float = 1.0
     max_write: int = 1 << 20
     splice: bool = False  # READ data socket -> pipe -> /dev/fuse, no copy in Python
+    writeback: bool = False  # the kernel buffers writes in its page cache (experimental)
 
 
 @dataclass
@@ -302,17 +303,30 @@ class Operations:
 
     # --- files --------------------------------------------------------------------------
 
+    def _open_remote(self, req: k.Request, path: bytes, flags: int, perm: int) -> RemoteFile:
+        if self.opts.writeback:
+            # The kernel's writeback cache appends by itself and may read pages of a
+            # file opened write-only (to fill partly written pages): ask for both.
+            flags &= ~os.O_APPEND
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                try:
+                    return RemoteFile(self.client, path, (flags & ~os.O_ACCMODE) | os.O_RDWR,
+                                      perm, "", self.cred(req))  # fmt: skip
+                except PermissionError:
+                    pass
+        return RemoteFile(self.client, path, flags, perm, "", self.cred(req))
+
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)
         node = self.node(req.nodeid)
-        f = RemoteFile(self.client, node.path(), flags, 0, "", self.cred(req))
+        f = self._open_remote(req, node.path(), flags, 0)
         reply.ok(k.pack_open(self._new_file(f, node)))
 
     def op_create(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
         flags = (req.args.flags & OPEN_FLAGS_PASSED) | os.O_CREAT
-        f = RemoteFile(self.client, path, flags, req.args.mode & 0o7777, "", self.cred(req))
+        f = self._open_remote(req, path, flags, req.args.mode & 0o7777)
         node = self.nodes.remember(parent, name, f.attr.ino, f.attr.nlink)
         entry = k.pack_entry(node.nodeid, 0, kernel_attr(f.attr), self.opts.entry_timeout,
                              self.opts.attr_timeout)  # fmt: skip

@@ -75,7 +75,8 @@ class FuseSession:
             write(k.reply_parts(req.unique, 0, k.pack_init(k.OUR_MINOR, 0, 0, 0, 0, 0, 0, 0)))
             raise OSError(errno.EPROTO, f"kernel FUSE major {major} not supported")
         self.minor = min(minor, k.OUR_MINOR)
-        self.flags = flags & WANTED_FLAGS
+        wanted = WANTED_FLAGS | (k.WRITEBACK_CACHE if self.ops.opts.writeback else 0)
+        self.flags = flags & wanted
         out = k.pack_init(self.minor, max(max_readahead, MAX_WRITE), self.flags, 64, 48,
                           MAX_WRITE, 1, MAX_PAGES)  # fmt: skip
         write(k.reply_parts(req.unique, 0, out))
