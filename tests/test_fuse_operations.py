@@ -152,6 +152,9 @@ class FakeKernel:
     def write(self, fh: int, offset: int, data: bytes, write_flags: int = 0) -> int:
         args = make(k.WriteIn, fh=fh, offset=offset, size=len(data), write_flags=write_flags)
         (size, _pad) = k.WRITE_OUT.unpack(self.ok(Op.WRITE, ROOT_ID, args, data=data))
+        # Writes are answered before the server applies them (write-behind); the
+        # kernel's FLUSH (close) waits for them, so do that before looking at disk.
+        assert self.ok(Op.FLUSH, ROOT_ID, make(k.FlushIn, fh=fh)) == b""
         return int(size)
 
     def release(self, fh: int, opcode: int = Op.RELEASE) -> None:
@@ -1058,6 +1061,7 @@ def test_requests_parsed_from_bytes(fk: FakeKernel, export_dir: Path) -> None:
     body = k.WriteIn[0].pack(fh, 1, 5, 0, 0, 0, 0) + b"NEWER"
     error, payload = run(Op.WRITE, f, body, 14)
     assert (error, k.WRITE_OUT.unpack(payload)[0]) == (0, 5)
+    assert run(Op.FLUSH, f, k.FlushIn[0].pack(fh, 0, 0, 0), 15) == (0, b"")  # write-behind
     assert (export_dir / "f").read_bytes() == b"oNEWER"
     error, payload = run(Op.LOOKUP, ROOT_ID, b"nothing\0", 16)
     assert (error, payload) == (errno.ENOENT, b"")

@@ -7,9 +7,11 @@ caller's buffer. Positional ``pread``/``pwrite`` methods are thread-safe.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
 WINDOW = 16  # requests of one transfer in flight at once
+WRITE_BEHIND_BYTES = 32 << 20  # unanswered write-behind data per file, at most
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
 
 
@@ -41,6 +44,10 @@ class RemoteFile(io.RawIOBase):
         self._flags = flags
         self._cred = cred or client.cred
         self._lock = threading.Lock()
+        self._behind = threading.Condition()  # write-behind accounting
+        self._behind_bytes = 0
+        self._behind_count = 0
+        self._behind_error: OSError | None = None
         self._conn, self._oid, attr = client._open(path, flags, perm, self._cred)
         self.attr: Attr = attr
         self._pos = attr.size if flags & os.O_APPEND else 0
@@ -206,8 +213,74 @@ class RemoteFile(io.RawIOBase):
             )
         )
 
+    # --- write-behind ------------------------------------------------------------
+
+    def write_behind(self, data: Any, offset: int) -> int:
+        """Send a write and return without waiting for the server's answer.
+
+        The data is in the socket when this returns, so the caller may reuse
+        its buffer. Requests on a connection are applied in order, so later
+        reads and attribute requests see it. A failure is kept and raised by
+        the next :meth:`drain` (which ``fsync`` and ``close`` call), as a
+        failed page writeback is on a local filesystem. At most
+        ``WRITE_BEHIND_BYTES`` are unanswered at a time.
+        """
+        mv = memoryview(data).cast("B")
+        conn, oid = self._handle()
+        chunk = min(CHUNK, conn.max_payload)
+        for pos in range(0, len(mv), chunk):
+            piece = mv[pos : pos + chunk]
+            n = len(piece)
+            with self._behind:
+                deadline = time.monotonic() + 2 * conn.timeout
+                while self._behind_bytes >= WRITE_BEHIND_BYTES and time.monotonic() < deadline:
+                    self._behind.wait(0.1)
+                self._behind_bytes += n
+                self._behind_count += 1
+            try:
+                conn.start(Command.WRITE, callback=lambda tx, n=n: self._written(tx, n),
+                           oid=oid, offset=offset + pos, data=piece)  # fmt: skip
+            except OSError as e:
+                self._settle(n, e)
+                raise
+        return len(mv)
+
+    def _written(self, tx: Transaction, n: int) -> None:
+        """Receive thread: one write-behind request was answered, or failed."""
+        error: OSError | None = None
+        if tx.error is not None:
+            e = tx.error
+            error = e if isinstance(e, OSError) else OSError(errno.EIO, str(e), self.name)
+        elif tx.reply is None or tx.reply.status:
+            code = tx.reply.status if tx.reply is not None else errno.EIO
+            error = OSError(code, os.strerror(code), self.name)
+        elif tx.reply.length != n:
+            error = OSError(errno.EIO, f"short write ({tx.reply.length} of {n} bytes)", self.name)
+        self._settle(n, error)
+
+    def _settle(self, n: int, error: OSError | None) -> None:
+        with self._behind:
+            self._behind_bytes -= n
+            self._behind_count -= 1
+            if error is not None and self._behind_error is None:
+                self._behind_error = error
+            self._behind.notify_all()
+
+    def drain(self) -> None:
+        """Wait for every write-behind request; raise the first failure (once)."""
+        with self._behind:
+            deadline = time.monotonic() + 2 * self._conn.timeout + 1
+            while self._behind_count and time.monotonic() < deadline:
+                self._behind.wait(0.1)
+            if self._behind_count:
+                raise OSError(errno.ETIMEDOUT, "writes were not answered in time", self.name)
+            error, self._behind_error = self._behind_error, None
+        if error is not None:
+            raise error
+
     def fsync(self, datasync: bool = False) -> None:
         """Make everything written so far durable on the server."""
+        self.drain()
         conn, oid = self._handle()
         conn.call(Command.FSYNC, self.name, oid=oid, datasync=int(datasync))
 
@@ -229,6 +302,7 @@ class RemoteFile(io.RawIOBase):
         if self.closed:
             return
         try:
+            self.drain()
             if not self._conn.closed:
                 self._conn.call(Command.CLOSE, self.name, oid=self._oid)
         except ConnectionError:

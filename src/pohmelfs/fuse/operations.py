@@ -337,16 +337,21 @@ class Operations:
         self.reads.start(self.file(a.fh), a.offset, a.size, reply)
 
     def op_write(self, req: k.Request, reply: Replier) -> None:
-        # Synchronous in this reader thread: the kernel waits for each write(2)
-        # anyway, and the data stays in our buffer should a reconnect need it.
-        # With HANDLE_KILLPRIV_V2 the kernel stops asking for security.capability
-        # before every write and instead flags writes that must clear set-id bits.
+        # Write-behind: the kernel waits for each write(2), so answering once the
+        # data is in the socket (not once the server has applied it) lets the next
+        # write overlap this one. With HANDLE_KILLPRIV_V2 the kernel no longer asks
+        # for security.capability before every write; it flags the writes that
+        # must clear set-id bits, which we do synchronously.
         a = req.args
         f = self.file(a.fh)
-        written = f.pwrite(req.data[: a.size], a.offset)
+        if not f.writable():
+            raise OSError(errno.EBADF, "file not open for writing")
         if a.write_flags & k.WRITE_KILL_SUIDGID:
+            f.pwrite(req.data[: a.size], a.offset)
             self._kill_suid(req, f)
-        reply.ok(k.pack_write(written))
+        else:  # answered before the server: errors come back from flush/fsync/close
+            f.write_behind(req.data[: a.size], a.offset)
+        reply.ok(k.pack_write(a.size))
 
     def _kill_suid(self, req: k.Request, f: RemoteFile) -> None:
         mode = f.fstat().mode
@@ -357,7 +362,12 @@ class Operations:
                       mode=stat.S_IMODE(mode) & ~kill)  # fmt: skip
 
     def op_flush(self, req: k.Request, reply: Replier) -> None:
-        reply.ok()  # writes are acknowledged by the server before write(2) returns
+        # close(2): every write must have reached the server (close-to-open), and
+        # a write that failed after write(2) returned is reported here.
+        f = self.files.get(req.args.fh)
+        if f is not None:
+            f.drain()
+        reply.ok()
 
     def op_release(self, req: k.Request, reply: Replier) -> None:
         fh = req.args.fh
