@@ -54,7 +54,9 @@ class RemoteFile(io.RawIOBase):
 
     # --- the handle, reopened after a reconnect ------------------------------
 
-    def _handle(self) -> tuple[Connection, int]:
+    def handle(self) -> tuple[Connection, int]:
+        """The connection and server handle to send this file's requests on; after
+        the connection was lost, the file is reopened by path on a new one."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
         conn = self._conn
@@ -69,13 +71,13 @@ class RemoteFile(io.RawIOBase):
 
     def _retrying(self, fn: Any) -> Any:
         """Run fn(conn, oid); after a lost connection, reopen and try once more."""
-        conn, oid = self._handle()
+        conn, oid = self.handle()
         try:
             return fn(conn, oid)
         except ConnectionError:
             if not conn.closed:
                 raise
-            conn, oid = self._handle()
+            conn, oid = self.handle()
             return fn(conn, oid)
 
     # --- positional I/O ---------------------------------------------------------
@@ -226,7 +228,7 @@ class RemoteFile(io.RawIOBase):
         ``WRITE_BEHIND_BYTES`` are unanswered at a time.
         """
         mv = memoryview(data).cast("B")
-        conn, oid = self._handle()
+        conn, oid = self.handle()
         chunk = min(CHUNK, conn.max_payload)
         for pos in range(0, len(mv), chunk):
             piece = mv[pos : pos + chunk]
@@ -281,7 +283,7 @@ class RemoteFile(io.RawIOBase):
     def fsync(self, datasync: bool = False) -> None:
         """Make everything written so far durable on the server."""
         self.drain()
-        conn, oid = self._handle()
+        conn, oid = self.handle()
         conn.call(Command.FSYNC, self.name, oid=oid, datasync=int(datasync))
 
     def fileno(self) -> int:

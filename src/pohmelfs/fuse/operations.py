@@ -166,7 +166,7 @@ class Operations:
         if f is None:
             path = node.path()
             return lambda cmd, **fields: self.call(cmd, req, path, **fields)
-        conn, oid = f._handle()
+        conn, oid = f.handle()
         cred = self.cred(req)
         return lambda cmd, **fields: conn.call(cmd, f.name, cred=cred, path=b"", oid=oid, **fields)
 
@@ -357,7 +357,7 @@ class Operations:
         mode = f.fstat().mode
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
         if mode & kill:
-            conn, oid = f._handle()
+            conn, oid = f.handle()
             conn.call(Command.CHMOD, f.name, cred=self.cred(req), path=b"", oid=oid,
                       mode=stat.S_IMODE(mode) & ~kill)  # fmt: skip
 

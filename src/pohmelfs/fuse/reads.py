@@ -42,7 +42,7 @@ class DirectReads:
 
     def start(self, f: RemoteFile, offset: int, size: int, reply: Replier) -> None:
         """Ask the server for the data; the receive thread answers the kernel."""
-        conn, oid = f._handle()
+        conn, oid = f.handle()
         replied = False
 
         def sink(header: p.Header, reader: SocketReader) -> None:
