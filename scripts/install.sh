@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(python3 python3-venv python3-pip fuse3 attr procps rsync fio sqlite3 git tar gcc libc6-dev)
+packages=(python3 python3-venv python3-pip fuse3 attr procps rsync fio sqlite3 git tar)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
