@@ -1211,6 +1211,7 @@ def test_server_restart_on_same_address(private: Mounted) -> None:
         assert sorted(os.listdir(m)) == ["existing", "kept-open", "new"]
         # the descriptor opened before the restart still works
         os.pwrite(fd, b"after the restart", 19)
+        os.fsync(fd)  # close-to-open: a write is on the server once fsync or close returns
         assert (e / "kept-open").read_bytes() == b"before the restart|after the restart"
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         assert os.pread(fd, 100, 0) == b"before the restart|after the restart"
