@@ -6,6 +6,7 @@ import errno
 import io
 import math
 import os
+import random
 import stat as stat_mod
 import threading
 from collections.abc import Iterator, Sequence
@@ -141,6 +142,8 @@ class Client:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
+        self._lock_owner = random.getrandbits(63)  # this client's advisory locks
+        self._lock_files: dict[bytes, RemoteFile] = {}
         self.connection()  # fail early when no server can be reached
 
     # --- connections ---------------------------------------------------------
@@ -198,6 +201,11 @@ class Client:
         return conn, reply.oid, reply["attr"]
 
     def close(self) -> None:
+        for f in list(self._lock_files.values()):
+            try:
+                f.close()  # the server drops our locks with the connection anyway
+            except OSError:
+                pass
         with self._lock:
             self._closed = True
             conn, self._conn = self._conn, None
@@ -448,6 +456,50 @@ class Client:
 
     def removexattr(self, path: PathArg, attribute: str | bytes) -> None:
         self._path_call(Command.REMOVEXATTR, path, name=os.fsencode(attribute))
+
+    # --- advisory locks ------------------------------------------------------------
+
+    def _lock_file(self, path: PathArg) -> RemoteFile:
+        key = encode_path(path)
+        f = self._lock_files.get(key)
+        if f is None or f.closed:
+            f = self._lock_files[key] = RemoteFile(self, os.fspath(path), os.O_RDONLY, 0, "r")
+        return f
+
+    def _lock_request(self, path: PathArg, start: int, length: int, type_: int, flags: int,
+                      cmd: Command = Command.LOCK) -> p.Message:  # fmt: skip
+        if start < 0 or length < 0:
+            raise OSError(errno.EINVAL, "negative lock range", path)
+        f = self._lock_file(path)
+        conn, oid = f.handle()
+        fields = {"owner": self._lock_owner, "type": type_, "flags": flags, "pid": os.getpid()}
+        tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)
+        return conn.wait(tx, path, forever=bool(flags & p.LOCK_WAIT))
+
+    def lock(self, path: PathArg, start: int = 0, length: int = 0, exclusive: bool = True,
+             wait: bool = True) -> None:  # fmt: skip
+        """Take an advisory record lock on ``length`` bytes at ``start`` (0: to the end).
+
+        POSIX semantics across every client of the server: shared locks coexist,
+        an exclusive one excludes all others; this client's own locks are
+        replaced or split. Without ``wait`` a conflict raises BlockingIOError
+        (EAGAIN). Locks go with :meth:`unlock`, :meth:`close` or a lost connection.
+        """
+        flags = p.LOCK_WAIT if wait else 0
+        self._lock_request(path, start, length, 1 if exclusive else 0, flags)
+
+    def unlock(self, path: PathArg, start: int = 0, length: int = 0) -> None:
+        """Release this client's locks on the range (0: to the end)."""
+        self._lock_request(path, start, length, 2, 0)
+
+    def lock_holder(self, path: PathArg, start: int = 0, length: int = 0,
+                    exclusive: bool = True) -> tuple[int, int, int, bool] | None:  # fmt: skip
+        """Like F_GETLK: a lock of another client that the lock asked for would conflict
+        with, as (start, length, pid, exclusive), or None."""
+        reply = self._lock_request(path, start, length, 1 if exclusive else 0, 0, Command.GETLK)
+        if reply["type"] == 2:
+            return None
+        return reply.offset, reply.length, reply["pid"], reply["type"] == 1
 
     # --- files ------------------------------------------------------------------
 

@@ -141,6 +141,7 @@ class Connection:
         into: memoryview | None = None,
         sink: Sink | None = None,
         callback: Callable[[Transaction], None] | None = None,
+        forever: bool = False,
         oid: int = 0,
         offset: int = 0,
         length: int = 0,
@@ -158,7 +159,9 @@ class Connection:
                 raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
         tx = Transaction(xid, cmd, into, sink, callback)
         if callback is not None:
-            tx.deadline = time.monotonic() + self.timeout
+            # ``forever``: a request that may rightly wait (a blocking lock); it
+            # still fails if the connection dies.
+            tx.deadline = float("inf") if forever else time.monotonic() + self.timeout
         with self._lock:
             if self.closed:
                 raise errors.connection_error(self.address, self.close_reason)
@@ -175,9 +178,15 @@ class Connection:
             self._fail(f"send failed: {e}")
         return tx
 
-    def wait(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
-        """Wait for a transaction; raise its error as an OSError naming ``path``."""
-        if not tx.done.acquire(timeout=self.timeout):
+    def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
+             forever: bool = False) -> Message:  # fmt: skip
+        """Wait for a transaction; raise its error as an OSError naming ``path``.
+
+        ``forever`` waits without the timeout (blocking locks), until the reply
+        comes or the connection dies."""
+        if forever:
+            tx.done.acquire()
+        elif not tx.done.acquire(timeout=self.timeout):
             with self._lock:
                 mine = self._pending.pop(tx.xid, None) is tx and not tx.claimed
             if mine:

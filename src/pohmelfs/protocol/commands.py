@@ -55,6 +55,8 @@ class Command(enum.IntEnum):
     LISTXATTR = 29
     REMOVEXATTR = 30
     FALLOCATE = 31
+    LOCK = 32
+    GETLK = 33
 
 
 # Bits of the UTIMES "which" field.
@@ -72,6 +74,11 @@ Schema = tuple[tuple[str, str], ...]
 DATA = ("data", "data")
 
 _C = Command
+# Advisory locks on the file of handle oid, bytes [offset, offset+length), length 0 =
+# to the end of the file. type: 0 shared, 1 exclusive, 2 unlock.
+_LOCK_REQUEST: Schema = (("owner", "u64"), ("type", "u32"), ("flags", "u32"), ("pid", "u32"))
+LOCK_WAIT = 0x1  # wait for a conflicting lock to go instead of failing with EAGAIN
+LOCK_FLOCK = 0x2  # a whole-file flock() lock (separate from POSIX record locks)
 REQUESTS: dict[Command, Schema] = {
     _C.HELLO: (("version", "u32"), ("max_payload", "u32"), ("client", "name")),
     _C.PING: (),
@@ -116,6 +123,8 @@ REQUESTS: dict[Command, Schema] = {
     _C.LISTXATTR: (("cred", "cred"), ("path", "name")),
     _C.REMOVEXATTR: (("cred", "cred"), ("path", "name"), ("name", "name")),
     _C.FALLOCATE: (("mode", "u32"),),
+    _C.LOCK: _LOCK_REQUEST,
+    _C.GETLK: _LOCK_REQUEST,
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
@@ -142,6 +151,7 @@ REPLIES.update(
         _C.MKNOD: _ATTR_REPLY,
         _C.READLINK: (("target", "name"),),
         _C.GETXATTR: (("value", "blob"),),
+        _C.GETLK: (("type", "u32"), ("pid", "u32")),  # a conflicting lock: offset, length
         _C.LISTXATTR: (("names", "names"),),
     }
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import itertools
 import logging
 import os
 import random
@@ -26,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
-from . import linux
+from . import linux, locks
 from .export import LocalExport, attr_of
+from .locks import UNLCK, AdvisoryLocks, Lock
 from .rangelock import END, RangeLocks
 
 log = logging.getLogger("pohmelfs.server")
@@ -52,6 +54,8 @@ class Session:
 
     def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:
         self.server, self.sock, self.peer = server, sock, peer
+        self.sid = next(server.session_ids)  # owns this client's advisory locks
+        self.closed = False
         self.export = server.export
         self.reader = SocketReader(sock)
         self.max_payload = server.max_payload
@@ -74,6 +78,8 @@ class Session:
             Command.FTRUNCATE: self._ftruncate,
             Command.FSYNC: self._fsync,
             Command.FALLOCATE: self._fallocate,
+            Command.LOCK: self._lock,
+            Command.GETLK: self._getlk,
             Command.TRUNCATE: lambda m: self._done(m, self.export.truncate(m["path"], m.offset)),
             Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
             Command.MAKEDIRS: lambda m: p.reply(
@@ -232,6 +238,8 @@ class Session:
             send_parts(self.sock, [hdr, data])
 
     def close(self) -> None:
+        self.closed = True
+        self.server.locks.drop_session(self.sid)
         try:
             self.sock.close()
         except OSError:
@@ -345,6 +353,53 @@ class Session:
 
         return self._with_handle(m, allocate)
 
+    def _wanted_lock(self, m: Message, h: _Handle) -> Lock:
+        if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
+            raise OSError(errno.EINVAL, "bad lock type or flags")
+        end = locks.END if m.length == 0 else m.offset + m.length
+        flock = bool(m["flags"] & p.LOCK_FLOCK)
+        return Lock((self.sid, m["owner"]), m["type"], m.offset, end, m["pid"], flock)
+
+    def _lock(self, m: Message) -> Message | None:
+        h = self._acquire(m.oid)
+        try:
+            want = self._wanted_lock(m, h)
+        except OSError:
+            self._release(h)
+            raise
+        if not m["flags"] & p.LOCK_WAIT or want.type == UNLCK:
+            try:
+                self.server.locks.set(h.key, want, wait=False)
+            finally:
+                self._release(h)
+            return p.reply(m)
+
+        def wait() -> None:  # its own thread: a wait may last as long as the holder likes
+            try:
+                self.server.locks.set(h.key, want, wait=True, cancelled=lambda: self.closed)
+                out = p.reply(m)
+            except OSError as e:
+                out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
+            finally:
+                self._release(h)
+            try:
+                self.send(out)
+            except OSError:
+                pass
+
+        threading.Thread(target=wait, name=f"pohmelfs-lockwait-{self.peer}", daemon=True).start()
+        return None
+
+    def _getlk(self, m: Message) -> Message | None:
+        def test(h: _Handle) -> Message:
+            held = self.server.locks.conflict(h.key, self._wanted_lock(m, h))
+            if held is None:
+                return p.reply(m, type=UNLCK, pid=0)
+            length = 0 if held.end >= locks.END else held.end - held.start
+            return p.reply(m, offset=held.start, length=length, type=held.type, pid=held.pid)
+
+        return self._with_handle(m, test)
+
     def _fsync(self, m: Message) -> Message | None:
         sync = os.fdatasync if m["datasync"] else os.fsync
         return self._with_handle(m, lambda h: self._done(m, sync(h.fd)))
@@ -431,6 +486,8 @@ class Server:
         self.max_payload = max_payload
         self.fsid = random.getrandbits(63) | 1
         self.ranges = RangeLocks()
+        self.locks = AdvisoryLocks()
+        self.session_ids = itertools.count(1)
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
         self.pool = ThreadPoolExecutor(
             max_workers=workers,

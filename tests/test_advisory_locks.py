@@ -1,0 +1,127 @@
+"""Advisory locks across clients: the server's lock table and the library API."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import address_of
+from pohmelfs import Client
+from pohmelfs.server.locks import END, RDLCK, UNLCK, WRLCK, AdvisoryLocks, Lock
+from pohmelfs.server.service import Server
+
+
+def lk(owner: int, type_: int, start: int, end: int, flock: bool = False) -> Lock:
+    return Lock((1, owner), type_, start, end, 100 + owner, flock)
+
+
+def test_shared_coexist_exclusive_conflicts() -> None:
+    t = AdvisoryLocks()
+    t.set("f", lk(1, RDLCK, 0, 100), wait=False)
+    t.set("f", lk(2, RDLCK, 50, 150), wait=False)
+    assert t.conflict("f", lk(3, WRLCK, 90, 95)) is not None
+    assert t.conflict("f", lk(3, WRLCK, 150, 200)) is None
+    with pytest.raises(OSError) as e:
+        t.set("f", lk(3, WRLCK, 0, 10), wait=False)
+    assert e.value.errno == errno.EAGAIN
+
+
+def test_own_locks_are_replaced_and_split() -> None:
+    t = AdvisoryLocks()
+    t.set("f", lk(1, WRLCK, 0, 100), wait=False)
+    t.set("f", lk(1, UNLCK, 40, 60), wait=False)  # a hole in the middle
+    assert sorted((x.start, x.end) for x in t.held("f")) == [(0, 40), (60, 100)]
+    assert t.conflict("f", lk(2, WRLCK, 45, 55)) is None
+    t.set("f", lk(1, RDLCK, 0, END), wait=False)  # downgrade everything
+    assert [(x.type, x.start, x.end) for x in t.held("f")] == [(RDLCK, 0, END)]
+    assert t.conflict("f", lk(2, RDLCK, 10, 20)) is None
+
+
+def test_flock_and_posix_locks_are_separate() -> None:
+    t = AdvisoryLocks()
+    t.set("f", lk(1, WRLCK, 0, END, flock=True), wait=False)
+    assert t.conflict("f", lk(2, WRLCK, 0, END, flock=False)) is None
+    assert t.conflict("f", lk(2, RDLCK, 0, END, flock=True)) is not None
+
+
+def test_waiter_gets_the_lock_when_it_goes_and_sessions_drop_theirs() -> None:
+    t = AdvisoryLocks()
+    t.set("f", lk(1, WRLCK, 0, END), wait=False)
+    got = threading.Event()
+
+    def waiter() -> None:
+        t.set("f", Lock((2, 7), WRLCK, 0, END, 0, False), wait=True)
+        got.set()
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    assert not got.wait(0.2)
+    t.drop_session(1)  # the holder's client disconnected
+    assert got.wait(5)
+    th.join(5)
+    cancelled = threading.Event()
+    with pytest.raises(OSError) as e:
+        threading.Timer(0.1, cancelled.set).start()
+        t.set("f", lk(3, RDLCK, 0, 1), wait=True, cancelled=cancelled.is_set)
+    assert e.value.errno == errno.EINTR
+
+
+def test_library_locks_between_clients(server: Server, export_dir: Path) -> None:
+    (export_dir / "db").write_bytes(b"0" * 100)
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        a.lock("/db", 0, 10)
+        with pytest.raises(BlockingIOError):
+            b.lock("/db", 5, 1, wait=False)
+        b.lock("/db", 10, 10, wait=False)  # disjoint
+        holder = b.lock_holder("/db", 0, 1)
+        assert holder is not None and holder[:2] == (0, 10) and holder[3] is True
+        assert b.lock_holder("/db", 20, 5) is None
+        # a blocked waiter proceeds once the holder unlocks
+        done = threading.Event()
+        threading.Thread(target=lambda: (b.lock("/db", 0, 10), done.set()), daemon=True).start()
+        assert not done.wait(0.3)
+        a.unlock("/db", 0, 10)
+        assert done.wait(5)
+        # shared locks coexist, and an exclusive one waits for both
+        b.unlock("/db")
+        a.lock("/db", exclusive=False)
+        b.lock("/db", exclusive=False, wait=False)
+        with pytest.raises(BlockingIOError):
+            a.lock("/db", 0, 1, exclusive=True, wait=False)  # b still shares it
+    finally:
+        a.close()
+        b.close()
+
+
+def test_locks_go_with_the_connection(server: Server, export_dir: Path) -> None:
+    (export_dir / "f").write_bytes(b"x")
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        a.lock("/f")
+        with pytest.raises(BlockingIOError):
+            b.lock("/f", wait=False)
+        a.close()  # a client that goes away releases its locks
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                b.lock("/f", wait=False)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert b.lock_holder("/f") is None
+    finally:
+        b.close()
+
+
+def test_bad_lock_requests(client: Client, export_dir: Path) -> None:
+    (export_dir / "f").write_bytes(b"x")
+    with pytest.raises(OSError) as e:
+        client.lock("/f", -1, 5)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(FileNotFoundError):
+        client.lock("/missing")
