@@ -143,6 +143,12 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         c.REMOVEXATTR: ({}, {**path, "name": b"trusted.\xfe"}),
         # FALLOC_FL_KEEP_SIZE over a range of an open file
         c.FALLOCATE: ({"oid": 42, "offset": 1 << 32, "length": 1 << 20}, {"mode": 1}),
+        # a blocking exclusive record lock from byte 100 to the end, and its test
+        c.LOCK: (
+            {"oid": 42, "offset": 100},
+            {"owner": 1 << 62, "type": 1, "flags": 1, "pid": 4242},
+        ),
+        c.GETLK: ({"oid": 42, "length": 10}, {"owner": 5, "type": 0, "flags": 2, "pid": 1}),
     }
 
 
@@ -177,6 +183,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.GETXATTR: ({}, {"value": XATTR_VALUE}),
             c.LISTXATTR: ({}, {"names": (b"user.a", b"user.\xff\xfe", b"security.selinux")}),
             c.WRITE: ({"length": len(DATA)}, {}),
+            c.GETLK: ({"offset": 100, "length": 0}, {"type": 1, "pid": 4242}),
         }
     )
     return out

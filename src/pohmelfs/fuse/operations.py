@@ -24,7 +24,8 @@ from ..client.client import Client
 from ..client.file import RemoteFile
 from ..protocol import Command, Cred
 from . import kernel as k
-from .nodes import Node, NodeTable
+from .locks import FuseLocks
+from .nodes import ROOT_ID, Node, NodeTable
 from .reads import DirectReads
 from .reply import Replier, errno_of
 
@@ -71,6 +72,9 @@ class Operations:
         self._fh = itertools.count(1)
         self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
         self.reads = DirectReads(self.opts.splice, self.opts.max_write)
+        self.locks = FuseLocks(self._invalidate)
+        # Set by the session: writes a notification to the kernel.
+        self.notify: Callable[[list[Any]], None] | None = None
         self.handlers: dict[int, Callable[[k.Request, Replier], None]] = {
             op: getattr(self, "op_" + op.name.lower())
             for op in k.Op
@@ -200,7 +204,12 @@ class Operations:
     def op_getattr(self, req: k.Request, reply: Replier) -> None:
         args = req.args
         fh = args.fh if args.getattr_flags & k.GETATTR_FH else None
-        reply.ok(self.attr_out(self.object_attr(req, self.node(req.nodeid), fh)))
+        node = self.node(req.nodeid)
+        try:
+            attr = self.object_attr(req, node, fh)
+        except FileNotFoundError:
+            raise _stale(node) from None
+        reply.ok(self.attr_out(attr))
 
     def op_setattr(self, req: k.Request, reply: Replier) -> None:
         a = req.args
@@ -319,7 +328,10 @@ class Operations:
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)
         node = self.node(req.nodeid)
-        f = self._open_remote(req, node.path(), flags, 0)
+        try:
+            f = self._open_remote(req, node.path(), flags, 0)
+        except FileNotFoundError:
+            raise _stale(node) from None
         reply.ok(k.pack_open(self._new_file(f, node)))
 
     def op_create(self, req: k.Request, reply: Replier) -> None:
@@ -367,6 +379,7 @@ class Operations:
         f = self.files.get(req.args.fh)
         if f is not None:
             f.drain()
+            self.locks.flush(req.nodeid, f, req.args.lock_owner)
         reply.ok()
 
     def op_release(self, req: k.Request, reply: Replier) -> None:
@@ -378,6 +391,8 @@ class Operations:
             if not fhs:
                 del self.node_files[req.nodeid]
         if f is not None:
+            if req.args.release_flags & k.RELEASE_FLOCK_UNLOCK:
+                self.locks.release(f, req.args.lock_owner)
             f.close_async()  # close(2) does not wait for RELEASE: neither do we
         reply.ok()
 
@@ -463,7 +478,33 @@ class Operations:
         reply.ok()
 
     def op_interrupt(self, req: k.Request, reply: Replier) -> None:
-        pass  # requests finish quickly or time out; the kernel needs no answer
+        # Other requests finish quickly or time out; a blocked lock wait ends now.
+        self.locks.interrupt(req.args.unique)
+
+    def _invalidate(self, nodeid: int) -> None:
+        """Drop the kernel's cached data and attributes of a node."""
+        if self.notify is not None:
+            self.notify(k.notify_inval_inode(nodeid, 0, -1))
+
+    # --- advisory locks (fcntl, flock) -------------------------------------------------------
+
+    def op_getlk(self, req: k.Request, reply: Replier) -> None:
+        self.locks.getlk(req, self.file(req.args.fh), reply)
+
+    def op_setlk(self, req: k.Request, reply: Replier) -> None:
+        self.locks.setlk(req, self.file(req.args.fh), reply, wait=False)
+
+    def op_setlkw(self, req: k.Request, reply: Replier) -> None:
+        self.locks.setlk(req, self.file(req.args.fh), reply, wait=True)
+
+
+def _stale(node: Node) -> OSError:
+    """The kernel's cached name points at something another client removed. ESTALE
+    makes the VFS look the path up again (LOOKUP_REVAL) and retry, so an open with
+    O_CREAT creates it and a stat reports ENOENT, instead of failing on stale data."""
+    if node.nodeid == ROOT_ID:
+        return OSError(errno.ENOENT, "the export's root is gone")
+    return OSError(errno.ESTALE, "removed by another client")
 
 
 def _ns(sec: int, nsec: int) -> int:

@@ -26,7 +26,7 @@ MAX_PAGES = MAX_WRITE // 4096
 WANTED_FLAGS = (
     k.ASYNC_READ | k.ATOMIC_O_TRUNC | k.BIG_WRITES | k.DO_READDIRPLUS | k.READDIRPLUS_AUTO
     | k.PARALLEL_DIROPS | k.MAX_PAGES | k.AUTO_INVAL_DATA | k.ASYNC_DIO | k.ABORT_ERROR
-    | k.CACHE_SYMLINKS | k.INIT_EXT | k.HANDLE_KILLPRIV_V2
+    | k.CACHE_SYMLINKS | k.INIT_EXT | k.HANDLE_KILLPRIV_V2 | k.POSIX_LOCKS | k.FLOCK_LOCKS
 )  # fmt: skip
 
 
@@ -34,6 +34,7 @@ class FuseSession:
     def __init__(self, fd: int, ops: Operations, threads: int = 4) -> None:
         self.fd = fd
         self.ops = ops
+        ops.notify = self.write
         self.threads = max(1, threads)
         self.minor = 0
         self.flags = 0

@@ -1,0 +1,126 @@
+"""fcntl and flock locks through the mount, forwarded to the server's lock table.
+
+The kernel sends GETLK/SETLK/SETLKW (with INIT's POSIX_LOCKS and FLOCK_LOCKS);
+its lock owner ids become ours, so every mount shares one lock table on the
+server. A process's POSIX locks on a file go when it closes any descriptor of
+it (FLUSH carries the owner); flock locks when the open file goes (RELEASE).
+A blocking SETLKW is answered by the client's receive thread once the server
+grants it; if the waiting process is interrupted, it gets EINTR at once and a
+lock granted afterwards is given back.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+
+from .. import protocol as p
+from ..client.connection import Transaction
+from ..client.file import RemoteFile
+from ..protocol import Command
+from . import kernel as k
+from .reply import Replier, tx_errno
+
+OFFSET_MAX = 0x7FFFFFFFFFFFFFFF  # the kernel's "to the end of the file"
+UNLCK = 2
+
+
+def _ignore(_tx: Transaction) -> None:
+    pass
+
+
+class FuseLocks:
+    def __init__(self, invalidate: Callable[[int], None]) -> None:
+        # Called with a node id when one of its locks is granted: like NFS, a
+        # lock taken means "show me the latest data", so cached pages must go.
+        self.invalidate = invalidate
+        self._lock = threading.Lock()
+        self._posix_owners: dict[int, set[int]] = {}  # nodeid -> owners holding locks
+        self._waiting: dict[int, tuple[Replier, RemoteFile, k.Request, bool]] = {}
+
+    @staticmethod
+    def _range(a: object) -> tuple[int, int]:
+        start, end = a.start, a.end  # type: ignore[attr-defined]
+        return start, 0 if end >= OFFSET_MAX else end - start + 1
+
+    def _send(self, f: RemoteFile, a: object, type_: int, flags: int, cmd: Command,
+              **kw: object) -> Transaction:  # fmt: skip
+        conn, oid = f.handle()
+        start, length = self._range(a)
+        return conn.start(cmd, oid=oid, offset=start, length=length, owner=a.owner,  # type: ignore[attr-defined]
+                          type=type_, flags=flags, pid=a.pid, **kw)  # type: ignore[attr-defined]  # fmt: skip
+
+    def getlk(self, req: k.Request, f: RemoteFile, reply: Replier) -> None:
+        a = req.args
+        flags = p.LOCK_FLOCK if a.lk_flags & k.LK_FLOCK else 0
+        conn = f.handle()[0]
+        r = conn.wait(self._send(f, a, a.type, flags, Command.GETLK), f.name)
+        if r["type"] == UNLCK:
+            reply.ok(k.pack_lk(0, 0, UNLCK, 0))
+            return
+        end = OFFSET_MAX if r.length == 0 else r.offset + r.length - 1
+        reply.ok(k.pack_lk(r.offset, end, r["type"], r["pid"]))
+
+    def setlk(self, req: k.Request, f: RemoteFile, reply: Replier, wait: bool) -> None:
+        a = req.args
+        flock = bool(a.lk_flags & k.LK_FLOCK)
+        flags = (p.LOCK_FLOCK if flock else 0) | (p.LOCK_WAIT if wait and a.type != UNLCK else 0)
+        if not flock and a.type != UNLCK:
+            with self._lock:
+                self._posix_owners.setdefault(req.nodeid, set()).add(a.owner)
+        if not flags & p.LOCK_WAIT:
+            conn = f.handle()[0]
+            conn.wait(self._send(f, a, a.type, flags, Command.LOCK), f.name)
+            if a.type != UNLCK:
+                self.invalidate(req.nodeid)
+            reply.ok()
+            return
+        with self._lock:
+            self._waiting[req.unique] = (reply, f, req, False)
+
+        def granted(tx: Transaction) -> None:
+            with self._lock:
+                _reply, _f, _req, interrupted = self._waiting.pop(req.unique, (reply, f, req, True))
+            failed = tx.error is not None or tx.reply is None or tx.reply.status
+            if interrupted:
+                if not failed:  # the process gave up waiting: give the lock back
+                    self._send(f, a, UNLCK, flags & p.LOCK_FLOCK, Command.LOCK, callback=_ignore)
+                return
+            if failed:
+                reply.error(tx_errno(tx))
+            else:
+                self.invalidate(req.nodeid)
+                reply.ok()
+
+        self._send(f, a, a.type, flags, Command.LOCK, callback=granted, forever=True)
+
+    def interrupt(self, unique: int) -> None:
+        """The kernel gave up on request ``unique`` (a signal): answer a waiting
+        SETLKW with EINTR now."""
+        with self._lock:
+            entry = self._waiting.get(unique)
+            if entry is None:
+                return
+            reply, f, req, _ = entry
+            self._waiting[unique] = (reply, f, req, True)
+        reply.error(errno.EINTR)
+
+    def flush(self, nodeid: int, f: RemoteFile, lock_owner: int) -> None:
+        """close(2) of any descriptor drops the process's POSIX locks on the file."""
+        with self._lock:
+            owners = self._posix_owners.get(nodeid)
+            if owners is None or lock_owner not in owners:
+                return
+            owners.discard(lock_owner)
+            if not owners:
+                del self._posix_owners[nodeid]
+        conn, oid = f.handle()
+        conn.call(Command.LOCK, f.name, oid=oid, offset=0, length=0, owner=lock_owner,
+                  type=UNLCK, flags=0, pid=0)  # fmt: skip
+
+    def release(self, f: RemoteFile, lock_owner: int) -> None:
+        """The open file went away holding flock locks."""
+        conn, oid = f.handle()
+        conn.start(Command.LOCK, callback=_ignore, oid=oid, offset=0, length=0,
+                   owner=lock_owner, type=UNLCK, flags=p.LOCK_FLOCK, pid=0)  # fmt: skip
