@@ -212,11 +212,11 @@ class Session:
             if "cred" in msg.fields:
                 self.export.act_as(msg["cred"])
             out = self.handlers[msg.cmd](msg)
+        except ConnectionError:
+            raise  # the stream is broken (a read reply cut short): end the session
         except OSError as e:
             code = e.errno or errno.EIO
             out = p.reply(msg, status=code, data=(e.strerror or "").encode(errors="replace"))
-        except ConnectionError:
-            raise
         except Exception as e:  # a bug must cost one request, not the server
             log.exception("%s: %s failed", self.peer, msg.cmd.name)
             out = p.reply(msg, status=errno.EIO, data=f"internal server error: {e}".encode())
