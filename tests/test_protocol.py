@@ -149,6 +149,9 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             {"owner": 1 << 62, "type": 1, "flags": 1, "pid": 4242},
         ),
         c.GETLK: ({"oid": 42, "length": 10}, {"owner": 5, "type": 0, "flags": 2, "pid": 1}),
+        # an exclusive cache lock on the first MiB; REVOKE "requests" never travel
+        c.CACHE: ({"oid": 42, "length": 1 << 20}, {"type": 1}),
+        c.REVOKE: ({}, {}),
     }
 
 
@@ -184,6 +187,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.LISTXATTR: ({}, {"names": (b"user.a", b"user.\xff\xfe", b"security.selinux")}),
             c.WRITE: ({"length": len(DATA)}, {}),
             c.GETLK: ({"offset": 100, "length": 0}, {"type": 1, "pid": 4242}),
+            c.CACHE: ({}, {"attr": ATTR_FILE}),
         }
     )
     return out
@@ -1340,3 +1344,21 @@ def test_property_readdir_listxattr_reply_roundtrip(
 def test_property_names_with_nul_never_encode(name: bytes) -> None:
     with pytest.raises(ProtocolError):
         request(Command.LOOKUP, 1, cred=ROOT, path=name).encode()
+
+
+def test_revoke_notification_and_its_answer_round_trip() -> None:
+    note = Message(Command.REVOKE, 9, int(Flag.NOTIFY), 0, 42, 4096, 0, {"keep": 2})
+    (got,) = FrameDecoder().feed(note.to_bytes())
+    assert (got.cmd, got.flags, got.oid, got.offset, got["keep"]) == (
+        Command.REVOKE,
+        2,
+        42,
+        4096,
+        2,
+    )
+    answer = reply(got)
+    (back,) = FrameDecoder().feed(answer.to_bytes())
+    assert back.is_reply and back.xid == 9 and back.fields == {}
+    other = HEADER.pack(MAGIC, Command.LOOKUP, int(Flag.NOTIFY), 0, 0, 0, 1, 0, 0, 0)
+    with pytest.raises(ProtocolError, match="notification"):  # nothing else is one
+        FrameDecoder().feed(other)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import math
 import os
 import random
 import stat as stat_mod
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import protocol as p
@@ -17,6 +19,7 @@ from ..protocol import Attr, Command, Cred
 from .connection import Connection
 from .file import RemoteFile
 
+log = logging.getLogger("pohmelfs.client")
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 # Requests that may safely be sent again after the connection carrying them died.
 IDEMPOTENT = frozenset(
@@ -143,6 +146,10 @@ class Client:
         self._conn: Connection | None = None
         self._closed = False
         self._lock_owner = random.getrandbits(63)  # this client's advisory locks
+        # Files holding cache locks, by (connection, handle): the server's REVOKEs
+        # name the handle. Revocations run on their own thread, never the reader's.
+        self._cached: dict[tuple[int, int], RemoteFile] = {}
+        self._revoker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: dict[bytes, RemoteFile] = {}
         self.connection()  # fail early when no server can be reached
 
@@ -165,6 +172,7 @@ class Client:
                         timeout=self.timeout,
                         connect_timeout=self.connect_timeout,
                         max_payload=self.max_payload,
+                        on_notify=self._notified,
                     )
                     return self._conn
                 except OSError as e:
@@ -187,6 +195,23 @@ class Client:
             if cmd not in IDEMPOTENT or not conn.closed:
                 raise
             return self.connection().call(cmd, shown, shown2, **fields)
+
+    def _notified(self, conn: Connection, msg: p.Message) -> None:
+        """Receive thread: the server asks for something back (a cache lock)."""
+        if msg.cmd == Command.REVOKE:
+            self._revoker.submit(self._revoke, conn, msg)
+
+    def _revoke(self, conn: Connection, msg: p.Message) -> None:
+        f = self._cached.get((id(conn), msg.oid))
+        try:
+            if f is not None:
+                f.revoked(msg["keep"], msg.offset, msg.length)
+        except Exception:
+            log.exception("revoking a cache lock failed")
+        try:
+            conn.answer(msg)
+        except OSError:
+            pass  # the connection is gone, and the server dropped our locks with it
 
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
@@ -211,6 +236,7 @@ class Client:
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        self._revoker.shutdown(wait=False)
 
     def __enter__(self) -> Client:
         return self

@@ -81,7 +81,7 @@ class Connection:
         connect_timeout: float,
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
         name: bytes = b"pohmelfs-client",
-        on_notify: Callable[[Message], None] | None = None,
+        on_notify: Callable[[Connection, Message], None] | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -208,6 +208,12 @@ class Connection:
             raise errors.remote_error(reply.status, self.address, detail, path, path2)
         return reply
 
+    def answer(self, notification: Message) -> None:
+        """Reply to a server-initiated message (e.g. once a REVOKE has been carried out)."""
+        parts = p.reply(notification).encode()
+        with self._send_lock:
+            send_parts(self.sock, parts)
+
     def cancel(self, tx: Transaction) -> None:
         """Give up on a transaction; returns once its buffer is no longer written to."""
         with self._lock:
@@ -241,7 +247,7 @@ class Connection:
                 if header.flags & p.FLAG_NOTIFY:
                     msg = p.decode_payload(header, bytes(reader.read_view(header.payload_len)))
                     if self._on_notify is not None:
-                        self._on_notify(msg)
+                        self._on_notify(self, msg)  # must not block: we are the reader
                     continue
                 if not header.flags & p.FLAG_REPLY:
                     raise ProtocolError(f"server sent a request ({header.cmd.name})")

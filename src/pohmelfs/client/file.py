@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import Attr, Command, Cred
@@ -48,6 +49,7 @@ class RemoteFile(io.RawIOBase):
         self._behind_bytes = 0
         self._behind_count = 0
         self._behind_error: OSError | None = None
+        self.on_revoke: Callable[[int, int, int], None] | None = None
         self._conn, self._oid, attr = client._open(path, flags, perm, self._cred)
         self.attr: Attr = attr
         self._pos = attr.size if flags & os.O_APPEND else 0
@@ -279,6 +281,41 @@ class RemoteFile(io.RawIOBase):
             error, self._behind_error = self._behind_error, None
         if error is not None:
             raise error
+
+    # --- cache locks ----------------------------------------------------------------
+
+    def cache_lock(self, exclusive: bool = False, start: int = 0, length: int = 0) -> Attr:
+        """Ask the server for a cache lock on a range (length 0: to the end).
+
+        Shared: this client may serve reads of the range from a cache. Exclusive:
+        it may also keep writes back. Other clients' conflicting locks are
+        revoked first (they write back and drop their caches). The grant carries
+        the file's attributes as they are now. ``on_revoke(keep, start, length)``,
+        if set, runs when the server takes the lock back, after unanswered
+        writes have reached the server; ``keep`` is 0 (shared) or 2 (nothing).
+        """
+        conn, oid = self.handle()
+        self._client._cached[(id(conn), oid)] = self
+        tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
+                        type=1 if exclusive else 0)  # fmt: skip
+        attr: Attr = conn.wait(tx, self.name, forever=True)["attr"]
+        return attr
+
+    def cache_release(self, start: int = 0, length: int = 0) -> None:
+        conn, oid = self.handle()
+        conn.call(Command.CACHE, self.name, oid=oid, offset=start, length=length, type=2)
+
+    def revoked(self, keep: int, start: int, length: int) -> None:
+        """The server takes (part of) our cache lock back: write back, then tell the
+        owner of the cache. Runs on the client's revocation thread."""
+        try:
+            self.drain()
+        except OSError as e:
+            with self._behind:  # keep it for the next flush, fsync or close
+                if self._behind_error is None:
+                    self._behind_error = e
+        if self.on_revoke is not None:
+            self.on_revoke(keep, start, length)
 
     def fsync(self, datasync: bool = False) -> None:
         """Make everything written so far durable on the server."""

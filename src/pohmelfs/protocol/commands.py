@@ -57,6 +57,8 @@ class Command(enum.IntEnum):
     FALLOCATE = 31
     LOCK = 32
     GETLK = 33
+    CACHE = 34
+    REVOKE = 35
 
 
 # Bits of the UTIMES "which" field.
@@ -125,6 +127,11 @@ REQUESTS: dict[Command, Schema] = {
     _C.FALLOCATE: (("mode", "u32"),),
     _C.LOCK: _LOCK_REQUEST,
     _C.GETLK: _LOCK_REQUEST,
+    # A cache lock on the file of handle oid, bytes [offset, offset+length), length 0 =
+    # to the end. type: 0 shared (may cache reads), 1 exclusive (may buffer writes),
+    # 2 release. The grant carries the file's attributes.
+    _C.CACHE: (("type", "u32"),),
+    _C.REVOKE: (),  # only ever a client's answer to the REVOKE notification
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
@@ -151,14 +158,17 @@ REPLIES.update(
         _C.MKNOD: _ATTR_REPLY,
         _C.READLINK: (("target", "name"),),
         _C.GETXATTR: (("value", "blob"),),
+        _C.CACHE: (("attr", "attr"),),
         _C.GETLK: (("type", "u32"), ("pid", "u32")),  # a conflicting lock: offset, length
         _C.LISTXATTR: (("names", "names"),),
     }
 )
 # An error reply (status != 0) carries a human-readable message as its data.
 ERROR_REPLY: Schema = (DATA,)
-# Server-initiated messages; none are defined in version 1.
-NOTIFICATIONS: dict[Command, Schema] = {}
+# Server-initiated messages. REVOKE: give up the cache lock of handle oid on
+# [offset, offset+length), keeping at most ``keep`` (0 shared, 2 nothing); the client
+# writes back and drops its cache first, then answers with a REVOKE reply (same xid).
+NOTIFICATIONS: dict[Command, Schema] = {Command.REVOKE: (("keep", "u32"),)}
 
 
 def schema_for(cmd: Command, flags: int, status: int) -> Schema:

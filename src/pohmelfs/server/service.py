@@ -27,9 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
-from . import linux, locks
+from . import cachelocks, linux
 from .export import LocalExport, attr_of
-from .locks import UNLCK, AdvisoryLocks, Lock
+from .lockrequests import LockRequests
+from .locks import AdvisoryLocks
 from .rangelock import END, RangeLocks
 
 log = logging.getLogger("pohmelfs.server")
@@ -49,13 +50,15 @@ class _Handle:
         self.writable = writable
 
 
-class Session:
+class Session(LockRequests):
     """One client connection."""
 
     def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:
         self.server, self.sock, self.peer = server, sock, peer
         self.sid = next(server.session_ids)  # owns this client's advisory locks
         self.closed = False
+        self._notify_xids = itertools.count(1)
+        self._notified: dict[int, Callable[[], None]] = {}  # xid -> run on the answer
         self.export = server.export
         self.reader = SocketReader(sock)
         self.max_payload = server.max_payload
@@ -80,6 +83,7 @@ class Session:
             Command.FALLOCATE: self._fallocate,
             Command.LOCK: self._lock,
             Command.GETLK: self._getlk,
+            Command.CACHE: self._cache,
             Command.TRUNCATE: lambda m: self._done(m, self.export.truncate(m["path"], m.offset)),
             Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
             Command.MAKEDIRS: lambda m: p.reply(
@@ -179,7 +183,13 @@ class Session:
             self.reader.skip(plen)
             self._send_raw_error(cmd, xid, errno.EPROTO, str(e))
             return
-        if header.flags:  # clients send only requests in version 1
+        if header.flags == p.FLAG_REPLY and header.cmd == Command.REVOKE:
+            self.reader.skip(header.payload_len)  # a client answering our REVOKE
+            answered = self._notified.pop(header.xid, None)
+            if answered is not None:
+                answered()
+            return
+        if header.flags:  # otherwise clients send only requests
             self.reader.skip(header.payload_len)
             log.warning(
                 "%s: ignoring %s frame with flags %#x", self.peer, header.cmd.name, header.flags
@@ -240,6 +250,7 @@ class Session:
     def close(self) -> None:
         self.closed = True
         self.server.locks.drop_session(self.sid)
+        self.server.cache.drop(lambda owner: owner[0] == self.sid)
         try:
             self.sock.close()
         except OSError:
@@ -318,6 +329,7 @@ class Session:
             h = self.handles.pop(m.oid, None)
         if h is None:
             raise OSError(errno.EBADF, "unknown file handle")
+        self.server.cache.drop(lambda owner: owner == (self.sid, m.oid))
         self._release(h)
         return p.reply(m)
 
@@ -332,6 +344,7 @@ class Session:
         return self._with_handle(m, lambda h: p.reply(m, attr=attr_of(os.fstat(h.fd))))
 
     def _ftruncate(self, m: Message) -> Message | None:
+        self._check_not_fenced(m)
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
@@ -343,6 +356,7 @@ class Session:
         return self._with_handle(m, truncate)
 
     def _fallocate(self, m: Message) -> Message | None:
+        self._check_not_fenced(m)
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
@@ -353,58 +367,13 @@ class Session:
 
         return self._with_handle(m, allocate)
 
-    def _wanted_lock(self, m: Message, h: _Handle) -> Lock:
-        if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
-            raise OSError(errno.EINVAL, "bad lock type or flags")
-        end = locks.END if m.length == 0 else m.offset + m.length
-        flock = bool(m["flags"] & p.LOCK_FLOCK)
-        return Lock((self.sid, m["owner"]), m["type"], m.offset, end, m["pid"], flock)
-
-    def _lock(self, m: Message) -> Message | None:
-        h = self._acquire(m.oid)
-        try:
-            want = self._wanted_lock(m, h)
-        except OSError:
-            self._release(h)
-            raise
-        if not m["flags"] & p.LOCK_WAIT or want.type == UNLCK:
-            try:
-                self.server.locks.set(h.key, want, wait=False)
-            finally:
-                self._release(h)
-            return p.reply(m)
-
-        def wait() -> None:  # its own thread: a wait may last as long as the holder likes
-            try:
-                self.server.locks.set(h.key, want, wait=True, cancelled=lambda: self.closed)
-                out = p.reply(m)
-            except OSError as e:
-                out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
-            finally:
-                self._release(h)
-            try:
-                self.send(out)
-            except OSError:
-                pass
-
-        threading.Thread(target=wait, name=f"pohmelfs-lockwait-{self.peer}", daemon=True).start()
-        return None
-
-    def _getlk(self, m: Message) -> Message | None:
-        def test(h: _Handle) -> Message:
-            held = self.server.locks.conflict(h.key, self._wanted_lock(m, h))
-            if held is None:
-                return p.reply(m, type=UNLCK, pid=0)
-            length = 0 if held.end >= locks.END else held.end - held.start
-            return p.reply(m, offset=held.start, length=length, type=held.type, pid=held.pid)
-
-        return self._with_handle(m, test)
-
     def _fsync(self, m: Message) -> Message | None:
         sync = os.fdatasync if m["datasync"] else os.fsync
         return self._with_handle(m, lambda h: self._done(m, sync(h.fd)))
 
     def _write(self, m: Message) -> Message | None:
+        self._check_not_fenced(m)
+
         def write(h: _Handle) -> Message:
             data = memoryview(m["data"])
             done = 0
@@ -481,12 +450,14 @@ class Server:
         port: int = 0,
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
         workers: int = 16,
+        lease: float = 5.0,
     ) -> None:
         self.export = export
         self.max_payload = max_payload
         self.fsid = random.getrandbits(63) | 1
         self.ranges = RangeLocks()
         self.locks = AdvisoryLocks()
+        self.cache = cachelocks.CacheLocks(lease)
         self.session_ids = itertools.count(1)
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
         self.pool = ThreadPoolExecutor(
@@ -538,6 +509,13 @@ class Server:
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
                 t.start()  # under the lock: stop() must never join an unstarted thread
+
+    def session_by_id(self, sid: int) -> Session | None:
+        with self._lock:
+            for s in self.sessions:
+                if s.sid == sid:
+                    return s
+        return None
 
     def writer_opened(self, key: tuple[int, int]) -> None:
         with self._lock:

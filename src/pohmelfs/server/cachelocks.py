@@ -1,0 +1,159 @@
+"""Cache locks: what a client may cache, granted by the server and revoked on conflict.
+
+A client holding a shared cache lock on a byte range of a file may serve reads
+from its cache; an exclusive one may also buffer writes. When another client
+asks for a conflicting lock, the server sends each holder a REVOKE
+notification and waits for its answer, which comes after the holder has
+written back and dropped its cache. A holder that does not answer within the
+lease loses the lock anyway and is *fenced*: its later writes through that
+handle are refused, so nothing it sends under the lost lock is applied.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+END = 1 << 63
+SHARED, EXCLUSIVE, RELEASE = 0, 1, 2
+
+
+@dataclass(eq=False)
+class Holder:
+    """One client's cache lock: ``owner`` is (session id, handle)."""
+
+    owner: tuple[int, int]
+    type: int
+    start: int
+    end: int
+    revoking: bool = field(default=False)
+
+
+# revoke(holder, keep) asks the holder's client to give up the lock (keep SHARED to
+# downgrade, RELEASE to drop it) and calls done() once the client has answered.
+Revoker = Callable[[Holder, int, Callable[[], None]], None]
+
+
+class CacheLocks:
+    def __init__(self, lease: float = 5.0) -> None:
+        self.lease = lease
+        self._cond = threading.Condition()
+        self._held: dict[object, list[Holder]] = {}
+        self.fenced: set[tuple[int, int]] = set()  # owners that lost a lock unasked
+
+    def _conflicts(self, key: object, owner: tuple[int, int], type_: int, start: int,
+                   end: int) -> list[Holder]:  # fmt: skip
+        return [
+            h
+            for h in self._held.get(key, ())
+            if h.owner != owner and h.start < end and start < h.end
+            and (h.type == EXCLUSIVE or type_ == EXCLUSIVE)
+        ]  # fmt: skip
+
+    def acquire(self, key: object, owner: tuple[int, int], type_: int, start: int, end: int,
+                revoke: Revoker) -> None:  # fmt: skip
+        """Grant ``owner`` a cache lock, revoking conflicting ones first (blocks)."""
+        keep = SHARED if type_ == SHARED else RELEASE
+        with self._cond:
+            self.fenced.discard(owner)
+            while True:
+                conflicts = self._conflicts(key, owner, type_, start, end)
+                if not conflicts:
+                    self._put(key, Holder(owner, type_, start, end))
+                    self._cond.notify_all()
+                    return
+                to_ask = [h for h in conflicts if not h.revoking]
+                for h in to_ask:
+                    h.revoking = True
+                if to_ask:
+                    self._cond.release()
+                    try:
+                        for h in to_ask:
+                            self._ask(key, h, keep, revoke)
+                    finally:
+                        self._cond.acquire()
+                self._cond.wait(0.05)
+
+    def _ask(self, key: object, h: Holder, keep: int, revoke: Revoker) -> None:
+        answered = threading.Event()
+
+        def done() -> None:
+            answered.set()
+            with self._cond:
+                self._give_up(key, h, keep)
+                self._cond.notify_all()
+
+        def expire() -> None:
+            if answered.wait(self.lease):
+                return
+            with self._cond:  # silent past its lease: the lock goes, the holder is fenced
+                if h in self._held.get(key, ()):
+                    self._give_up(key, h, RELEASE)
+                    self.fenced.add(h.owner)
+                self._cond.notify_all()
+
+        threading.Thread(target=expire, daemon=True, name="pohmelfs-lease").start()
+        try:
+            revoke(h, keep, done)
+        except OSError:  # its connection is gone: so are its locks
+            done()
+
+    def _give_up(self, key: object, h: Holder, keep: int) -> None:
+        ranges = self._held.get(key, [])
+        if h in ranges:
+            ranges.remove(h)
+            if keep == SHARED and h.type == EXCLUSIVE:
+                ranges.append(Holder(h.owner, SHARED, h.start, h.end))
+        if not ranges:
+            self._held.pop(key, None)
+
+    def _put(self, key: object, new: Holder) -> None:
+        """Record ``new``, replacing the owner's own overlapping ranges."""
+        kept = []
+        for h in self._held.get(key, ()):
+            if h.owner != new.owner or h.end <= new.start or new.end <= h.start:
+                kept.append(h)
+                continue
+            if h.start < new.start:
+                kept.append(Holder(h.owner, h.type, h.start, new.start))
+            if new.end < h.end:
+                kept.append(Holder(h.owner, h.type, new.end, h.end))
+        if new.type != RELEASE:
+            kept.append(new)
+        if kept:
+            self._held[key] = kept
+        else:
+            self._held.pop(key, None)
+
+    def release(self, key: object, owner: tuple[int, int], start: int, end: int) -> None:
+        with self._cond:
+            self._put(key, Holder(owner, RELEASE, start, end))
+            self._cond.notify_all()
+
+    def drop(self, predicate: Callable[[tuple[int, int]], bool]) -> None:
+        """Forget every lock whose owner matches (a closed handle or connection)."""
+        with self._cond:
+            for key in list(self._held):
+                kept = [h for h in self._held[key] if not predicate(h.owner)]
+                if kept:
+                    self._held[key] = kept
+                else:
+                    del self._held[key]
+            self.fenced = {o for o in self.fenced if not predicate(o)}
+            self._cond.notify_all()
+
+    def held(self, key: object) -> list[Holder]:
+        with self._cond:
+            return list(self._held.get(key, ()))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """For tests: wait until no revocation is in progress."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(h.revoking for hs in self._held.values() for h in hs):
+                if time.monotonic() > deadline:
+                    return False
+                self._cond.wait(0.05)
+        return True

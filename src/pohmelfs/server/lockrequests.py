@@ -1,0 +1,135 @@
+"""Lock requests of a session: advisory locks and cache locks (with revocation)."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import protocol as p
+from ..protocol import Command, Message
+from . import cachelocks, locks
+from .export import attr_of
+from .locks import UNLCK, Lock
+
+if TYPE_CHECKING:
+    from .service import Server, _Handle
+
+
+class LockRequests:
+    """Mixed into the session: needs ``server``, ``sid``, ``closed``, ``peer``,
+    ``send`` and the handle methods ``_acquire``/``_release``/``_with_handle``."""
+
+    server: Server
+    sid: int
+    closed: bool
+    peer: str
+    _notify_xids: itertools.count[int]
+    _notified: dict[int, Callable[[], None]]
+    send: Callable[[Message], None]
+    _acquire: Callable[[int], _Handle]
+    _release: Callable[[_Handle], None]
+    _with_handle: Callable[..., Any]
+
+    def _wanted_lock(self, m: Message, h: _Handle) -> Lock:
+        if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
+            raise OSError(errno.EINVAL, "bad lock type or flags")
+        end = locks.END if m.length == 0 else m.offset + m.length
+        flock = bool(m["flags"] & p.LOCK_FLOCK)
+        return Lock((self.sid, m["owner"]), m["type"], m.offset, end, m["pid"], flock)
+
+    def _lock(self, m: Message) -> Message | None:
+        h = self._acquire(m.oid)
+        try:
+            want = self._wanted_lock(m, h)
+        except OSError:
+            self._release(h)
+            raise
+        if not m["flags"] & p.LOCK_WAIT or want.type == UNLCK:
+            try:
+                self.server.locks.set(h.key, want, wait=False)
+            finally:
+                self._release(h)
+            return p.reply(m)
+
+        def wait() -> None:  # its own thread: a wait may last as long as the holder likes
+            try:
+                self.server.locks.set(h.key, want, wait=True, cancelled=lambda: self.closed)
+                out = p.reply(m)
+            except OSError as e:
+                out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
+            finally:
+                self._release(h)
+            try:
+                self.send(out)
+            except OSError:
+                pass
+
+        threading.Thread(target=wait, name=f"pohmelfs-lockwait-{self.peer}", daemon=True).start()
+        return None
+
+    def _getlk(self, m: Message) -> Message | None:
+        def test(h: _Handle) -> Message:
+            held = self.server.locks.conflict(h.key, self._wanted_lock(m, h))
+            if held is None:
+                return p.reply(m, type=UNLCK, pid=0)
+            length = 0 if held.end >= locks.END else held.end - held.start
+            return p.reply(m, offset=held.start, length=length, type=held.type, pid=held.pid)
+
+        return self._with_handle(m, test)
+
+    # --- cache locks -------------------------------------------------------------
+
+    def notify(self, msg: Message, answered: Callable[[], None]) -> None:
+        """Send a server-initiated message; ``answered`` runs when the client replies."""
+        self._notified[msg.xid] = answered
+        try:
+            self.send(msg)
+        except OSError:
+            self._notified.pop(msg.xid, None)
+            raise
+
+    def _revoke(self, holder: cachelocks.Holder, keep: int, done: Callable[[], None]) -> None:
+        session = self.server.session_by_id(holder.owner[0])
+        if session is None or session.closed:
+            raise OSError(errno.ENOTCONN, "holder gone")
+        length = 0 if holder.end >= cachelocks.END else holder.end - holder.start
+        msg = p.Message(Command.REVOKE, next(session._notify_xids), p.FLAG_NOTIFY, 0,
+                        holder.owner[1], holder.start, length, {"keep": keep})  # fmt: skip
+        session.notify(msg, done)
+
+    def _cache(self, m: Message) -> Message | None:
+        if m["type"] > cachelocks.RELEASE:
+            raise OSError(errno.EINVAL, "bad cache lock type")
+        h = self._acquire(m.oid)
+        end = cachelocks.END if m.length == 0 else m.offset + m.length
+        owner = (self.sid, m.oid)
+        if m["type"] == cachelocks.RELEASE:
+            try:
+                self.server.cache.release(h.key, owner, m.offset, end)
+                return p.reply(m, attr=attr_of(os.fstat(h.fd)))
+            finally:
+                self._release(h)
+
+        def grant() -> None:  # its own thread: revoking others takes round trips
+            try:
+                self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
+                out = p.reply(m, attr=attr_of(os.fstat(h.fd)))
+            except OSError as e:
+                out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
+            finally:
+                self._release(h)
+            try:
+                self.send(out)
+            except OSError:
+                pass
+
+        threading.Thread(target=grant, name=f"pohmelfs-cache-{self.peer}", daemon=True).start()
+        return None
+
+    def _check_not_fenced(self, m: Message) -> None:
+        if (self.sid, m.oid) in self.server.cache.fenced:
+            raise OSError(errno.EIO, "cache lock lost (did not answer a revoke in time)")

@@ -1,0 +1,125 @@
+"""Cache locks: granted by the server, revoked on conflict, lost by a silent holder."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import address_of, start_server
+from pohmelfs import Client
+from pohmelfs.server.cachelocks import END, EXCLUSIVE, RELEASE, SHARED, CacheLocks, Holder
+from pohmelfs.server.service import Server
+
+
+def test_table_revokes_conflicting_holders_and_downgrades() -> None:
+    t = CacheLocks(lease=5)
+    asked: list[tuple[tuple[int, int], int]] = []
+
+    def revoke(h: Holder, keep: int, done: object) -> None:
+        asked.append((h.owner, keep))
+        threading.Timer(0.05, done).start()  # type: ignore[arg-type]
+
+    t.acquire("f", (1, 1), EXCLUSIVE, 0, END, revoke)
+    t.acquire("f", (2, 1), SHARED, 0, 100, revoke)  # a reader: the writer keeps a shared lock
+    assert asked == [((1, 1), SHARED)]
+    assert sorted((h.owner, h.type) for h in t.held("f")) == [((1, 1), SHARED), ((2, 1), SHARED)]
+    t.acquire("f", (3, 1), SHARED, 50, 60, revoke)  # shared with shared: nobody is asked
+    assert len(asked) == 1
+    t.acquire("f", (2, 1), EXCLUSIVE, 0, 100, revoke)  # an upgrade revokes the other readers
+    assert {o for o, keep in asked[1:]} == {(1, 1), (3, 1)} and all(
+        k == RELEASE for _, k in asked[1:]
+    )
+    assert [(h.owner, h.type) for h in t.held("f")] == [((2, 1), EXCLUSIVE)]
+
+
+def test_table_lease_expiry_fences_the_silent_holder() -> None:
+    t = CacheLocks(lease=0.3)
+    t.acquire("f", (1, 1), EXCLUSIVE, 0, END, lambda h, keep, done: None)
+    start = time.monotonic()
+    t.acquire("f", (2, 1), EXCLUSIVE, 0, END, lambda h, keep, done: None)  # never answers
+    assert 0.25 <= time.monotonic() - start < 3
+    assert (1, 1) in t.fenced
+    assert [h.owner for h in t.held("f")] == [(2, 1)]
+    t.acquire("f", (1, 1), SHARED, 0, 10, lambda h, keep, done: done())  # asks again: unfenced
+    assert (1, 1) not in t.fenced
+
+
+@pytest.fixture
+def quick_lease_server(export_dir: Path) -> Iterator[Server]:
+    srv = start_server(export_dir, lease=0.5)
+    yield srv
+    srv.stop()
+    srv.export.close()
+
+
+def test_revoke_reaches_the_holder_and_writes_back_first(server: Server) -> None:
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        fa = a.open("/f", "w+b", buffering=0)
+        fa.cache_lock(exclusive=True)
+        revokes: list[tuple[int, int, int]] = []
+        fa.on_revoke = lambda keep, start, length: revokes.append((keep, start, length))
+        fa.write_behind(b"written behind", 0)  # buffered under the exclusive lock
+        fb = b.open("/f", "rb", buffering=0)
+        attr = fb.cache_lock()  # revokes a's lock: a writes back before b is granted
+        assert revokes == [(SHARED, 0, 0)]
+        assert attr.size == 14
+        assert fb.pread(100, 0) == b"written behind"
+        fa.close()
+        fb.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_silent_holder_loses_the_lock_and_its_writes_fail(quick_lease_server: Server) -> None:
+    address = address_of(quick_lease_server)
+    a, b = Client([address]), Client([address])
+    try:
+        fa = a.open("/f", "w+b", buffering=0)
+        fa.cache_lock(exclusive=True)
+        stall = threading.Event()
+        fa.on_revoke = lambda *_: stall.wait(5)  # a frozen holder
+        fb = b.open("/f", "r+b", buffering=0)
+        t = time.monotonic()
+        fb.cache_lock(exclusive=True)  # granted once a's lease runs out
+        assert 0.4 < time.monotonic() - t < 4
+        fb.pwrite(b"b's data", 0)
+        with pytest.raises(OSError) as e:  # a's writes under the lost lock are refused
+            fa.pwrite(b"stale", 0)
+        assert e.value.errno == errno.EIO
+        stall.set()
+        assert fb.pread(10, 0) == b"b's data"
+        fa.cache_lock()  # asking again gives a lock (and its writes work again)
+        fb.close()
+        fa.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_release_and_disconnect_free_the_lock(server: Server) -> None:
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        fa = a.open("/f", "w+b", buffering=0)
+        fa.cache_lock(exclusive=True)
+        revoked = threading.Event()
+        fa.on_revoke = lambda *_: revoked.set()
+        fa.cache_release()
+        fb = b.open("/f", "rb", buffering=0)
+        fb.cache_lock(exclusive=True)
+        assert not revoked.is_set()  # nothing left to take back
+        fb.close()  # closing the handle drops its locks
+        fa.cache_lock(exclusive=True)
+        a.close()  # so does a lost connection
+        fb = b.open("/f", "rb", buffering=0)
+        fb.cache_lock(exclusive=True)
+        fb.close()
+    finally:
+        a.close()
+        b.close()
