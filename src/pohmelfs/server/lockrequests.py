@@ -55,20 +55,11 @@ class LockRequests:
                 self._release(h)
             return p.reply(m)
 
-        def wait() -> None:  # its own thread: a wait may last as long as the holder likes
-            try:
-                self.server.locks.set(h.key, want, wait=True, cancelled=lambda: self.closed)
-                out = p.reply(m)
-            except OSError as e:
-                out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
-            finally:
-                self._release(h)
-            try:
-                self.send(out)
-            except OSError:
-                pass
+        def wait() -> Message:  # may last as long as the holder likes
+            self.server.locks.set(h.key, want, wait=True, cancelled=lambda: self.closed)
+            return p.reply(m)
 
-        threading.Thread(target=wait, name=f"pohmelfs-lockwait-{self.peer}", daemon=True).start()
+        self._answer_later(m, h, wait)
         return None
 
     def _getlk(self, m: Message) -> Message | None:
@@ -114,10 +105,20 @@ class LockRequests:
             finally:
                 self._release(h)
 
-        def grant() -> None:  # its own thread: revoking others takes round trips
+        def grant() -> Message:  # revoking others takes their round trips
+            self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
+            return p.reply(m, attr=attr_of(os.fstat(h.fd)))
+
+        self._answer_later(m, h, grant)
+        return None
+
+    def _answer_later(self, m: Message, h: _Handle, work: Callable[[], Message]) -> None:
+        """Run a request that may wait long on a thread of its own (never the
+        connection's reader: the answers it waits for arrive there), then reply."""
+
+        def run() -> None:
             try:
-                self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
-                out = p.reply(m, attr=attr_of(os.fstat(h.fd)))
+                out = work()
             except OSError as e:
                 out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
             finally:
@@ -127,8 +128,8 @@ class LockRequests:
             except OSError:
                 pass
 
-        threading.Thread(target=grant, name=f"pohmelfs-cache-{self.peer}", daemon=True).start()
-        return None
+        threading.Thread(target=run, name=f"pohmelfs-{m.cmd.name.lower()}-{self.peer}",
+                         daemon=True).start()  # fmt: skip
 
     def _check_not_fenced(self, m: Message) -> None:
         if (self.sid, m.oid) in self.server.cache.fenced:
