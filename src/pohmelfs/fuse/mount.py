@@ -31,6 +31,7 @@ class MountConfig:
     readahead_kib: int = 1024
     splice: bool = False
     writeback: bool = False
+    coherent: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -50,6 +51,8 @@ class MountConfig:
                     setattr(cfg, key, True)
                 elif key == "no_writeback":
                     cfg.writeback = False
+                elif key == "coherent":
+                    cfg.coherent = True
                 elif key in ("threads", "readahead_kib"):
                     setattr(cfg, key, _number(key, value, int))
                 elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
@@ -91,9 +94,9 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     # the kernel would make that call wait for the very thread making it.
     pidf = pid_file(cfg.mountpoint)
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0)
-    ops = Operations(
-        client, Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback)
-    )
+    opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
+                   cfg.coherent)  # fmt: skip
+    ops = Operations(client, opts)
     source = "pohmelfs:" + ",".join(cfg.servers)
     fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,
                       default_permissions=cfg.default_permissions)  # fmt: skip

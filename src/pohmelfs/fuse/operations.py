@@ -24,6 +24,7 @@ from ..client.client import Client
 from ..client.file import RemoteFile
 from ..protocol import Command, Cred
 from . import kernel as k
+from .coherent import CacheState
 from .locks import FuseLocks
 from .nodes import ROOT_ID, Node, NodeTable
 from .reads import DirectReads
@@ -52,6 +53,8 @@ class Options:
     max_write: int = 1 << 20
     splice: bool = False  # READ data socket -> pipe -> /dev/fuse, no copy in Python
     writeback: bool = False  # the kernel buffers writes in its page cache (experimental)
+    coherent: bool = False  # kernel caching under the server's cache locks
+    locked_attr_timeout: float = 60.0  # how long attributes are kept while a lock is held
 
 
 @dataclass
@@ -73,6 +76,9 @@ class Operations:
         self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
         self.reads = DirectReads(self.opts.splice, self.opts.max_write)
         self.locks = FuseLocks(self._invalidate)
+        self.cache = (
+            CacheState(self._invalidate, self._node_handles) if self.opts.coherent else None
+        )
         # Set by the session: writes a notification to the kernel.
         self.notify: Callable[[list[Any]], None] | None = None
         self.handlers: dict[int, Callable[[k.Request, Replier], None]] = {
@@ -143,8 +149,13 @@ class Operations:
         return k.pack_entry(node.nodeid, 0, kernel_attr(attr), self.opts.entry_timeout,
                             self.opts.attr_timeout)  # fmt: skip
 
-    def attr_out(self, attr: p.Attr) -> bytes:
-        return k.pack_attr_out(kernel_attr(attr), self.opts.attr_timeout)
+    def attr_out(self, attr: p.Attr, nodeid: int = 0) -> bytes:
+        locked = self.cache is not None and self.cache.locked(nodeid)
+        timeout = self.opts.locked_attr_timeout if locked else self.opts.attr_timeout
+        return k.pack_attr_out(kernel_attr(attr), timeout)
+
+    def _node_handles(self, nodeid: int) -> list[RemoteFile]:
+        return [self.files[fh] for fh in list(self.node_files.get(nodeid, ())) if fh in self.files]
 
     def _new_file(self, f: RemoteFile, node: Node) -> int:
         fh = next(self._fh)
@@ -205,11 +216,15 @@ class Operations:
         args = req.args
         fh = args.fh if args.getattr_flags & k.GETATTR_FH else None
         node = self.node(req.nodeid)
+        if self.cache is not None:  # fresh attributes: hold a lock if we can
+            f = self._handle_of(node, fh)
+            if f is not None:
+                self.cache.ensure(node, f, exclusive=False)
         try:
             attr = self.object_attr(req, node, fh)
         except FileNotFoundError:
             raise _stale(node) from None
-        reply.ok(self.attr_out(attr))
+        reply.ok(self.attr_out(attr, node.nodeid))
 
     def op_setattr(self, req: k.Request, reply: Replier) -> None:
         a = req.args
@@ -332,7 +347,13 @@ class Operations:
             f = self._open_remote(req, node.path(), flags, 0)
         except FileNotFoundError:
             raise _stale(node) from None
-        reply.ok(k.pack_open(self._new_file(f, node)))
+        fh = self._new_file(f, node)
+        open_flags = 0
+        if self.cache is not None:
+            self.cache.ensure(node, f, exclusive=False)
+            if self.cache.keep_cache(node.nodeid):
+                open_flags = k.FOPEN_KEEP_CACHE
+        reply.ok(k.pack_open(fh, open_flags))
 
     def op_create(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
@@ -340,13 +361,24 @@ class Operations:
         flags = (req.args.flags & OPEN_FLAGS_PASSED) | os.O_CREAT
         f = self._open_remote(req, path, flags, req.args.mode & 0o7777)
         node = self.nodes.remember(parent, name, f.attr.ino, f.attr.nlink)
+        fh = self._new_file(f, node)
+        if self.cache is not None:
+            self.cache.ensure(node, f, exclusive=False)
+            self.cache.keep_cache(node.nodeid)
         entry = k.pack_entry(node.nodeid, 0, kernel_attr(f.attr), self.opts.entry_timeout,
                              self.opts.attr_timeout)  # fmt: skip
-        reply.ok(entry, k.pack_open(self._new_file(f, node)))
+        reply.ok(entry, k.pack_open(fh))
 
     def op_read(self, req: k.Request, reply: Replier) -> None:
         a = req.args
-        self.reads.start(self.file(a.fh), a.offset, a.size, reply)
+        f = self.file(a.fh)
+        if self.cache is None:
+            self.reads.start(f, a.offset, a.size, reply)
+            return
+        node, cache = self.node(req.nodeid), self.cache
+        cache.ensure(node, f, exclusive=False)
+        cache.read_started(node.nodeid)
+        self.reads.start(f, a.offset, a.size, reply, lambda: cache.read_done(node.nodeid))
 
     def op_write(self, req: k.Request, reply: Replier) -> None:
         # Write-behind: the kernel waits for each write(2), so answering once the
@@ -358,6 +390,8 @@ class Operations:
         f = self.file(a.fh)
         if not f.writable():
             raise OSError(errno.EBADF, "file not open for writing")
+        if self.cache is not None:
+            self.cache.ensure(self.node(req.nodeid), f, exclusive=True)
         if a.write_flags & k.WRITE_KILL_SUIDGID:
             f.pwrite(req.data[: a.size], a.offset)
             self._kill_suid(req, f)
@@ -391,6 +425,8 @@ class Operations:
             if not fhs:
                 del self.node_files[req.nodeid]
         if f is not None:
+            if self.cache is not None:
+                self.cache.handle_closed(req.nodeid, f)
             if req.args.release_flags & k.RELEASE_FLOCK_UNLOCK:
                 self.locks.release(f, req.args.lock_owner)
             f.close_async()  # close(2) does not wait for RELEASE: neither do we
@@ -481,10 +517,10 @@ class Operations:
         # Other requests finish quickly or time out; a blocked lock wait ends now.
         self.locks.interrupt(req.args.unique)
 
-    def _invalidate(self, nodeid: int) -> None:
-        """Drop the kernel's cached data and attributes of a node."""
+    def _invalidate(self, nodeid: int, pages: bool = True) -> None:
+        """Drop the kernel's cached attributes of a node, and its data unless told not to."""
         if self.notify is not None:
-            self.notify(k.notify_inval_inode(nodeid, 0, -1))
+            self.notify(k.notify_inval_inode(nodeid, 0 if pages else -1, -1 if pages else 0))
 
     # --- advisory locks (fcntl, flock) -------------------------------------------------------
 

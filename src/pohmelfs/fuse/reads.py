@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import protocol as p
@@ -40,8 +41,10 @@ class DirectReads:
     def close(self) -> None:
         self._retry.shutdown(wait=False)
 
-    def start(self, f: RemoteFile, offset: int, size: int, reply: Replier) -> None:
-        """Ask the server for the data; the receive thread answers the kernel."""
+    def start(self, f: RemoteFile, offset: int, size: int, reply: Replier,
+              finished: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+        """Ask the server for the data; the receive thread answers the kernel.
+        ``finished`` runs once the kernel has its answer, whatever it is."""
         conn, oid = f.handle()
         replied = False
 
@@ -51,6 +54,7 @@ class DirectReads:
             if self.splice and SPLICE_MIN <= n <= self._pipe_room() and reply.fd >= 0:
                 self._splice_reply(reply, n, reader)
                 replied = True
+                finished()
                 return
             buf = getattr(self._scratch, "buf", None)
             if buf is None or len(buf) < n:
@@ -58,16 +62,23 @@ class DirectReads:
             reader.read_into(buf[:n])
             replied = True
             reply.ok(buf[:n])
+            finished()
 
         def done(tx: Transaction) -> None:
             if replied:
                 return
             if lost_connection(tx):
-                self._retry.submit(self._read_again, f, offset, size, reply)
+                self._retry.submit(self._read_again, f, offset, size, reply, finished)
                 return
             reply.error(tx_errno(tx))
+            finished()
 
-        conn.start(Command.READ, sink=sink, callback=done, oid=oid, offset=offset, length=size)
+        try:
+            conn.start(Command.READ, sink=sink, callback=done, oid=oid, offset=offset,
+                       length=size)  # fmt: skip
+        except BaseException:
+            finished()
+            raise
 
     def _splice_reply(self, reply: Replier, n: int, reader: SocketReader) -> None:
         """Move a READ reply's data from the socket to the kernel without copying it
@@ -112,13 +123,16 @@ class DirectReads:
             room = self._scratch.room = fcntl.fcntl(w, F_GETPIPE_SZ) - k.OUT_HEADER.size
         return int(room)
 
-    def _read_again(self, f: RemoteFile, offset: int, size: int, reply: Replier) -> None:
+    def _read_again(self, f: RemoteFile, offset: int, size: int, reply: Replier,
+                    finished: Callable[[], None]) -> None:  # fmt: skip
         try:
             buf = bytearray(size)
             n = f.preadinto(buf, offset)
             reply.ok(memoryview(buf)[:n])
         except Exception as e:
             reply.error(errno_of(e))
+        finally:
+            finished()
 
 
 def _drain(fd: int, n: int) -> None:
