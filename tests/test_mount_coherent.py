@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +67,68 @@ def test_kept_cache_is_still_right_after_another_mount_wrote(cm: CoherentMounts)
     assert (cm.b / "g").read_bytes() == b"one"
     (cm.a / "g").write_bytes(b"two, longer")
     assert (cm.b / "g").read_bytes() == b"two, longer"
+
+
+A_SIDE = """
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+os.write(fd, b"from a, before")
+os.fsync(fd)  # a holds the exclusive lock now
+print("ready", flush=True)
+sys.stdin.readline()  # the test froze and thawed a's daemon meanwhile
+os.pwrite(fd, b"a again", 0)
+try:
+    os.fsync(fd)
+    print("synced", flush=True)
+except OSError as e:
+    print("EIO" if e.errno == errno.EIO else f"errno {e.errno}", flush=True)
+os.close(fd)
+"""
+
+
+def test_frozen_mount_loses_its_lock_and_nothing_is_lost_silently(tmp_path: Path) -> None:
+    """A mount whose daemon is stopped cannot hold up another mount past the lease;
+    once it runs again it keeps working, and what its application wrote either is in
+    the file or is reported by fsync. (This process keeps no file open on the frozen
+    mount: any close or exec would wait for its daemon.)"""
+    export, a, b = tmp_path / "export", tmp_path / "a", tmp_path / "b"
+    for d in (export, a, b):
+        d.mkdir()
+    server = ServerProcess(export, "--lease", "1")
+    mounts: list[MountProcess] = []
+    a_side: subprocess.Popen[str] | None = None
+    try:
+        mounts = [MountProcess(server.address, d, "coherent", "timeout=10") for d in (a, b)]
+        a_side = subprocess.Popen([sys.executable, "-c", A_SIDE, str(a / "f")], text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+        assert a_side.stdout is not None and a_side.stdin is not None
+        assert a_side.stdout.readline() == "ready\n"
+        os.kill(mounts[0].pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            proc = subprocess.run(
+                [sys.executable, "-c", f"open({str(b / 'f')!r}, 'r+b').write(b'FROM B')"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            took = time.monotonic() - started
+        finally:
+            os.kill(mounts[0].pid, signal.SIGCONT)
+        assert proc.returncode == 0, proc.stderr
+        assert took < 8, f"b waited {took:.1f} s for a frozen mount (lease 1 s)"
+        a_side.stdin.write("go\n")
+        a_side.stdin.flush()
+        result = a_side.stdout.readline().strip()
+        assert a_side.wait(30) == 0
+        assert result in ("synced", "EIO")
+        if result == "synced":  # accepted: then it is in the file, after b's write
+            assert (export / "f").read_bytes()[:7] == b"a again"
+        else:
+            assert (export / "f").read_bytes()[:6] == b"FROM B"
+        assert (b / "f").read_bytes() == (export / "f").read_bytes()
+    finally:
+        if a_side is not None and a_side.poll() is None:
+            a_side.kill()
+            a_side.wait(10)
+        for m in mounts:
+            m.stop()
+        server.stop()

@@ -40,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = parse_hostport(args.listen, "--listen")
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
+    if not 0.1 <= args.lease <= 3600:
+        raise UserError("--lease must be between 0.1 and 3600 seconds")
     if not 1 <= args.max_payload <= 256:
         raise UserError("--max-payload must be between 1 and 256 (MiB)")
     report = _daemonize(args) if args.daemon else None
@@ -47,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         export = LocalExport(root, read_only=args.read_only)
         try:
             server = Server(export, host, port, max_payload=args.max_payload << 20,
-                            workers=args.workers)  # fmt: skip
+                            workers=args.workers, lease=args.lease)  # fmt: skip
         except OSError as e:
             why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise UserError(f"cannot listen on {host}:{port}: {why}") from None
@@ -241,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         help="threads for slow requests such as fsync (default: 16)",
+    )
+    serve.add_argument(
+        "--lease",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long a client may take to give back a cache lock before it loses it (default: 5)",
     )
     serve.add_argument(
         "--daemon",

@@ -270,14 +270,20 @@ class RemoteFile(io.RawIOBase):
                 self._behind_error = error
             self._behind.notify_all()
 
-    def drain(self) -> None:
-        """Wait for every write-behind request; raise the first failure (once)."""
+    def write_back(self) -> bool:
+        """Wait for every write-behind request to be answered; a failure stays to be
+        reported by :meth:`drain`. False if they were not answered in time."""
         with self._behind:
             deadline = time.monotonic() + 2 * self._conn.timeout + 1
             while self._behind_count and time.monotonic() < deadline:
                 self._behind.wait(0.1)
-            if self._behind_count:
-                raise OSError(errno.ETIMEDOUT, "writes were not answered in time", self.name)
+            return not self._behind_count
+
+    def drain(self) -> None:
+        """Wait for every write-behind request; raise the first failure (once)."""
+        if not self.write_back():
+            raise OSError(errno.ETIMEDOUT, "writes were not answered in time", self.name)
+        with self._behind:
             error, self._behind_error = self._behind_error, None
         if error is not None:
             raise error
@@ -308,12 +314,7 @@ class RemoteFile(io.RawIOBase):
     def revoked(self, keep: int, start: int, length: int) -> None:
         """The server takes (part of) our cache lock back: write back, then tell the
         owner of the cache. Runs on the client's revocation thread."""
-        try:
-            self.drain()
-        except OSError as e:
-            with self._behind:  # keep it for the next flush, fsync or close
-                if self._behind_error is None:
-                    self._behind_error = e
+        self.write_back()  # a failure stays for the next flush, fsync or close
         if self.on_revoke is not None:
             self.on_revoke(keep, start, length)
 

@@ -94,10 +94,7 @@ class CacheState:
     def _revoked(self, nodeid: int, keep: int) -> None:
         """Revocation thread: write back, let reads land, drop the kernel's cache."""
         for f in self._handles(nodeid):
-            try:
-                f.drain()
-            except OSError:
-                pass  # kept by the file and reported at its flush/fsync/close
+            f.write_back()  # a failure stays with the file for its flush/fsync/close
         with self._cond:
             # New reads now ask the server for a lock again (and wait for the writer).
             self._state[nodeid] = NONE if keep == RELEASE else SHARED
