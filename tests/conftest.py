@@ -197,3 +197,26 @@ def mnt(mounted: Mounted, request: pytest.FixtureRequest) -> Iterator[tuple[Path
     (mounted.export / name).mkdir(mode=0o777)
     os.chmod(mounted.export / name, 0o777)
     yield mounted.mnt / name, mounted.export / name
+
+
+class TwoMounts:
+    """One server process and two mounts of its export (``a`` and ``b``), as two
+    client machines would have; ``server_args`` go to ``pohmelfs serve``."""
+
+    def __init__(self, root: Path, *options: str, server_args: tuple[str, ...] = ()) -> None:
+        self.export, self.a, self.b = root / "export", root / "a", root / "b"
+        for d in (self.export, self.a, self.b):
+            d.mkdir()
+        self.server = ServerProcess(self.export, *server_args)
+        self.mounts: list[MountProcess] = []
+        try:
+            for d in (self.a, self.b):
+                self.mounts.append(MountProcess(self.server.address, d, *options))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.mounts:
+            m.stop()
+        self.server.stop()

@@ -12,39 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MountProcess, ServerProcess, requires_fuse
+from conftest import TwoMounts, requires_fuse
 
 pytestmark = requires_fuse
 
 
-class CoherentMounts:
-    def __init__(self, root: Path) -> None:
-        self.export, self.a, self.b = root / "export", root / "a", root / "b"
-        for d in (self.export, self.a, self.b):
-            d.mkdir()
-        self.server = ServerProcess(self.export)
-        self.mounts: list[MountProcess] = []
-        try:
-            for d in (self.a, self.b):
-                self.mounts.append(MountProcess(self.server.address, d, "coherent"))
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        for m in self.mounts:
-            m.stop()
-        self.server.stop()
-
-
 @pytest.fixture(scope="module")
-def cm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoherentMounts]:
-    c = CoherentMounts(tmp_path_factory.mktemp("coherent"))
+def cm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoMounts]:
+    c = TwoMounts(tmp_path_factory.mktemp("coherent"), "coherent")
     yield c
     c.stop()
 
 
-def test_read_after_write_across_mounts(cm: CoherentMounts) -> None:
+def test_read_after_write_across_mounts(cm: TwoMounts) -> None:
     (cm.a / "f").write_bytes(b"start")
     wa = os.open(cm.a / "f", os.O_RDWR)
     rb = os.open(cm.b / "f", os.O_RDONLY)
@@ -61,7 +41,7 @@ def test_read_after_write_across_mounts(cm: CoherentMounts) -> None:
         os.close(rb)
 
 
-def test_kept_cache_is_still_right_after_another_mount_wrote(cm: CoherentMounts) -> None:
+def test_kept_cache_is_still_right_after_another_mount_wrote(cm: TwoMounts) -> None:
     (cm.a / "g").write_bytes(b"one")
     assert (cm.b / "g").read_bytes() == b"one"  # b caches it, and keeps it across opens
     assert (cm.b / "g").read_bytes() == b"one"
@@ -91,14 +71,10 @@ def test_frozen_mount_loses_its_lock_and_nothing_is_lost_silently(tmp_path: Path
     once it runs again it keeps working, and what its application wrote either is in
     the file or is reported by fsync. (This process keeps no file open on the frozen
     mount: any close or exec would wait for its daemon.)"""
-    export, a, b = tmp_path / "export", tmp_path / "a", tmp_path / "b"
-    for d in (export, a, b):
-        d.mkdir()
-    server = ServerProcess(export, "--lease", "1")
-    mounts: list[MountProcess] = []
+    two = TwoMounts(tmp_path, "coherent", "timeout=10", server_args=("--lease", "1"))
+    export, a, b, mounts = two.export, two.a, two.b, two.mounts
     a_side: subprocess.Popen[str] | None = None
     try:
-        mounts = [MountProcess(server.address, d, "coherent", "timeout=10") for d in (a, b)]
         a_side = subprocess.Popen([sys.executable, "-c", A_SIDE, str(a / "f")], text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
         assert a_side.stdout is not None and a_side.stdin is not None
@@ -129,6 +105,4 @@ def test_frozen_mount_loses_its_lock_and_nothing_is_lost_silently(tmp_path: Path
         if a_side is not None and a_side.poll() is None:
             a_side.kill()
             a_side.wait(10)
-        for m in mounts:
-            m.stop()
-        server.stop()
+        two.stop()

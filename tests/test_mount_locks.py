@@ -10,33 +10,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from conftest import MountProcess, ServerProcess, requires_fuse
+from conftest import TwoMounts, requires_fuse
 
 pytestmark = requires_fuse
-
-
-class TwoMounts:
-    def __init__(self, root: Path) -> None:
-        self.export = root / "export"
-        self.a, self.b = root / "a", root / "b"
-        for d in (self.export, self.a, self.b):
-            d.mkdir()
-        self.server = ServerProcess(self.export)
-        self.mounts: list[MountProcess] = []
-        try:
-            self.mounts = [MountProcess(self.server.address, d) for d in (self.a, self.b)]
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        for m in self.mounts:
-            m.stop()
-        self.server.stop()
 
 
 @pytest.fixture(scope="module")
