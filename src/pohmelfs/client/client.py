@@ -10,9 +10,9 @@ import os
 import random
 import stat as stat_mod
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import protocol as p
 from ..protocol import Attr, Command, Cred
@@ -20,6 +20,7 @@ from .connection import Connection
 from .file import RemoteFile
 
 log = logging.getLogger("pohmelfs.client")
+T = TypeVar("T")
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 # Requests that may safely be sent again after the connection carrying them died.
 IDEMPOTENT = frozenset(
@@ -188,13 +189,29 @@ class Client:
         ``shown``/``shown2`` are the paths named in errors. Idempotent requests
         are sent once more if the connection carrying them died.
         """
+        return self._on_connection(
+            lambda conn: conn.call(cmd, shown, shown2, **fields), cmd in IDEMPOTENT
+        )
+
+    def _on_connection(self, fn: Callable[[Connection], T], idempotent: bool) -> T:
+        """fn(connection); if idempotent and the connection died under it, once more."""
         conn = self.connection()
         try:
-            return conn.call(cmd, shown, shown2, **fields)
+            return fn(conn)
         except ConnectionError:
-            if cmd not in IDEMPOTENT or not conn.closed:
+            if not idempotent or not conn.closed:
                 raise
-            return self.connection().call(cmd, shown, shown2, **fields)
+            return fn(self.connection())
+
+    def readdir(self, path: PathArg, cred: Cred | None = None) -> list[p.DirEntry]:
+        """A directory's entries (raw names) with attributes: one streamed request."""
+        raw = encode_path(path)
+
+        def listing(conn: Connection) -> list[p.DirEntry]:
+            tx = conn.start(Command.READDIR, cred=cred or self.cred, path=raw)
+            return [e for frame in conn.stream(tx, path) for e in frame["entries"]]
+
+        return self._on_connection(listing, True)
 
     def _notified(self, conn: Connection, msg: p.Message) -> None:
         """Receive thread: the server asks for something back (a cache lock)."""
@@ -373,24 +390,15 @@ class Client:
 
     def scandir(self, path: PathArg = "/") -> Iterator[ScanEntry]:
         """All entries of a directory with their attributes, in one streamed request."""
-        raw = encode_path(path)
-        conn = self.connection()
-        try:
-            frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
-        except ConnectionError:
-            if not conn.closed:
-                raise
-            conn = self.connection()
-            frames = conn.stream(conn.start(Command.READDIR, cred=self.cred, path=raw), path)
+        entries = self.readdir(path)
         as_str = isinstance(os.fspath(path), str)
-        base = raw.rstrip(b"/")
-        for frame in frames:
-            for e in frame["entries"]:
-                full = base + b"/" + e.name
-                if as_str:
-                    yield ScanEntry(os.fsdecode(e.name), os.fsdecode(full), e.attr, self)
-                else:
-                    yield ScanEntry(e.name, full, e.attr, self)
+        base = encode_path(path).rstrip(b"/")
+        for e in entries:
+            full = base + b"/" + e.name
+            if as_str:
+                yield ScanEntry(os.fsdecode(e.name), os.fsdecode(full), e.attr, self)
+            else:
+                yield ScanEntry(e.name, full, e.attr, self)
 
     def listdir(self, path: PathArg = "/") -> list[Any]:
         return [e.name for e in self.scandir(path)]

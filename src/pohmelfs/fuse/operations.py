@@ -394,18 +394,16 @@ class Operations:
             self.cache.ensure(self.node(req.nodeid), f, exclusive=True)
         if a.write_flags & k.WRITE_KILL_SUIDGID:
             f.pwrite(req.data[: a.size], a.offset)
-            self._kill_suid(req, f)
+            self._kill_suid(req, self.node(req.nodeid), a.fh)
         else:  # answered before the server: errors come back from flush/fsync/close
             f.write_behind(req.data[: a.size], a.offset)
         reply.ok(k.pack_write(a.size))
 
-    def _kill_suid(self, req: k.Request, f: RemoteFile) -> None:
-        mode = f.fstat().mode
+    def _kill_suid(self, req: k.Request, node: Node, fh: int) -> None:
+        mode = self.object_attr(req, node, fh).mode
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
         if mode & kill:
-            conn, oid = f.handle()
-            conn.call(Command.CHMOD, f.name, cred=self.cred(req), path=b"", oid=oid,
-                      mode=stat.S_IMODE(mode) & ~kill)  # fmt: skip
+            self.object_call(req, node, fh)(Command.CHMOD, mode=stat.S_IMODE(mode) & ~kill)
 
     def op_flush(self, req: k.Request, reply: Replier) -> None:
         # close(2): every write must have reached the server (close-to-open), and
@@ -445,12 +443,8 @@ class Operations:
 
     def op_opendir(self, req: k.Request, reply: Replier) -> None:
         node = self.node(req.nodeid)
-        path = node.path()
-        conn = self.client.connection()
-        tx = conn.start(Command.READDIR, cred=self.cred(req), path=path)
         entries: list[tuple[bytes, p.Attr | None]] = [(b".", None), (b"..", None)]
-        for frame in conn.stream(tx, path):
-            entries.extend((e.name, e.attr) for e in frame["entries"])
+        entries.extend(self.client.readdir(node.path(), self.cred(req)))
         fh = next(self._fh)
         self.dirs[fh] = _Dir(node, entries)
         reply.ok(k.pack_open(fh))
