@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,32 +51,32 @@ def client(server: Server) -> Iterator[Client]:
 
 
 class ServerProcess:
-    """``pohmelfs serve`` as a child process, stopped by PID."""
+    """``pohmelfs serve`` as a child process, stopped by PID.
 
-    def __init__(self, root: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pohmelfs.cli",
-                "serve",
-                str(root),
-                "--listen",
-                "127.0.0.1:0",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        m = re.search(r" on ([\d.]+:\d+)", line)
-        if not m:
+    ``listen`` defaults to a free port; given a fixed address (a restart on the
+    old port), starting is retried for ``retry_for`` seconds while the port is busy.
+    """
+
+    def __init__(self, root: Path, *extra: str, listen: str = "127.0.0.1:0",
+                 retry_for: float = 0.0) -> None:  # fmt: skip
+        deadline = time.monotonic() + retry_for
+        while True:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pohmelfs.cli", "serve", str(root), "--listen", listen,
+                 *extra],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            self.pid = self.proc.pid
+            line = _read_line(self.proc, 20)
+            m = re.search(r" on ([\d.]+:\d+)", line)
+            if m:
+                self.address = m.group(1)
+                return
             self.stop()
-            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()!r}")
-        self.address = m.group(1)
-        self.pid = self.proc.pid
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"server did not start: {line!r} {err!r}")
+            time.sleep(0.2)  # the old port may take a moment to be free
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Mounted, MountProcess, ServerProcess, _read_line, requires_fuse
+from conftest import Mounted, MountProcess, ServerProcess, requires_fuse
 from pohmelfs.fuse import device
 
 pytestmark = requires_fuse
@@ -158,29 +158,6 @@ def vm_rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-class ServerOnAddress(ServerProcess):
-    """``pohmelfs serve DIR --listen ADDRESS`` on a given (former) address."""
-
-    def __init__(self, root: Path, address: str, *extra: str) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pohmelfs.cli", "serve", str(root), "--listen", address,
-                 *extra],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            self.pid = self.proc.pid
-            self.address = address
-            line = _read_line(self.proc, 10)
-            if "serving" in line:
-                return
-            self.stop()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start on {address}: {line!r} {err!r}")
-            time.sleep(0.2)  # the old port may take a moment to be free
 
 
 @pytest.fixture
@@ -1203,7 +1180,7 @@ def test_server_restart_on_same_address(private: Mounted) -> None:
         os.write(fd, b"before the restart|")
         (m / "existing").write_bytes(b"existing")
         assert private.server.stop() == 0
-        private.server = ServerOnAddress(e, address)
+        private.server = ServerProcess(e, listen=address, retry_for=10)
         # the mount reconnects by itself
         assert (m / "existing").read_bytes() == b"existing"
         (m / "new").write_bytes(b"new")

@@ -9,12 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import random
-import select
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -84,36 +82,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class PortServer:
-    """``pohmelfs serve DIR --listen 127.0.0.1:PORT`` on a port we choose."""
-
-    def __init__(self, root: Path, port: int, timeout: float = 10.0) -> None:
-        self.address = f"127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pohmelfs.cli", "serve", str(root), "--listen", self.address],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.pid = self.proc.pid
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else b""
-        if b"serving" not in line:
-            self.stop()
-            raise RuntimeError(f"server did not start on {self.address}: {line!r}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return int(self.proc.returncode)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -334,23 +302,15 @@ def test_stopped_server_read_times_out_promptly(
 
 
 @pytest.fixture
-def port_server(export_dir: Path) -> Iterator[Callable[[], PortServer]]:
+def port_server(export_dir: Path) -> Iterator[Callable[[], ServerProcess]]:
     """Start servers on one fixed port, one after the other."""
     port = free_port()
-    started: list[PortServer] = []
+    started: list[ServerProcess] = []
 
-    def start() -> PortServer:
-        last: Exception | None = None
-        for _ in range(20):  # the port may linger briefly after the previous server
-            try:
-                sp = PortServer(export_dir, port)
-            except RuntimeError as e:
-                last = e
-                time.sleep(0.1)
-                continue
-            started.append(sp)
-            return sp
-        raise AssertionError(f"cannot restart the server: {last}")
+    def start() -> ServerProcess:
+        sp = ServerProcess(export_dir, listen=f"127.0.0.1:{port}", retry_for=2)
+        started.append(sp)
+        return sp
 
     yield start
     for sp in started:
@@ -358,7 +318,7 @@ def port_server(export_dir: Path) -> Iterator[Callable[[], PortServer]]:
 
 
 def test_client_reconnects_after_server_restart(
-    port_server: Callable[[], PortServer], export_dir: Path
+    port_server: Callable[[], ServerProcess], export_dir: Path
 ) -> None:
     first = port_server()
     c = Client(first.address, timeout=5)
@@ -389,7 +349,7 @@ def test_client_reconnects_after_server_restart(
 
 
 def test_open_file_survives_restart_without_other_calls(
-    port_server: Callable[[], PortServer], export_dir: Path
+    port_server: Callable[[], ServerProcess], export_dir: Path
 ) -> None:
     first = port_server()
     (export_dir / "f").write_bytes(b"hello world")
