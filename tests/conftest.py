@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +224,40 @@ class TwoMounts:
         for m in self.mounts:
             m.stop()
         self.server.stop()
+
+
+def tree_snapshot(top: Path, skip: Path | None = None) -> dict[str, Any]:
+    """Everything observable about a tree, keyed by relative path."""
+    out: dict[str, Any] = {}
+
+    def record(p: Path) -> None:
+        st = os.lstat(p)
+        entry: dict[str, Any] = {
+            "mode": st.st_mode,
+            "ino": st.st_ino,
+            "nlink": st.st_nlink,
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "size": st.st_size,
+            "mtime": st.st_mtime_ns,
+            "ctime": st.st_ctime_ns,
+        }
+        if stat.S_ISREG(st.st_mode):
+            entry["sha"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        if stat.S_ISLNK(st.st_mode):
+            entry["target"] = os.readlink(p)
+        else:
+            entry["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p))}
+        out[str(p.relative_to(top))] = entry
+
+    record(top)
+    for dirpath, dirnames, filenames in os.walk(top):
+        d = Path(dirpath)
+        if skip is not None and d == skip:
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            if skip is not None and d / name == skip:
+                continue
+            record(d / name)
+    return out

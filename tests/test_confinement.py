@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 import stat
 import struct
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import tree_snapshot
 from pohmelfs import Client
 from pohmelfs.server.export import LocalExport
 
@@ -47,50 +47,13 @@ def outside(tmp_path: Path) -> Path:
     return o
 
 
-def snapshot(top: Path, skip: Path | None = None) -> dict[str, Any]:
-    """Everything observable about a tree, keyed by relative path."""
-    out: dict[str, Any] = {}
-
-    def record(p: Path) -> None:
-        st = os.lstat(p)
-        entry: dict[str, Any] = {
-            "mode": st.st_mode,
-            "ino": st.st_ino,
-            "nlink": st.st_nlink,
-            "uid": st.st_uid,
-            "gid": st.st_gid,
-            "size": st.st_size,
-            "mtime": st.st_mtime_ns,
-            "ctime": st.st_ctime_ns,
-        }
-        if stat.S_ISREG(st.st_mode):
-            entry["sha"] = hashlib.sha256(p.read_bytes()).hexdigest()
-        if stat.S_ISLNK(st.st_mode):
-            entry["target"] = os.readlink(p)
-        else:
-            entry["xattrs"] = {n: os.getxattr(p, n) for n in sorted(os.listxattr(p))}
-        out[str(p.relative_to(top))] = entry
-
-    record(top)
-    for dirpath, dirnames, filenames in os.walk(top):
-        d = Path(dirpath)
-        if skip is not None and d == skip:
-            dirnames[:] = []
-            continue
-        for name in dirnames + filenames:
-            if skip is not None and d / name == skip:
-                continue
-            record(d / name)
-    return out
-
-
 @pytest.fixture
 def untouched(tmp_path: Path, export_dir: Path, outside: Path) -> Iterator[None]:
     """Fails the test if anything outside the export changed during it."""
-    before = snapshot(tmp_path, skip=export_dir)
+    before = tree_snapshot(tmp_path, skip=export_dir)
     parent_before = sorted(os.listdir(tmp_path.parent))
     yield
-    assert snapshot(tmp_path, skip=export_dir) == before
+    assert tree_snapshot(tmp_path, skip=export_dir) == before
     assert sorted(os.listdir(tmp_path.parent)) == parent_before
     assert (outside / "secret").read_bytes() == SECRET
 
@@ -278,7 +241,7 @@ def test_nul_bytes_in_paths_are_refused(client: Client, export_dir: Path, untouc
     os.chmod(f, 0o640)
     (export_dir / "d").mkdir()
     (export_dir / "d" / "inner").write_bytes(b"inner")
-    before = snapshot(export_dir)
+    before = tree_snapshot(export_dir)
     # A C-level truncation at the NUL would act on "f" or "d": it must not happen.
     attacks: list[Callable[[], Any]] = [
         lambda: client.stat("f\0junk"),
@@ -314,7 +277,7 @@ def test_nul_bytes_in_paths_are_refused(client: Client, export_dir: Path, untouc
     for i, attack in enumerate(attacks):
         with pytest.raises((OSError, ValueError)):
             attack()
-        assert snapshot(export_dir) == before, f"attack {i} changed the export"
+        assert tree_snapshot(export_dir) == before, f"attack {i} changed the export"
     # and the connection is still good afterwards
     assert client.stat("f").st_size == 7
 

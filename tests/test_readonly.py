@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of, start_server
+from conftest import address_of, start_server, tree_snapshot
 from pohmelfs import Client
 
 
@@ -27,31 +26,6 @@ def populate(root: Path) -> None:
     os.setxattr(root / "file", "user.color", b"blue")
     os.chmod(root / "file", 0o644)
     os.utime(root / "file", ns=(1_500_000_000_000_000_000, 1_600_000_000_000_000_000))
-
-
-def tree_state(root: Path) -> dict[str, Any]:
-    state: dict[str, Any] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            p = Path(dirpath) / name
-            st = os.lstat(p)
-            entry: dict[str, Any] = {
-                "mode": st.st_mode,
-                "uid": st.st_uid,
-                "gid": st.st_gid,
-                "size": st.st_size,
-                "nlink": st.st_nlink,
-                "mtime": st.st_mtime_ns,
-                "ctime": st.st_ctime_ns,
-            }
-            if stat.S_ISREG(st.st_mode):
-                entry["sha"] = hashlib.sha256(p.read_bytes()).hexdigest()
-            if stat.S_ISLNK(st.st_mode):
-                entry["target"] = os.readlink(p)
-            else:
-                entry["xattrs"] = {n: os.getxattr(p, n) for n in os.listxattr(p)}
-            state[str(p.relative_to(root))] = entry
-    return state
 
 
 @pytest.fixture
@@ -123,13 +97,13 @@ def mutations(c: Client) -> list[tuple[str, Callable[[], Any]]]:
 
 def test_every_mutation_refused_with_erofs(ro: tuple[Client, str], export_dir: Path) -> None:
     c, addr = ro
-    before = tree_state(export_dir)
+    before = tree_snapshot(export_dir)
     for name, op in mutations(c):
         try:
             refused(op, addr)
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
-        assert tree_state(export_dir) == before, f"{name} changed the export"
+        assert tree_snapshot(export_dir) == before, f"{name} changed the export"
 
 
 def test_erofs_names_the_path(ro: tuple[Client, str]) -> None:
@@ -147,7 +121,7 @@ def test_erofs_names_the_path(ro: tuple[Client, str]) -> None:
 
 def test_open_for_reading_cannot_write(ro: tuple[Client, str], export_dir: Path) -> None:
     c, addr = ro
-    before = tree_state(export_dir)
+    before = tree_snapshot(export_dir)
     with c.open("file", "rb", buffering=0) as f:
         refused(lambda: f.truncate(0), addr)
         refused(lambda: f.fallocate(0, 4096), addr)
@@ -156,7 +130,7 @@ def test_open_for_reading_cannot_write(ro: tuple[Client, str], export_dir: Path)
         with pytest.raises(OSError):
             f.pwrite(b"x", 0)
         assert f.read() == b"read-only content\n"
-    assert tree_state(export_dir) == before
+    assert tree_snapshot(export_dir) == before
 
 
 def test_reads_still_work(ro: tuple[Client, str], export_dir: Path) -> None:
