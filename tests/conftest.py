@@ -204,17 +204,21 @@ def mnt(mounted: Mounted, request: pytest.FixtureRequest) -> Iterator[tuple[Path
 
 
 class TwoMounts:
-    """One server process and two mounts of its export (``a`` and ``b``), as two
-    client machines would have; ``server_args`` go to ``pohmelfs serve``."""
+    """One server process and ``count`` mounts of its export (``a``, ``b``, ``c``...
+    in ``dirs``), as that many client machines would have; ``server_args`` go to
+    ``pohmelfs serve``."""
 
-    def __init__(self, root: Path, *options: str, server_args: tuple[str, ...] = ()) -> None:
-        self.export, self.a, self.b = root / "export", root / "a", root / "b"
-        for d in (self.export, self.a, self.b):
+    def __init__(self, root: Path, *options: str, server_args: tuple[str, ...] = (),
+                 count: int = 2) -> None:  # fmt: skip
+        self.export = root / "export"
+        self.dirs = [root / "abcdefgh"[i] for i in range(count)]
+        self.a, self.b = self.dirs[0], self.dirs[1]
+        for d in (self.export, *self.dirs):
             d.mkdir()
         self.server = ServerProcess(self.export, *server_args)
         self.mounts: list[MountProcess] = []
         try:
-            for d in (self.a, self.b):
+            for d in self.dirs:
                 self.mounts.append(MountProcess(self.server.address, d, *options))
         except BaseException:
             self.stop()

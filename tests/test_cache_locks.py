@@ -66,7 +66,7 @@ def test_revoke_reaches_the_holder_and_writes_back_first(server: Server) -> None
         fa.on_revoke = lambda keep, start, length: revokes.append((keep, start, length))
         fa.write_behind(b"written behind", 0)  # buffered under the exclusive lock
         fb = b.open("/f", "rb", buffering=0)
-        attr = fb.cache_lock()  # revokes a's lock: a writes back before b is granted
+        attr = fb.cache_lock().attr  # revokes a's lock: a writes back before b is granted
         assert revokes == [(SHARED, 0, 0)]
         assert attr.size == 14
         assert fb.pread(100, 0) == b"written behind"

@@ -251,7 +251,8 @@ def c_name(cstruct: str, py_field: str) -> str:
 
 def test_reference_is_the_protocol_version_kernel_py_implements() -> None:
     assert C["FUSE_KERNEL_VERSION"] == kernel.KERNEL_MAJOR == 7
-    assert kernel.OUR_MINOR <= C["FUSE_KERNEL_MINOR_VERSION"]
+    newest = max([C["FUSE_KERNEL_MINOR_VERSION"]] + [m for m, _ in NEWER_THAN_REFERENCE.values()])
+    assert kernel.OUR_MINOR <= newest
     assert LAYOUTS["header"] == "linux/fuse.h %d.%d" % (7, C["FUSE_KERNEL_MINOR_VERSION"])
 
 
@@ -299,6 +300,10 @@ def test_every_struct_of_kernel_py_is_checked() -> None:
 
 # --- constants ------------------------------------------------------------------------------
 
+# Constants of minors newer than the reference header (Debian 12's linux/fuse.h is
+# 7.38): name -> (minor, value as in the kernel's fuse.h of that minor).
+NEWER_THAN_REFERENCE = {"DIRECT_IO_ALLOW_MMAP": (39, 1 << 36)}
+
 SPECIAL_NAMES = {
     "KERNEL_MAJOR": "FUSE_KERNEL_VERSION",
     "ROOT_ID": "FUSE_ROOT_ID",
@@ -325,7 +330,10 @@ def _module_constants() -> list[str]:
 def test_flag_constant_value(name: str) -> None:
     value = getattr(kernel, name)
     if name == "OUR_MINOR":
-        assert 12 <= value <= C["FUSE_KERNEL_MINOR_VERSION"]
+        assert 12 <= value <= C["FUSE_KERNEL_MINOR_VERSION"] + len(NEWER_THAN_REFERENCE)
+        return
+    if name in NEWER_THAN_REFERENCE:
+        assert value == NEWER_THAN_REFERENCE[name][1]
         return
     cname = SPECIAL_NAMES.get(name) or (name if name in C else "FUSE_" + name)
     assert cname in C, f"kernel.{name} matches no constant of <linux/fuse.h>"

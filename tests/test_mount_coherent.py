@@ -106,3 +106,59 @@ def test_frozen_mount_loses_its_lock_and_nothing_is_lost_silently(tmp_path: Path
             a_side.kill()
             a_side.wait(10)
         two.stop()
+
+
+CHECKER = Path(__file__).with_name("torn_checker.py")
+
+
+def run_torn_checker(mounts: TwoMounts, seconds: float) -> list[dict[str, object]]:
+    """Writers on mounts a and b, then readers on mount c and on a library client."""
+    import json
+
+    from torn_checker import prepare
+
+    prepare(str(mounts.export / "slots"))
+    roles = [
+        ["write", str(mounts.dirs[0] / "slots"), str(seconds), "0"],
+        ["write", str(mounts.dirs[1] / "slots"), str(seconds), "1"],
+        ["read", str(mounts.dirs[2] / "slots"), str(seconds)],
+        ["libread", mounts.server.address, "/slots", str(seconds)],
+    ]
+    procs = []
+    try:
+        for role in roles:
+            proc = subprocess.Popen([sys.executable, str(CHECKER), *role],
+                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+            procs.append(proc)
+            if role[0] == "write":  # readers open the file while it is being written
+                assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=seconds + 30)
+            assert proc.returncode == 0
+            results.append(json.loads(out.splitlines()[-1]))
+        return results
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_no_torn_reads_across_mounts(tmp_path: Path) -> None:
+    mounts = TwoMounts(tmp_path, "coherent", count=3)
+    try:
+        results = run_torn_checker(mounts, 4.0)
+    finally:
+        mounts.stop()
+    writes, reads = results[:2], results[2:]
+    assert all(r["ops"] > 20 for r in writes), results
+    assert all(r["ops"] > 20 for r in reads), results
+    assert [r["torn"] for r in reads] == [0, 0], results
+
+
+def test_torn_checker_sees_a_seam() -> None:
+    from torn_checker import SLOT, _slot
+
+    assert _slot(b"\x07" * SLOT) == (True, "")
+    ok, why = _slot(b"\x07" * 4096 + b"\x09" * (SLOT - 4096))
+    assert not ok and "byte 4096" in why

@@ -174,7 +174,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.STATFS: ({}, {"statfs": STATFS}),
             c.LOOKUP: ({}, {"attr": ATTR_FILE}),
             c.READDIR: ({}, {"entries": ENTRIES}),
-            c.OPEN: ({"oid": 77}, {"attr": ATTR_FILE}),
+            c.OPEN: ({"oid": 77}, {"attr": ATTR_FILE, "writers": 2}),
             c.READ: ({"offset": 1 << 33}, {"data": memoryview(DATA)}),
             c.FSTAT: ({}, {"attr": ATTR_DEV}),
             c.MKDIR: ({}, {"attr": ATTR_DIR}),
@@ -187,7 +187,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.LISTXATTR: ({}, {"names": (b"user.a", b"user.\xff\xfe", b"security.selinux")}),
             c.WRITE: ({"length": len(DATA)}, {}),
             c.GETLK: ({"offset": 100, "length": 0}, {"type": 1, "pid": 4242}),
-            c.CACHE: ({}, {"attr": ATTR_FILE}),
+            c.CACHE: ({}, {"attr": ATTR_FILE, "writers": 0}),
         }
     )
     return out

@@ -235,12 +235,14 @@ class Client:
 
     def _open(
         self, path: PathArg, flags: int, perm: int, cred: Cred
-    ) -> tuple[Connection, int, Attr]:
+    ) -> tuple[Connection, int, Attr, int]:
+        """Open on the server: the connection, the handle, the file's attributes and
+        how many handles of other clients have it open for writing."""
         conn = self.connection()
         reply = conn.call(
             Command.OPEN, path, cred=cred, path=encode_path(path), flags=flags, mode=perm
         )
-        return conn, reply.oid, reply["attr"]
+        return conn, reply.oid, reply["attr"], reply["writers"]
 
     def close(self) -> None:
         for f in list(self._lock_files.values()):

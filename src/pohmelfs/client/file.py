@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..protocol import Attr, Command, Cred
 from .connection import Connection, Transaction
@@ -26,6 +26,11 @@ CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
 WINDOW = 16  # requests of one transfer in flight at once
 WRITE_BEHIND_BYTES = 32 << 20  # unanswered write-behind data per file, at most
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+
+
+class CacheGrant(NamedTuple):
+    attr: Attr  # the file as it is once every conflicting holder has written back
+    writers: int  # handles of other clients open for writing it
 
 
 class RemoteFile(io.RawIOBase):
@@ -50,8 +55,9 @@ class RemoteFile(io.RawIOBase):
         self._behind_count = 0
         self._behind_error: OSError | None = None
         self.on_revoke: Callable[[int, int, int], None] | None = None
-        self._conn, self._oid, attr = client._open(path, flags, perm, self._cred)
+        self._conn, self._oid, attr, writers = client._open(path, flags, perm, self._cred)
         self.attr: Attr = attr
+        self.writers_elsewhere = writers  # other clients' handles open for writing, at open
         self._pos = attr.size if flags & os.O_APPEND else 0
 
     # --- the handle, reopened after a reconnect ------------------------------
@@ -66,7 +72,7 @@ class RemoteFile(io.RawIOBase):
             return conn, self._oid
         with self._lock:
             if self._conn.closed:
-                self._conn, self._oid, _ = self._client._open(
+                self._conn, self._oid, _, _ = self._client._open(
                     self.name, self._flags & REOPEN_MASK, 0, self._cred
                 )
             return self._conn, self._oid
@@ -290,13 +296,14 @@ class RemoteFile(io.RawIOBase):
 
     # --- cache locks ----------------------------------------------------------------
 
-    def cache_lock(self, exclusive: bool = False, start: int = 0, length: int = 0) -> Attr:
+    def cache_lock(self, exclusive: bool = False, start: int = 0, length: int = 0) -> CacheGrant:
         """Ask the server for a cache lock on a range (length 0: to the end).
 
         Shared: this client may serve reads of the range from a cache. Exclusive:
         it may also keep writes back. Other clients' conflicting locks are
         revoked first (they write back and drop their caches). The grant carries
-        the file's attributes as they are now. ``on_revoke(keep, start, length)``,
+        the file's attributes as they are now, and how many handles of other
+        clients have it open for writing. ``on_revoke(keep, start, length)``,
         if set, runs when the server takes the lock back, after unanswered
         writes have reached the server; ``keep`` is 0 (shared) or 2 (nothing).
         """
@@ -304,8 +311,8 @@ class RemoteFile(io.RawIOBase):
         self._client._cached[(id(conn), oid)] = self
         tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
                         type=1 if exclusive else 0)  # fmt: skip
-        attr: Attr = conn.wait(tx, self.name, forever=True)["attr"]
-        return attr
+        reply = conn.wait(tx, self.name, forever=True)
+        return CacheGrant(reply["attr"], reply["writers"])
 
     def cache_release(self, start: int = 0, length: int = 0) -> None:
         conn, oid = self.handle()

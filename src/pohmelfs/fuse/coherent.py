@@ -45,7 +45,7 @@ class CacheState:
             if via is None or via.closed:
                 via = self._via[node.nodeid] = f
         via.on_revoke = lambda keep, _start, _length: self._revoked(node.nodeid, keep)
-        attr = via.cache_lock(exclusive=exclusive)  # may wait while others give theirs up
+        attr = via.cache_lock(exclusive=exclusive).attr  # may wait while others give theirs up
         version = (attr.size, attr.mtime_ns, attr.ctime_ns)
         with self._cond:
             self._state[node.nodeid] = max(self._state.get(node.nodeid, NONE), want)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 KERNEL_MAJOR = 7
-OUR_MINOR = 38  # the highest minor whose struct layouts this module implements
+# The highest minor this module implements. 7.39 added only FUSE_STATX (answered
+# ENOSYS, after which the kernel stops asking) and the DIRECT_IO_ALLOW_MMAP flag.
+OUR_MINOR = 39
 ROOT_ID = 1
 
 
@@ -109,6 +111,7 @@ EXPLICIT_INVAL_DATA = 1 << 25
 SETXATTR_EXT = 1 << 29
 HANDLE_KILLPRIV_V2 = 1 << 28
 INIT_EXT = 1 << 30
+DIRECT_IO_ALLOW_MMAP = 1 << 36  # 7.39: shared mmap of FOPEN_DIRECT_IO files
 
 # setattr valid bits
 FATTR_MODE = 1 << 0

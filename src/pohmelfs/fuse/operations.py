@@ -67,6 +67,7 @@ class Operations:
     def __init__(self, client: Client, options: Options | None = None) -> None:
         self.client = client
         self.opts = options or Options()
+        self.kernel_flags = 0  # what INIT negotiated (set by the session)
         root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
         self.nodes = NodeTable(root.ino)
         self.files: dict[int, RemoteFile] = {}
@@ -353,7 +354,21 @@ class Operations:
             self.cache.ensure(node, f, exclusive=False)
             if self.cache.keep_cache(node.nodeid):
                 open_flags = k.FOPEN_KEEP_CACHE
+            open_flags |= self._direct_io(f)
         reply.ok(k.pack_open(fh, open_flags))
+
+    def _direct_io(self, f: RemoteFile) -> int:
+        """Under ``coherent``, a file open for writing here or on another client
+        bypasses the page cache: the kernel then sends each write(2) as one WRITE (a
+        cached write is split at the first partial page it lacks) and each read(2) as
+        one READ (a cached read may take its pages from before and after a
+        revocation), both atomic under the server's range locks. Shared mmap still
+        works (DIRECT_IO_ALLOW_MMAP, 7.39); without that, files stay cached."""
+        if not self.kernel_flags & k.DIRECT_IO_ALLOW_MMAP:
+            return 0
+        if f.writable() or f.writers_elsewhere:
+            return k.FOPEN_DIRECT_IO
+        return 0
 
     def op_create(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
@@ -362,12 +377,14 @@ class Operations:
         f = self._open_remote(req, path, flags, req.args.mode & 0o7777)
         node = self.nodes.remember(parent, name, f.attr.ino, f.attr.nlink)
         fh = self._new_file(f, node)
+        open_flags = 0
         if self.cache is not None:
             self.cache.ensure(node, f, exclusive=False)
             self.cache.keep_cache(node.nodeid)
+            open_flags = self._direct_io(f)
         entry = k.pack_entry(node.nodeid, 0, kernel_attr(f.attr), self.opts.entry_timeout,
                              self.opts.attr_timeout)  # fmt: skip
-        reply.ok(entry, k.pack_open(fh))
+        reply.ok(entry, k.pack_open(fh, open_flags))
 
     def op_read(self, req: k.Request, reply: Replier) -> None:
         a = req.args

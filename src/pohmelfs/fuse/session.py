@@ -27,6 +27,7 @@ WANTED_FLAGS = (
     k.ASYNC_READ | k.ATOMIC_O_TRUNC | k.BIG_WRITES | k.DO_READDIRPLUS | k.READDIRPLUS_AUTO
     | k.PARALLEL_DIROPS | k.MAX_PAGES | k.AUTO_INVAL_DATA | k.ASYNC_DIO | k.ABORT_ERROR
     | k.CACHE_SYMLINKS | k.INIT_EXT | k.HANDLE_KILLPRIV_V2 | k.POSIX_LOCKS | k.FLOCK_LOCKS
+    | k.DIRECT_IO_ALLOW_MMAP
 )  # fmt: skip
 
 
@@ -69,7 +70,8 @@ class FuseSession:
                 log.warning("request %d before INIT", req.opcode)
                 continue
             break
-        major, minor, max_readahead, flags, _flags2 = k.parse_init(req)
+        major, minor, max_readahead, flags, flags2 = k.parse_init(req)
+        flags |= flags2 << 32
         write = self._writer(self.fd)
         if major != k.KERNEL_MAJOR:
             # Tell the kernel our major; it will retry or give up.
@@ -77,9 +79,12 @@ class FuseSession:
             raise OSError(errno.EPROTO, f"kernel FUSE major {major} not supported")
         self.minor = min(minor, k.OUR_MINOR)
         wanted = WANTED_FLAGS | (k.WRITEBACK_CACHE if self.ops.opts.writeback else 0)
+        if self.minor < 39:
+            wanted &= ~k.DIRECT_IO_ALLOW_MMAP
         self.flags = flags & wanted
+        self.ops.kernel_flags = self.flags
         out = k.pack_init(self.minor, max(max_readahead, MAX_WRITE), self.flags, 64, 48,
-                          MAX_WRITE, 1, MAX_PAGES)  # fmt: skip
+                          MAX_WRITE, 1, MAX_PAGES, self.flags >> 32)  # fmt: skip
         write(k.reply_parts(req.unique, 0, out))
         log.debug("INIT: kernel 7.%d flags %#x, negotiated 7.%d flags %#x", minor, flags,
                   self.minor, self.flags)  # fmt: skip

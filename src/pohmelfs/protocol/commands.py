@@ -148,7 +148,7 @@ REPLIES.update(
         _C.STATFS: (("statfs", "statfs"),),
         _C.LOOKUP: _ATTR_REPLY,
         _C.READDIR: (("entries", "entries"),),
-        _C.OPEN: _ATTR_REPLY,
+        _C.OPEN: (("attr", "attr"), ("writers", "u32")),  # writers: on other clients
         _C.READ: (DATA,),
         _C.FSTAT: _ATTR_REPLY,
         _C.MKDIR: _ATTR_REPLY,
@@ -158,7 +158,7 @@ REPLIES.update(
         _C.MKNOD: _ATTR_REPLY,
         _C.READLINK: (("target", "name"),),
         _C.GETXATTR: (("value", "blob"),),
-        _C.CACHE: (("attr", "attr"),),
+        _C.CACHE: (("attr", "attr"), ("writers", "u32")),  # writers: on other clients
         _C.GETLK: (("type", "u32"), ("pid", "u32")),  # a conflicting lock: offset, length
         _C.LISTXATTR: (("names", "names"),),
     }

@@ -101,13 +101,15 @@ class LockRequests:
         if m["type"] == cachelocks.RELEASE:
             try:
                 self.server.cache.release(h.key, owner, m.offset, end)
-                return p.reply(m, attr=attr_of(os.fstat(h.fd)))
+                writers = self.server.writers_elsewhere(h.key, self.sid)
+                return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
             finally:
                 self._release(h)
 
         def grant() -> Message:  # revoking others takes their round trips
             self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
-            return p.reply(m, attr=attr_of(os.fstat(h.fd)))
+            writers = self.server.writers_elsewhere(h.key, self.sid)
+            return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
 
         self._answer_later(m, h, grant)
         return None

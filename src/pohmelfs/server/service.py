@@ -277,7 +277,7 @@ class Session(LockRequests):
             last = h.refs == 0
         if last:
             if h.writable:
-                self.server.writer_closed(h.key)
+                self.server.writer_closed(h.key, self.sid)
             os.close(h.fd)
 
     def _on_object(self, m: Message, fn: Callable[[int | None], object],
@@ -317,12 +317,12 @@ class Session(LockRequests):
         h = _Handle(fd, bool(m["flags"] & os.O_APPEND), stat.S_ISREG(st.st_mode),
                     (st.st_dev, st.st_ino), writable)  # fmt: skip
         if writable:
-            self.server.writer_opened(h.key)
+            self.server.writer_opened(h.key, self.sid)
         with self.handles_lock:
             oid = self.next_handle
             self.next_handle += 1
             self.handles[oid] = h
-        return p.reply(m, oid=oid, attr=attr)
+        return p.reply(m, oid=oid, attr=attr, writers=self.server.writers_elsewhere(h.key, self.sid))
 
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
@@ -460,6 +460,7 @@ class Server:
         self.cache = cachelocks.CacheLocks(lease)
         self.session_ids = itertools.count(1)
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
+        self._session_writers = collections.Counter[tuple[tuple[int, int], int]]()
         self.pool = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="pohmelfs-worker",
@@ -517,15 +518,22 @@ class Server:
                     return s
         return None
 
-    def writer_opened(self, key: tuple[int, int]) -> None:
+    def writer_opened(self, key: tuple[int, int], sid: int) -> None:
         with self._lock:
             self.writers[key] += 1
+            self._session_writers[key, sid] += 1
 
-    def writer_closed(self, key: tuple[int, int]) -> None:
+    def writer_closed(self, key: tuple[int, int], sid: int) -> None:
         with self._lock:
-            self.writers[key] -= 1
-            if self.writers[key] <= 0:
-                del self.writers[key]
+            for counter, k in ((self.writers, key), (self._session_writers, (key, sid))):
+                counter[k] -= 1  # type: ignore[index]
+                if counter[k] <= 0:  # type: ignore[index]
+                    del counter[k]  # type: ignore[attr-defined]
+
+    def writers_elsewhere(self, key: tuple[int, int], sid: int) -> int:
+        """How many handles of other sessions have the file open for writing."""
+        with self._lock:
+            return self.writers[key] - self._session_writers[key, sid]
 
     def forget(self, session: Session) -> None:
         with self._lock:
