@@ -189,7 +189,8 @@ class Mounted:
 @pytest.fixture(scope="module")
 def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
     """One server and mount shared by a test module (allow_other, default_permissions)."""
-    m = Mounted(tmp_path_factory.mktemp("mounted"), "allow_other")
+    extra = os.environ.get("POHMELFS_TEST_MOUNT_OPTIONS", "").split()  # to try other modes
+    m = Mounted(tmp_path_factory.mktemp("mounted"), "allow_other", *extra)
     yield m
     m.stop()
 

@@ -123,3 +123,34 @@ def test_release_and_disconnect_free_the_lock(server: Server) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_plain_requests_of_other_clients_revoke_holders_first(server: Server) -> None:
+    """A client that holds no cache lock still sees what a holder has cached: its
+    read, fstat and stat make an exclusive holder write back (and keep a shared
+    lock), its write makes every holder write back and drop its cache."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        fa = a.open("/f", "w+b", buffering=0)
+        fa.cache_lock(exclusive=True)
+        revokes: list[int] = []
+
+        def write_back(keep: int, _start: int, _length: int) -> None:
+            revokes.append(keep)
+            if len(revokes) == 1:  # dirty data a holder kept back until asked
+                fa.pwrite(b"kept back by a", 0)
+
+        fa.on_revoke = write_back
+        assert b.stat("/f").st_size == 14  # b's stat waited for a's write-back
+        assert revokes == [SHARED]
+        fb = b.open("/f", "r+b", buffering=0)
+        assert fb.pread(100, 0) == b"kept back by a"
+        assert fb.fstat().size == 14 and revokes == [SHARED]  # a is no writer now
+        fb.pwrite(b"B", 0)  # a write: a's shared lock goes, so a's cache is dropped
+        assert revokes == [SHARED, RELEASE]
+        assert not server.cache._held  # nobody caches /f now
+        fa.close()
+        fb.close()
+    finally:
+        a.close()
+        b.close()

@@ -162,3 +162,64 @@ def test_torn_checker_sees_a_seam() -> None:
     assert _slot(b"\x07" * SLOT) == (True, "")
     ok, why = _slot(b"\x07" * 4096 + b"\x09" * (SLOT - 4096))
     assert not ok and "byte 4096" in why
+
+
+def test_name_missed_just_before_another_mount_created_it(cm: TwoMounts) -> None:
+    assert not (cm.b / "late").exists()  # b looks the name up and misses
+    fd = os.open(cm.a / "late", os.O_WRONLY | os.O_CREAT, 0o644)  # returns: created
+    try:
+        assert (cm.b / "late").exists()
+        assert "late" in os.listdir(cm.b)
+    finally:
+        os.close(fd)
+
+
+def test_removed_and_renamed_names_are_gone_for_the_other_mount(cm: TwoMounts) -> None:
+    (cm.a / "old").write_bytes(b"old file")
+    (cm.a / "keep").write_bytes(b"first")
+    assert (cm.b / "old").read_bytes() == b"old file"  # b knows both names
+    first = os.stat(cm.b / "keep")
+    os.unlink(cm.a / "old")
+    assert not (cm.b / "old").exists()
+    with pytest.raises(FileNotFoundError):
+        os.open(cm.b / "old", os.O_RDONLY)
+    (cm.a / "new").write_bytes(b"second, renamed over")
+    os.rename(cm.a / "new", cm.a / "keep")
+    st = os.stat(cm.b / "keep")
+    assert st.st_ino != first.st_ino and st.st_size == len(b"second, renamed over")
+    assert (cm.b / "keep").read_bytes() == b"second, renamed over"
+    assert not (cm.b / "new").exists()
+
+
+def test_stat_by_name_sees_size_of_a_write_that_returned(cm: TwoMounts) -> None:
+    fd = os.open(cm.a / "grows", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for i in range(1, 40):
+            os.pwrite(fd, b"x" * 1000, i * 1000)  # written behind under a's lock
+            assert os.stat(cm.b / "grows").st_size == (i + 1) * 1000
+        os.ftruncate(fd, 10)
+        assert os.stat(cm.b / "grows").st_size == 10
+    finally:
+        os.close(fd)
+
+
+def test_three_clients_two_mounts_and_a_library_client(cm: TwoMounts) -> None:
+    from pohmelfs import Client
+
+    (cm.a / "shared").write_bytes(b"\0" * 64)
+    with Client([cm.server.address]) as lib, lib.open("/shared", "r+b", buffering=0) as f:
+        wa = os.open(cm.a / "shared", os.O_RDWR)
+        rb = os.open(cm.b / "shared", os.O_RDONLY)
+        try:
+            for i in range(20):
+                mine = f"mount a {i:03d}".encode()
+                os.pwrite(wa, mine, 0)  # a holds the exclusive lock and writes behind
+                assert f.pread(len(mine), 0) == mine  # the library client holds no lock
+                assert os.pread(rb, len(mine), 0) == mine
+                theirs = f"library {i:03d}".encode()
+                f.pwrite(theirs, 16)  # a plain write: both mounts' caches are dropped
+                assert os.pread(rb, len(theirs), 16) == theirs
+                assert os.pread(wa, len(theirs), 16) == theirs
+        finally:
+            os.close(wa)
+            os.close(rb)

@@ -62,6 +62,15 @@ class MountConfig:
                     raise ValueError(f"unknown mount option {key!r}")
         if not cfg.servers:
             raise ValueError("no server given")
+        if cfg.coherent:
+            if (cfg.attr_timeout, cfg.entry_timeout) != (1.0, 1.0):
+                raise ValueError("coherent caches names and attributes by its own rules: "
+                                 "drop attr_timeout and entry_timeout")  # fmt: skip
+            # Every path walk looks each name up again (entry timeout 0), and each
+            # lookup brings fresh attributes; so attributes may stay for a second:
+            # only a stat by name or by descriptor reads them, and the first comes
+            # after a lookup, the second through a handle under a cache lock.
+            cfg.entry_timeout = 0.0
         return cfg
 
 

@@ -221,6 +221,17 @@ class Operations:
             f = self._handle_of(node, fh)
             if f is not None:
                 self.cache.ensure(node, f, exclusive=False)
+            if fh is None and node.nodeid != ROOT_ID and node.linked:
+                # A stat by name: the name may mean another file by now. (The
+                # server makes a writer on another client write back first.)
+                try:
+                    attr = self.call(Command.LOOKUP, req, node.path())["attr"]
+                except FileNotFoundError:
+                    raise _stale(node) from None
+                if attr.ino != node.ino:
+                    raise _stale(node)
+                reply.ok(self.attr_out(attr, node.nodeid))
+                return
         try:
             attr = self.object_attr(req, node, fh)
         except FileNotFoundError:

@@ -58,23 +58,55 @@ class CacheLocks:
         keep = SHARED if type_ == SHARED else RELEASE
         with self._cond:
             self.fenced.discard(owner)
-            while True:
-                conflicts = self._conflicts(key, owner, type_, start, end)
-                if not conflicts:
-                    self._put(key, Holder(owner, type_, start, end))
-                    self._cond.notify_all()
-                    return
-                to_ask = [h for h in conflicts if not h.revoking]
-                for h in to_ask:
-                    h.revoking = True
-                if to_ask:
-                    self._cond.release()
-                    try:
-                        for h in to_ask:
-                            self._ask(key, h, keep, revoke)
-                    finally:
-                        self._cond.acquire()
-                self._cond.wait(0.05)
+            self._clear(key, lambda: self._conflicts(key, owner, type_, start, end), keep, revoke)
+            self._put(key, Holder(owner, type_, start, end))
+            self._cond.notify_all()
+
+    def _elsewhere(self, key: object, session: int, write: bool, start: int,
+                   end: int) -> list[Holder]:  # fmt: skip
+        return [
+            h
+            for h in self._held.get(key, ())
+            if h.owner[0] != session and h.start < end and start < h.end
+            and (write or h.type == EXCLUSIVE)
+        ]  # fmt: skip
+
+    def conflicting(self, key: object, session: int, write: bool, start: int, end: int) -> bool:
+        """Would a plain read (or write) of the range by ``session`` conflict with
+        other sessions' cache locks?"""
+        if not self._held:  # no cache locks anywhere: the common case, without the lock
+            return False
+        with self._cond:
+            return bool(self._elsewhere(key, session, write, start, end))
+
+    def settle(self, key: object, session: int, write: bool, start: int, end: int,
+               revoke: Revoker) -> None:  # fmt: skip
+        """Make a plain request of ``session`` safe against other sessions' caches:
+        exclusive holders write back (and keep a shared lock) before a read; every
+        holder writes back and drops its cache before a write (blocks)."""
+        keep = RELEASE if write else SHARED
+        with self._cond:
+            self._clear(key, lambda: self._elsewhere(key, session, write, start, end), keep,
+                        revoke)  # fmt: skip
+
+    def _clear(self, key: object, conflicts_now: Callable[[], list[Holder]], keep: int,
+               revoke: Revoker) -> None:  # fmt: skip
+        """Revoke until ``conflicts_now()`` is empty (called and returns with the lock)."""
+        while True:
+            conflicts = conflicts_now()
+            if not conflicts:
+                return
+            to_ask = [h for h in conflicts if not h.revoking]
+            for h in to_ask:
+                h.revoking = True
+            if to_ask:
+                self._cond.release()
+                try:
+                    for h in to_ask:
+                        self._ask(key, h, keep, revoke)
+                finally:
+                    self._cond.acquire()
+            self._cond.wait(0.05)
 
     def _ask(self, key: object, h: Holder, keep: int, revoke: Revoker) -> None:
         answered = threading.Event()

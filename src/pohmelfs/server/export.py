@@ -190,8 +190,11 @@ class LocalExport:
         )
 
     def lookup(self, path: bytes) -> Attr:
+        return attr_of(self.stat(path))
+
+    def stat(self, path: bytes) -> os.stat_result:
         with self._parent(path) as (dfd, name):
-            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
 
     def readdir(self, path: bytes, batch_bytes: int = 256 << 10) -> Iterator[list[DirEntry]]:
         """Yield the directory's entries with attributes, in batches whose

@@ -16,6 +16,7 @@ from .export import attr_of
 from .locks import UNLCK, Lock
 
 if TYPE_CHECKING:
+    from .export import LocalExport
     from .service import Server, _Handle
 
 
@@ -24,6 +25,7 @@ class LockRequests:
     ``send`` and the handle methods ``_acquire``/``_release``/``_with_handle``."""
 
     server: Server
+    export: LocalExport
     sid: int
     closed: bool
     peer: str
@@ -114,19 +116,45 @@ class LockRequests:
         self._answer_later(m, h, grant)
         return None
 
-    def _answer_later(self, m: Message, h: _Handle, work: Callable[[], Message]) -> None:
+    def _plain(self, m: Message, h: _Handle | None, key: object, write: bool, start: int,
+               end: int, run: Callable[[], Message | None]) -> Message | None:  # fmt: skip
+        """Run a read or write of a range that the client may hold no cache lock on:
+        other clients' cached copies go first (an exclusive holder writes back before
+        a read; every holder writes back and drops its cache before a write). A
+        read that has to wait for that waits on a thread of its own; a write waits
+        here, because the connection's writes must be applied in order."""
+        cache = self.server.cache
+        if not cache.conflicting(key, self.sid, write, start, end):
+            return run()
+        if write:
+            cache.settle(key, self.sid, True, start, end, self._revoke)
+            return run()
+
+        def settled() -> Message | None:
+            cache.settle(key, self.sid, False, start, end, self._revoke)
+            return run()
+
+        self._answer_later(m, None if h is None else self._acquire(m.oid), settled)
+        return None
+
+    def _answer_later(self, m: Message, h: _Handle | None,
+                      work: Callable[[], Message | None]) -> None:  # fmt: skip
         """Run a request that may wait long on a thread of its own (never the
         connection's reader: the answers it waits for arrive there), then reply."""
 
         def run() -> None:
             try:
+                if "cred" in m.fields:
+                    self.export.act_as(m["cred"])
                 out = work()
             except OSError as e:
                 out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
             finally:
-                self._release(h)
+                if h is not None:
+                    self._release(h)
             try:
-                self.send(out)
+                if out is not None:
+                    self.send(out)
             except OSError:
                 pass
 

@@ -71,7 +71,7 @@ class Session(LockRequests):
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
-            Command.LOOKUP: lambda m: p.reply(m, attr=self.export.lookup(m["path"])),
+            Command.LOOKUP: self._lookup,
             Command.READDIR: self._readdir,
             Command.OPEN: self._open,
             Command.CLOSE: self._close,
@@ -84,7 +84,7 @@ class Session(LockRequests):
             Command.LOCK: self._lock,
             Command.GETLK: self._getlk,
             Command.CACHE: self._cache,
-            Command.TRUNCATE: lambda m: self._done(m, self.export.truncate(m["path"], m.offset)),
+            Command.TRUNCATE: self._truncate,
             Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
             Command.MAKEDIRS: lambda m: p.reply(
                 m, attr=self.export.makedirs(m["path"], m["mode"], m["parent_mode"])
@@ -322,7 +322,8 @@ class Session(LockRequests):
             oid = self.next_handle
             self.next_handle += 1
             self.handles[oid] = h
-        return p.reply(m, oid=oid, attr=attr, writers=self.server.writers_elsewhere(h.key, self.sid))
+        writers = self.server.writers_elsewhere(h.key, self.sid)
+        return p.reply(m, oid=oid, attr=attr, writers=writers)
 
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
@@ -340,8 +341,28 @@ class Session(LockRequests):
         finally:
             self._release(h)
 
+    def _lookup(self, m: Message) -> Message | None:
+        st = self.export.stat(m["path"])
+        key = (st.st_dev, st.st_ino)
+        if not stat.S_ISREG(st.st_mode) or not self.server.cache.conflicting(
+            key, self.sid, False, 0, END
+        ):
+            return p.reply(m, attr=attr_of(st))
+        return self._plain(m, None, key, False, 0, END,
+                           lambda: p.reply(m, attr=self.export.lookup(m["path"])))  # fmt: skip
+
+    def _truncate(self, m: Message) -> Message | None:
+        st = self.export.stat(m["path"])
+        key = (st.st_dev, st.st_ino)
+        truncate = lambda: self._done(m, self.export.truncate(m["path"], m.offset))  # noqa: E731
+        return self._plain(m, None, key, True, 0, END, truncate)
+
     def _fstat(self, m: Message) -> Message | None:
-        return self._with_handle(m, lambda h: p.reply(m, attr=attr_of(os.fstat(h.fd))))
+        def fstat(h: _Handle) -> Message | None:
+            get = lambda: p.reply(m, attr=attr_of(os.fstat(h.fd)))  # noqa: E731
+            return self._plain(m, h, h.key, False, 0, END, get)
+
+        return self._with_handle(m, fstat)
 
     def _ftruncate(self, m: Message) -> Message | None:
         self._check_not_fenced(m)
@@ -353,7 +374,8 @@ class Session(LockRequests):
                 os.ftruncate(h.fd, m.offset)
             return p.reply(m)
 
-        return self._with_handle(m, truncate)
+        return self._with_handle(m, lambda h: self._plain(m, h, h.key, True, 0, END,
+                                                          lambda: truncate(h)))  # fmt: skip
 
     def _fallocate(self, m: Message) -> Message | None:
         self._check_not_fenced(m)
@@ -365,7 +387,8 @@ class Session(LockRequests):
                 linux.fallocate(h.fd, m["mode"], m.offset, m.length)
             return p.reply(m)
 
-        return self._with_handle(m, allocate)
+        return self._with_handle(m, lambda h: self._plain(m, h, h.key, True, 0, END,
+                                                          lambda: allocate(h)))  # fmt: skip
 
     def _fsync(self, m: Message) -> Message | None:
         sync = os.fdatasync if m["datasync"] else os.fsync
@@ -389,12 +412,21 @@ class Session(LockRequests):
                 end = m.offset + done
             return p.reply(m, length=done, offset=end)
 
-        return self._with_handle(m, write)
+        def plain(h: _Handle) -> Message | None:
+            start, end = (0, END) if h.append else (m.offset, m.offset + len(m["data"]))
+            return self._plain(m, h, h.key, True, start, end, lambda: write(h))
+
+        return self._with_handle(m, plain)
 
     def _read(self, m: Message) -> Message | None:
         if m.length > self.max_payload:
             raise OSError(errno.EINVAL, f"read of {m.length} bytes exceeds {self.max_payload}")
-        return self._with_handle(m, lambda h: self._send_read(m, h))
+
+        def read(h: _Handle) -> Message | None:
+            send = lambda: self._send_read(m, h)  # noqa: E731
+            return self._plain(m, h, h.key, False, m.offset, m.offset + m.length, send)
+
+        return self._with_handle(m, read)
 
     def _send_read(self, m: Message, h: _Handle) -> None:
         # Zero-copy sendfile hands the kernel references to page-cache pages that
