@@ -223,3 +223,28 @@ def test_three_clients_two_mounts_and_a_library_client(cm: TwoMounts) -> None:
         finally:
             os.close(wa)
             os.close(rb)
+
+
+def test_shared_mmap_of_a_written_file_stays_coherent(cm: TwoMounts) -> None:
+    import mmap
+
+    (cm.a / "mapped").write_bytes(b"a" * 8192)
+    reader = os.open(cm.a / "mapped", os.O_RDONLY)  # page-cached open
+    mfd = os.open(cm.a / "mapped", os.O_RDWR)  # direct I/O, and still mappable
+    writer = os.open(cm.a / "mapped", os.O_RDWR)
+    try:
+        assert os.pread(reader, 4, 0) == b"aaaa"
+        with mmap.mmap(mfd, 8192) as mm:
+            assert mm[:4] == b"aaaa"
+            os.pwrite(writer, b"bbbb", 0)
+            assert os.pread(reader, 4, 0) == b"bbbb" and mm[:4] == b"bbbb"
+            mm[4:8] = b"cccc"
+            mm.flush()  # msync returned: the other mount sees it
+            assert (cm.b / "mapped").read_bytes()[:8] == b"bbbbcccc"
+            other = os.open(cm.b / "mapped", os.O_RDWR)
+            os.pwrite(other, b"dddd", 0)
+            os.close(other)
+            assert mm[:4] == b"dddd" and os.pread(reader, 4, 0) == b"dddd"
+    finally:
+        for fd in (reader, mfd, writer):
+            os.close(fd)

@@ -276,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mount the export served at HOST:PORT on MOUNTPOINT. Returns once the "
         "mount is ready and keeps serving it in the background; stop with "
         "'pohmelfs umount MOUNTPOINT'. Options (-o, comma-separated): allow_other, "
-        "no_default_permissions, attr_timeout=S, entry_timeout=S, timeout=S (network), "
-        "threads=N, readahead_kib=N.",
+        "no_default_permissions, timeout=S (network), threads=N, readahead_kib=N, "
+        "nocoherent (close-to-open caching instead of cached locks; then attr_timeout=S, "
+        "entry_timeout=S).",
     )
     mount.add_argument("servers", metavar="HOST:PORT[,HOST:PORT...]")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")

@@ -31,7 +31,7 @@ class MountConfig:
     readahead_kib: int = 1024
     splice: bool = False
     writeback: bool = False
-    coherent: bool = False
+    coherent: bool = True  # cached locks; nocoherent: close-to-open with time-outs
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -51,8 +51,8 @@ class MountConfig:
                     setattr(cfg, key, True)
                 elif key == "no_writeback":
                     cfg.writeback = False
-                elif key == "coherent":
-                    cfg.coherent = True
+                elif key in ("coherent", "nocoherent"):
+                    cfg.coherent = key == "coherent"
                 elif key in ("threads", "readahead_kib"):
                     setattr(cfg, key, _number(key, value, int))
                 elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
@@ -63,9 +63,8 @@ class MountConfig:
         if not cfg.servers:
             raise ValueError("no server given")
         if cfg.coherent:
-            if (cfg.attr_timeout, cfg.entry_timeout) != (1.0, 1.0):
-                raise ValueError("coherent caches names and attributes by its own rules: "
-                                 "drop attr_timeout and entry_timeout")  # fmt: skip
+            if cfg.entry_timeout != 1.0:
+                raise ValueError("entry_timeout applies only with -o nocoherent")
             # Every path walk looks each name up again (entry timeout 0), and each
             # lookup brings fresh attributes; so attributes may stay for a second:
             # only a stat by name or by descriptor reads them, and the first comes

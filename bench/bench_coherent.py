@@ -1,0 +1,234 @@
+"""Coherency benchmarks: what cached locks buy and what they cost.
+
+Starts its own server on 127.0.0.1 and mounts of it, then measures:
+
+- re-read: reading a file again on a mount that holds its read lock, against
+  reading a local file already in the page cache (the ceiling), as a ratio;
+- handoffs: two mounts (and, for comparison, two library clients) taking turns
+  writing one 4 KiB record of a shared file, each waiting to see the other's
+  write before writing its own: handoffs per second;
+- sequential write and 10,000 creates on a coherent mount against a mount with
+  close-to-open caching (``-o nocoherent``), to show what coherency costs.
+
+    python bench/bench_coherent.py [--size-mib 1024] [--files 10000] [--seconds 5]
+
+Run as root (mounting). Prints one line per figure and, with --json, all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MiB = 1 << 20
+RECORD = 4096
+POHMELFS = [sys.executable, "-m", "pohmelfs"]
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Setup:
+    """A server and named mounts of its export; stopped by PID on exit."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.export = tmp / "export"
+        self.export.mkdir()
+        pidfile = tmp / "server.pid"
+        port = _free_port()
+        self.address = f"127.0.0.1:{port}"
+        subprocess.run([*POHMELFS, "serve", str(self.export), "--listen", self.address,
+                        "--daemon", "--pid-file", str(pidfile), "--log-file",
+                        str(tmp / "server.log")], check=True)  # fmt: skip
+        self.server_pid = int(pidfile.read_text())
+        self.mounts: list[Path] = []
+
+    def mount(self, name: str, *options: str) -> Path:
+        path = self.tmp / name
+        path.mkdir()
+        argv = [*POHMELFS, "mount", self.address, str(path), "--log-file",
+                str(self.tmp / f"{name}.log")]  # fmt: skip
+        for opt in options:
+            argv += ["-o", opt]
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        self.mounts.append(path)
+        return path
+
+    def stop(self) -> None:
+        for path in self.mounts:
+            subprocess.run([*POHMELFS, "umount", str(path)], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            if os.path.ismount(path):
+                subprocess.run(["umount", "-l", str(path)], check=False)
+        try:
+            os.kill(self.server_pid, 15)
+        except ProcessLookupError:
+            pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_file(path: Path, size: int) -> float:
+    block = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    start = time.perf_counter()
+    try:
+        for _ in range(size // MiB):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def _read_file(path: Path) -> float:
+    buf = bytearray(MiB)
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    return time.perf_counter() - start
+
+
+def reread(setup: Setup, mount: Path, size: int) -> dict[str, float]:
+    local = setup.tmp / "local.dat"
+    _write_file(local, size)
+    _write_file(mount / "reread.dat", size)
+    _read_file(local)
+    _read_file(mount / "reread.dat")  # the first read fills the page cache
+    best_local = min(_read_file(local) for _ in range(3))
+    best_mount = min(_read_file(mount / "reread.dat") for _ in range(3))
+    local.unlink()
+    (mount / "reread.dat").unlink()
+    out = {
+        "reread_mount_MBps": size / best_mount / 1e6,
+        "reread_local_MBps": size / best_local / 1e6,
+    }
+    out["reread_ratio"] = out["reread_mount_MBps"] / out["reread_local_MBps"]
+    return out
+
+
+HANDOFF = r"""
+import os, sys, time
+path, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+fd = os.open(path, os.O_RDWR)
+turns = 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    record = os.pread(fd, 4096, 0)
+    n = int(record[:12])
+    if n % 2 != me:
+        continue
+    if record.count(record[12:13]) < 4096 - 12:
+        sys.exit(f"torn record at turn {n}")
+    os.pwrite(fd, b"%012d" % (n + 1) + bytes([65 + (n + 1) % 26]) * (4096 - 12), 0)
+    turns += 1
+print(turns)
+"""
+
+HANDOFF_LIB = r"""
+import sys, time
+from pohmelfs import Client
+address, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+turns = 0
+with Client([address]) as c, c.open("/handoff.rec", "r+b", buffering=0) as f:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        record = f.pread(4096, 0)
+        n = int(record[:12])
+        if n % 2 != me:
+            continue
+        f.pwrite(b"%012d" % (n + 1) + bytes([65 + (n + 1) % 26]) * (4096 - 12), 0)
+        turns += 1
+print(turns)
+"""
+
+
+def handoffs(setup: Setup, a: Path | None, b: Path | None, seconds: float) -> float:
+    """Turns per second of two clients writing one record in turn (mounts a and b,
+    or two library clients when they are None)."""
+    (setup.export / "handoff.rec").write_bytes(b"%012d" % 0 + b"A" * (RECORD - 12))
+    if a is None or b is None:
+        argvs = [[sys.executable, "-c", HANDOFF_LIB, setup.address, str(i), str(seconds)]
+                 for i in (0, 1)]  # fmt: skip
+    else:
+        argvs = [[sys.executable, "-c", HANDOFF, str(m / "handoff.rec"), str(i), str(seconds)]
+                 for i, m in enumerate((a, b))]  # fmt: skip
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for argv in argvs]
+    turns = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"handoff worker failed: {out}")
+        turns += int(out)
+    (setup.export / "handoff.rec").unlink()
+    return turns / seconds
+
+
+def creates(mount: Path, files: int) -> float:
+    d = mount / "creates"
+    d.mkdir()
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+    start = time.perf_counter()
+    for i in range(files):
+        os.close(os.open(d / f"f{i:05d}", flags, 0o644))
+    rate = files / (time.perf_counter() - start)
+    shutil.rmtree(d)
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="re-read and write size")
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per handoff run")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    size = args.size_mib * MiB
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="pohmelfs-bench-") as tmpdir:
+        setup = Setup(Path(tmpdir))
+        try:
+            a = setup.mount("a", "coherent")
+            b = setup.mount("b", "coherent")
+            plain = setup.mount("plain", "nocoherent")
+            results.update(reread(setup, a, size))
+            r = results
+            log(f"re-read {args.size_mib} MiB under a read lock: "
+                f"{r['reread_mount_MBps']:,.0f} MB/s; local page cache "
+                f"{r['reread_local_MBps']:,.0f} MB/s; ratio {r['reread_ratio']:.2f}")  # fmt: skip
+            results["handoffs_mounts"] = handoffs(setup, a, b, args.seconds)
+            results["handoffs_library"] = handoffs(setup, None, None, args.seconds)
+            log(f"4 KiB record handoffs/s: two mounts {results['handoffs_mounts']:,.0f}, "
+                f"two library clients {results['handoffs_library']:,.0f}")  # fmt: skip
+            for name, m in (("coherent", a), ("nocoherent", plain)):
+                w = _write_file(m / "seq.dat", size)
+                (m / "seq.dat").unlink()
+                results[f"seq_write_{name}_MBps"] = size / w / 1e6
+                results[f"creates_{name}"] = creates(m, args.files)
+                log(f"{name}: sequential write {results[f'seq_write_{name}_MBps']:,.0f} MB/s "
+                    f"(with fsync), {args.files} creates "
+                    f"{results[f'creates_{name}']:,.0f}/s")  # fmt: skip
+        finally:
+            setup.stop()
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
