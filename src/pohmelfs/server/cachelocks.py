@@ -62,6 +62,17 @@ class CacheLocks:
             self._put(key, Holder(owner, type_, start, end))
             self._cond.notify_all()
 
+    def try_acquire(self, key: object, owner: tuple[int, int], type_: int, start: int,
+                    end: int) -> bool:  # fmt: skip
+        """Grant at once if nothing conflicts (no revocation, so it never blocks)."""
+        with self._cond:
+            if self._conflicts(key, owner, type_, start, end):
+                return False
+            self.fenced.discard(owner)
+            self._put(key, Holder(owner, type_, start, end))
+            self._cond.notify_all()
+            return True
+
     def _elsewhere(self, key: object, session: int, write: bool, start: int,
                    end: int) -> list[Holder]:  # fmt: skip
         return [

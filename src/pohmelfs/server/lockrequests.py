@@ -108,6 +108,13 @@ class LockRequests:
             finally:
                 self._release(h)
 
+        if self.server.cache.try_acquire(h.key, owner, m["type"], m.offset, end):
+            try:  # the common case: nobody to revoke, so no thread to wait in
+                writers = self.server.writers_elsewhere(h.key, self.sid)
+                return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
+            finally:
+                self._release(h)
+
         def grant() -> Message:  # revoking others takes their round trips
             self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
             writers = self.server.writers_elsewhere(h.key, self.sid)
