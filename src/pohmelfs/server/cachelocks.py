@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-END = 1 << 63
+from .locks import END, carve
+
+__all__ = ["END", "EXCLUSIVE", "RELEASE", "SHARED", "CacheLocks", "Holder"]
 SHARED, EXCLUSIVE, RELEASE = 0, 1, 2
 
 
@@ -154,15 +156,13 @@ class CacheLocks:
 
     def _put(self, key: object, new: Holder) -> None:
         """Record ``new``, replacing the owner's own overlapping ranges."""
-        kept = []
-        for h in self._held.get(key, ()):
-            if h.owner != new.owner or h.end <= new.start or new.end <= h.start:
-                kept.append(h)
-                continue
-            if h.start < new.start:
-                kept.append(Holder(h.owner, h.type, h.start, new.start))
-            if new.end < h.end:
-                kept.append(Holder(h.owner, h.type, new.end, h.end))
+        kept = carve(
+            self._held.get(key, ()),
+            lambda h: h.owner == new.owner,
+            new.start,
+            new.end,
+            lambda h, start, end: Holder(h.owner, h.type, start, end),
+        )
         if new.type != RELEASE:
             kept.append(new)
         if kept:

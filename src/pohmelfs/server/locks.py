@@ -12,12 +12,39 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, Protocol, TypeVar
 
 END = 1 << 63  # "to the end of the file, whatever it becomes"
 
 RDLCK, WRLCK, UNLCK = 0, 1, 2  # as in the protocol (not the host's fcntl values)
+
+
+class _Range(Protocol):
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Range)
+
+
+def carve(held: Iterable[R], mine: Callable[[R], bool], start: int, end: int,
+          clip: Callable[[R, int, int], R]) -> list[R]:  # fmt: skip
+    """``held`` with ``[start, end)`` cut out of the ranges ``mine`` picks (the
+    parts outside it stay, made by ``clip(range, start, end)``); shared by the
+    advisory and the cache lock tables."""
+    kept: list[R] = []
+    for h in held:
+        if not mine(h) or h.end <= start or end <= h.start:
+            kept.append(h)
+            continue
+        if h.start < start:
+            kept.append(clip(h, h.start, start))
+        if end < h.end:
+            kept.append(clip(h, end, h.end))
+    return kept
 
 
 class Lock(NamedTuple):
@@ -70,17 +97,13 @@ class AdvisoryLocks:
             self._cond.notify_all()
 
     def _replace(self, key: object, want: Lock) -> None:
-        kept: list[Lock] = []
-        for held in self._locks.get(key, ()):
-            if held.owner != want.owner or held.flock != want.flock:
-                kept.append(held)
-            elif held.end <= want.start or want.end <= held.start:
-                kept.append(held)  # disjoint: unaffected
-            else:  # keep the parts outside the new range
-                if held.start < want.start:
-                    kept.append(held._replace(end=want.start))
-                if want.end < held.end:
-                    kept.append(held._replace(start=want.end))
+        kept = carve(
+            self._locks.get(key, ()),
+            lambda held: held.owner == want.owner and held.flock == want.flock,
+            want.start,
+            want.end,
+            lambda held, start, end: held._replace(start=start, end=end),
+        )
         if want.type != UNLCK:
             kept.append(want)
         if kept:
