@@ -82,15 +82,7 @@ class ServerProcess:
             time.sleep(0.2)  # the old port may take a moment to be free
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
+        return terminate(self.proc, 10)
 
 
 @pytest.fixture
@@ -98,6 +90,19 @@ def server_proc(export_dir: Path) -> Iterator[ServerProcess]:
     sp = ServerProcess(export_dir)
     yield sp
     sp.stop()
+
+
+def terminate(proc: subprocess.Popen[str], grace: float) -> int:
+    """Stop a child by PID: wake it if frozen, SIGTERM, then SIGKILL after ``grace``."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -137,14 +142,7 @@ class MountProcess:
     def stop(self) -> int | None:
         from pohmelfs.fuse import device
 
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        terminate(self.proc, 15)
         if device.is_mounted(str(self.mountpoint)):
             try:
                 device.unmount(str(self.mountpoint), lazy=True)
