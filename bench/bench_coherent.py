@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MiB = 1 << 20
+from bench_mount import MiB, free_port, read_file, write_file
+
 RECORD = 4096
 POHMELFS = [sys.executable, "-m", "pohmelfs"]
 
@@ -44,7 +45,7 @@ class Setup:
         self.export = tmp / "export"
         self.export.mkdir()
         pidfile = tmp / "server.pid"
-        port = _free_port()
+        port = free_port()
         self.address = f"127.0.0.1:{port}"
         subprocess.run([*POHMELFS, "serve", str(self.export), "--listen", self.address,
                         "--daemon", "--pid-file", str(pidfile), "--log-file",
@@ -75,34 +76,13 @@ class Setup:
             pass
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _write_file(path: Path, size: int) -> float:
-    block = os.urandom(MiB)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    start = time.perf_counter()
-    try:
-        for _ in range(size // MiB):
-            os.write(fd, block)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return time.perf_counter() - start
+    """Seconds to write ``size`` bytes in 1 MiB blocks, fsync and close."""
+    return sum(write_file(str(path), size, os.urandom(MiB)))
 
 
 def _read_file(path: Path) -> float:
-    buf = bytearray(MiB)
-    start = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-    return time.perf_counter() - start
+    return read_file(str(path))[1]
 
 
 def reread(setup: Setup, mount: Path, size: int) -> dict[str, float]:
@@ -123,38 +103,29 @@ def reread(setup: Setup, mount: Path, size: int) -> dict[str, float]:
     return out
 
 
+# One side of the handoff: TARGET is a path through a mount, or HOST:PORT for a
+# library client (which opens /handoff.rec).
 HANDOFF = r"""
 import os, sys, time
-path, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-fd = os.open(path, os.O_RDWR)
+target, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+if target.startswith("/"):
+    fd = os.open(target, os.O_RDWR)
+    pread, pwrite = (lambda: os.pread(fd, 4096, 0)), (lambda d: os.pwrite(fd, d, 0))
+else:
+    from pohmelfs import Client
+    f = Client([target]).open("/handoff.rec", "r+b", buffering=0)
+    pread, pwrite = (lambda: f.pread(4096, 0)), (lambda d: f.pwrite(d, 0))
 turns = 0
 deadline = time.monotonic() + seconds
 while time.monotonic() < deadline:
-    record = os.pread(fd, 4096, 0)
+    record = pread()
     n = int(record[:12])
     if n % 2 != me:
         continue
     if record.count(record[12:13]) < 4096 - 12:
         sys.exit(f"torn record at turn {n}")
-    os.pwrite(fd, b"%012d" % (n + 1) + bytes([65 + (n + 1) % 26]) * (4096 - 12), 0)
+    pwrite(b"%012d" % (n + 1) + bytes([65 + (n + 1) % 26]) * (4096 - 12))
     turns += 1
-print(turns)
-"""
-
-HANDOFF_LIB = r"""
-import sys, time
-from pohmelfs import Client
-address, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-turns = 0
-with Client([address]) as c, c.open("/handoff.rec", "r+b", buffering=0) as f:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        record = f.pread(4096, 0)
-        n = int(record[:12])
-        if n % 2 != me:
-            continue
-        f.pwrite(b"%012d" % (n + 1) + bytes([65 + (n + 1) % 26]) * (4096 - 12), 0)
-        turns += 1
 print(turns)
 """
 
@@ -164,12 +135,17 @@ def handoffs(setup: Setup, a: Path | None, b: Path | None, seconds: float) -> fl
     or two library clients when they are None)."""
     (setup.export / "handoff.rec").write_bytes(b"%012d" % 0 + b"A" * (RECORD - 12))
     if a is None or b is None:
-        argvs = [[sys.executable, "-c", HANDOFF_LIB, setup.address, str(i), str(seconds)]
-                 for i in (0, 1)]  # fmt: skip
+        targets = [setup.address] * 2
     else:
-        argvs = [[sys.executable, "-c", HANDOFF, str(m / "handoff.rec"), str(i), str(seconds)]
-                 for i, m in enumerate((a, b))]  # fmt: skip
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for argv in argvs]
+        targets = [str(a / "handoff.rec"), str(b / "handoff.rec")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HANDOFF, target, str(i), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i, target in enumerate(targets)
+    ]
     turns = 0
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds + 60)
