@@ -221,21 +221,18 @@ class Operations:
             f = self._handle_of(node, fh)
             if f is not None:
                 self.cache.ensure(node, f, exclusive=False)
-            if fh is None and node.nodeid != ROOT_ID and node.linked:
-                # A stat by name: the name may mean another file by now. (The
-                # server makes a writer on another client write back first.)
-                try:
-                    attr = self.call(Command.LOOKUP, req, node.path())["attr"]
-                except FileNotFoundError:
-                    raise _stale(node) from None
-                if attr.ino != node.ino:
-                    raise _stale(node)
-                reply.ok(self.attr_out(attr, node.nodeid))
-                return
+        # Coherent, a stat by name asks by name: the name may mean another file by
+        # now (and the server makes a writer on another client write back first).
+        by_name = self.cache is not None and fh is None and node.nodeid != ROOT_ID and node.linked
         try:
-            attr = self.object_attr(req, node, fh)
+            if by_name:
+                attr = self.call(Command.LOOKUP, req, node.path())["attr"]
+            else:
+                attr = self.object_attr(req, node, fh)
         except FileNotFoundError:
             raise _stale(node) from None
+        if by_name and attr.ino != node.ino:
+            raise _stale(node)
         reply.ok(self.attr_out(attr, node.nodeid))
 
     def op_setattr(self, req: k.Request, reply: Replier) -> None:

@@ -94,6 +94,11 @@ class LockRequests:
                         holder.owner[1], holder.start, length, {"keep": keep})  # fmt: skip
         session.notify(msg, done)
 
+    def _cache_reply(self, m: Message, h: _Handle) -> Message:
+        """The file as it is now, and how many handles elsewhere write it."""
+        writers = self.server.writers_elsewhere(h.key, self.sid)
+        return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
+
     def _cache(self, m: Message) -> Message | None:
         if m["type"] > cachelocks.RELEASE:
             raise OSError(errno.EINVAL, "bad cache lock type")
@@ -103,22 +108,19 @@ class LockRequests:
         if m["type"] == cachelocks.RELEASE:
             try:
                 self.server.cache.release(h.key, owner, m.offset, end)
-                writers = self.server.writers_elsewhere(h.key, self.sid)
-                return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
+                return self._cache_reply(m, h)
             finally:
                 self._release(h)
 
         if self.server.cache.try_acquire(h.key, owner, m["type"], m.offset, end):
             try:  # the common case: nobody to revoke, so no thread to wait in
-                writers = self.server.writers_elsewhere(h.key, self.sid)
-                return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
+                return self._cache_reply(m, h)
             finally:
                 self._release(h)
 
         def grant() -> Message:  # revoking others takes their round trips
             self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
-            writers = self.server.writers_elsewhere(h.key, self.sid)
-            return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
+            return self._cache_reply(m, h)
 
         self._answer_later(m, h, grant)
         return None

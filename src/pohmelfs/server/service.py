@@ -344,10 +344,8 @@ class Session(LockRequests):
     def _lookup(self, m: Message) -> Message | None:
         st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
-        if not stat.S_ISREG(st.st_mode) or not self.server.cache.conflicting(
-            key, self.sid, False, 0, END
-        ):
-            return p.reply(m, attr=attr_of(st))
+        if not self.server.cache.conflicting(key, self.sid, False, 0, END):
+            return p.reply(m, attr=attr_of(st))  # the common case: no second stat
         return self._plain(m, None, key, False, 0, END,
                            lambda: p.reply(m, attr=self.export.lookup(m["path"])))  # fmt: skip
 
