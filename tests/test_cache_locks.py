@@ -154,3 +154,66 @@ def test_plain_requests_of_other_clients_revoke_holders_first(server: Server) ->
     finally:
         a.close()
         b.close()
+
+
+def test_table_change_revokes_every_other_holder_and_blocks_grants_until_done() -> None:
+    t = CacheLocks(lease=5)
+    asked: list[tuple[tuple[int, int], int]] = []
+
+    def revoke(h: Holder, keep: int, done: object) -> None:
+        asked.append((h.owner, keep))
+        threading.Timer(0.02, done).start()  # type: ignore[arg-type]
+
+    t.acquire("d", (1, 1), SHARED, 0, END, revoke)
+    t.acquire("d", (2, 1), SHARED, 0, END, revoke)
+    assert not t.try_changing(["d"], 3)  # holders to revoke first: not at once
+    assert t.try_changing(["d"], 1) is False  # session 2 still holds it
+    with t.changing(["d"], 3, revoke):
+        assert sorted(asked) == [((1, 1), RELEASE), ((2, 1), RELEASE)] and not t.held("d")
+        assert not t.try_acquire("d", (1, 1), SHARED, 0, END)  # not while it changes
+        assert t.try_acquire("d", (3, 1), SHARED, 0, END)  # the changer's own session may
+        granted = threading.Event()
+        waiter = threading.Thread(
+            target=lambda: (t.acquire("d", (2, 1), SHARED, 0, END, revoke), granted.set())
+        )
+        waiter.start()
+        assert not granted.wait(0.2)
+    assert granted.wait(5)  # granted once the change is done
+    waiter.join(5)
+    assert t.try_changing(["e"], 1)  # nobody holds "e": it begins at once
+    t.changed(["e"], 1)
+    assert t.try_acquire("e", (2, 1), SHARED, 0, END)
+
+
+def test_names_changed_by_one_client_revoke_another_clients_directory_lock(
+    server: Server,
+) -> None:
+    """Creating, removing or renaming a name, and changing a directory's
+    attributes, revoke other clients' cache locks on that directory before the
+    call returns; opening an existing file with O_CREAT does not."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        b.mkdir("/d")
+        (b.open("/d/exists", "wb")).close()
+        d = a.open("/d", "rb", buffering=0)
+        revokes: list[int] = []
+        d.on_revoke = lambda keep, _s, _l: revokes.append(keep)
+
+        def changed_by_b(change: object) -> bool:
+            d.cache_lock()
+            before = len(revokes)
+            change()  # type: ignore[operator]
+            return len(revokes) == before + 1
+
+        assert not changed_by_b(lambda: b.open("/d/exists", "ab").close())
+        assert changed_by_b(lambda: b.open("/d/new", "wb").close())
+        assert changed_by_b(lambda: b.rename("/d/new", "/d/renamed"))
+        assert changed_by_b(lambda: b.unlink("/d/renamed"))
+        assert changed_by_b(lambda: b.mkdir("/d/sub"))
+        assert changed_by_b(lambda: b.rmdir("/d/sub"))
+        assert changed_by_b(lambda: b.chmod("/d", 0o700))
+        assert revokes and all(keep == RELEASE for keep in revokes)
+        d.close()
+    finally:
+        a.close()
+        b.close()

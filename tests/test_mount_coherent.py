@@ -248,3 +248,56 @@ def test_shared_mmap_of_a_written_file_stays_coherent(cm: TwoMounts) -> None:
     finally:
         for fd in (reader, mfd, writer):
             os.close(fd)
+
+
+def test_names_are_kept_under_the_directory_lock_until_another_client_changes_it(
+    cm: TwoMounts,
+) -> None:
+    """The kernel keeps names while the mount holds the directory's lock: a name
+    created behind the server's back, straight in the export, stays unseen; a
+    change through any client revokes the lock and makes every kept name stale."""
+    (cm.a / "kept").mkdir()
+    assert not (cm.b / "kept" / "ghost").exists()  # b keeps "not found"
+    (cm.export / "kept" / "ghost").write_bytes(b"behind the server's back")
+    assert not (cm.b / "kept" / "ghost").exists()
+    (cm.a / "kept" / "other").write_bytes(b"through a client")  # revokes b's lock
+    assert (cm.b / "kept" / "ghost").exists()
+    assert (cm.b / "kept" / "other").read_bytes() == b"through a client"
+
+
+def test_directory_attributes_change_for_the_other_mount_at_once(cm: TwoMounts) -> None:
+    (cm.a / "modes").mkdir(mode=0o755)
+    assert os.stat(cm.b / "modes").st_mode & 0o777 == 0o755
+    os.chmod(cm.a / "modes", 0o700)
+    assert os.stat(cm.b / "modes").st_mode & 0o777 == 0o700
+    os.utime(cm.a / "modes", ns=(1_000_000_000, 2_000_000_000))
+    assert os.stat(cm.b / "modes").st_mtime_ns == 2_000_000_000
+
+
+CREATOR = r"""
+import os, sys
+top, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(count):
+    os.close(os.open(f"{top}/{tag}{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    if i % 3 == 0:
+        os.unlink(f"{top}/{tag}{i}")
+"""
+
+
+def test_two_mounts_creating_in_one_directory_at_once(cm: TwoMounts) -> None:
+    """Each create revokes the other mount's lock on the directory; neither may
+    wait on the other (the server keeps taking answers to revocations while a
+    change waits for them), and both end up with the same names."""
+    (cm.a / "busy").mkdir()
+    count = 150
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CREATOR, str(mount / "busy"), tag, str(count)])
+        for mount, tag in ((cm.a, "a"), (cm.b, "b"))
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=50) == 0
+    want = {f"{tag}{i}" for tag in "ab" for i in range(count) if i % 3}
+    assert set(os.listdir(cm.a / "busy")) == want
+    assert set(os.listdir(cm.b / "busy")) == want
+    assert set(os.listdir(cm.export / "busy")) == want
+    assert all((cm.b / "busy" / name).exists() for name in sorted(want)[:20])

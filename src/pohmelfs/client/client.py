@@ -152,6 +152,8 @@ class Client:
         self._cached: dict[tuple[int, int], RemoteFile] = {}
         self._revoker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: dict[bytes, RemoteFile] = {}
+        # Run when a connection is lost (with it, every cache lock it held).
+        self.on_disconnect: list[Callable[[], None]] = []
         self.connection()  # fail early when no server can be reached
 
     # --- connections ---------------------------------------------------------
@@ -174,6 +176,7 @@ class Client:
                         connect_timeout=self.connect_timeout,
                         max_payload=self.max_payload,
                         on_notify=self._notified,
+                        on_close=self._disconnected,
                     )
                     return self._conn
                 except OSError as e:
@@ -217,6 +220,13 @@ class Client:
         """Receive thread: the server asks for something back (a cache lock)."""
         if msg.cmd == Command.REVOKE:
             self._revoker.submit(self._revoke, conn, msg)
+
+    def _disconnected(self, _conn: Connection) -> None:
+        for callback in list(self.on_disconnect):
+            try:
+                callback()
+            except Exception:
+                log.exception("disconnect callback failed")
 
     def _revoke(self, conn: Connection, msg: p.Message) -> None:
         f = self._cached.get((id(conn), msg.oid))

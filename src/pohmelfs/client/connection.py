@@ -82,6 +82,7 @@ class Connection:
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
         name: bytes = b"pohmelfs-client",
         on_notify: Callable[[Connection, Message], None] | None = None,
+        on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -98,6 +99,7 @@ class Connection:
         self._pending: dict[int, Transaction] = {}
         self._xids = itertools.count(1)
         self._on_notify = on_notify
+        self._on_close = on_close
         self._sweeper: threading.Thread | None = None
         self._closing = threading.Event()
         self.closed = False
@@ -303,11 +305,14 @@ class Connection:
     def _fail(self, why: str) -> None:
         """Mark the connection dead and fail every transaction in flight."""
         with self._lock:
-            if not self.closed:
+            first = not self.closed
+            if first:
                 self.closed = True
                 self.close_reason = why
                 log.info("connection to %s lost: %s", self.address, why)
             pending, self._pending = list(self._pending.values()), {}
+        if first and self._on_close is not None:
+            self._on_close(self)  # the server dropped our cache locks with the connection
         self._closing.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)

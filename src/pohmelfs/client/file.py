@@ -77,6 +77,10 @@ class RemoteFile(io.RawIOBase):
                 )
             return self._conn, self._oid
 
+    def handle_lost(self) -> bool:
+        """Was the connection this file was opened on lost (with its cache locks)?"""
+        return self._conn.closed
+
     def _retrying(self, fn: Any) -> Any:
         """Run fn(conn, oid); after a lost connection, reopen and try once more."""
         conn, oid = self.handle()

@@ -83,6 +83,7 @@ class Notify(enum.IntEnum):
     STORE = 4
     RETRIEVE = 5
     DELETE = 6
+    INC_EPOCH = 8  # 7.44: every cached name must be looked up again
 
 
 # INIT flags
@@ -461,6 +462,12 @@ def notify_inval_entry(parent: int, name: bytes) -> list[Any]:
 def notify_delete(parent: int, child: int, name: bytes) -> list[Any]:
     return notify_parts(Notify.DELETE, NOTIFY_DELETE.pack(parent, child, len(name), 0),
                         name + b"\0")  # fmt: skip
+
+
+def notify_inc_epoch() -> list[Any]:
+    """Make every dentry of the mount (positive or negative) stale at once: the
+    kernel takes no inode lock for it, so it is safe from any thread."""
+    return notify_parts(Notify.INC_EPOCH)
 
 
 def notify_store(nodeid: int, offset: int, data: Any) -> list[Any]:

@@ -25,7 +25,9 @@ from ..client.file import RemoteFile
 from ..protocol import Command, Cred
 from . import kernel as k
 from .coherent import CacheState
+from .directories import DirectoryOps, OpenDir
 from .locks import FuseLocks
+from .names import NameLocks
 from .nodes import ROOT_ID, Node, NodeTable
 from .reads import DirectReads
 from .reply import Replier, errno_of
@@ -57,22 +59,17 @@ class Options:
     locked_attr_timeout: float = 60.0  # how long attributes are kept while a lock is held
 
 
-@dataclass
-class _Dir:
-    node: Node
-    entries: list[tuple[bytes, p.Attr | None]]
-
-
-class Operations:
+class Operations(DirectoryOps):
     def __init__(self, client: Client, options: Options | None = None) -> None:
         self.client = client
         self.opts = options or Options()
         self.kernel_flags = 0  # what INIT negotiated (set by the session)
+        self.epochs = False  # the kernel takes INC_EPOCH (set by the session)
         root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
         self.nodes = NodeTable(root.ino)
         self.files: dict[int, RemoteFile] = {}
         self.node_files: dict[int, set[int]] = {}  # nodeid -> its open file handles
-        self.dirs: dict[int, _Dir] = {}
+        self.dirs: dict[int, OpenDir] = {}
         self._fh = itertools.count(1)
         self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
         self.reads = DirectReads(self.opts.splice, self.opts.max_write)
@@ -80,6 +77,10 @@ class Operations:
         self.cache = (
             CacheState(self._invalidate, self._node_handles) if self.opts.coherent else None
         )
+        self.names = (
+            NameLocks(client, self._bump_epoch, lambda n: self._invalidate(n, False))
+            if self.opts.coherent else None
+        )  # fmt: skip
         # Set by the session: writes a notification to the kernel.
         self.notify: Callable[[list[Any]], None] | None = None
         self.handlers: dict[int, Callable[[k.Request, Replier], None]] = {
@@ -110,6 +111,8 @@ class Operations:
                 pass
         self.files.clear()
         self.reads.close()
+        if self.names is not None:
+            self.names.close()
 
     # --- helpers ----------------------------------------------------------------
 
@@ -145,15 +148,40 @@ class Operations:
     def call(self, cmd: Command, req: k.Request, path: bytes, **fields: Any) -> p.Message:
         return self.client.request(cmd, path, cred=self.cred(req), path=path, **fields)
 
-    def entry(self, parent: Node, name: bytes, attr: p.Attr) -> bytes:
-        node = self.nodes.remember(parent, name, attr.ino, attr.nlink)
-        return k.pack_entry(node.nodeid, 0, kernel_attr(attr), self.opts.entry_timeout,
-                            self.opts.attr_timeout)  # fmt: skip
+    def entry(self, parent: Node, name: bytes, attr: p.Attr, timeout: float) -> bytes:
+        # A directory has no second name: a reused inode number is another object.
+        links = 1 if stat.S_ISDIR(attr.mode) else attr.nlink
+        node = self.nodes.remember(parent, name, attr.ino, links)
+        return k.pack_entry(node.nodeid, 0, kernel_attr(attr), timeout,
+                            self._attr_timeout(node.nodeid))  # fmt: skip
 
     def attr_out(self, attr: p.Attr, nodeid: int = 0) -> bytes:
-        locked = self.cache is not None and self.cache.locked(nodeid)
-        timeout = self.opts.locked_attr_timeout if locked else self.opts.attr_timeout
-        return k.pack_attr_out(kernel_attr(attr), timeout)
+        return k.pack_attr_out(kernel_attr(attr), self._attr_timeout(nodeid))
+
+    def _names_cached(self) -> bool:
+        return self.names is not None and self.epochs
+
+    def _name_timeout(self, parent: Node, take: bool = False) -> float:
+        """How long the kernel may keep a name (found or not) in ``parent``: coherent,
+        while the directory's lock is held (``take``: taking it if need be)."""
+        if self.names is None:
+            return self.opts.entry_timeout
+        if not self.epochs:
+            return 0.0
+        return self.names.take(parent) if take else self.names.held(parent.nodeid)
+
+    def _attr_timeout(self, nodeid: int) -> float:
+        """Coherent: long under the file's (or directory's) cache lock; otherwise none
+        once names are cached (no path walk brings fresh attributes then)."""
+        if self.cache is not None and self.cache.locked(nodeid):
+            return self.opts.locked_attr_timeout
+        if self.names is not None and self.names.held(nodeid):
+            return self.opts.locked_attr_timeout
+        return 0.0 if self._names_cached() else self.opts.attr_timeout
+
+    def _bump_epoch(self) -> None:
+        if self.notify is not None:
+            self.notify(k.notify_inc_epoch())
 
     def _node_handles(self, nodeid: int) -> list[RemoteFile]:
         return [self.files[fh] for fh in list(self.node_files.get(nodeid, ())) if fh in self.files]
@@ -203,15 +231,27 @@ class Operations:
     def op_lookup(self, req: k.Request, reply: Replier) -> None:
         parent = self.node(req.nodeid)
         name = req.names[0]
-        attr = self.call(Command.LOOKUP, req, self.nodes.child_path(parent, name))["attr"]
-        reply.ok(self.entry(parent, name, attr))
+        timeout = self._name_timeout(parent, take=True)
+        try:
+            attr = self.call(Command.LOOKUP, req, self.nodes.child_path(parent, name))["attr"]
+        except FileNotFoundError:
+            if not (timeout and self._names_cached()):
+                raise
+            reply.ok(k.pack_entry(0, 0, None, timeout, 0))  # the kernel keeps "not found"
+            return
+        reply.ok(self.entry(parent, name, attr, timeout))
 
     def op_forget(self, req: k.Request, reply: Replier) -> None:
-        self.nodes.forget(req.nodeid, req.args.nlookup)  # no reply
+        self._forget(req.nodeid, req.args.nlookup)  # no reply
 
     def op_batch_forget(self, req: k.Request, reply: Replier) -> None:
         for nodeid, nlookup in k.parse_forgets(req):
-            self.nodes.forget(nodeid, nlookup)
+            self._forget(nodeid, nlookup)
+
+    def _forget(self, nodeid: int, nlookup: int) -> None:
+        self.nodes.forget(nodeid, nlookup)
+        if self.names is not None and self.nodes.get(nodeid) is None:
+            self.names.forget(nodeid)
 
     def op_getattr(self, req: k.Request, reply: Replier) -> None:
         args = req.args
@@ -221,9 +261,12 @@ class Operations:
             f = self._handle_of(node, fh)
             if f is not None:
                 self.cache.ensure(node, f, exclusive=False)
-        # Coherent, a stat by name asks by name: the name may mean another file by
-        # now (and the server makes a writer on another client write back first).
-        by_name = self.cache is not None and fh is None and node.nodeid != ROOT_ID and node.linked
+        # Coherent, a stat by name asks by name: unless this mount holds the lock
+        # on its directory, the name may mean another file by now.
+        by_name = (
+            self.cache is not None and fh is None and node.nodeid != ROOT_ID and node.linked
+            and not (node.parent is not None and self._name_timeout(node.parent))
+        )  # fmt: skip
         try:
             if by_name:
                 attr = self.call(Command.LOOKUP, req, node.path())["attr"]
@@ -280,20 +323,20 @@ class Operations:
         parent, name = self.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
         attr = self.call(Command.MKNOD, req, path, mode=req.args.mode, rdev=req.args.rdev)["attr"]
-        reply.ok(self.entry(parent, name, attr))
+        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
 
     def op_mkdir(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
         attr = self.call(Command.MKDIR, req, path, mode=req.args.mode & 0o7777)["attr"]
-        reply.ok(self.entry(parent, name, attr))
+        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
 
     def op_symlink(self, req: k.Request, reply: Replier) -> None:
         parent, (name, target) = self.node(req.nodeid), req.names
         path = self.nodes.child_path(parent, name)
         attr = self.client.request(Command.SYMLINK, path, cred=self.cred(req), target=target,
                                    path=path)["attr"]  # fmt: skip
-        reply.ok(self.entry(parent, name, attr))
+        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
 
     def op_link(self, req: k.Request, reply: Replier) -> None:
         old = self.node(req.args.oldnodeid)
@@ -301,7 +344,7 @@ class Operations:
         new = self.nodes.child_path(parent, name)
         attr = self.client.request(Command.LINK, old.path(), new, cred=self.cred(req),
                                    path=old.path(), new=new)["attr"]  # fmt: skip
-        reply.ok(self.entry(parent, name, attr))
+        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
 
     def op_unlink(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
@@ -390,8 +433,8 @@ class Operations:
             self.cache.ensure(node, f, exclusive=False)
             self.cache.keep_cache(node.nodeid)
             open_flags = self._direct_io(f)
-        entry = k.pack_entry(node.nodeid, 0, kernel_attr(f.attr), self.opts.entry_timeout,
-                             self.opts.attr_timeout)  # fmt: skip
+        entry = k.pack_entry(node.nodeid, 0, kernel_attr(f.attr), self._name_timeout(parent),
+                             self._attr_timeout(node.nodeid))  # fmt: skip
         reply.ok(entry, k.pack_open(fh, open_flags))
 
     def op_read(self, req: k.Request, reply: Replier) -> None:
@@ -462,53 +505,6 @@ class Operations:
     def op_fallocate(self, req: k.Request, reply: Replier) -> None:
         a = req.args
         self.file(a.fh).fallocate(a.offset, a.length, a.mode)
-        reply.ok()
-
-    # --- directories ----------------------------------------------------------------------
-
-    def op_opendir(self, req: k.Request, reply: Replier) -> None:
-        node = self.node(req.nodeid)
-        entries: list[tuple[bytes, p.Attr | None]] = [(b".", None), (b"..", None)]
-        entries.extend(self.client.readdir(node.path(), self.cred(req)))
-        fh = next(self._fh)
-        self.dirs[fh] = _Dir(node, entries)
-        reply.ok(k.pack_open(fh))
-
-    def op_readdir(self, req: k.Request, reply: Replier) -> None:
-        self._readdir(req, reply, plus=False)
-
-    def op_readdirplus(self, req: k.Request, reply: Replier) -> None:
-        self._readdir(req, reply, plus=True)
-
-    def _readdir(self, req: k.Request, reply: Replier, plus: bool) -> None:
-        d = self.dirs.get(req.args.fh)
-        if d is None:
-            raise OSError(errno.EBADF, "unknown directory handle")
-        out: list[bytes] = []
-        room = req.args.size
-        for index in range(req.args.offset, len(d.entries)):
-            name, attr = d.entries[index]
-            size = k.dirent_size(name, plus)
-            if size > room:
-                break
-            room -= size
-            ino = attr.ino if attr is not None else d.node.ino
-            kind = stat.S_IFMT(attr.mode) >> 12 if attr is not None else stat.S_IFDIR >> 12
-            if plus:
-                if attr is None:  # "." and "..": the kernel does not link these
-                    entry = k.pack_entry(0, 0, None, 0, 0)
-                else:
-                    entry = self.entry(d.node, name, attr)
-                out.append(k.pack_direntplus(entry, ino, index + 1, kind, name))
-            else:
-                out.append(k.pack_dirent(ino, index + 1, kind, name))
-        reply.ok(b"".join(out))
-
-    def op_releasedir(self, req: k.Request, reply: Replier) -> None:
-        self.dirs.pop(req.args.fh, None)
-        reply.ok()
-
-    def op_fsyncdir(self, req: k.Request, reply: Replier) -> None:
         reply.ok()
 
     # --- extended attributes ----------------------------------------------------------------

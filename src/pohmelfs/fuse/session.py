@@ -86,8 +86,19 @@ class FuseSession:
         out = k.pack_init(self.minor, max(max_readahead, MAX_WRITE), self.flags, 64, 48,
                           MAX_WRITE, 1, MAX_PAGES, self.flags >> 32)  # fmt: skip
         write(k.reply_parts(req.unique, 0, out))
+        self.ops.epochs = self._probe_epochs()
         log.debug("INIT: kernel 7.%d flags %#x, negotiated 7.%d flags %#x", minor, flags,
                   self.minor, self.flags)  # fmt: skip
+
+    def _probe_epochs(self) -> bool:
+        """Does the kernel take INC_EPOCH (7.44, Linux 6.16)? Coherent mounts cache
+        names in the kernel only if it does."""
+        try:
+            os.writev(self.fd, k.notify_inc_epoch())
+        except OSError as e:
+            log.info("kernel has no FUSE_NOTIFY_INC_EPOCH (%s): names are not cached", e)
+            return False
+        return True
 
     def start(self) -> None:
         for i in range(self.threads):

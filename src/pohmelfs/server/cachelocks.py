@@ -11,9 +11,11 @@ handle are refused, so nothing it sends under the lost lock is applied.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .locks import END, carve
@@ -44,6 +46,8 @@ class CacheLocks:
         self._cond = threading.Condition()
         self._held: dict[object, list[Holder]] = {}
         self.fenced: set[tuple[int, int]] = set()  # owners that lost a lock unasked
+        # key -> sessions changing it right now without a lock (see ``changing``)
+        self._busy: dict[object, collections.Counter[int]] = {}
 
     def _conflicts(self, key: object, owner: tuple[int, int], type_: int, start: int,
                    end: int) -> list[Holder]:  # fmt: skip
@@ -60,7 +64,12 @@ class CacheLocks:
         keep = SHARED if type_ == SHARED else RELEASE
         with self._cond:
             self.fenced.discard(owner)
-            self._clear(key, lambda: self._conflicts(key, owner, type_, start, end), keep, revoke)
+            while True:
+                self._clear(key, lambda: self._conflicts(key, owner, type_, start, end), keep,
+                            revoke)  # fmt: skip
+                if not self._busy_elsewhere(key, owner[0]):
+                    break
+                self._cond.wait(0.05)
             self._put(key, Holder(owner, type_, start, end))
             self._cond.notify_all()
 
@@ -68,7 +77,8 @@ class CacheLocks:
                     end: int) -> bool:  # fmt: skip
         """Grant at once if nothing conflicts (no revocation, so it never blocks)."""
         with self._cond:
-            if self._conflicts(key, owner, type_, start, end):
+            if self._busy_elsewhere(key, owner[0]) or self._conflicts(key, owner, type_, start,
+                                                                         end):  # fmt: skip
                 return False
             self.fenced.discard(owner)
             self._put(key, Holder(owner, type_, start, end))
@@ -101,6 +111,59 @@ class CacheLocks:
         with self._cond:
             self._clear(key, lambda: self._elsewhere(key, session, write, start, end), keep,
                         revoke)  # fmt: skip
+
+    def _busy_elsewhere(self, key: object, session: int) -> bool:
+        busy = self._busy.get(key)
+        return busy is not None and any(s != session for s in busy)
+
+    def try_changing(self, keys: Sequence[object], session: int, start: int = 0,
+                     end: int = END) -> bool:  # fmt: skip
+        """Begin a change at once if no other session holds a lock it conflicts with
+        (no revocation, so it never blocks); end it with ``changed``."""
+        with self._cond:
+            if self._held and any(self._elsewhere(k, session, True, start, end) for k in keys):
+                return False
+            for key in keys:
+                self._busy.setdefault(key, collections.Counter())[session] += 1
+            return True
+
+    def changed(self, keys: Sequence[object], session: int) -> None:
+        with self._cond:
+            self._unbusy(keys, session)
+
+    @contextmanager
+    def changing(self, keys: Sequence[object], session: int, revoke: Revoker,
+                 start: int = 0, end: int = END) -> Iterator[None]:  # fmt: skip
+        """A change by a client that holds no lock for it (a plain write, or a name
+        created or removed in a directory): every other session's lock on the range
+        of each key is revoked first (written back and dropped), and none is
+        granted again until the change is done, so no client caches what it
+        replaces."""
+        with self._cond:
+            for key in keys:
+                self._busy.setdefault(key, collections.Counter())[session] += 1
+            try:
+                for key in keys:
+                    self._clear(key, lambda k=key: self._elsewhere(k, session, True, start, end),
+                                RELEASE, revoke)  # fmt: skip
+            except BaseException:
+                self._unbusy(keys, session)
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._unbusy(keys, session)
+
+    def _unbusy(self, keys: Sequence[object], session: int) -> None:
+        for key in keys:
+            busy = self._busy[key]
+            busy[session] -= 1
+            if busy[session] <= 0:
+                del busy[session]
+            if not busy:
+                del self._busy[key]
+        self._cond.notify_all()
 
     def _clear(self, key: object, conflicts_now: Callable[[], list[Holder]], keep: int,
                revoke: Revoker) -> None:  # fmt: skip

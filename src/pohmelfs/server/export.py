@@ -196,6 +196,25 @@ class LocalExport:
         with self._parent(path) as (dfd, name):
             return os.stat(name, dir_fd=dfd, follow_symlinks=False)
 
+    def parent_key(self, path: bytes) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the nearest existing directory above ``path``: the
+        one a create or removal of ``path`` changes. None if there is none."""
+        try:
+            parts = split_path(path)
+        except OSError:
+            return None  # the request itself will fail with the reason
+        while parts:
+            parts.pop()
+            try:
+                with self._parent_of(b"/".join([*parts, b"x"])) as (dfd, _name):
+                    st = os.fstat(dfd)
+                return st.st_dev, st.st_ino
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:
+                return None
+        return None
+
     def readdir(self, path: bytes, batch_bytes: int = 256 << 10) -> Iterator[list[DirEntry]]:
         """Yield the directory's entries with attributes, in batches whose
         encoding stays under ``batch_bytes``."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
@@ -14,6 +16,8 @@ from ..protocol import Command, Message
 from . import cachelocks, locks
 from .export import attr_of
 from .locks import UNLCK, Lock
+
+log = logging.getLogger("pohmelfs.server")
 
 if TYPE_CHECKING:
     from .export import LocalExport
@@ -35,6 +39,9 @@ class LockRequests:
     _acquire: Callable[[int], _Handle]
     _release: Callable[[_Handle], None]
     _with_handle: Callable[..., Any]
+    _queue: ThreadPoolExecutor  # one thread: this session's requests that had to wait
+    _queue_lock: threading.Lock
+    _queued: int
 
     def _wanted_lock(self, m: Message, h: _Handle) -> Lock:
         if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
@@ -133,10 +140,9 @@ class LockRequests:
         read that has to wait for that waits on a thread of its own; a write waits
         here, because the connection's writes must be applied in order."""
         cache = self.server.cache
-        if not cache.conflicting(key, self.sid, write, start, end):
-            return run()
         if write:
-            cache.settle(key, self.sid, True, start, end, self._revoke)
+            return self._change(m, h, (key,), run, start, end)
+        if not cache.conflicting(key, self.sid, False, start, end):
             return run()
 
         def settled() -> Message | None:
@@ -146,29 +152,76 @@ class LockRequests:
         self._answer_later(m, None if h is None else self._acquire(m.oid), settled)
         return None
 
+    def _naming(self, m: Message, paths: tuple[bytes, ...],
+                run: Callable[[], Message | None]) -> Message | None:  # fmt: skip
+        """Create, remove or rename names: other clients that cache names of the
+        directories changed give them up first, and take them again only after."""
+        keys = [key for key in map(self.export.parent_key, paths) if key is not None]
+        return self._change(m, None, keys, run)
+
+    def _change(self, m: Message, h: _Handle | None, keys: Sequence[object],
+                run: Callable[[], Message | None], start: int = 0,
+                end: int = locks.END) -> Message | None:  # fmt: skip
+        """Run a change that other sessions' cache locks must make way for. With
+        nothing to revoke it runs here; otherwise it waits in this session's queue,
+        so the reader goes on taking the answers to revocations (two clients
+        changing what the other caches would otherwise wait on each other) while
+        the session's later requests still run after it, in order."""
+        cache = self.server.cache
+        if cache.try_changing(keys, self.sid, start, end):
+            try:
+                return run()
+            finally:
+                cache.changed(keys, self.sid)
+
+        def wait_and_run() -> Message | None:
+            with cache.changing(keys, self.sid, self._revoke, start, end):
+                return run()
+
+        self._enqueue(m, None if h is None else self._acquire(m.oid), wait_and_run)
+        return None
+
+    def _enqueue(self, m: Message, h: _Handle | None,
+                 work: Callable[[], Message | None]) -> None:  # fmt: skip
+        """Run work after everything already queued for this session, then reply;
+        while anything is queued, the reader queues every request behind it."""
+        data = m.fields.get("data")
+        if isinstance(data, memoryview):  # it lies in the reader's buffer, reused next
+            m.fields["data"] = bytes(data)
+        with self._queue_lock:
+            self._queued += 1
+        self._queue.submit(self._reply_to, m, h, work, True)
+
+    def _reply_to(self, m: Message, h: _Handle | None, work: Callable[[], Message | None],
+                  queued: bool = False) -> None:  # fmt: skip
+        try:
+            if "cred" in m.fields:
+                self.export.act_as(m["cred"])
+            out = work()
+        except OSError as e:
+            out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
+        except Exception as e:  # a bug must cost one request, not the session
+            log.exception("%s: %s failed", self.peer, m.cmd.name)
+            out = p.reply(m, status=errno.EIO, data=f"internal server error: {e}".encode())
+        finally:
+            if h is not None:
+                self._release(h)
+            if queued:
+                with self._queue_lock:
+                    self._queued -= 1
+        try:
+            if out is not None:
+                self.send(out)
+        except OSError:
+            pass
+
     def _answer_later(self, m: Message, h: _Handle | None,
                       work: Callable[[], Message | None]) -> None:  # fmt: skip
         """Run a request that may wait long on a thread of its own (never the
         connection's reader: the answers it waits for arrive there), then reply."""
 
-        def run() -> None:
-            try:
-                if "cred" in m.fields:
-                    self.export.act_as(m["cred"])
-                out = work()
-            except OSError as e:
-                out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
-            finally:
-                if h is not None:
-                    self._release(h)
-            try:
-                if out is not None:
-                    self.send(out)
-            except OSError:
-                pass
-
-        threading.Thread(target=run, name=f"pohmelfs-{m.cmd.name.lower()}-{self.peer}",
-                         daemon=True).start()  # fmt: skip
+        name = f"pohmelfs-{m.cmd.name.lower()}-{self.peer}"
+        threading.Thread(target=self._reply_to, args=(m, h, work), name=name, daemon=True).start()
 
     def _check_not_fenced(self, m: Message) -> None:
         if (self.sid, m.oid) in self.server.cache.fenced:

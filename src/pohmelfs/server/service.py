@@ -68,6 +68,10 @@ class Session(LockRequests):
         self.next_handle = 1
         self._wbuf: memoryview | None = None
         self._scratch = threading.local()
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pohmelfs-queue-{peer}",
+                                         initializer=linux.private_umask_zero)  # fmt: skip
+        self._queue_lock = threading.Lock()
+        self._queued = 0
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
@@ -85,21 +89,44 @@ class Session(LockRequests):
             Command.GETLK: self._getlk,
             Command.CACHE: self._cache,
             Command.TRUNCATE: self._truncate,
-            Command.MKDIR: lambda m: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"])),
-            Command.MAKEDIRS: lambda m: p.reply(
-                m, attr=self.export.makedirs(m["path"], m["mode"], m["parent_mode"])
+            # Names created or removed: see LockRequests._naming.
+            Command.MKDIR: lambda m: self._naming(
+                m, (m["path"],), lambda: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"]))
             ),
-            Command.RMDIR: lambda m: self._done(m, self.export.rmdir(m["path"])),
-            Command.RMTREE: lambda m: self._done(m, self.export.rmtree(m["path"])),
-            Command.UNLINK: lambda m: self._done(m, self.export.unlink(m["path"])),
-            Command.RENAME: lambda m: self._done(
-                m, self.export.rename(m["path"], m["new"], m["flags"])
+            Command.MAKEDIRS: lambda m: self._naming(
+                m,
+                (m["path"],),
+                lambda: p.reply(
+                    m, attr=self.export.makedirs(m["path"], m["mode"], m["parent_mode"])
+                ),
             ),
-            Command.LINK: lambda m: p.reply(m, attr=self.export.link(m["path"], m["new"])),
-            Command.SYMLINK: lambda m: p.reply(m, attr=self.export.symlink(m["target"], m["path"])),
+            Command.RMDIR: lambda m: self._naming(
+                m, (m["path"],), lambda: self._done(m, self.export.rmdir(m["path"]))
+            ),
+            Command.RMTREE: lambda m: self._naming(
+                m, (m["path"],), lambda: self._done(m, self.export.rmtree(m["path"]))
+            ),
+            Command.UNLINK: lambda m: self._naming(
+                m, (m["path"],), lambda: self._done(m, self.export.unlink(m["path"]))
+            ),
+            Command.RENAME: lambda m: self._naming(
+                m,
+                (m["path"], m["new"]),
+                lambda: self._done(m, self.export.rename(m["path"], m["new"], m["flags"])),
+            ),
+            Command.LINK: lambda m: self._naming(
+                m, (m["new"],), lambda: p.reply(m, attr=self.export.link(m["path"], m["new"]))
+            ),
+            Command.SYMLINK: lambda m: self._naming(
+                m,
+                (m["path"],),
+                lambda: p.reply(m, attr=self.export.symlink(m["target"], m["path"])),
+            ),
             Command.READLINK: lambda m: p.reply(m, target=self.export.readlink(m["path"])),
-            Command.MKNOD: lambda m: p.reply(
-                m, attr=self.export.mknod(m["path"], m["mode"], m["rdev"])
+            Command.MKNOD: lambda m: self._naming(
+                m,
+                (m["path"],),
+                lambda: p.reply(m, attr=self.export.mknod(m["path"], m["mode"], m["rdev"])),
             ),
             # These act on the open handle ``oid`` instead of ``path`` when it is set.
             Command.CHMOD: lambda m: self._on_object(
@@ -201,7 +228,9 @@ class Session(LockRequests):
         except ProtocolError as e:
             self.send(p.reply(header, status=errno.EPROTO, data=str(e).encode()))
             return
-        if header.cmd in SLOW_COMMANDS:
+        if self._queued:  # an earlier request waits for others' caches: stay behind it
+            self._enqueue(msg, None, lambda: self._handle(msg))
+        elif header.cmd in SLOW_COMMANDS:
             self.server.pool.submit(self.execute, msg)
         else:
             self.execute(msg)
@@ -221,7 +250,7 @@ class Session(LockRequests):
         try:
             if "cred" in msg.fields:
                 self.export.act_as(msg["cred"])
-            out = self.handlers[msg.cmd](msg)
+            out = self._handle(msg)
         except ConnectionError:
             raise  # the stream is broken (a read reply cut short): end the session
         except OSError as e:
@@ -236,6 +265,9 @@ class Session(LockRequests):
             except OSError as e:
                 log.debug("%s: cannot send reply: %s", self.peer, e)
 
+    def _handle(self, msg: Message) -> Message | None:
+        return self.handlers[msg.cmd](msg)
+
     def send(self, msg: Message) -> None:
         parts = msg.encode()
         with self.send_lock:
@@ -249,6 +281,7 @@ class Session(LockRequests):
 
     def close(self) -> None:
         self.closed = True
+        self._queue.shutdown(wait=False, cancel_futures=True)
         self.server.locks.drop_session(self.sid)
         self.server.cache.drop(lambda owner: owner[0] == self.sid)
         try:
@@ -281,17 +314,29 @@ class Session(LockRequests):
             os.close(h.fd)
 
     def _on_object(self, m: Message, fn: Callable[[int | None], object],
-                   field: str | None = None) -> Message:  # fmt: skip
-        """Run fn on the open handle m.oid (its fd) or, without one, on m["path"]."""
-        if m.oid:
-            h = self._acquire(m.oid)
+                   field: str | None = None) -> Message | None:  # fmt: skip
+        """Run fn on the open handle m.oid (its fd) or, without one, on m["path"].
+        A change of attributes (no ``field`` to return) makes other clients that
+        cache the object's attributes, under its cache lock, give them up first."""
+
+        def reply(result: object) -> Message:
+            return p.reply(m, **({field: result} if field else {}))
+
+        if not m.oid:
+            run = lambda: reply(fn(None))  # noqa: E731
+            if field is not None:
+                return run()
             try:
-                result = fn(h.fd)
-            finally:
-                self._release(h)
-        else:
-            result = fn(None)
-        return p.reply(m, **({field: result} if field else {}))
+                st = self.export.stat(m["path"])
+            except OSError:
+                return run()  # it fails there, with the reason
+            return self._change(m, None, ((st.st_dev, st.st_ino),), run)
+
+        def on_handle(h: _Handle) -> Message | None:
+            run = lambda: reply(fn(h.fd))  # noqa: E731
+            return run() if field is not None else self._change(m, h, (h.key,), run)
+
+        return self._with_handle(m, on_handle)
 
     @staticmethod
     def _done(m: Message, _result: None) -> Message:
@@ -310,8 +355,19 @@ class Session(LockRequests):
             batch = following
         self.send(p.reply(m, entries=tuple(batch)))
 
-    def _open(self, m: Message) -> Message:
-        fd, attr = self.export.open(m["path"], m["flags"], m["mode"])
+    def _open(self, m: Message) -> Message | None:
+        path, flags, mode = m["path"], m["flags"], m["mode"]
+        if flags & os.O_CREAT:  # creating a name changes its directory; opening one does not
+            try:
+                if flags & os.O_EXCL:
+                    raise FileNotFoundError
+                return self._opened(m, *self.export.open(path, flags & ~os.O_CREAT, mode))
+            except FileNotFoundError:
+                create = lambda: self._opened(m, *self.export.open(path, flags, mode))  # noqa: E731
+                return self._naming(m, (path,), create)
+        return self._opened(m, *self.export.open(path, flags, mode))
+
+    def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
         st = os.fstat(fd)
         writable = (m["flags"] & os.O_ACCMODE) != os.O_RDONLY
         h = _Handle(fd, bool(m["flags"] & os.O_APPEND), stat.S_ISREG(st.st_mode),
