@@ -56,8 +56,8 @@ os.write(fd, b"from a, before")
 os.fsync(fd)  # a holds the exclusive lock now
 print("ready", flush=True)
 sys.stdin.readline()  # the test froze and thawed a's daemon meanwhile
-os.pwrite(fd, b"a again", 0)
-try:
+try:  # refused under the lost lock: the write itself, or fsync, says so
+    os.pwrite(fd, b"a again", 0)
     os.fsync(fd)
     print("synced", flush=True)
 except OSError as e:
@@ -301,3 +301,37 @@ def test_two_mounts_creating_in_one_directory_at_once(cm: TwoMounts) -> None:
     assert set(os.listdir(cm.b / "busy")) == want
     assert set(os.listdir(cm.export / "busy")) == want
     assert all((cm.b / "busy" / name).exists() for name in sorted(want)[:20])
+
+
+TAKER = r"""
+import os, sys, time
+path, me, turns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_RDWR)
+deadline = time.monotonic() + 40
+done = 0
+while done < turns and time.monotonic() < deadline:
+    record = os.pread(fd, 4096, 0)
+    n = int(record[:12])
+    if n % 2 != me:
+        continue
+    if record[12:] != bytes([65 + n % 26]) * (4096 - 12):
+        sys.exit(f"turn {n}: not the record written last")
+    os.pwrite(fd, b"%012d" % (n + 1) + bytes([65 + (n + 1) % 26]) * (4096 - 12), 0)
+    done += 1
+sys.exit(0 if done == turns else f"only {done} turns")
+"""
+
+
+def test_two_mounts_take_turns_writing_one_record(cm: TwoMounts) -> None:
+    """Each sees the other's write as soon as it returned, whole: the turns run
+    lockless (plain direct reads and writes) once the mounts contend."""
+    (cm.export / "turns.rec").write_bytes(b"%012d" % 0 + b"A" * (4096 - 12))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", TAKER, str(m / "turns.rec"), str(i), "300"],
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for i, m in enumerate((cm.a, cm.b))
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=50)
+        assert proc.returncode == 0, err
+    assert (cm.export / "turns.rec").read_bytes()[:12] == b"%012d" % 600

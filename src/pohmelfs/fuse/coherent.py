@@ -12,6 +12,7 @@ sees the latest write that returned on any other.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from ..client.file import RemoteFile
@@ -19,6 +20,7 @@ from .nodes import Node
 
 NONE, SHARED, EXCLUSIVE = -1, 0, 1
 RELEASE = 2
+CONTENDED = 2.0  # seconds after a revocation during which a file counts as shared
 
 
 class CacheState:
@@ -34,6 +36,7 @@ class CacheState:
         # nodeid -> (size, mtime, ctime) at the last grant: the file's version, as the
         # server sees it once every other holder has written back
         self._version: dict[int, tuple[int, int, int]] = {}
+        self._revoked_at: dict[int, float] = {}  # nodeid -> when its lock was last revoked
 
     def ensure(self, node: Node, f: RemoteFile, exclusive: bool) -> None:
         """Hold at least a shared (or an exclusive) lock on the node's file."""
@@ -58,6 +61,14 @@ class CacheState:
 
     def locked(self, nodeid: int) -> bool:
         return self._state.get(nodeid, NONE) != NONE
+
+    def exclusive(self, nodeid: int) -> bool:
+        return self._state.get(nodeid, NONE) == EXCLUSIVE
+
+    def contended(self, nodeid: int) -> bool:
+        """Did another client take the lock back lately? Then the clients take turns,
+        and a lock taken for each write would bounce on every turn."""
+        return time.monotonic() - self._revoked_at.get(nodeid, -CONTENDED) < CONTENDED
 
     def keep_cache(self, nodeid: int) -> bool:
         """On open (after ``ensure``): may the kernel keep the pages it has? Yes if no
@@ -98,6 +109,7 @@ class CacheState:
         with self._cond:
             # New reads now ask the server for a lock again (and wait for the writer).
             self._state[nodeid] = NONE if keep == RELEASE else SHARED
+            self._revoked_at[nodeid] = time.monotonic()
             self._cond.wait_for(lambda: not self._reads.get(nodeid), timeout=10)
             if keep == RELEASE:
                 self._valid.discard(nodeid)

@@ -135,7 +135,10 @@ FOPEN_NONSEEKABLE = 1 << 2
 FOPEN_CACHE_DIR = 1 << 3
 
 GETATTR_FH = 1 << 0
+WRITE_CACHE = 1 << 0  # written back from the page cache (not a write(2) of its own)
+WRITE_LOCKOWNER = 1 << 1
 WRITE_KILL_SUIDGID = 1 << 2
+READ_LOCKOWNER = 1 << 1  # set on direct reads (read(2) of a direct-I/O file) only
 FSYNC_FDATASYNC = 1 << 0
 LK_FLOCK = 1 << 0
 RELEASE_FLUSH = 1 << 0
