@@ -327,8 +327,11 @@ def test_two_mounts_take_turns_writing_one_record(cm: TwoMounts) -> None:
     lockless (plain direct reads and writes) once the mounts contend."""
     (cm.export / "turns.rec").write_bytes(b"%012d" % 0 + b"A" * (4096 - 12))
     procs = [
-        subprocess.Popen([sys.executable, "-c", TAKER, str(m / "turns.rec"), str(i), "300"],
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", TAKER, str(m / "turns.rec"), str(i), "300"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i, m in enumerate((cm.a, cm.b))
     ]
     for proc in procs:

@@ -576,7 +576,9 @@ def test_hello_xid_is_echoed(server_proc: ServerProcess) -> None:
 
 
 def _open_raw(sock: socket.socket, path: bytes, xid: int = 1) -> int:
-    send_msg(sock, p.request(Command.OPEN, xid, cred=ME(), path=path, flags=os.O_RDWR, mode=0))
+    send_msg(
+        sock, p.request(Command.OPEN, xid, cred=ME(), path=path, flags=os.O_RDWR, mode=0, cache=2)
+    )
     reply = recv_message(sock)
     assert reply.status == 0, bytes(reply["data"])
     return reply.oid

@@ -150,6 +150,7 @@ class Client:
         # Files holding cache locks, by (connection, handle): the server's REVOKEs
         # name the handle. Revocations run on their own thread, never the reader's.
         self._cached: dict[tuple[int, int], RemoteFile] = {}
+        self._early_revokes: dict[tuple[int, int], None] = {}  # oldest first, bounded
         self._revoker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: dict[bytes, RemoteFile] = {}
         # Run when a connection is lost (with it, every cache lock it held).
@@ -233,6 +234,10 @@ class Client:
         try:
             if f is not None:
                 f.revoked(msg["keep"], msg.offset, msg.length)
+            else:  # granted with an open whose file is not registered yet (or closed)
+                self._early_revokes[(id(conn), msg.oid)] = None
+                if len(self._early_revokes) > 4096:
+                    del self._early_revokes[next(iter(self._early_revokes))]
         except Exception:
             log.exception("revoking a cache lock failed")
         try:
@@ -244,15 +249,15 @@ class Client:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 
     def _open(
-        self, path: PathArg, flags: int, perm: int, cred: Cred
-    ) -> tuple[Connection, int, Attr, int]:
-        """Open on the server: the connection, the handle, the file's attributes and
-        how many handles of other clients have it open for writing."""
+        self, path: PathArg, flags: int, perm: int, cred: Cred, cache: int = 2
+    ) -> tuple[Connection, int, Attr, int, int]:
+        """Open on the server: the connection, the handle, the file's attributes, how
+        many handles of other clients have it open for writing, and the cache lock
+        granted with it (``cache`` asks for one: 0 shared, 1 exclusive; 2: none)."""
         conn = self.connection()
-        reply = conn.call(
-            Command.OPEN, path, cred=cred, path=encode_path(path), flags=flags, mode=perm
-        )
-        return conn, reply.oid, reply["attr"], reply["writers"]
+        reply = conn.call(Command.OPEN, path, cred=cred, path=encode_path(path), flags=flags,
+                          mode=perm, cache=cache)  # fmt: skip
+        return conn, reply.oid, reply["attr"], reply["writers"], reply["cached"]
 
     def close(self) -> None:
         for f in list(self._lock_files.values()):

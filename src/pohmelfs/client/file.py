@@ -42,7 +42,10 @@ class RemoteFile(io.RawIOBase):
         perm: int,
         mode: str,
         cred: Cred | None = None,
+        cache: int = 2,
     ) -> None:
+        """``cache``: a cache lock to take with the open if nothing conflicts (0
+        shared, 1 exclusive; 2 none): see :meth:`cache_lock`."""
         super().__init__()
         self._client = client
         self.name = path
@@ -55,9 +58,16 @@ class RemoteFile(io.RawIOBase):
         self._behind_count = 0
         self._behind_error: OSError | None = None
         self.on_revoke: Callable[[int, int, int], None] | None = None
-        self._conn, self._oid, attr, writers = client._open(path, flags, perm, self._cred)
+        self._conn, self._oid, attr, writers, cached = client._open(path, flags, perm,
+                                                                    self._cred, cache)  # fmt: skip
         self.attr: Attr = attr
         self.writers_elsewhere = writers  # other clients' handles open for writing, at open
+        self._granted: int = 2  # the lock granted with the open, until used or revoked
+        if cached < 2:
+            key = (id(self._conn), self._oid)
+            client._cached[key] = self
+            if client._early_revokes.pop(key, 0) is not None:  # else taken back already
+                self._granted = cached
         self._pos = attr.size if flags & os.O_APPEND else 0
 
     # --- the handle, reopened after a reconnect ------------------------------
@@ -72,7 +82,7 @@ class RemoteFile(io.RawIOBase):
             return conn, self._oid
         with self._lock:
             if self._conn.closed:
-                self._conn, self._oid, _, _ = self._client._open(
+                self._conn, self._oid, _, _, _ = self._client._open(
                     self.name, self._flags & REOPEN_MASK, 0, self._cred
                 )
             return self._conn, self._oid
@@ -318,6 +328,14 @@ class RemoteFile(io.RawIOBase):
         reply = conn.wait(tx, self.name, forever=True)
         return CacheGrant(reply["attr"], reply["writers"])
 
+    def granted_at_open(self, exclusive: bool) -> CacheGrant | None:
+        """The lock granted with the open, if it is enough and still ours (once)."""
+        with self._lock:
+            granted, self._granted = self._granted, 2
+        if granted == 2 or (exclusive and granted == 0):
+            return None
+        return CacheGrant(self.attr, self.writers_elsewhere)
+
     def cache_release(self, start: int = 0, length: int = 0) -> None:
         conn, oid = self.handle()
         conn.call(Command.CACHE, self.name, oid=oid, offset=start, length=length, type=2)
@@ -325,6 +343,8 @@ class RemoteFile(io.RawIOBase):
     def revoked(self, keep: int, start: int, length: int) -> None:
         """The server takes (part of) our cache lock back: write back, then tell the
         owner of the cache. Runs on the client's revocation thread."""
+        with self._lock:
+            self._granted = 2
         self.write_back()  # a failure stays for the next flush, fsync or close
         if self.on_revoke is not None:
             self.on_revoke(keep, start, length)
@@ -342,6 +362,7 @@ class RemoteFile(io.RawIOBase):
         """Close without waiting for the server's answer (errors are dropped)."""
         if self.closed:
             return
+        self._client._cached.pop((id(self._conn), self._oid), None)
         if not self._conn.closed:
             try:
                 self._conn.start(Command.CLOSE, callback=_ignore, oid=self._oid)
@@ -352,6 +373,7 @@ class RemoteFile(io.RawIOBase):
     def close(self) -> None:
         if self.closed:
             return
+        self._client._cached.pop((id(self._conn), self._oid), None)
         try:
             self.drain()
             if not self._conn.closed:

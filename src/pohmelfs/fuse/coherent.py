@@ -37,6 +37,7 @@ class CacheState:
         # server sees it once every other holder has written back
         self._version: dict[int, tuple[int, int, int]] = {}
         self._revoked_at: dict[int, float] = {}  # nodeid -> when its lock was last revoked
+        self._revokes: dict[int, int] = {}  # nodeid -> revocations so far
 
     def ensure(self, node: Node, f: RemoteFile, exclusive: bool) -> None:
         """Hold at least a shared (or an exclusive) lock on the node's file."""
@@ -48,7 +49,13 @@ class CacheState:
             if via is None or via.closed:
                 via = self._via[node.nodeid] = f
         via.on_revoke = lambda keep, _start, _length: self._revoked(node.nodeid, keep)
-        attr = via.cache_lock(exclusive=exclusive).attr  # may wait while others give theirs up
+        for _ in range(3):  # a lock taken back as soon as granted was never ours to use
+            revokes = self._revokes.get(node.nodeid, 0)
+            grant = via.granted_at_open(exclusive) or via.cache_lock(exclusive=exclusive)
+            with self._cond:
+                if self._revokes.get(node.nodeid, 0) == revokes:
+                    break
+        attr = grant.attr
         version = (attr.size, attr.mtime_ns, attr.ctime_ns)
         with self._cond:
             self._state[node.nodeid] = max(self._state.get(node.nodeid, NONE), want)
@@ -91,6 +98,13 @@ class CacheState:
                 self._reads.pop(nodeid, None)
             self._cond.notify_all()
 
+    def forget(self, nodeid: int) -> None:
+        """The kernel forgot the node: nothing of it is cached any more."""
+        with self._cond:
+            for table in (self._version, self._revoked_at, self._revokes):
+                table.pop(nodeid, None)
+            self._valid.discard(nodeid)
+
     def handle_closed(self, nodeid: int, f: RemoteFile) -> None:
         """The lock goes with the handle it was taken through (the server drops it)."""
         with self._cond:
@@ -110,6 +124,7 @@ class CacheState:
             # New reads now ask the server for a lock again (and wait for the writer).
             self._state[nodeid] = NONE if keep == RELEASE else SHARED
             self._revoked_at[nodeid] = time.monotonic()
+            self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
             self._cond.wait_for(lambda: not self._reads.get(nodeid), timeout=10)
             if keep == RELEASE:
                 self._valid.discard(nodeid)

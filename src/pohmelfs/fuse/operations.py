@@ -252,6 +252,8 @@ class Operations(DirectoryOps):
         self.nodes.forget(nodeid, nlookup)
         if self.names is not None and self.nodes.get(nodeid) is None:
             self.names.forget(nodeid)
+            if self.cache is not None and nodeid not in self.node_files:
+                self.cache.forget(nodeid)
 
     def op_getattr(self, req: k.Request, reply: Replier) -> None:
         args = req.args
@@ -390,7 +392,9 @@ class Operations(DirectoryOps):
                                       perm, "", self.cred(req))  # fmt: skip
                 except PermissionError:
                     pass
-        return RemoteFile(self.client, path, flags, perm, "", self.cred(req))
+        # Coherent: a shared cache lock comes with the open when nothing conflicts.
+        cache = 0 if self.cache is not None else 2
+        return RemoteFile(self.client, path, flags, perm, "", self.cred(req), cache)
 
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)

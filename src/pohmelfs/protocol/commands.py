@@ -87,7 +87,15 @@ REQUESTS: dict[Command, Schema] = {
     _C.STATFS: (("cred", "cred"),),
     _C.LOOKUP: (("cred", "cred"), ("path", "name")),
     _C.READDIR: (("cred", "cred"), ("path", "name")),
-    _C.OPEN: (("cred", "cred"), ("path", "name"), ("flags", "u32"), ("mode", "u32")),
+    # cache: a cache lock to grant at once if nothing conflicts (0 shared, 1
+    # exclusive, 2 none); the reply's ``cached`` says which was granted (2: none).
+    _C.OPEN: (
+        ("cred", "cred"),
+        ("path", "name"),
+        ("flags", "u32"),
+        ("mode", "u32"),
+        ("cache", "u32"),
+    ),
     _C.CLOSE: (),
     _C.READ: (),
     _C.WRITE: (DATA,),
@@ -148,7 +156,7 @@ REPLIES.update(
         _C.STATFS: (("statfs", "statfs"),),
         _C.LOOKUP: _ATTR_REPLY,
         _C.READDIR: (("entries", "entries"),),
-        _C.OPEN: (("attr", "attr"), ("writers", "u32")),  # writers: on other clients
+        _C.OPEN: (("attr", "attr"), ("writers", "u32"), ("cached", "u32")),  # writers: elsewhere
         _C.READ: (DATA,),
         _C.FSTAT: _ATTR_REPLY,
         _C.MKDIR: _ATTR_REPLY,

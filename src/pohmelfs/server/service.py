@@ -378,8 +378,15 @@ class Session(LockRequests):
             oid = self.next_handle
             self.next_handle += 1
             self.handles[oid] = h
+        cached = m["cache"]
+        if cached > cachelocks.EXCLUSIVE:
+            cached = cachelocks.RELEASE
+        elif self.server.cache.try_acquire(h.key, (self.sid, oid), cached, 0, END):
+            attr = attr_of(os.fstat(fd))  # as it is now that the lock is ours
+        else:
+            cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
         writers = self.server.writers_elsewhere(h.key, self.sid)
-        return p.reply(m, oid=oid, attr=attr, writers=writers)
+        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached)
 
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
