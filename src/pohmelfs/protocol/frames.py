@@ -18,7 +18,7 @@ from .commands import (
 from .fields import DEFAULT_MAX_PAYLOAD, FIELD_TYPES, U32_MAX, U64_MAX, ProtocolError
 
 MAGIC = 0x504F  # "PO"
-VERSION = 1
+VERSION = 2  # 2: OPEN grants a cache lock inline
 HEADER = struct.Struct("!HHHHIIQQQQ")
 HEADER_SIZE = HEADER.size  # 48
 
