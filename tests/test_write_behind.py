@@ -77,3 +77,27 @@ def test_failed_write_behind_fails_fsync_and_close(small_export: Path) -> None:
     finally:
         server.stop()
         server.export.close()
+
+
+def test_write_behind_across_files_stays_under_the_clients_limit(
+    server: Server, export_dir: Path
+) -> None:
+    """Unanswered writes of all files together never pass the client's limit (one
+    request always goes), and everything arrives."""
+    limit = 2 << 20
+    client = Client([address_of(server)], write_behind_limit=limit)
+    try:
+        files = [client.open(f"/w{i}", "w+b", buffering=0) for i in range(4)]
+        data = os.urandom(1 << 20)
+        for rnd in range(6):
+            for f in files:
+                f.write_behind(data, rnd * len(data))
+        for f in files:
+            f.drain()
+            f.close()
+        assert 0 < client.write_budget.peak <= limit
+        assert client.write_budget.used == 0
+        for i in range(4):
+            assert (export_dir / f"w{i}").read_bytes() == data * 6
+    finally:
+        client.close()

@@ -109,6 +109,28 @@ class ScanEntry:
         return f"<ScanEntry {self.name!r}>"
 
 
+class WriteBudget:
+    """Bytes sent behind and not yet answered, bounded: a writer waits for answers
+    before it goes past ``limit`` (one request always goes, however large)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self.used or self.used + n <= self.limit, timeout)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
 class Client:
     """A connection to a pohmelfs export.
 
@@ -117,7 +139,10 @@ class Client:
     it cannot be reached. Every call is thread-safe; many threads share one
     connection with their requests in flight at once. A call that gets no
     answer within ``timeout`` seconds raises ``TimeoutError`` (ETIMEDOUT); a
-    lost connection is re-established by the next call.
+    lost connection is re-established by the next call. ``write_behind_limit``
+    bounds the bytes written behind (``RemoteFile.write_behind``) and not yet
+    answered, across all files: what a crash of this client could lose after
+    ``write(2)`` returned.
     """
 
     def __init__(
@@ -129,6 +154,7 @@ class Client:
         cred: Cred | None = None,
         umask: int | None = None,
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
+        write_behind_limit: int = 128 << 20,
     ) -> None:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
@@ -143,6 +169,7 @@ class Client:
         self.cred = cred or Cred(os.geteuid(), os.getegid(), tuple(os.getgroups()))
         self.umask = _process_umask() if umask is None else umask
         self.max_payload = max_payload
+        self.write_budget = WriteBudget(write_behind_limit)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False

@@ -247,7 +247,8 @@ class RemoteFile(io.RawIOBase):
         reads and attribute requests see it. A failure is kept and raised by
         the next :meth:`drain` (which ``fsync`` and ``close`` call), as a
         failed page writeback is on a local filesystem. At most
-        ``WRITE_BEHIND_BYTES`` are unanswered at a time.
+        ``WRITE_BEHIND_BYTES`` of this file, and the client's
+        ``write_behind_limit`` of all its files, are unanswered at a time.
         """
         mv = memoryview(data).cast("B")
         conn, oid = self.handle()
@@ -261,6 +262,7 @@ class RemoteFile(io.RawIOBase):
                     self._behind.wait(0.1)
                 self._behind_bytes += n
                 self._behind_count += 1
+            self._client.write_budget.take(n, 2 * conn.timeout)
             try:
                 conn.start(Command.WRITE, callback=lambda tx, n=n: self._written(tx, n),
                            oid=oid, offset=offset + pos, data=piece)  # fmt: skip
@@ -283,6 +285,7 @@ class RemoteFile(io.RawIOBase):
         self._settle(n, error)
 
     def _settle(self, n: int, error: OSError | None) -> None:
+        self._client.write_budget.give(n)
         with self._behind:
             self._behind_bytes -= n
             self._behind_count -= 1
