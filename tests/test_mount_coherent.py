@@ -267,7 +267,8 @@ def test_names_are_kept_under_the_directory_lock_until_another_client_changes_it
 
 def test_directory_attributes_change_for_the_other_mount_at_once(cm: TwoMounts) -> None:
     (cm.a / "modes").mkdir(mode=0o755)
-    assert os.stat(cm.b / "modes").st_mode & 0o777 == 0o755
+    assert not (cm.b / "modes" / "x").exists()  # b takes the directory's lock
+    assert os.stat(cm.b / "modes").st_mode & 0o777 == 0o755  # kept under it
     os.chmod(cm.a / "modes", 0o700)
     assert os.stat(cm.b / "modes").st_mode & 0o777 == 0o700
     os.utime(cm.a / "modes", ns=(1_000_000_000, 2_000_000_000))
@@ -338,3 +339,21 @@ def test_two_mounts_take_turns_writing_one_record(cm: TwoMounts) -> None:
         _, err = proc.communicate(timeout=50)
         assert proc.returncode == 0, err
     assert (cm.export / "turns.rec").read_bytes()[:12] == b"%012d" % 600
+
+
+def test_attributes_of_a_file_another_mount_keeps_change_at_once(cm: TwoMounts) -> None:
+    """A mount that holds a file's lock keeps its attributes long; another mount's
+    chmod, chown or utime revokes the lock first."""
+    (cm.a / "attrs").write_bytes(b"x")
+    fd = os.open(cm.b / "attrs", os.O_RDONLY)  # b holds the lock: attributes kept
+    try:
+        assert os.fstat(fd).st_mode & 0o777 == 0o644
+        os.chmod(cm.a / "attrs", 0o600)
+        assert os.fstat(fd).st_mode & 0o777 == 0o600
+        assert os.stat(cm.b / "attrs").st_mode & 0o777 == 0o600
+        os.chown(cm.a / "attrs", 1234, 5678)
+        assert (os.fstat(fd).st_uid, os.fstat(fd).st_gid) == (1234, 5678)
+        os.utime(cm.a / "attrs", ns=(3_000_000_000, 4_000_000_000))
+        assert os.fstat(fd).st_mtime_ns == 4_000_000_000
+    finally:
+        os.close(fd)
