@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from conftest import address_of, start_server
 from pohmelfs import Client
+from pohmelfs.protocol import Command
 from pohmelfs.server.cachelocks import END, EXCLUSIVE, RELEASE, SHARED, CacheLocks, Holder
 from pohmelfs.server.service import Server
 
@@ -214,6 +216,61 @@ def test_names_changed_by_one_client_revoke_another_clients_directory_lock(
         assert changed_by_b(lambda: b.chmod("/d", 0o700))
         assert revokes and all(keep == RELEASE for keep in revokes)
         d.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_change_that_waits_keeps_the_connections_later_requests_behind_it(
+    server: Server,
+) -> None:
+    """A create that must wait for another client's revocation waits in the
+    session's queue; requests sent after it on the connection run after it."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        b.mkdir("/q")
+        d = a.open("/q", "rb", buffering=0)
+        d.on_revoke = lambda _keep, _s, _l: time.sleep(0.3)  # a slow holder
+        d.cache_lock()
+        conn = b.connection()
+        flags = os.O_CREAT | os.O_WRONLY
+        create = conn.start(Command.OPEN, cred=b.cred, path=b"/q/new", flags=flags, mode=0o644,
+                            cache=2)  # fmt: skip
+        lookup = conn.start(Command.LOOKUP, cred=b.cred, path=b"/q/new")
+        assert conn.wait(lookup)["attr"].size == 0  # not ENOENT: it ran after the create
+        assert conn.wait(create).oid
+        d.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_clients_changing_what_the_other_caches_do_not_wait_for_a_lease(
+    server: Server,
+) -> None:
+    """Each client creates in a directory the other holds a lock on, at the same
+    time: each session's reader goes on taking the other's revocation answer, so
+    neither waits for a lease to run out (nobody is fenced)."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        a.mkdir("/x")
+        a.mkdir("/y")
+        da, db = a.open("/x", "rb", buffering=0), b.open("/y", "rb", buffering=0)
+        da.cache_lock()
+        db.cache_lock()
+        done: list[str] = []
+        threads = [
+            threading.Thread(target=lambda: (a.open("/y/f", "wb").close(), done.append("a"))),
+            threading.Thread(target=lambda: (b.open("/x/f", "wb").close(), done.append("b"))),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(done) == ["a", "b"]
+        assert not server.cache.fenced
+        da.close()
+        db.close()
     finally:
         a.close()
         b.close()
