@@ -274,3 +274,36 @@ def test_two_clients_changing_what_the_other_caches_do_not_wait_for_a_lease(
     finally:
         a.close()
         b.close()
+
+
+def test_reading_names_waits_for_changes_an_exclusive_holder_sent_ahead(
+    server: Server,
+) -> None:
+    """A client without a lock that looks up or lists names in a directory another
+    client holds exclusively makes that holder send its changes first (it keeps
+    a shared lock)."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        a.mkdir("/ex")
+        b.open("/ex/kept", "wb").close()
+        d = a.open("/ex", "rb", buffering=0)
+        revokes: list[int] = []
+
+        def send_changes(keep: int, _s: int, _l: int) -> None:
+            revokes.append(keep)
+            a.unlink("/ex/kept")  # a change this holder made ahead, sent when asked
+
+        d.on_revoke = send_changes
+        d.cache_lock(exclusive=True)
+        assert b.listdir("/ex") == []
+        assert revokes == [SHARED]
+        d.cache_lock(exclusive=True)
+        a_file = a.open("/ex/late", "wb")  # a's own change: no revocation
+        a_file.close()
+        d.on_revoke = lambda keep, _s, _l: (revokes.append(keep), a.unlink("/ex/late"))
+        assert not b.exists("/ex/late")  # a LOOKUP: a sends its changes first
+        assert revokes == [SHARED, SHARED]
+        d.close()
+    finally:
+        a.close()
+        b.close()

@@ -25,7 +25,7 @@ import pytest
 from conftest import address_of
 from pohmelfs import Client, RemoteFile
 from pohmelfs.client.connection import Connection
-from pohmelfs.protocol import Command
+from pohmelfs.protocol import VERSION, Command
 from pohmelfs.server.service import Server
 
 # --- helpers ------------------------------------------------------------------
@@ -815,7 +815,7 @@ def test_statvfs_and_server_info(client: Client, export_dir: Path, addr: str) ->
     assert not s.f_flag & os.ST_RDONLY
     info = client.server_info()
     assert info["address"] == addr
-    assert info["protocol_version"] == 1
+    assert info["protocol_version"] == VERSION
     assert info["read_only"] is False
     assert info["xattrs"] is True
     assert info["max_payload"] >= 64 << 10

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TwoMounts, requires_fuse
+from pohmelfs import Client
 
 pytestmark = requires_fuse
 
@@ -357,3 +358,29 @@ def test_attributes_of_a_file_another_mount_keeps_change_at_once(cm: TwoMounts) 
         assert os.fstat(fd).st_mtime_ns == 4_000_000_000
     finally:
         os.close(fd)
+
+
+def test_unlink_under_an_exclusive_directory_lock_is_sent_ahead(cm: TwoMounts) -> None:
+    """Holding a directory exclusively, a mount answers an unlink before the server
+    has done it (here: while the server is stopped); anyone who looks at the
+    directory afterwards makes it send its changes first."""
+    d = cm.a / "ahead"
+    d.mkdir()
+    for i in range(5):
+        (d / f"f{i}").write_bytes(b"x")
+    os.unlink(d / "f0")  # one removal alone waits for the server
+    os.unlink(d / "f1")  # a run: the mount takes the directory exclusively
+    os.stat(d)  # its attributes, kept under the lock: no request for the next walk
+    os.kill(cm.server.pid, signal.SIGSTOP)
+    try:
+        os.unlink(d / "f2")  # answered by the mount alone (else: ETIMEDOUT after 5 s)
+    finally:
+        os.kill(cm.server.pid, signal.SIGCONT)
+    os.unlink(d / "f3")
+    client = Client([cm.server.address])
+    try:
+        assert sorted(client.listdir("/ahead")) == ["f4"]  # a library client: revokes
+    finally:
+        client.close()
+    assert sorted(os.listdir(cm.b / "ahead")) == ["f4"]
+    assert sorted(os.listdir(cm.export / "ahead")) == ["f4"]

@@ -103,7 +103,7 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     pidf = pid_file(cfg.mountpoint)
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0)
     opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
-                   cfg.coherent)  # fmt: skip
+                   cfg.coherent, kernel_checks=cfg.default_permissions)  # fmt: skip
     ops = Operations(client, opts)
     source = "pohmelfs:" + ",".join(cfg.servers)
     fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,

@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 
 from ..client.client import Client
@@ -32,6 +33,9 @@ log = logging.getLogger("pohmelfs.fuse")
 
 HELD = 86400.0  # entry time-out while the directory's lock is held: until revoked
 LIMIT = 1024  # directories whose names are cached at once (one server handle each)
+CONTENDED = 2.0  # seconds after a revocation during which a directory counts as shared
+RUN = 1.0  # a change this soon after the last one in a directory continues a run
+RELEASE = 2  # a revocation's ``keep``: nothing (0 would be: keep a shared lock)
 
 
 class NameLocks:
@@ -41,30 +45,39 @@ class NameLocks:
         self._bump_epoch = bump_epoch
         self._drop_attrs = drop_attrs
         self._limit = limit
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._dirs: dict[int, RemoteFile] = {}  # nodeid -> its open directory handle
         self._held: set[int] = set()  # nodeids whose lock is held
+        self._exclusive: set[int] = set()  # ... and held exclusively
+        self._ahead: dict[int, int] = {}  # nodeid -> changes sent ahead, unanswered
         self._revokes: dict[int, int] = {}  # nodeid -> revocations so far
+        self._revoked_at: dict[int, float] = {}
+        self._changed_at: dict[int, float] = {}  # nodeid -> this mount's last change there
         client.on_disconnect.append(self._lost_all)
 
     def held(self, nodeid: int) -> float:
         """Entry time-out for names in the directory: HELD if its lock is held."""
         return HELD if nodeid in self._held else 0.0
 
-    def take(self, node: Node) -> float:
+    def take(self, node: Node, exclusive: bool = False) -> float:
         """Like ``held``, but first take the directory's lock if need be (and if
-        it can be had: the directory may be unreadable, or too many are held)."""
+        it can be had: the directory may be unreadable, or too many are held).
+        ``exclusive``: a lock under which this mount may change names without
+        waiting for the server (see ``send_ahead``); not while other clients
+        change the directory too."""
         nodeid = node.nodeid
-        if nodeid in self._held:
+        if nodeid in (self._exclusive if exclusive else self._held):
             return HELD
+        if exclusive and self._contended(nodeid):
+            return 0.0
         d = self._handle(node)
         if d is None:
             return 0.0
         with self._lock:
             before = self._revokes.get(nodeid, 0)
-        d.on_revoke = lambda _keep, _start, _length: self._revoked(nodeid)
+        d.on_revoke = lambda keep, _start, _length: self._revoked(nodeid, keep)
         try:
-            d.cache_lock(exclusive=False)
+            d.cache_lock(exclusive=exclusive)
         except OSError as e:
             log.debug("no name lock on %r: %s", node.path(), e)
             return 0.0
@@ -72,7 +85,49 @@ class NameLocks:
             if self._revokes.get(nodeid, 0) != before or self._dirs.get(nodeid) is not d:
                 return 0.0  # taken back already: it was never ours to use
             self._held.add(nodeid)
+            if exclusive:
+                self._exclusive.add(nodeid)
         return HELD
+
+    def _contended(self, nodeid: int) -> bool:
+        return time.monotonic() - self._revoked_at.get(nodeid, -CONTENDED) < CONTENDED
+
+    def send_ahead(self, parent: Node, send: Callable[[Callable[[], None]], None]) -> bool:
+        """Change a name in ``parent`` without waiting for the server, if this mount
+        holds the directory exclusively: nobody else can look at the name until
+        they revoke the lock, and a revocation waits for every change sent ahead
+        to be answered. ``send(done)`` sends the request; ``done`` must run when it
+        is answered. False (nothing sent): the caller waits for the server.
+
+        Only a run of changes (``rm -r``, an unpacker) goes ahead: for one change
+        alone, taking the lock would cost the round trip it saves."""
+        nodeid = parent.nodeid
+        now = time.monotonic()
+        last, self._changed_at[nodeid] = self._changed_at.get(nodeid, -RUN), now
+        if nodeid not in self._exclusive and now - last >= RUN:
+            return False
+        if not self.take(parent, exclusive=True):
+            return False
+        with self._lock:
+            if nodeid not in self._exclusive:
+                return False
+            self._ahead[nodeid] = self._ahead.get(nodeid, 0) + 1
+
+        def done() -> None:
+            with self._lock:
+                left = self._ahead.get(nodeid, 1) - 1
+                if left:
+                    self._ahead[nodeid] = left
+                else:
+                    self._ahead.pop(nodeid, None)
+                self._lock.notify_all()
+
+        try:
+            send(done)
+        except BaseException:
+            done()
+            raise
+        return True
 
     def _handle(self, node: Node) -> RemoteFile | None:
         with self._lock:
@@ -95,9 +150,16 @@ class NameLocks:
             old.close_async()
         return d
 
-    def _revoked(self, nodeid: int) -> None:
-        """Revocation thread: stop trusting the kernel's names, before answering."""
+    def _revoked(self, nodeid: int, keep: int) -> None:
+        """Revocation thread: changes sent ahead reach the server first; then, unless
+        a shared lock is kept, stop trusting the kernel's names before answering."""
         with self._lock:
+            self._exclusive.discard(nodeid)
+            self._revoked_at[nodeid] = time.monotonic()
+            if not self._lock.wait_for(lambda: not self._ahead.get(nodeid), timeout=30):
+                log.warning("changes sent ahead in directory %d were not answered", nodeid)
+            if keep != RELEASE:
+                return
             self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
             self._held.discard(nodeid)
         self._drop_attrs(nodeid)
@@ -107,6 +169,7 @@ class NameLocks:
         """The connection (and with it every lock) is gone."""
         with self._lock:
             held, self._held = self._held, set()
+            self._exclusive.clear()
             for nodeid in held:
                 self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
             dirs, self._dirs = list(self._dirs.values()), {}
@@ -121,7 +184,10 @@ class NameLocks:
         with self._lock:
             d = self._dirs.pop(nodeid, None)
             self._held.discard(nodeid)
+            self._exclusive.discard(nodeid)
             self._revokes.pop(nodeid, None)
+            self._revoked_at.pop(nodeid, None)
+            self._changed_at.pop(nodeid, None)
         if d is not None:
             d.close_async()  # the server drops the lock with the handle
 

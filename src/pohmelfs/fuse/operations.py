@@ -57,6 +57,9 @@ class Options:
     writeback: bool = False  # the kernel buffers writes in its page cache (experimental)
     coherent: bool = False  # kernel caching under the server's cache locks
     locked_attr_timeout: float = 60.0  # how long attributes are kept while a lock is held
+    # The kernel checks permissions itself (default_permissions), before a request
+    # reaches us: a removal may then be answered before the server has done it.
+    kernel_checks: bool = False
 
 
 class Operations(DirectoryOps):
@@ -350,9 +353,30 @@ class Operations(DirectoryOps):
 
     def op_unlink(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
-        self.call(Command.UNLINK, req, self.nodes.child_path(parent, name))
+        path = self.nodes.child_path(parent, name)
+        if not (self.opts.kernel_checks and self.names is not None and self._names_cached()
+                and not self.client.connection().caps & p.Cap.READ_ONLY
+                and self.names.send_ahead(parent, lambda done: self._unlink_ahead(
+                    req, path, done))):  # fmt: skip
+            self.call(Command.UNLINK, req, path)
         self.nodes.unlinked(parent, name)
         reply.ok()
+
+    def _unlink_ahead(self, req: k.Request, path: bytes, done: Callable[[], None]) -> None:
+        """Sent under the directory's exclusive lock: the kernel has checked the
+        permissions and the name exists (no other client can have changed it), so
+        the answer is known; a failure only the server could see is logged."""
+
+        def answered(tx: Any) -> None:
+            done()
+            status = tx.reply.status if tx.reply is not None else errno.EIO
+            if tx.error is not None or status:
+                log.error(
+                    "unlink of %r sent ahead failed: %s", path, tx.error or os.strerror(status)
+                )
+
+        self.client.connection().start(Command.UNLINK, callback=answered, cred=self.cred(req),
+                                       path=path)  # fmt: skip
 
     def op_rmdir(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]

@@ -45,6 +45,7 @@ class CacheLocks:
         self.lease = lease
         self._cond = threading.Condition()
         self._held: dict[object, list[Holder]] = {}
+        self.exclusive_held = 0  # exclusive holders anywhere (read without the lock)
         self.fenced: set[tuple[int, int]] = set()  # owners that lost a lock unasked
         # key -> sessions changing it right now without a lock (see ``changing``)
         self._busy: dict[object, collections.Counter[int]] = {}
@@ -101,6 +102,12 @@ class CacheLocks:
             return False
         with self._cond:
             return bool(self._elsewhere(key, session, write, start, end))
+
+    def exclusive_elsewhere(self, key: object, session: int) -> bool:
+        """Does another session hold an exclusive lock on (part of) ``key``?"""
+        with self._cond:
+            return any(h.type == EXCLUSIVE and h.owner[0] != session
+                       for h in self._held.get(key, ()))  # fmt: skip
 
     def settle(self, key: object, session: int, write: bool, start: int, end: int,
                revoke: Revoker) -> None:  # fmt: skip
@@ -208,14 +215,24 @@ class CacheLocks:
         except OSError:  # its connection is gone: so are its locks
             done()
 
+    def _store(self, key: object, holders: list[Holder]) -> None:
+        """The one place ``_held`` changes: it keeps ``exclusive_held`` counted."""
+        old = self._held.get(key, ())
+        self.exclusive_held += sum(h.type == EXCLUSIVE for h in holders) - sum(
+            h.type == EXCLUSIVE for h in old
+        )
+        if holders:
+            self._held[key] = holders
+        else:
+            self._held.pop(key, None)
+
     def _give_up(self, key: object, h: Holder, keep: int) -> None:
-        ranges = self._held.get(key, [])
+        ranges = list(self._held.get(key, ()))
         if h in ranges:
             ranges.remove(h)
             if keep == SHARED and h.type == EXCLUSIVE:
                 ranges.append(Holder(h.owner, SHARED, h.start, h.end))
-        if not ranges:
-            self._held.pop(key, None)
+        self._store(key, ranges)
 
     def _put(self, key: object, new: Holder) -> None:
         """Record ``new``, replacing the owner's own overlapping ranges."""
@@ -228,10 +245,7 @@ class CacheLocks:
         )
         if new.type != RELEASE:
             kept.append(new)
-        if kept:
-            self._held[key] = kept
-        else:
-            self._held.pop(key, None)
+        self._store(key, kept)
 
     def release(self, key: object, owner: tuple[int, int], start: int, end: int) -> None:
         with self._cond:
@@ -242,11 +256,7 @@ class CacheLocks:
         """Forget every lock whose owner matches (a closed handle or connection)."""
         with self._cond:
             for key in list(self._held):
-                kept = [h for h in self._held[key] if not predicate(h.owner)]
-                if kept:
-                    self._held[key] = kept
-                else:
-                    del self._held[key]
+                self._store(key, [h for h in self._held[key] if not predicate(h.owner)])
             self.fenced = {o for o in self.fenced if not predicate(o)}
             self._cond.notify_all()
 

@@ -38,6 +38,13 @@ log = logging.getLogger("pohmelfs.server")
 SENDFILE_MIN = 64 << 10  # below this, pread + sendmsg beats header + sendfile
 SEND_TIMEOUT = struct.pack("ll", 20, 0)  # struct timeval: 20 s
 SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
+# Requests that use a name without changing its directory: a client holding the
+# directory exclusively (names changed ahead, not yet sent) sends its changes first.
+NAME_READERS = frozenset({
+    Command.LOOKUP, Command.READDIR, Command.OPEN, Command.READLINK, Command.TRUNCATE,
+    Command.CHMOD, Command.CHOWN, Command.UTIMES, Command.GETXATTR, Command.SETXATTR,
+    Command.LISTXATTR, Command.REMOVEXATTR,
+})  # fmt: skip
 
 
 class _Handle:
@@ -230,6 +237,8 @@ class Session(LockRequests):
             return
         if self._queued:  # an earlier request waits for others' caches: stay behind it
             self._enqueue(msg, None, lambda: self._handle(msg))
+        elif self.server.cache.exclusive_held and self._names_ahead_elsewhere(msg):
+            self._enqueue(msg, None, lambda: self._settle_names(msg))
         elif header.cmd in SLOW_COMMANDS:
             self.server.pool.submit(self.execute, msg)
         else:
@@ -267,6 +276,28 @@ class Session(LockRequests):
 
     def _handle(self, msg: Message) -> Message | None:
         return self.handlers[msg.cmd](msg)
+
+    def _names_key(self, msg: Message) -> tuple[int, int] | None:
+        """The directory whose names the request reads: the listed one, or the parent."""
+        if msg.cmd != Command.READDIR:
+            return self.export.parent_key(msg["path"])
+        try:
+            st = self.export.stat(msg["path"])
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _names_ahead_elsewhere(self, msg: Message) -> bool:
+        if msg.cmd not in NAME_READERS or not msg["path"]:
+            return False
+        key = self._names_key(msg)
+        return key is not None and self.server.cache.exclusive_elsewhere(key, self.sid)
+
+    def _settle_names(self, msg: Message) -> Message | None:
+        key = self._names_key(msg)
+        if key is not None:
+            self.server.cache.settle(key, self.sid, False, 0, END, self._revoke)
+        return self._handle(msg)
 
     def send(self, msg: Message) -> None:
         parts = msg.encode()
