@@ -1,0 +1,131 @@
+"""Directory cache locks of the mount (fuse/names.py), against a real server."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import address_of
+from pohmelfs import Client
+from pohmelfs.fuse.names import HELD, NameLocks
+from pohmelfs.fuse.nodes import NodeTable
+from pohmelfs.protocol import Command
+from pohmelfs.server.service import Server
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.dropped: list[int] = []
+
+    def bump(self) -> None:
+        self.epochs += 1
+
+    def drop(self, nodeid: int) -> None:
+        self.dropped.append(nodeid)
+
+
+@pytest.fixture
+def clients(server: Server) -> Iterator[tuple[Client, Client]]:
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    yield a, b
+    a.close()
+    b.close()
+
+
+def nodes_for(client: Client, *names: str) -> tuple[NodeTable, list]:  # type: ignore[type-arg]
+    table = NodeTable(client.stat("/").st_ino)
+    found = []
+    for name in names:
+        st = client.stat("/" + name)
+        found.append(table.remember(table.root, name.encode(), st.st_ino, 1))
+    return table, found
+
+
+def key_of(client: Client, path: str) -> tuple[int, int]:
+    st = client.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def test_a_name_lock_is_held_until_another_client_changes_the_directory(
+    server: Server, clients: tuple[Client, Client]
+) -> None:
+    a, b = clients
+    b.mkdir("/d")
+    _, (d,) = nodes_for(a, "d")
+    rec = Recorder()
+    names = NameLocks(a, rec.bump, rec.drop)
+    assert names.held(d.nodeid) == 0.0
+    assert names.take(d) == HELD and names.held(d.nodeid) == HELD
+    assert names.take(d) == HELD  # held: no second request
+    b.open("/d/new", "wb").close()  # revokes a's lock before it returns
+    assert names.held(d.nodeid) == 0.0
+    assert rec.epochs == 1 and rec.dropped == [d.nodeid]
+    assert names.take(d) == HELD  # taken again through the same handle
+    names.forget(d.nodeid)  # the kernel forgot the directory: its handle closes
+    assert names.held(d.nodeid) == 0.0
+    deadline = time.monotonic() + 5
+    while server.cache.held(key_of(b, "/d")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not server.cache.held(key_of(b, "/d"))
+    names.close()
+
+
+def test_name_locks_are_bounded_and_fail_soft(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    b.mkdir("/one")
+    b.mkdir("/two")
+    b.mkdir("/locked")
+    b.chmod("/locked", 0)
+    _, (one, two) = nodes_for(a, "one", "two")
+    rec = Recorder()
+    names = NameLocks(a, rec.bump, rec.drop, limit=1)
+    assert names.take(one) == HELD
+    assert names.take(two) == 0.0  # over the limit: names of /two are not kept
+    names.close()
+    assert rec.epochs == 1  # closing drops every lock: the kernel's names go stale
+    if os.geteuid() != 0:  # root may open a mode-0 directory; others may not
+        nobody = NameLocks(a, rec.bump, rec.drop)
+        _, (locked,) = nodes_for(a, "locked")
+        assert nobody.take(locked) == 0.0
+
+
+def test_changes_sent_ahead_go_out_before_a_revocation_is_answered(
+    clients: tuple[Client, Client],
+) -> None:
+    """Only a run of changes goes ahead, under the exclusive lock; a revocation
+    waits until every change sent ahead was answered."""
+    a, b = clients
+    b.mkdir("/run")
+    for i in range(3):
+        b.open(f"/run/f{i}", "wb").close()
+    _, (run,) = nodes_for(a, "run")
+    rec = Recorder()
+    names = NameLocks(a, rec.bump, rec.drop)
+    finished: list[str] = []
+
+    def unlink(name: str):  # type: ignore[no-untyped-def]
+        def send(done) -> None:  # type: ignore[no-untyped-def]
+            def answered(_tx: object) -> None:
+                time.sleep(0.2)  # a slow answer: the revocation must wait for it
+                finished.append(name)
+                done()
+
+            a.connection().start(
+                Command.UNLINK,
+                callback=answered,
+                cred=a.cred,
+                path=f"/run/{name}".encode(),
+            )
+
+        return send
+
+    assert not names.send_ahead(run, unlink("f0"))  # alone: the caller does it itself
+    a.unlink("/run/f0")
+    assert names.send_ahead(run, unlink("f1"))  # a run: sent ahead
+    assert b.listdir("/run") == ["f2"]  # b's listing revoked a's lock: f1 went first
+    assert finished == ["f1"]
+    names.close()
