@@ -31,6 +31,7 @@ from .names import NameLocks
 from .nodes import ROOT_ID, Node, NodeTable
 from .reads import DirectReads
 from .reply import Replier, errno_of
+from .xattrs import ExtendedAttributeOps
 
 __all__ = ["Operations", "Options", "Replier", "errno_of"]
 
@@ -62,7 +63,7 @@ class Options:
     kernel_checks: bool = False
 
 
-class Operations(DirectoryOps):
+class Operations(DirectoryOps, ExtendedAttributeOps):
     def __init__(self, client: Client, options: Options | None = None) -> None:
         self.client = client
         self.opts = options or Options()
@@ -547,27 +548,6 @@ class Operations(DirectoryOps):
         self.file(a.fh).fallocate(a.offset, a.length, a.mode)
         reply.ok()
 
-    # --- extended attributes ----------------------------------------------------------------
-
-    def op_setxattr(self, req: k.Request, reply: Replier) -> None:
-        value = bytes(req.data[: req.args.size])
-        call = self.object_call(req, self.node(req.nodeid))
-        call(Command.SETXATTR, name=req.names[0], value=value, flags=req.args.flags)
-        reply.ok()
-
-    def op_getxattr(self, req: k.Request, reply: Replier) -> None:
-        call = self.object_call(req, self.node(req.nodeid))
-        value = call(Command.GETXATTR, name=req.names[0])["value"]
-        _sized_reply(reply, req.args.size, value)
-
-    def op_listxattr(self, req: k.Request, reply: Replier) -> None:
-        names = self.object_call(req, self.node(req.nodeid))(Command.LISTXATTR)["names"]
-        _sized_reply(reply, req.args.size, b"".join(n + b"\0" for n in names))
-
-    def op_removexattr(self, req: k.Request, reply: Replier) -> None:
-        self.object_call(req, self.node(req.nodeid))(Command.REMOVEXATTR, name=req.names[0])
-        reply.ok()
-
     def op_interrupt(self, req: k.Request, reply: Replier) -> None:
         # Other requests finish quickly or time out; a blocked lock wait ends now.
         self.locks.interrupt(req.args.unique)
@@ -602,12 +582,3 @@ def _ns(sec: int, nsec: int) -> int:
     if sec >= 1 << 63:
         sec -= 1 << 64
     return sec * 1_000_000_000 + nsec
-
-
-def _sized_reply(reply: Replier, size: int, value: bytes) -> None:
-    if size == 0:
-        reply.ok(k.pack_xattr_size(len(value)))
-    elif len(value) > size:
-        reply.error(errno.ERANGE)
-    else:
-        reply.ok(value)
