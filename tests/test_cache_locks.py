@@ -307,3 +307,54 @@ def test_reading_names_waits_for_changes_an_exclusive_holder_sent_ahead(
     finally:
         a.close()
         b.close()
+
+
+def test_open_with_o_trunc_revokes_other_holders_first(server: Server) -> None:
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        with b.open("/t", "wb") as f:
+            f.write(b"old contents")
+        fa = a.open("/t", "rb", buffering=0)
+        fa.cache_lock()
+        revokes: list[int] = []
+        fa.on_revoke = lambda keep, _s, _l: revokes.append(keep)
+        b.open("/t", "wb").close()  # O_TRUNC of an existing file
+        assert revokes == [RELEASE]
+        assert fa.fstat().size == 0
+        b.open("/t", "rb").close()  # a plain open changes nothing
+        assert revokes == [RELEASE]
+        fa.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(server: Server) -> None:
+    """Behind a change that waits, a write that must wait as well keeps its place:
+    a read sent after it sees it."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        b.mkdir("/q")
+        with b.open("/f", "wb") as f:
+            f.write(b"old")
+        fa = a.open("/f", "r+b", buffering=0)
+        slow = lambda _keep, _s, _l: time.sleep(0.3)  # noqa: E731
+        db, fb = b.open("/q", "rb", buffering=0), b.open("/f", "rb", buffering=0)
+        for held in (db, fb):
+            held.on_revoke = slow
+            held.cache_lock()
+        conn, oid = fa.handle()
+        flags = os.O_CREAT | os.O_WRONLY  # the create waits for b's directory lock
+        create = conn.start(
+            Command.OPEN, cred=a.cred, path=b"/q/new", flags=flags, mode=0o644, cache=2
+        )
+        write = conn.start(Command.WRITE, oid=oid, offset=0, data=b"new")  # waits for fb
+        read = conn.start(Command.READ, oid=oid, offset=0, length=3)
+        assert bytes(conn.wait(read)["data"]) == b"new"
+        assert conn.wait(write).length == 3
+        assert conn.wait(create).oid
+        for f in (fa, db, fb):
+            f.close()
+    finally:
+        a.close()
+        b.close()

@@ -178,7 +178,10 @@ class Client:
         # name the handle. Revocations run on their own thread, never the reader's.
         self._cached: dict[tuple[int, int], RemoteFile] = {}
         self._early_revokes: dict[tuple[int, int], None] = {}  # oldest first, bounded
-        self._revoker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pohmelfs-revoke")
+        self._revokes_lock = threading.Lock()
+        # Several: one revocation may wait (for writes, or changes sent ahead) while
+        # others must go on.
+        self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: dict[bytes, RemoteFile] = {}
         # Run when a connection is lost (with it, every cache lock it held).
         self.on_disconnect: list[Callable[[], None]] = []
@@ -257,20 +260,34 @@ class Client:
                 log.exception("disconnect callback failed")
 
     def _revoke(self, conn: Connection, msg: p.Message) -> None:
-        f = self._cached.get((id(conn), msg.oid))
+        key = (conn.serial, msg.oid)
+        with self._revokes_lock:  # against a file registering (``_register_cached``)
+            f = self._cached.get(key)
+            if f is None:  # granted with an open whose file is not registered yet (or closed)
+                self._early_revokes[key] = None
+                if len(self._early_revokes) > 4096:
+                    del self._early_revokes[next(iter(self._early_revokes))]
         try:
             if f is not None:
                 f.revoked(msg["keep"], msg.offset, msg.length)
-            else:  # granted with an open whose file is not registered yet (or closed)
-                self._early_revokes[(id(conn), msg.oid)] = None
-                if len(self._early_revokes) > 4096:
-                    del self._early_revokes[next(iter(self._early_revokes))]
         except Exception:
             log.exception("revoking a cache lock failed")
         try:
             conn.answer(msg)
         except OSError:
             pass  # the connection is gone, and the server dropped our locks with it
+
+    def _register_cached(self, conn: Connection, oid: int, f: RemoteFile) -> bool:
+        """Route the server's revocations of handle ``oid`` to ``f``. False if one came
+        already (for a lock granted with the open): that lock is not ours."""
+        key = (conn.serial, oid)
+        with self._revokes_lock:
+            self._cached[key] = f
+            return self._early_revokes.pop(key, 0) is not None
+
+    def _unregister_cached(self, conn: Connection, oid: int) -> None:
+        with self._revokes_lock:
+            self._cached.pop((conn.serial, oid), None)
 
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)

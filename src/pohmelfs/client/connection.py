@@ -26,6 +26,8 @@ from ..wire import PeerClosed, SocketReader, send_parts
 log = logging.getLogger("pohmelfs.client")
 
 
+_SERIALS = itertools.count(1)
+
 # The reply recorded for a READ whose data went straight into the caller's buffer.
 _READ_DONE = p.reply(p.request(Command.READ, 0), data=b"")
 
@@ -86,6 +88,7 @@ class Connection:
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self.serial = next(_SERIALS)  # unlike id(), never reused by a later connection
         host, _, port = address.rpartition(":")
         try:
             sock = socket.create_connection((host.strip("[]"), int(port)), timeout=connect_timeout)

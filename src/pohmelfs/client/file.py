@@ -63,11 +63,8 @@ class RemoteFile(io.RawIOBase):
         self.attr: Attr = attr
         self.writers_elsewhere = writers  # other clients' handles open for writing, at open
         self._granted: int = 2  # the lock granted with the open, until used or revoked
-        if cached < 2:
-            key = (id(self._conn), self._oid)
-            client._cached[key] = self
-            if client._early_revokes.pop(key, 0) is not None:  # else taken back already
-                self._granted = cached
+        if cached < 2 and client._register_cached(self._conn, self._oid, self):
+            self._granted = cached  # (else taken back already)
         self._pos = attr.size if flags & os.O_APPEND else 0
 
     # --- the handle, reopened after a reconnect ------------------------------
@@ -325,7 +322,7 @@ class RemoteFile(io.RawIOBase):
         writes have reached the server; ``keep`` is 0 (shared) or 2 (nothing).
         """
         conn, oid = self.handle()
-        self._client._cached[(id(conn), oid)] = self
+        self._client._register_cached(conn, oid, self)
         tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
                         type=1 if exclusive else 0)  # fmt: skip
         reply = conn.wait(tx, self.name, forever=True)
@@ -365,18 +362,21 @@ class RemoteFile(io.RawIOBase):
         """Close without waiting for the server's answer (errors are dropped)."""
         if self.closed:
             return
-        self._client._cached.pop((id(self._conn), self._oid), None)
-        if not self._conn.closed:
-            try:
-                self._conn.start(Command.CLOSE, callback=_ignore, oid=self._oid)
-            except OSError:
-                pass
+        conn, oid = self._conn, self._oid
+        # Revocations reach this file until the server has closed the handle: one
+        # that comes first must still wait for the writes sent behind.
+        closed = lambda _tx: self._client._unregister_cached(conn, oid)  # noqa: E731
+        try:
+            if conn.closed:
+                raise ConnectionError
+            conn.start(Command.CLOSE, callback=closed, oid=oid)
+        except OSError:
+            closed(None)
         super().close()
 
     def close(self) -> None:
         if self.closed:
             return
-        self._client._cached.pop((id(self._conn), self._oid), None)
         try:
             self.drain()
             if not self._conn.closed:
@@ -384,8 +384,6 @@ class RemoteFile(io.RawIOBase):
         except ConnectionError:
             pass  # the server dropped the handle with the connection
         finally:
+            # Only now: a revocation during the drain must still write back first.
+            self._client._unregister_cached(self._conn, self._oid)
             super().close()
-
-
-def _ignore(_tx: Transaction) -> None:
-    pass

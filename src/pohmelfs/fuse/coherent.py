@@ -11,12 +11,15 @@ sees the latest write that returned on any other.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 
 from ..client.file import RemoteFile
 from .nodes import Node
+
+log = logging.getLogger("pohmelfs.fuse")
 
 NONE, SHARED, EXCLUSIVE = -1, 0, 1
 RELEASE = 2
@@ -49,22 +52,24 @@ class CacheState:
             if via is None or via.closed:
                 via = self._via[node.nodeid] = f
         via.on_revoke = lambda keep, _start, _length: self._revoked(node.nodeid, keep)
-        for _ in range(3):  # a lock taken back as soon as granted was never ours to use
+        for _ in range(5):  # a lock taken back as soon as granted was never ours to use
             revokes = self._revokes.get(node.nodeid, 0)
-            grant = via.granted_at_open(exclusive) or via.cache_lock(exclusive=exclusive)
+            attr = (via.granted_at_open(exclusive) or via.cache_lock(exclusive=exclusive)).attr
+            version = (attr.size, attr.mtime_ns, attr.ctime_ns)
             with self._cond:
-                if self._revokes.get(node.nodeid, 0) == revokes:
-                    break
-        attr = grant.attr
-        version = (attr.size, attr.mtime_ns, attr.ctime_ns)
-        with self._cond:
-            self._state[node.nodeid] = max(self._state.get(node.nodeid, NONE), want)
-            if self._version.get(node.nodeid) != version:
-                # Changed since our pages were read: the next open must not keep them
-                # (an open without KEEP_CACHE drops them). Not invalidated here: this
-                # may run inside a GETATTR, whose fresh reply the kernel would ignore.
-                self._valid.discard(node.nodeid)
-            self._version[node.nodeid] = version
+                if self._revokes.get(node.nodeid, 0) != revokes:
+                    continue
+                self._state[node.nodeid] = max(self._state.get(node.nodeid, NONE), want)
+                if self._version.get(node.nodeid) != version:
+                    # Changed since our pages were read: the next open must not keep
+                    # them (an open without KEEP_CACHE drops them). Not invalidated
+                    # here: this may run inside a GETATTR, whose fresh reply the
+                    # kernel would ignore.
+                    self._valid.discard(node.nodeid)
+                self._version[node.nodeid] = version
+                return
+        log.warning("node %d: its cache lock was taken back each time it was granted",
+                    node.nodeid)  # fmt: skip
 
     def locked(self, nodeid: int) -> bool:
         return self._state.get(nodeid, NONE) != NONE
@@ -97,6 +102,18 @@ class CacheState:
             else:
                 self._reads.pop(nodeid, None)
             self._cond.notify_all()
+
+    def lost_all(self) -> None:
+        """The connection went, and every lock with it: nothing cached is ours now."""
+        with self._cond:
+            nodes = [n for n, state in self._state.items() if state != NONE]
+            for nodeid in nodes:
+                self._state[nodeid] = NONE
+                self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
+                self._valid.discard(nodeid)
+            self._via.clear()
+        for nodeid in nodes:
+            self._invalidate(nodeid, True)
 
     def forget(self, nodeid: int) -> None:
         """The kernel forgot the node: nothing of it is cached any more."""

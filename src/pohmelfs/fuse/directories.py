@@ -13,6 +13,7 @@ from .. import protocol as p
 from ..client.client import Client
 from ..protocol import Cred
 from . import kernel as k
+from .names import NameLocks
 from .nodes import Node
 from .reply import Replier
 
@@ -21,6 +22,10 @@ from .reply import Replier
 class OpenDir:
     node: Node
     entries: list[tuple[bytes, p.Attr | None]]
+    # The directory's name-lock generation when the listing was fetched under it
+    # (None: not under it): a later READDIRPLUS may let the kernel keep the names
+    # only while that lock is still the same one.
+    generation: int | None = None
 
 
 class DirectoryOps:
@@ -33,14 +38,17 @@ class DirectoryOps:
     cred: Callable[[k.Request], Cred]
     entry: Callable[[Node, bytes, p.Attr, float], bytes]
     _name_timeout: Callable[..., float]
+    names: NameLocks | None
 
     def op_opendir(self, req: k.Request, reply: Replier) -> None:
         node = self.node(req.nodeid)
         entries: list[tuple[bytes, p.Attr | None]] = [(b".", None), (b"..", None)]
-        self._name_timeout(node, take=True)  # the listing's names may then be kept
+        generation = None
+        if self._name_timeout(node, take=True) and self.names is not None:
+            generation = self.names.generation(node.nodeid)  # taken before the listing
         entries.extend(self.client.readdir(node.path(), self.cred(req)))
         fh = next(self._fh)
-        self.dirs[fh] = OpenDir(node, entries)
+        self.dirs[fh] = OpenDir(node, entries, generation)
         reply.ok(k.pack_open(fh))
 
     def op_readdir(self, req: k.Request, reply: Replier) -> None:
@@ -54,7 +62,12 @@ class DirectoryOps:
         if d is None:
             raise OSError(errno.EBADF, "unknown directory handle")
         out: list[bytes] = []
-        timeout = self._name_timeout(d.node) if plus else 0.0
+        timeout = 0.0
+        if plus and self.names is None:  # close-to-open: the option's time-out
+            timeout = self._name_timeout(d.node)
+        elif plus and d.generation is not None:
+            if self.names is not None and self.names.generation(d.node.nodeid) == d.generation:
+                timeout = self._name_timeout(d.node)
         room = req.args.size
         for index in range(req.args.offset, len(d.entries)):
             name, attr = d.entries[index]

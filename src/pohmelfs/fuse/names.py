@@ -50,7 +50,8 @@ class NameLocks:
         self._held: set[int] = set()  # nodeids whose lock is held
         self._exclusive: set[int] = set()  # ... and held exclusively
         self._ahead: dict[int, int] = {}  # nodeid -> changes sent ahead, unanswered
-        self._revokes: dict[int, int] = {}  # nodeid -> revocations so far
+        self._revokes: dict[int, int] = {}  # nodeid -> releases so far (names went stale)
+        self._downgrades: dict[int, int] = {}  # nodeid -> exclusive taken back, shared kept
         self._revoked_at: dict[int, float] = {}
         self._changed_at: dict[int, float] = {}  # nodeid -> this mount's last change there
         client.on_disconnect.append(self._lost_all)
@@ -58,6 +59,10 @@ class NameLocks:
     def held(self, nodeid: int) -> float:
         """Entry time-out for names in the directory: HELD if its lock is held."""
         return HELD if nodeid in self._held else 0.0
+
+    def generation(self, nodeid: int) -> int:
+        """Changes when names learnt in the directory may have gone stale."""
+        return self._revokes.get(nodeid, 0)
 
     def take(self, node: Node, exclusive: bool = False) -> float:
         """Like ``held``, but first take the directory's lock if need be (and if
@@ -74,7 +79,7 @@ class NameLocks:
         if d is None:
             return 0.0
         with self._lock:
-            before = self._revokes.get(nodeid, 0)
+            before = self._revokes.get(nodeid, 0), self._downgrades.get(nodeid, 0)
         d.on_revoke = lambda keep, _start, _length: self._revoked(nodeid, keep)
         try:
             d.cache_lock(exclusive=exclusive)
@@ -82,11 +87,11 @@ class NameLocks:
             log.debug("no name lock on %r: %s", node.path(), e)
             return 0.0
         with self._lock:
-            if self._revokes.get(nodeid, 0) != before or self._dirs.get(nodeid) is not d:
+            if self._revokes.get(nodeid, 0) != before[0] or self._dirs.get(nodeid) is not d:
                 return 0.0  # taken back already: it was never ours to use
             self._held.add(nodeid)
-            if exclusive:
-                self._exclusive.add(nodeid)
+            if exclusive and self._downgrades.get(nodeid, 0) == before[1]:
+                self._exclusive.add(nodeid)  # (else only a shared lock is left)
         return HELD
 
     def _contended(self, nodeid: int) -> bool:
@@ -159,6 +164,7 @@ class NameLocks:
             if not self._lock.wait_for(lambda: not self._ahead.get(nodeid), timeout=30):
                 log.warning("changes sent ahead in directory %d were not answered", nodeid)
             if keep != RELEASE:
+                self._downgrades[nodeid] = self._downgrades.get(nodeid, 0) + 1
                 return
             self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
             self._held.discard(nodeid)
@@ -186,6 +192,7 @@ class NameLocks:
             self._held.discard(nodeid)
             self._exclusive.discard(nodeid)
             self._revokes.pop(nodeid, None)
+            self._downgrades.pop(nodeid, None)
             self._revoked_at.pop(nodeid, None)
             self._changed_at.pop(nodeid, None)
         if d is not None:

@@ -81,6 +81,8 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         self.cache = (
             CacheState(self._invalidate, self._node_handles) if self.opts.coherent else None
         )
+        if self.cache is not None:
+            client.on_disconnect.append(self.cache.lost_all)
         self.names = (
             NameLocks(client, self._bump_epoch, lambda n: self._invalidate(n, False))
             if self.opts.coherent else None

@@ -42,6 +42,7 @@ class LockRequests:
     _queue: ThreadPoolExecutor  # one thread: this session's requests that had to wait
     _queue_lock: threading.Lock
     _queued: int
+    _queue_thread: threading.Thread | None
 
     def _wanted_lock(self, m: Message, h: _Handle) -> Lock:
         if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
@@ -149,6 +150,8 @@ class LockRequests:
             cache.settle(key, self.sid, False, start, end, self._revoke)
             return run()
 
+        if self._in_queue():  # already behind the session's earlier requests: wait here
+            return settled()
         self._answer_later(m, None if h is None else self._acquire(m.oid), settled)
         return None
 
@@ -178,8 +181,14 @@ class LockRequests:
             with cache.changing(keys, self.sid, self._revoke, start, end):
                 return run()
 
+        if self._in_queue():  # queued again, it would overtake nothing but be overtaken
+            return wait_and_run()
         self._enqueue(m, None if h is None else self._acquire(m.oid), wait_and_run)
         return None
+
+    def _in_queue(self) -> bool:
+        """Is this the session's queue thread?"""
+        return threading.current_thread() is self._queue_thread
 
     def _enqueue(self, m: Message, h: _Handle | None,
                  work: Callable[[], Message | None]) -> None:  # fmt: skip
@@ -195,9 +204,12 @@ class LockRequests:
     def _reply_to(self, m: Message, h: _Handle | None, work: Callable[[], Message | None],
                   queued: bool = False) -> None:  # fmt: skip
         try:
+            if queued:
+                self._queue_thread = threading.current_thread()
             if "cred" in m.fields:
                 self.export.act_as(m["cred"])
-            out = work()
+            # A connection gone meanwhile: nobody to answer (handles still released).
+            out = None if queued and self.closed else work()
         except OSError as e:
             out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
         except Exception as e:  # a bug must cost one request, not the session

@@ -41,7 +41,7 @@ SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Comma
 # Requests that use a name without changing its directory: a client holding the
 # directory exclusively (names changed ahead, not yet sent) sends its changes first.
 NAME_READERS = frozenset({
-    Command.LOOKUP, Command.READDIR, Command.OPEN, Command.READLINK, Command.TRUNCATE,
+    Command.LOOKUP, Command.READDIR, Command.OPEN, Command.READLINK, Command.TRUNCATE, Command.LINK,
     Command.CHMOD, Command.CHOWN, Command.UTIMES, Command.GETXATTR, Command.SETXATTR,
     Command.LISTXATTR, Command.REMOVEXATTR,
 })  # fmt: skip
@@ -79,6 +79,7 @@ class Session(LockRequests):
                                          initializer=linux.private_umask_zero)  # fmt: skip
         self._queue_lock = threading.Lock()
         self._queued = 0
+        self._queue_thread: threading.Thread | None = None
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
@@ -290,6 +291,7 @@ class Session(LockRequests):
     def _names_ahead_elsewhere(self, msg: Message) -> bool:
         if msg.cmd not in NAME_READERS or not msg["path"]:
             return False
+        self.export.act_as(msg["cred"])  # the path is walked with the caller's rights
         key = self._names_key(msg)
         return key is not None and self.server.cache.exclusive_elsewhere(key, self.sid)
 
@@ -312,7 +314,7 @@ class Session(LockRequests):
 
     def close(self) -> None:
         self.closed = True
-        self._queue.shutdown(wait=False, cancel_futures=True)
+        self._queue.shutdown(wait=False)  # what is queued runs, skips its work, frees handles
         self.server.locks.drop_session(self.sid)
         self.server.cache.drop(lambda owner: owner[0] == self.sid)
         try:
@@ -392,11 +394,35 @@ class Session(LockRequests):
             try:
                 if flags & os.O_EXCL:
                     raise FileNotFoundError
-                return self._opened(m, *self.export.open(path, flags & ~os.O_CREAT, mode))
+                return self._open_existing(m, path, flags & ~os.O_CREAT, mode)
             except FileNotFoundError:
                 create = lambda: self._opened(m, *self.export.open(path, flags, mode))  # noqa: E731
                 return self._naming(m, (path,), create)
-        return self._opened(m, *self.export.open(path, flags, mode))
+        return self._open_existing(m, path, flags, mode)
+
+    def _open_existing(self, m: Message, path: bytes, flags: int, mode: int) -> Message | None:
+        if not flags & os.O_TRUNC or flags & os.O_ACCMODE == os.O_RDONLY:
+            return self._opened(m, *self.export.open(path, flags, mode))
+        # O_TRUNC changes the file: other clients' caches of it go first (rule 5).
+        fd, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return self._opened(m, fd, attr)
+        key = (st.st_dev, st.st_ino)
+
+        def truncate() -> Message | None:
+            if self.closed:  # queued, and the connection went meanwhile
+                os.close(fd)
+                return None
+            try:
+                with self.server.ranges.hold(key, 0, END, True):
+                    os.ftruncate(fd, 0)
+            except OSError:
+                os.close(fd)
+                raise
+            return self._opened(m, fd, attr_of(os.fstat(fd)))
+
+        return self._change(m, None, (key,), truncate)
 
     def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
         st = os.fstat(fd)
