@@ -252,7 +252,10 @@ class Client:
         if msg.cmd == Command.REVOKE:
             self._revoker.submit(self._revoke, conn, msg)
 
-    def _disconnected(self, _conn: Connection) -> None:
+    def _disconnected(self, conn: Connection) -> None:
+        with self._revokes_lock:  # its handles (and their locks) are gone
+            for key in [k for k in self._cached if k[0] == conn.serial]:
+                del self._cached[key]
         for callback in list(self.on_disconnect):
             try:
                 callback()

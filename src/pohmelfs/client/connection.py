@@ -314,8 +314,6 @@ class Connection:
                 self.close_reason = why
                 log.info("connection to %s lost: %s", self.address, why)
             pending, self._pending = list(self._pending.values()), {}
-        if first and self._on_close is not None:
-            self._on_close(self)  # the server dropped our cache locks with the connection
         self._closing.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -324,6 +322,12 @@ class Connection:
         for tx in pending:
             tx.error = errors.connection_error(self.address, why)
             tx.complete()
+        if first and self._on_close is not None:
+            # The server dropped our cache locks with the connection. Told on a thread
+            # of its own: dropping cached pages may wait for a READ this thread
+            # (the receiver, or a sender whose send failed) has yet to finish.
+            threading.Thread(target=self._on_close, args=(self,), daemon=True,
+                             name=f"pohmelfs-lost-{self.address}").start()  # fmt: skip
 
     def _sweep_loop(self) -> None:
         """Fail callback transactions that outlive the timeout (nobody waits on them)."""

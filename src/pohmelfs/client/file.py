@@ -62,9 +62,12 @@ class RemoteFile(io.RawIOBase):
                                                                     self._cred, cache)  # fmt: skip
         self.attr: Attr = attr
         self.writers_elsewhere = writers  # other clients' handles open for writing, at open
-        self._granted: int = 2  # the lock granted with the open, until used or revoked
-        if cached < 2 and client._register_cached(self._conn, self._oid, self):
-            self._granted = cached  # (else taken back already)
+        # The lock granted with the open, until used or revoked (set before the file
+        # can be found by a revocation, which resets it).
+        self._granted: int = cached
+        if cached < 2 and not client._register_cached(self._conn, self._oid, self):
+            with self._lock:
+                self._granted = 2  # taken back before we registered
         self._pos = attr.size if flags & os.O_APPEND else 0
 
     # --- the handle, reopened after a reconnect ------------------------------
@@ -378,12 +381,17 @@ class RemoteFile(io.RawIOBase):
         if self.closed:
             return
         try:
-            self.drain()
-            if not self._conn.closed:
-                self._conn.call(Command.CLOSE, self.name, oid=self._oid)
-        except ConnectionError:
-            pass  # the server dropped the handle with the connection
+            try:
+                self.drain()  # a failure is raised, after the handle is closed all the same
+            except ConnectionError:
+                pass  # the server dropped the handle with the connection
         finally:
-            # Only now: a revocation during the drain must still write back first.
-            self._client._unregister_cached(self._conn, self._oid)
-            super().close()
+            try:
+                if not self._conn.closed:
+                    self._conn.call(Command.CLOSE, self.name, oid=self._oid)
+            except ConnectionError:
+                pass  # the server dropped the handle with the connection
+            finally:
+                # Only now: a revocation during the drain must still write back first.
+                self._client._unregister_cached(self._conn, self._oid)
+                super().close()

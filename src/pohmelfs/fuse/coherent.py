@@ -59,6 +59,10 @@ class CacheState:
             with self._cond:
                 if self._revokes.get(node.nodeid, 0) != revokes:
                     continue
+                if self._via.get(node.nodeid) is None:  # cleared by a lost connection
+                    self._via[node.nodeid] = via
+                elif self._via[node.nodeid] is not via:
+                    continue
                 self._state[node.nodeid] = max(self._state.get(node.nodeid, NONE), want)
                 if self._version.get(node.nodeid) != version:
                     # Changed since our pages were read: the next open must not keep
@@ -139,7 +143,9 @@ class CacheState:
             f.write_back()  # a failure stays with the file for its flush/fsync/close
         with self._cond:
             # New reads now ask the server for a lock again (and wait for the writer).
-            self._state[nodeid] = NONE if keep == RELEASE else SHARED
+            # Never raised here: the handle may have closed, or the connection gone.
+            now = self._state.get(nodeid, NONE)
+            self._state[nodeid] = NONE if keep == RELEASE else min(now, SHARED)
             self._revoked_at[nodeid] = time.monotonic()
             self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
             self._cond.wait_for(lambda: not self._reads.get(nodeid), timeout=10)

@@ -43,9 +43,9 @@ class DirectoryOps:
     def op_opendir(self, req: k.Request, reply: Replier) -> None:
         node = self.node(req.nodeid)
         entries: list[tuple[bytes, p.Attr | None]] = [(b".", None), (b"..", None)]
-        generation = None
-        if self._name_timeout(node, take=True) and self.names is not None:
-            generation = self.names.generation(node.nodeid)  # taken before the listing
+        generation = None if self.names is None else self.names.generation(node.nodeid)
+        if not self._name_timeout(node, take=True):  # (read before: a release between
+            generation = None  # the two makes a later READDIRPLUS keep nothing)
         entries.extend(self.client.readdir(node.path(), self.cred(req)))
         fh = next(self._fh)
         self.dirs[fh] = OpenDir(node, entries, generation)

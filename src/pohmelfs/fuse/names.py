@@ -159,17 +159,19 @@ class NameLocks:
         """Revocation thread: changes sent ahead reach the server first; then, unless
         a shared lock is kept, stop trusting the kernel's names before answering."""
         with self._lock:
+            # Counted first: a grant being taken meanwhile must not be trusted.
             self._exclusive.discard(nodeid)
             self._revoked_at[nodeid] = time.monotonic()
-            if not self._lock.wait_for(lambda: not self._ahead.get(nodeid), timeout=30):
-                log.warning("changes sent ahead in directory %d were not answered", nodeid)
             if keep != RELEASE:
                 self._downgrades[nodeid] = self._downgrades.get(nodeid, 0) + 1
-                return
-            self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
-            self._held.discard(nodeid)
-        self._drop_attrs(nodeid)
-        self._bump_epoch()
+            else:
+                self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
+                self._held.discard(nodeid)
+            if not self._lock.wait_for(lambda: not self._ahead.get(nodeid), timeout=30):
+                log.warning("changes sent ahead in directory %d were not answered", nodeid)
+        if keep == RELEASE:
+            self._drop_attrs(nodeid)
+            self._bump_epoch()
 
     def _lost_all(self) -> None:
         """The connection (and with it every lock) is gone."""

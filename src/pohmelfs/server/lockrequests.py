@@ -39,6 +39,7 @@ class LockRequests:
     _acquire: Callable[[int], _Handle]
     _release: Callable[[_Handle], None]
     _with_handle: Callable[..., Any]
+    _hold: Callable[[_Handle], _Handle]
     _queue: ThreadPoolExecutor  # one thread: this session's requests that had to wait
     _queue_lock: threading.Lock
     _queued: int
@@ -152,7 +153,7 @@ class LockRequests:
 
         if self._in_queue():  # already behind the session's earlier requests: wait here
             return settled()
-        self._answer_later(m, None if h is None else self._acquire(m.oid), settled)
+        self._answer_later(m, None if h is None else self._hold(h), settled)
         return None
 
     def _naming(self, m: Message, paths: tuple[bytes, ...],
@@ -183,7 +184,7 @@ class LockRequests:
 
         if self._in_queue():  # queued again, it would overtake nothing but be overtaken
             return wait_and_run()
-        self._enqueue(m, None if h is None else self._acquire(m.oid), wait_and_run)
+        self._enqueue(m, None if h is None else self._hold(h), wait_and_run)
         return None
 
     def _in_queue(self) -> bool:

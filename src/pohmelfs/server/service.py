@@ -405,29 +405,38 @@ class Session(LockRequests):
             return self._opened(m, *self.export.open(path, flags, mode))
         # O_TRUNC changes the file: other clients' caches of it go first (rule 5).
         fd, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return self._opened(m, fd, attr)
-        key = (st.st_dev, st.st_ino)
+        oid, h = self._new_handle(fd, flags)  # the session owns fd from here on
+        if not h.regular:
+            return self._open_reply(m, oid, h, attr)
 
         def truncate() -> Message | None:
-            if self.closed:  # queued, and the connection went meanwhile
-                os.close(fd)
-                return None
             try:
-                with self.server.ranges.hold(key, 0, END, True):
-                    os.ftruncate(fd, 0)
-            except OSError:
-                os.close(fd)
+                with self.server.ranges.hold(h.key, 0, END, True):
+                    os.ftruncate(h.fd, 0)
+                return self._open_reply(m, oid, h, attr_of(os.fstat(h.fd)))
+            except BaseException:
+                self._drop_handle(oid)  # the client never learns of this handle
                 raise
-            return self._opened(m, fd, attr_of(os.fstat(fd)))
 
-        return self._change(m, None, (key,), truncate)
+        try:
+            return self._change(m, h, (h.key,), truncate)
+        except BaseException:
+            self._drop_handle(oid)
+            raise
 
     def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
-        st = os.fstat(fd)
-        writable = (m["flags"] & os.O_ACCMODE) != os.O_RDONLY
-        h = _Handle(fd, bool(m["flags"] & os.O_APPEND), stat.S_ISREG(st.st_mode),
+        oid, h = self._new_handle(fd, m["flags"])
+        return self._open_reply(m, oid, h, attr)
+
+    def _new_handle(self, fd: int, flags: int) -> tuple[int, _Handle]:
+        """Make ``fd`` a handle of this session (closed with it from now on)."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        h = _Handle(fd, bool(flags & os.O_APPEND), stat.S_ISREG(st.st_mode),
                     (st.st_dev, st.st_ino), writable)  # fmt: skip
         if writable:
             self.server.writer_opened(h.key, self.sid)
@@ -435,11 +444,30 @@ class Session(LockRequests):
             oid = self.next_handle
             self.next_handle += 1
             self.handles[oid] = h
+            gone = self.closed  # close() took its snapshot of the handles already
+        if gone:
+            self._drop_handle(oid)
+        return oid, h
+
+    def _drop_handle(self, oid: int) -> None:
+        with self.handles_lock:
+            h = self.handles.pop(oid, None)
+        if h is not None:
+            self.server.cache.drop(lambda owner: owner == (self.sid, oid))
+            self._release(h)
+
+    def _hold(self, h: _Handle) -> _Handle:
+        """One more reference to a handle (for work that runs later)."""
+        with self.handles_lock:
+            h.refs += 1
+        return h
+
+    def _open_reply(self, m: Message, oid: int, h: _Handle, attr: p.Attr) -> Message:
         cached = m["cache"]
         if cached > cachelocks.EXCLUSIVE:
             cached = cachelocks.RELEASE
         elif self.server.cache.try_acquire(h.key, (self.sid, oid), cached, 0, END):
-            attr = attr_of(os.fstat(fd))  # as it is now that the lock is ours
+            attr = attr_of(os.fstat(h.fd))  # as it is now that the lock is ours
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
         writers = self.server.writers_elsewhere(h.key, self.sid)
