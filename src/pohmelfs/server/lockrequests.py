@@ -21,7 +21,8 @@ log = logging.getLogger("pohmelfs.server")
 
 if TYPE_CHECKING:
     from .export import LocalExport
-    from .service import Server, _Handle
+    from .handles import Handle
+    from .service import Server
 
 
 class LockRequests:
@@ -36,16 +37,16 @@ class LockRequests:
     _notify_xids: itertools.count[int]
     _notified: dict[int, Callable[[], None]]
     send: Callable[[Message], None]
-    _acquire: Callable[[int], _Handle]
-    _release: Callable[[_Handle], None]
+    _acquire: Callable[[int], Handle]
+    _release: Callable[[Handle], None]
     _with_handle: Callable[..., Any]
-    _hold: Callable[[_Handle], _Handle]
+    _hold: Callable[[Handle], Handle]
     _queue: ThreadPoolExecutor  # one thread: this session's requests that had to wait
     _queue_lock: threading.Lock
     _queued: int
     _queue_thread: threading.Thread | None
 
-    def _wanted_lock(self, m: Message, h: _Handle) -> Lock:
+    def _wanted_lock(self, m: Message, h: Handle) -> Lock:
         if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
             raise OSError(errno.EINVAL, "bad lock type or flags")
         end = locks.END if m.length == 0 else m.offset + m.length
@@ -74,7 +75,7 @@ class LockRequests:
         return None
 
     def _getlk(self, m: Message) -> Message | None:
-        def test(h: _Handle) -> Message:
+        def test(h: Handle) -> Message:
             held = self.server.locks.conflict(h.key, self._wanted_lock(m, h))
             if held is None:
                 return p.reply(m, type=UNLCK, pid=0)
@@ -103,7 +104,7 @@ class LockRequests:
                         holder.owner[1], holder.start, length, {"keep": keep})  # fmt: skip
         session.notify(msg, done)
 
-    def _cache_reply(self, m: Message, h: _Handle) -> Message:
+    def _cache_reply(self, m: Message, h: Handle) -> Message:
         """The file as it is now, and how many handles elsewhere write it."""
         writers = self.server.writers_elsewhere(h.key, self.sid)
         return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
@@ -134,7 +135,7 @@ class LockRequests:
         self._answer_later(m, h, grant)
         return None
 
-    def _plain(self, m: Message, h: _Handle | None, key: object, write: bool, start: int,
+    def _plain(self, m: Message, h: Handle | None, key: object, write: bool, start: int,
                end: int, run: Callable[[], Message | None]) -> Message | None:  # fmt: skip
         """Run a read or write of a range that the client may hold no cache lock on:
         other clients' cached copies go first (an exclusive holder writes back before
@@ -163,7 +164,7 @@ class LockRequests:
         keys = [key for key in map(self.export.parent_key, paths) if key is not None]
         return self._change(m, None, keys, run)
 
-    def _change(self, m: Message, h: _Handle | None, keys: Sequence[object],
+    def _change(self, m: Message, h: Handle | None, keys: Sequence[object],
                 run: Callable[[], Message | None], start: int = 0,
                 end: int = locks.END) -> Message | None:  # fmt: skip
         """Run a change that other sessions' cache locks must make way for. With
@@ -191,7 +192,7 @@ class LockRequests:
         """Is this the session's queue thread?"""
         return threading.current_thread() is self._queue_thread
 
-    def _enqueue(self, m: Message, h: _Handle | None,
+    def _enqueue(self, m: Message, h: Handle | None,
                  work: Callable[[], Message | None]) -> None:  # fmt: skip
         """Run work after everything already queued for this session, then reply;
         while anything is queued, the reader queues every request behind it."""
@@ -202,7 +203,7 @@ class LockRequests:
             self._queued += 1
         self._queue.submit(self._reply_to, m, h, work, True)
 
-    def _reply_to(self, m: Message, h: _Handle | None, work: Callable[[], Message | None],
+    def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
                   queued: bool = False) -> None:  # fmt: skip
         try:
             if queued:
@@ -228,7 +229,7 @@ class LockRequests:
         except OSError:
             pass
 
-    def _answer_later(self, m: Message, h: _Handle | None,
+    def _answer_later(self, m: Message, h: Handle | None,
                       work: Callable[[], Message | None]) -> None:  # fmt: skip
         """Run a request that may wait long on a thread of its own (never the
         connection's reader: the answers it waits for arrive there), then reply."""

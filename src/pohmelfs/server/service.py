@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import socket
-import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from ..protocol import Command, Header, Message, ProtocolError
 from ..wire import PeerClosed, SocketReader, send_parts
 from . import cachelocks, linux
 from .export import LocalExport, attr_of
+from .handles import Handle, Handles
 from .lockrequests import LockRequests
 from .locks import AdvisoryLocks
 from .rangelock import END, RangeLocks
@@ -47,17 +47,7 @@ NAME_READERS = frozenset({
 })  # fmt: skip
 
 
-class _Handle:
-    __slots__ = ("fd", "refs", "append", "regular", "key", "writable")
-
-    def __init__(self, fd: int, append: bool, regular: bool, key: tuple[int, int],
-                 writable: bool) -> None:  # fmt: skip
-        self.fd, self.refs, self.append, self.regular = fd, 1, append, regular
-        self.key = key  # (st_dev, st_ino): which file the range locks apply to
-        self.writable = writable
-
-
-class Session(LockRequests):
+class Session(LockRequests, Handles):
     """One client connection."""
 
     def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:
@@ -70,7 +60,7 @@ class Session(LockRequests):
         self.reader = SocketReader(sock)
         self.max_payload = server.max_payload
         self.send_lock = threading.Lock()
-        self.handles: dict[int, _Handle] = {}
+        self.handles: dict[int, Handle] = {}
         self.handles_lock = threading.Lock()
         self.next_handle = 1
         self._wbuf: memoryview | None = None
@@ -329,48 +319,6 @@ class Session(LockRequests):
 
     # --- handles --------------------------------------------------------------
 
-    def _acquire(self, oid: int) -> _Handle:
-        with self.handles_lock:
-            h = self.handles.get(oid)
-            if h is None:
-                raise OSError(errno.EBADF, "unknown file handle")
-            h.refs += 1
-            return h
-
-    def _release(self, h: _Handle) -> None:
-        with self.handles_lock:
-            h.refs -= 1
-            last = h.refs == 0
-        if last:
-            if h.writable:
-                self.server.writer_closed(h.key, self.sid)
-            os.close(h.fd)
-
-    def _on_object(self, m: Message, fn: Callable[[int | None], object],
-                   field: str | None = None) -> Message | None:  # fmt: skip
-        """Run fn on the open handle m.oid (its fd) or, without one, on m["path"].
-        A change of attributes (no ``field`` to return) makes other clients that
-        cache the object's attributes, under its cache lock, give them up first."""
-
-        def reply(result: object) -> Message:
-            return p.reply(m, **({field: result} if field else {}))
-
-        if not m.oid:
-            run = lambda: reply(fn(None))  # noqa: E731
-            if field is not None:
-                return run()
-            try:
-                st = self.export.stat(m["path"])
-            except OSError:
-                return run()  # it fails there, with the reason
-            return self._change(m, None, ((st.st_dev, st.st_ino),), run)
-
-        def on_handle(h: _Handle) -> Message | None:
-            run = lambda: reply(fn(h.fd))  # noqa: E731
-            return run() if field is not None else self._change(m, h, (h.key,), run)
-
-        return self._with_handle(m, on_handle)
-
     @staticmethod
     def _done(m: Message, _result: None) -> Message:
         return p.reply(m)
@@ -388,107 +336,6 @@ class Session(LockRequests):
             batch = following
         self.send(p.reply(m, entries=tuple(batch)))
 
-    def _open(self, m: Message) -> Message | None:
-        path, flags, mode = m["path"], m["flags"], m["mode"]
-        if flags & os.O_CREAT:  # creating a name changes its directory; opening one does not
-            try:
-                if flags & os.O_EXCL:
-                    raise FileNotFoundError
-                return self._open_existing(m, path, flags & ~os.O_CREAT, mode)
-            except FileNotFoundError:
-                create = lambda: self._opened(m, *self.export.open(path, flags, mode))  # noqa: E731
-                return self._naming(m, (path,), create)
-        return self._open_existing(m, path, flags, mode)
-
-    def _open_existing(self, m: Message, path: bytes, flags: int, mode: int) -> Message | None:
-        if not flags & os.O_TRUNC or flags & os.O_ACCMODE == os.O_RDONLY:
-            return self._opened(m, *self.export.open(path, flags, mode))
-        # O_TRUNC changes the file: other clients' caches of it go first (rule 5).
-        fd, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
-        oid, h = self._new_handle(fd, flags)  # the session owns fd from here on
-        if not h.regular:
-            return self._open_reply(m, oid, h, attr)
-
-        def truncate() -> Message | None:
-            try:
-                with self.server.ranges.hold(h.key, 0, END, True):
-                    os.ftruncate(h.fd, 0)
-                return self._open_reply(m, oid, h, attr_of(os.fstat(h.fd)))
-            except BaseException:
-                self._drop_handle(oid)  # the client never learns of this handle
-                raise
-
-        try:
-            return self._change(m, h, (h.key,), truncate)
-        except BaseException:
-            self._drop_handle(oid)
-            raise
-
-    def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
-        oid, h = self._new_handle(fd, m["flags"])
-        return self._open_reply(m, oid, h, attr)
-
-    def _new_handle(self, fd: int, flags: int) -> tuple[int, _Handle]:
-        """Make ``fd`` a handle of this session (closed with it from now on)."""
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            raise
-        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        h = _Handle(fd, bool(flags & os.O_APPEND), stat.S_ISREG(st.st_mode),
-                    (st.st_dev, st.st_ino), writable)  # fmt: skip
-        if writable:
-            self.server.writer_opened(h.key, self.sid)
-        with self.handles_lock:
-            oid = self.next_handle
-            self.next_handle += 1
-            self.handles[oid] = h
-            gone = self.closed  # close() took its snapshot of the handles already
-        if gone:
-            self._drop_handle(oid)
-        return oid, h
-
-    def _drop_handle(self, oid: int) -> None:
-        with self.handles_lock:
-            h = self.handles.pop(oid, None)
-        if h is not None:
-            self.server.cache.drop(lambda owner: owner == (self.sid, oid))
-            self._release(h)
-
-    def _hold(self, h: _Handle) -> _Handle:
-        """One more reference to a handle (for work that runs later)."""
-        with self.handles_lock:
-            h.refs += 1
-        return h
-
-    def _open_reply(self, m: Message, oid: int, h: _Handle, attr: p.Attr) -> Message:
-        cached = m["cache"]
-        if cached > cachelocks.EXCLUSIVE:
-            cached = cachelocks.RELEASE
-        elif self.server.cache.try_acquire(h.key, (self.sid, oid), cached, 0, END):
-            attr = attr_of(os.fstat(h.fd))  # as it is now that the lock is ours
-        else:
-            cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
-        writers = self.server.writers_elsewhere(h.key, self.sid)
-        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached)
-
-    def _close(self, m: Message) -> Message:
-        with self.handles_lock:
-            h = self.handles.pop(m.oid, None)
-        if h is None:
-            raise OSError(errno.EBADF, "unknown file handle")
-        self.server.cache.drop(lambda owner: owner == (self.sid, m.oid))
-        self._release(h)
-        return p.reply(m)
-
-    def _with_handle(self, m: Message, fn: Callable[[_Handle], Message | None]) -> Message | None:
-        h = self._acquire(m.oid)
-        try:
-            return fn(h)
-        finally:
-            self._release(h)
-
     def _lookup(self, m: Message) -> Message | None:
         st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
@@ -504,7 +351,7 @@ class Session(LockRequests):
         return self._plain(m, None, key, True, 0, END, truncate)
 
     def _fstat(self, m: Message) -> Message | None:
-        def fstat(h: _Handle) -> Message | None:
+        def fstat(h: Handle) -> Message | None:
             get = lambda: p.reply(m, attr=attr_of(os.fstat(h.fd)))  # noqa: E731
             return self._plain(m, h, h.key, False, 0, END, get)
 
@@ -515,7 +362,7 @@ class Session(LockRequests):
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-        def truncate(h: _Handle) -> Message:
+        def truncate(h: Handle) -> Message:
             with self.server.ranges.hold(h.key, min(m.offset, os.fstat(h.fd).st_size), END, True):
                 os.ftruncate(h.fd, m.offset)
             return p.reply(m)
@@ -528,7 +375,7 @@ class Session(LockRequests):
         if self.export.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-        def allocate(h: _Handle) -> Message:
+        def allocate(h: Handle) -> Message:
             with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, True):
                 linux.fallocate(h.fd, m["mode"], m.offset, m.length)
             return p.reply(m)
@@ -543,7 +390,7 @@ class Session(LockRequests):
     def _write(self, m: Message) -> Message | None:
         self._check_not_fenced(m)
 
-        def write(h: _Handle) -> Message:
+        def write(h: Handle) -> Message:
             data = memoryview(m["data"])
             done = 0
             if h.append:  # where it lands is known only once written: lock the tail
@@ -558,7 +405,7 @@ class Session(LockRequests):
                 end = m.offset + done
             return p.reply(m, length=done, offset=end)
 
-        def plain(h: _Handle) -> Message | None:
+        def plain(h: Handle) -> Message | None:
             start, end = (0, END) if h.append else (m.offset, m.offset + len(m["data"]))
             return self._plain(m, h, h.key, True, start, end, lambda: write(h))
 
@@ -568,13 +415,13 @@ class Session(LockRequests):
         if m.length > self.max_payload:
             raise OSError(errno.EINVAL, f"read of {m.length} bytes exceeds {self.max_payload}")
 
-        def read(h: _Handle) -> Message | None:
+        def read(h: Handle) -> Message | None:
             send = lambda: self._send_read(m, h)  # noqa: E731
             return self._plain(m, h, h.key, False, m.offset, m.offset + m.length, send)
 
         return self._with_handle(m, read)
 
-    def _send_read(self, m: Message, h: _Handle) -> None:
+    def _send_read(self, m: Message, h: Handle) -> None:
         # Zero-copy sendfile hands the kernel references to page-cache pages that
         # are read only as the receiver consumes them, after the range lock is
         # gone; so it is used only while nobody has the file open for writing.
@@ -594,7 +441,7 @@ class Session(LockRequests):
         with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
             self._sendfile_reply(m, h)
 
-    def _sendfile_reply(self, m: Message, h: _Handle) -> None:
+    def _sendfile_reply(self, m: Message, h: Handle) -> None:
         size = os.fstat(h.fd).st_size
         n = max(0, min(m.length, size - m.offset))
         hdr = Header(m.cmd, p.FLAG_REPLY, 0, n, m.xid, 0, m.offset, 0).pack()

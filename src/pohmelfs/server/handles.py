@@ -1,0 +1,193 @@
+"""Open handles of a session: opening (O_CREAT and O_TRUNC as changes other
+clients' caches make way for, a cache lock granted with the open), closing, and
+the reference counts that keep a handle's descriptor open while work on it
+runs, also work that waits in the session's queue."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .. import protocol as p
+from ..protocol import Message
+from . import cachelocks
+from .export import attr_of
+from .rangelock import END
+
+if TYPE_CHECKING:
+    from .export import LocalExport
+    from .service import Server
+
+
+class Handle:
+    """A file the session has open: references counted, closed at the last."""
+
+    __slots__ = ("fd", "refs", "append", "regular", "key", "writable")
+
+    def __init__(self, fd: int, append: bool, regular: bool, key: tuple[int, int],
+                 writable: bool) -> None:  # fmt: skip
+        self.fd, self.refs, self.append, self.regular = fd, 1, append, regular
+        self.key = key  # (st_dev, st_ino): which file the range locks apply to
+        self.writable = writable
+
+
+class Handles:
+    """Mixed into the session: needs ``server``, ``sid``, ``export``, ``closed``,
+    and from LockRequests ``_change`` and ``_naming``."""
+
+    server: Server
+    export: LocalExport
+    sid: int
+    closed: bool
+    handles: dict[int, Handle]
+    handles_lock: threading.Lock
+    next_handle: int
+    _change: Callable[..., Message | None]
+    _naming: Callable[..., Message | None]
+
+    def _acquire(self, oid: int) -> Handle:
+        with self.handles_lock:
+            h = self.handles.get(oid)
+            if h is None:
+                raise OSError(errno.EBADF, "unknown file handle")
+            h.refs += 1
+            return h
+
+    def _release(self, h: Handle) -> None:
+        with self.handles_lock:
+            h.refs -= 1
+            last = h.refs == 0
+        if last:
+            if h.writable:
+                self.server.writer_closed(h.key, self.sid)
+            os.close(h.fd)
+
+    def _on_object(self, m: Message, fn: Callable[[int | None], object],
+                   field: str | None = None) -> Message | None:  # fmt: skip
+        """Run fn on the open handle m.oid (its fd) or, without one, on m["path"].
+        A change of attributes (no ``field`` to return) makes other clients that
+        cache the object's attributes, under its cache lock, give them up first."""
+
+        def reply(result: object) -> Message:
+            return p.reply(m, **({field: result} if field else {}))
+
+        if not m.oid:
+            run = lambda: reply(fn(None))  # noqa: E731
+            if field is not None:
+                return run()
+            try:
+                st = self.export.stat(m["path"])
+            except OSError:
+                return run()  # it fails there, with the reason
+            return self._change(m, None, ((st.st_dev, st.st_ino),), run)
+
+        def on_handle(h: Handle) -> Message | None:
+            run = lambda: reply(fn(h.fd))  # noqa: E731
+            return run() if field is not None else self._change(m, h, (h.key,), run)
+
+        return self._with_handle(m, on_handle)
+
+    def _open(self, m: Message) -> Message | None:
+        path, flags, mode = m["path"], m["flags"], m["mode"]
+        if flags & os.O_CREAT:  # creating a name changes its directory; opening one does not
+            try:
+                if flags & os.O_EXCL:
+                    raise FileNotFoundError
+                return self._open_existing(m, path, flags & ~os.O_CREAT, mode)
+            except FileNotFoundError:
+                create = lambda: self._opened(m, *self.export.open(path, flags, mode))  # noqa: E731
+                return self._naming(m, (path,), create)
+        return self._open_existing(m, path, flags, mode)
+
+    def _open_existing(self, m: Message, path: bytes, flags: int, mode: int) -> Message | None:
+        if not flags & os.O_TRUNC or flags & os.O_ACCMODE == os.O_RDONLY:
+            return self._opened(m, *self.export.open(path, flags, mode))
+        # O_TRUNC changes the file: other clients' caches of it go first (rule 5).
+        fd, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
+        oid, h = self._new_handle(fd, flags)  # the session owns fd from here on
+        if not h.regular:
+            return self._open_reply(m, oid, h, attr)
+
+        def truncate() -> Message | None:
+            try:
+                with self.server.ranges.hold(h.key, 0, END, True):
+                    os.ftruncate(h.fd, 0)
+                return self._open_reply(m, oid, h, attr_of(os.fstat(h.fd)))
+            except BaseException:
+                self._drop_handle(oid)  # the client never learns of this handle
+                raise
+
+        try:
+            return self._change(m, h, (h.key,), truncate)
+        except BaseException:
+            self._drop_handle(oid)
+            raise
+
+    def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
+        oid, h = self._new_handle(fd, m["flags"])
+        return self._open_reply(m, oid, h, attr)
+
+    def _new_handle(self, fd: int, flags: int) -> tuple[int, Handle]:
+        """Make ``fd`` a handle of this session (closed with it from now on)."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        h = Handle(fd, bool(flags & os.O_APPEND), stat.S_ISREG(st.st_mode),
+                    (st.st_dev, st.st_ino), writable)  # fmt: skip
+        if writable:
+            self.server.writer_opened(h.key, self.sid)
+        with self.handles_lock:
+            oid = self.next_handle
+            self.next_handle += 1
+            self.handles[oid] = h
+            gone = self.closed  # close() took its snapshot of the handles already
+        if gone:
+            self._drop_handle(oid)
+        return oid, h
+
+    def _drop_handle(self, oid: int) -> None:
+        with self.handles_lock:
+            h = self.handles.pop(oid, None)
+        if h is not None:
+            self.server.cache.drop(lambda owner: owner == (self.sid, oid))
+            self._release(h)
+
+    def _hold(self, h: Handle) -> Handle:
+        """One more reference to a handle (for work that runs later)."""
+        with self.handles_lock:
+            h.refs += 1
+        return h
+
+    def _open_reply(self, m: Message, oid: int, h: Handle, attr: p.Attr) -> Message:
+        cached = m["cache"]
+        if cached > cachelocks.EXCLUSIVE:
+            cached = cachelocks.RELEASE
+        elif self.server.cache.try_acquire(h.key, (self.sid, oid), cached, 0, END):
+            attr = attr_of(os.fstat(h.fd))  # as it is now that the lock is ours
+        else:
+            cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
+        writers = self.server.writers_elsewhere(h.key, self.sid)
+        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached)
+
+    def _close(self, m: Message) -> Message:
+        with self.handles_lock:
+            h = self.handles.pop(m.oid, None)
+        if h is None:
+            raise OSError(errno.EBADF, "unknown file handle")
+        self.server.cache.drop(lambda owner: owner == (self.sid, m.oid))
+        self._release(h)
+        return p.reply(m)
+
+    def _with_handle(self, m: Message, fn: Callable[[Handle], Message | None]) -> Message | None:
+        h = self._acquire(m.oid)
+        try:
+            return fn(h)
+        finally:
+            self._release(h)
