@@ -358,3 +358,21 @@ def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(server: Se
     finally:
         a.close()
         b.close()
+
+
+def test_table_counts_exclusive_directory_holders_only() -> None:
+    t = CacheLocks(lease=5)
+
+    def revoke(h: Holder, keep: int, done: object) -> None:
+        threading.Timer(0.01, done).start()  # type: ignore[arg-type]
+
+    assert t.try_acquire("file", (1, 1), EXCLUSIVE, 0, END)
+    assert t.exclusive_dirs == 0  # a writer's file lock: nothing to settle for names
+    assert t.try_acquire("dir", (1, 2), EXCLUSIVE, 0, END, directory=True)
+    assert t.exclusive_dirs == 1
+    t.acquire("dir", (2, 1), SHARED, 0, END, revoke, directory=True)  # a downgrade
+    assert t.exclusive_dirs == 0
+    t.acquire("dir", (2, 1), EXCLUSIVE, 0, END, revoke, directory=True)
+    assert t.exclusive_dirs == 1
+    t.drop(lambda owner: owner[0] == 2)  # its connection went
+    assert t.exclusive_dirs == 0 and not t.held("dir")

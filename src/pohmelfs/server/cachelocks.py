@@ -45,7 +45,10 @@ class CacheLocks:
         self.lease = lease
         self._cond = threading.Condition()
         self._held: dict[object, list[Holder]] = {}
-        self.exclusive_held = 0  # exclusive holders anywhere (read without the lock)
+        # Exclusive holders of directory locks anywhere (read without the lock): only
+        # they may have changed names ahead of the server.
+        self.exclusive_dirs = 0
+        self._dir_keys: set[object] = set()  # keys of directories that have holders
         self.fenced: set[tuple[int, int]] = set()  # owners that lost a lock unasked
         # key -> sessions changing it right now without a lock (see ``changing``)
         self._busy: dict[object, collections.Counter[int]] = {}
@@ -60,10 +63,13 @@ class CacheLocks:
         ]  # fmt: skip
 
     def acquire(self, key: object, owner: tuple[int, int], type_: int, start: int, end: int,
-                revoke: Revoker) -> None:  # fmt: skip
-        """Grant ``owner`` a cache lock, revoking conflicting ones first (blocks)."""
+                revoke: Revoker, directory: bool = False) -> None:  # fmt: skip
+        """Grant ``owner`` a cache lock, revoking conflicting ones first (blocks).
+        ``directory``: the key is a directory's (counted in ``exclusive_dirs``)."""
         keep = SHARED if type_ == SHARED else RELEASE
         with self._cond:
+            if directory:
+                self._dir_keys.add(key)
             self.fenced.discard(owner)
             while True:
                 self._clear(key, lambda: self._conflicts(key, owner, type_, start, end), keep,
@@ -75,9 +81,11 @@ class CacheLocks:
             self._cond.notify_all()
 
     def try_acquire(self, key: object, owner: tuple[int, int], type_: int, start: int,
-                    end: int) -> bool:  # fmt: skip
+                    end: int, directory: bool = False) -> bool:  # fmt: skip
         """Grant at once if nothing conflicts (no revocation, so it never blocks)."""
         with self._cond:
+            if directory:
+                self._dir_keys.add(key)
             if self._busy_elsewhere(key, owner[0]) or self._conflicts(key, owner, type_, start,
                                                                          end):  # fmt: skip
                 return False
@@ -216,15 +224,17 @@ class CacheLocks:
             done()
 
     def _store(self, key: object, holders: list[Holder]) -> None:
-        """The one place ``_held`` changes: it keeps ``exclusive_held`` counted."""
-        old = self._held.get(key, ())
-        self.exclusive_held += sum(h.type == EXCLUSIVE for h in holders) - sum(
-            h.type == EXCLUSIVE for h in old
-        )
+        """The one place ``_held`` changes: it keeps ``exclusive_dirs`` counted."""
+        if key in self._dir_keys:
+            old = self._held.get(key, ())
+            self.exclusive_dirs += sum(h.type == EXCLUSIVE for h in holders) - sum(
+                h.type == EXCLUSIVE for h in old
+            )
         if holders:
             self._held[key] = holders
         else:
             self._held.pop(key, None)
+            self._dir_keys.discard(key)
 
     def _give_up(self, key: object, h: Holder, keep: int) -> None:
         ranges = list(self._held.get(key, ()))

@@ -6,6 +6,7 @@ import errno
 import itertools
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,14 +123,16 @@ class LockRequests:
             finally:
                 self._release(h)
 
-        if self.server.cache.try_acquire(h.key, owner, m["type"], m.offset, end):
+        directory = not h.regular and stat.S_ISDIR(os.fstat(h.fd).st_mode)
+        if self.server.cache.try_acquire(h.key, owner, m["type"], m.offset, end, directory):
             try:  # the common case: nobody to revoke, so no thread to wait in
                 return self._cache_reply(m, h)
             finally:
                 self._release(h)
 
         def grant() -> Message:  # revoking others takes their round trips
-            self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke)
+            self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke,
+                                      directory)  # fmt: skip
             return self._cache_reply(m, h)
 
         self._answer_later(m, h, grant)

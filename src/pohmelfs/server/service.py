@@ -228,7 +228,7 @@ class Session(LockRequests, Handles):
             return
         if self._queued:  # an earlier request waits for others' caches: stay behind it
             self._enqueue(msg, None, lambda: self._handle(msg))
-        elif self.server.cache.exclusive_held and self._names_ahead_elsewhere(msg):
+        elif self.server.cache.exclusive_dirs and self._names_ahead_elsewhere(msg):
             self._enqueue(msg, None, lambda: self._settle_names(msg))
         elif header.cmd in SLOW_COMMANDS:
             self.server.pool.submit(self.execute, msg)
