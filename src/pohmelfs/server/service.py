@@ -281,7 +281,10 @@ class Session(LockRequests, Handles):
     def _names_ahead_elsewhere(self, msg: Message) -> bool:
         if msg.cmd not in NAME_READERS or not msg["path"]:
             return False
-        self.export.act_as(msg["cred"])  # the path is walked with the caller's rights
+        try:
+            self.export.act_as(msg["cred"])  # the path is walked with the caller's rights
+        except OSError:
+            return False  # the request fails the same way when it runs, with a reply
         key = self._names_key(msg)
         return key is not None and self.server.cache.exclusive_elsewhere(key, self.sid)
 
