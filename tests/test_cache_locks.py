@@ -6,7 +6,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +14,33 @@ import pytest
 from conftest import address_of, start_server
 from pohmelfs import Client
 from pohmelfs.protocol import Command
-from pohmelfs.server.cachelocks import END, EXCLUSIVE, RELEASE, SHARED, CacheLocks, Holder
+from pohmelfs.server.cachelocks import (
+    END,
+    EXCLUSIVE,
+    RELEASE,
+    SHARED,
+    CacheLocks,
+    Holder,
+    Revoker,
+)
 from pohmelfs.server.service import Server
+
+
+def answering_revoker() -> tuple[list[tuple[tuple[int, int], int]], Revoker]:
+    """A revoker that records whom it asked (and what to keep); each holder answers
+    a moment later, from another thread, as a client would."""
+    asked: list[tuple[tuple[int, int], int]] = []
+
+    def revoke(h: Holder, keep: int, done: Callable[[], None]) -> None:
+        asked.append((h.owner, keep))
+        threading.Timer(0.02, done).start()
+
+    return asked, revoke
 
 
 def test_table_revokes_conflicting_holders_and_downgrades() -> None:
     t = CacheLocks(lease=5)
-    asked: list[tuple[tuple[int, int], int]] = []
-
-    def revoke(h: Holder, keep: int, done: object) -> None:
-        asked.append((h.owner, keep))
-        threading.Timer(0.05, done).start()  # type: ignore[arg-type]
+    asked, revoke = answering_revoker()
 
     t.acquire("f", (1, 1), EXCLUSIVE, 0, END, revoke)
     t.acquire("f", (2, 1), SHARED, 0, 100, revoke)  # a reader: the writer keeps a shared lock
@@ -160,11 +176,7 @@ def test_plain_requests_of_other_clients_revoke_holders_first(server: Server) ->
 
 def test_table_change_revokes_every_other_holder_and_blocks_grants_until_done() -> None:
     t = CacheLocks(lease=5)
-    asked: list[tuple[tuple[int, int], int]] = []
-
-    def revoke(h: Holder, keep: int, done: object) -> None:
-        asked.append((h.owner, keep))
-        threading.Timer(0.02, done).start()  # type: ignore[arg-type]
+    asked, revoke = answering_revoker()
 
     t.acquire("d", (1, 1), SHARED, 0, END, revoke)
     t.acquire("d", (2, 1), SHARED, 0, END, revoke)
@@ -362,9 +374,7 @@ def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(server: Se
 
 def test_table_counts_exclusive_directory_holders_only() -> None:
     t = CacheLocks(lease=5)
-
-    def revoke(h: Holder, keep: int, done: object) -> None:
-        threading.Timer(0.01, done).start()  # type: ignore[arg-type]
+    _, revoke = answering_revoker()
 
     assert t.try_acquire("file", (1, 1), EXCLUSIVE, 0, END)
     assert t.exclusive_dirs == 0  # a writer's file lock: nothing to settle for names

@@ -23,7 +23,8 @@ log = logging.getLogger("pohmelfs.fuse")
 
 NONE, SHARED, EXCLUSIVE = -1, 0, 1
 RELEASE = 2
-CONTENDED = 2.0  # seconds after a revocation during which a file counts as shared
+# Seconds after a revocation during which a file (or directory) counts as shared.
+CONTENDED = 2.0
 
 
 class CacheState:

@@ -27,15 +27,14 @@ from collections.abc import Callable
 
 from ..client.client import Client
 from ..client.file import RemoteFile
+from .coherent import CONTENDED, RELEASE
 from .nodes import Node
 
 log = logging.getLogger("pohmelfs.fuse")
 
 HELD = 86400.0  # entry time-out while the directory's lock is held: until revoked
 LIMIT = 1024  # directories whose names are cached at once (one server handle each)
-CONTENDED = 2.0  # seconds after a revocation during which a directory counts as shared
 RUN = 1.0  # a change this soon after the last one in a directory continues a run
-RELEASE = 2  # a revocation's ``keep``: nothing (0 would be: keep a shared lock)
 
 
 class NameLocks:

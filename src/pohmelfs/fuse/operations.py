@@ -357,13 +357,20 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
     def op_unlink(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
-        if not (self.opts.kernel_checks and self.names is not None and self._names_cached()
-                and not self.client.connection().caps & p.Cap.READ_ONLY
-                and self.names.send_ahead(parent, lambda done: self._unlink_ahead(
-                    req, path, done))):  # fmt: skip
+        names = self.names
+        send = lambda done: self._unlink_ahead(req, path, done)  # noqa: E731
+        if not (names is not None and self._may_send_ahead() and names.send_ahead(parent, send)):
             self.call(Command.UNLINK, req, path)
         self.nodes.unlinked(parent, name)
         reply.ok()
+
+    def _may_send_ahead(self) -> bool:
+        """May a removal be answered before the server made it? Only where the kernel
+        checks permissions and names are cached, on a writable export."""
+        return (
+            self.opts.kernel_checks and self._names_cached()
+            and not self.client.connection().caps & p.Cap.READ_ONLY
+        )  # fmt: skip
 
     def _unlink_ahead(self, req: k.Request, path: bytes, done: Callable[[], None]) -> None:
         """Sent under the directory's exclusive lock: the kernel has checked the

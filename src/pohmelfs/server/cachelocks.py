@@ -103,28 +103,21 @@ class CacheLocks:
             and (write or h.type == EXCLUSIVE)
         ]  # fmt: skip
 
-    def conflicting(self, key: object, session: int, write: bool, start: int, end: int) -> bool:
-        """Would a plain read (or write) of the range by ``session`` conflict with
-        other sessions' cache locks?"""
+    def conflicting(self, key: object, session: int, start: int, end: int) -> bool:
+        """Would a plain read of the range by ``session`` conflict with another
+        session's exclusive lock (a writer that may keep data back)?"""
         if not self._held:  # no cache locks anywhere: the common case, without the lock
             return False
         with self._cond:
-            return bool(self._elsewhere(key, session, write, start, end))
+            return bool(self._elsewhere(key, session, False, start, end))
 
-    def exclusive_elsewhere(self, key: object, session: int) -> bool:
-        """Does another session hold an exclusive lock on (part of) ``key``?"""
-        with self._cond:
-            return any(h.type == EXCLUSIVE and h.owner[0] != session
-                       for h in self._held.get(key, ()))  # fmt: skip
-
-    def settle(self, key: object, session: int, write: bool, start: int, end: int,
+    def settle(self, key: object, session: int, start: int, end: int,
                revoke: Revoker) -> None:  # fmt: skip
-        """Make a plain request of ``session`` safe against other sessions' caches:
-        exclusive holders write back (and keep a shared lock) before a read; every
-        holder writes back and drops its cache before a write (blocks)."""
-        keep = RELEASE if write else SHARED
+        """Make a plain read of ``session`` safe against other sessions' caches:
+        exclusive holders write back and keep a shared lock (blocks). Writes go
+        through ``changing`` instead."""
         with self._cond:
-            self._clear(key, lambda: self._elsewhere(key, session, write, start, end), keep,
+            self._clear(key, lambda: self._elsewhere(key, session, False, start, end), SHARED,
                         revoke)  # fmt: skip
 
     def _busy_elsewhere(self, key: object, session: int) -> bool:

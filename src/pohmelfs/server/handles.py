@@ -26,12 +26,12 @@ if TYPE_CHECKING:
 class Handle:
     """A file the session has open: references counted, closed at the last."""
 
-    __slots__ = ("fd", "refs", "append", "regular", "key", "writable")
+    __slots__ = ("fd", "refs", "append", "regular", "directory", "key", "writable")
 
-    def __init__(self, fd: int, append: bool, regular: bool, key: tuple[int, int],
-                 writable: bool) -> None:  # fmt: skip
-        self.fd, self.refs, self.append, self.regular = fd, 1, append, regular
-        self.key = key  # (st_dev, st_ino): which file the range locks apply to
+    def __init__(self, fd: int, append: bool, st: os.stat_result, writable: bool) -> None:
+        self.fd, self.refs, self.append = fd, 1, append
+        self.regular, self.directory = stat.S_ISREG(st.st_mode), stat.S_ISDIR(st.st_mode)
+        self.key = st.st_dev, st.st_ino  # which file the range and cache locks apply to
         self.writable = writable
 
 
@@ -139,8 +139,7 @@ class Handles:
             os.close(fd)
             raise
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        h = Handle(fd, bool(flags & os.O_APPEND), stat.S_ISREG(st.st_mode),
-                    (st.st_dev, st.st_ino), writable)  # fmt: skip
+        h = Handle(fd, bool(flags & os.O_APPEND), st, writable)
         if writable:
             self.server.writer_opened(h.key, self.sid)
         with self.handles_lock:

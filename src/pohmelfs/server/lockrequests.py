@@ -6,7 +6,6 @@ import errno
 import itertools
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,8 +122,7 @@ class LockRequests:
             finally:
                 self._release(h)
 
-        directory = not h.regular and stat.S_ISDIR(os.fstat(h.fd).st_mode)
-        if self.server.cache.try_acquire(h.key, owner, m["type"], m.offset, end, directory):
+        if self.server.cache.try_acquire(h.key, owner, m["type"], m.offset, end, h.directory):
             try:  # the common case: nobody to revoke, so no thread to wait in
                 return self._cache_reply(m, h)
             finally:
@@ -132,7 +130,7 @@ class LockRequests:
 
         def grant() -> Message:  # revoking others takes their round trips
             self.server.cache.acquire(h.key, owner, m["type"], m.offset, end, self._revoke,
-                                      directory)  # fmt: skip
+                                      h.directory)  # fmt: skip
             return self._cache_reply(m, h)
 
         self._answer_later(m, h, grant)
@@ -148,11 +146,11 @@ class LockRequests:
         cache = self.server.cache
         if write:
             return self._change(m, h, (key,), run, start, end)
-        if not cache.conflicting(key, self.sid, False, start, end):
+        if not cache.conflicting(key, self.sid, start, end):
             return run()
 
         def settled() -> Message | None:
-            cache.settle(key, self.sid, False, start, end, self._revoke)
+            cache.settle(key, self.sid, start, end, self._revoke)
             return run()
 
         if self._in_queue():  # already behind the session's earlier requests: wait here
@@ -209,8 +207,6 @@ class LockRequests:
     def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
                   queued: bool = False) -> None:  # fmt: skip
         try:
-            if queued:
-                self._queue_thread = threading.current_thread()
             if "cred" in m.fields:
                 self.export.act_as(m["cred"])
             # A connection gone meanwhile: nobody to answer (handles still released).

@@ -65,11 +65,11 @@ class Session(LockRequests, Handles):
         self.next_handle = 1
         self._wbuf: memoryview | None = None
         self._scratch = threading.local()
+        self._queue_thread: threading.Thread | None = None
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pohmelfs-queue-{peer}",
-                                         initializer=linux.private_umask_zero)  # fmt: skip
+                                         initializer=self._queue_started)  # fmt: skip
         self._queue_lock = threading.Lock()
         self._queued = 0
-        self._queue_thread: threading.Thread | None = None
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
@@ -156,6 +156,10 @@ class Session(LockRequests, Handles):
             ),
         }
 
+    def _queue_started(self) -> None:
+        linux.private_umask_zero()
+        self._queue_thread = threading.current_thread()
+
     # --- the connection loop ------------------------------------------------
 
     def run(self) -> None:
@@ -228,8 +232,8 @@ class Session(LockRequests, Handles):
             return
         if self._queued:  # an earlier request waits for others' caches: stay behind it
             self._enqueue(msg, None, lambda: self._handle(msg))
-        elif self.server.cache.exclusive_dirs and self._names_ahead_elsewhere(msg):
-            self._enqueue(msg, None, lambda: self._settle_names(msg))
+        elif self.server.cache.exclusive_dirs and (key := self._names_ahead_key(msg)):
+            self._enqueue(msg, None, lambda: self._settle_names(msg, key))
         elif header.cmd in SLOW_COMMANDS:
             self.server.pool.submit(self.execute, msg)
         else:
@@ -278,20 +282,22 @@ class Session(LockRequests, Handles):
             return None
         return st.st_dev, st.st_ino
 
-    def _names_ahead_elsewhere(self, msg: Message) -> bool:
+    def _names_ahead_key(self, msg: Message) -> tuple[int, int] | None:
+        """The directory whose names the request reads, if another client holds it
+        exclusively (and so may have changed names ahead of us)."""
         if msg.cmd not in NAME_READERS or not msg["path"]:
-            return False
+            return None
         try:
             self.export.act_as(msg["cred"])  # the path is walked with the caller's rights
         except OSError:
-            return False  # the request fails the same way when it runs, with a reply
+            return None  # the request fails the same way when it runs, with a reply
         key = self._names_key(msg)
-        return key is not None and self.server.cache.exclusive_elsewhere(key, self.sid)
+        if key is None or not self.server.cache.conflicting(key, self.sid, 0, END):
+            return None
+        return key
 
-    def _settle_names(self, msg: Message) -> Message | None:
-        key = self._names_key(msg)
-        if key is not None:
-            self.server.cache.settle(key, self.sid, False, 0, END, self._revoke)
+    def _settle_names(self, msg: Message, key: tuple[int, int]) -> Message | None:
+        self.server.cache.settle(key, self.sid, 0, END, self._revoke)
         return self._handle(msg)
 
     def send(self, msg: Message) -> None:
@@ -342,7 +348,7 @@ class Session(LockRequests, Handles):
     def _lookup(self, m: Message) -> Message | None:
         st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
-        if not self.server.cache.conflicting(key, self.sid, False, 0, END):
+        if not self.server.cache.conflicting(key, self.sid, 0, END):
             return p.reply(m, attr=attr_of(st))  # the common case: no second stat
         return self._plain(m, None, key, False, 0, END,
                            lambda: p.reply(m, attr=self.export.lookup(m["path"])))  # fmt: skip
