@@ -8,7 +8,10 @@ Starts its own server on 127.0.0.1 and mounts of it, then measures:
   writing one 4 KiB record of a shared file, each waiting to see the other's
   write before writing its own: handoffs per second;
 - sequential write and 10,000 creates on a coherent mount against a mount with
-  close-to-open caching (``-o nocoherent``), to show what coherency costs.
+  close-to-open caching (``-o nocoherent``), to show what coherency costs;
+- the ceilings for creates: the same loop on the export's own filesystem, and
+  on pohmelfs's FUSE layer serving memory (bench/memory_fuse.py: the kernel
+  round trips and the Python request loop alone), as ratios.
 
     python bench/bench_coherent.py [--size-mib 1024] [--files 10000] [--seconds 5]
 
@@ -156,7 +159,7 @@ def handoffs(setup: Setup, a: Path | None, b: Path | None, seconds: float) -> fl
     return turns / seconds
 
 
-def creates(mount: Path, files: int) -> float:
+def creates(mount: Path, files: int, remove: bool = True) -> float:
     d = mount / "creates"
     d.mkdir()
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
@@ -164,8 +167,25 @@ def creates(mount: Path, files: int) -> float:
     for i in range(files):
         os.close(os.open(d / f"f{i:05d}", flags, 0o644))
     rate = files / (time.perf_counter() - start)
-    shutil.rmtree(d)
+    if remove:
+        shutil.rmtree(d)
     return rate
+
+
+def memory_creates(tmp: Path, files: int) -> float:
+    """Creates on bench/memory_fuse.py: the ceiling of any pohmelfs mount."""
+    mnt = tmp / "memory"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "memory_fuse.py"),
+                             str(mnt)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("memory_fuse.py did not mount")
+        return creates(mnt, files, remove=False)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:
@@ -200,6 +220,14 @@ def main() -> None:
                 log(f"{name}: sequential write {results[f'seq_write_{name}_MBps']:,.0f} MB/s "
                     f"(with fsync), {args.files} creates "
                     f"{results[f'creates_{name}']:,.0f}/s")  # fmt: skip
+            results["creates_local"] = creates(setup.tmp, args.files)
+            results["creates_memory_fuse"] = memory_creates(setup.tmp, args.files)
+            r = results
+            log(f"{args.files} creates: coherent mount {r['creates_coherent']:,.0f}/s; ceilings: "
+                f"the export's filesystem {r['creates_local']:,.0f}/s (ratio "
+                f"{r['creates_coherent'] / r['creates_local']:.2f}), pohmelfs's FUSE layer on "
+                f"memory {r['creates_memory_fuse']:,.0f}/s (ratio "
+                f"{r['creates_coherent'] / r['creates_memory_fuse']:.2f})")  # fmt: skip
         finally:
             setup.stop()
     if args.json:

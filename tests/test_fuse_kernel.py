@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pohmelfs.fuse import device, kernel, nodes, operations
+from pohmelfs.fuse import device, kernel, namespace, nodes
 from pohmelfs.fuse.kernel import Op
 from pohmelfs.server import linux
 
@@ -348,7 +348,8 @@ def test_flag_constant_value(name: str) -> None:
 def test_other_modules_constants() -> None:
     assert nodes.ROOT_ID == C["FUSE_ROOT_ID"] == kernel.ROOT_ID
     assert device.FUSE_DEV_IOC_CLONE == C["FUSE_DEV_IOC_CLONE"]
-    assert operations.RENAME_WHITEOUT == C["RENAME_WHITEOUT"]
+    assert namespace.RENAME_WHITEOUT == C["RENAME_WHITEOUT"]
+    assert namespace.RENAME_EXCHANGE == C["RENAME_EXCHANGE"]
     assert linux.RENAME_NOREPLACE == C["RENAME_NOREPLACE"]
     assert linux.RENAME_EXCHANGE == C["RENAME_EXCHANGE"]
 

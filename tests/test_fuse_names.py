@@ -129,3 +129,68 @@ def test_changes_sent_ahead_go_out_before_a_revocation_is_answered(
     assert b.listdir("/run") == ["f2"]  # b's listing revoked a's lock: f1 went first
     assert finished == ["f1"]
     names.close()
+
+
+def test_a_directory_read_whole_after_two_misses_answers_misses_until_revoked(
+    clients: tuple[Client, Client],
+) -> None:
+    a, b = clients
+    b.mkdir("/l")
+    b.open("/l/there", "wb").close()
+    _, (d,) = nodes_for(a, "l")
+    names = NameLocks(a, Recorder().bump, Recorder().drop)
+    assert names.take(d) == HELD
+    assert not names.missing(d.nodeid, b"nope")  # nothing known yet
+    names.missed(d.nodeid, b"/l")
+    assert not names.missing(d.nodeid, b"nope")  # one miss reads nothing
+    names.missed(d.nodeid, b"/l")  # the second reads the directory
+    assert names.missing(d.nodeid, b"nope") and not names.missing(d.nodeid, b"there")
+    names.note(d.nodeid, b"nope", True)  # this mount made it
+    assert not names.missing(d.nodeid, b"nope")
+    names.note(d.nodeid, b"there", False)  # ... and removed this one
+    assert names.missing(d.nodeid, b"there")
+    b.open("/l/other", "wb").close()  # another client: the lock and listing go
+    assert not names.missing(d.nodeid, b"other") and not names.missing(d.nodeid, b"x")
+    names.close()
+
+
+def test_a_listing_read_across_a_change_is_not_kept(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    b.mkdir("/m")
+    _, (d,) = nodes_for(a, "m")
+    names = NameLocks(a, Recorder().bump, Recorder().drop)
+    assert names.take(d) == HELD
+    names.missed(d.nodeid, b"/m")
+    real = a.readdir
+
+    def readdir_racing_a_change(path, cred=None):  # type: ignore[no-untyped-def]
+        listing = real(path, cred)
+        names.note(d.nodeid, b"made-meanwhile", True)  # this mount's create, answered
+        return listing
+
+    a.readdir = readdir_racing_a_change  # type: ignore[method-assign]
+    names.missed(d.nodeid, b"/m")
+    assert not names.missing(d.nodeid, b"made-meanwhile")  # nothing kept
+    a.readdir = real  # type: ignore[method-assign]
+    names.note(d.nodeid, b"x", None)  # a failed change: no listing either way
+    names.missed(d.nodeid, b"/m")
+    names.missed(d.nodeid, b"/m")
+    assert names.missing(d.nodeid, b"y")
+    names.note(d.nodeid, b"y", None)
+    assert not names.missing(d.nodeid, b"y")
+    names.close()
+
+
+def test_a_directory_moved_by_another_client_is_given_up(
+    clients: tuple[Client, Client],
+) -> None:
+    """Its holders know it by its old path: the rename revokes their lock."""
+    a, b = clients
+    b.mkdir("/old")
+    _, (d,) = nodes_for(a, "old")
+    rec = Recorder()
+    names = NameLocks(a, rec.bump, rec.drop)
+    assert names.take(d) == HELD
+    b.rename("/old", "/new")
+    assert names.held(d.nodeid) == 0.0
+    names.close()

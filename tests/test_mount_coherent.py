@@ -327,7 +327,7 @@ sys.exit(0 if done == turns else f"only {done} turns")
 def test_two_mounts_take_turns_writing_one_record(cm: TwoMounts) -> None:
     """Each sees the other's write as soon as it returned, whole: the turns run
     lockless (plain direct reads and writes) once the mounts contend."""
-    (cm.export / "turns.rec").write_bytes(b"%012d" % 0 + b"A" * (4096 - 12))
+    (cm.a / "turns.rec").write_bytes(b"%012d" % 0 + b"A" * (4096 - 12))
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", TAKER, str(m / "turns.rec"), str(i), "300"],
@@ -384,3 +384,42 @@ def test_unlink_under_an_exclusive_directory_lock_is_sent_ahead(cm: TwoMounts) -
         client.close()
     assert sorted(os.listdir(cm.b / "ahead")) == ["f4"]
     assert sorted(os.listdir(cm.export / "ahead")) == ["f4"]
+
+
+def test_misses_answered_from_a_directory_listing_stay_true(cm: TwoMounts) -> None:
+    """After two misses a mount reads a directory whole and answers later misses
+    there itself (here: while the server is stopped); its own changes keep the
+    listing true, and another client's change takes it away first."""
+    d = cm.a / "listed"
+    d.mkdir()
+    for i in range(4):
+        (d / f"f{i}").write_bytes(b"x")  # each create misses first
+    os.kill(cm.server.pid, signal.SIGSTOP)
+    try:
+        assert not (d / "absent").exists()  # answered by the mount alone
+    finally:
+        os.kill(cm.server.pid, signal.SIGCONT)
+    os.rename(d / "f1", d / "g1")
+    os.unlink(d / "f2")
+    assert not (d / "f1").exists() and not (d / "f2").exists()
+    assert (d / "g1").read_bytes() == b"x"
+    (cm.b / "listed" / "late").write_bytes(b"b")  # revokes a's lock and listing first
+    assert (d / "late").read_bytes() == b"b"
+    os.unlink(cm.b / "listed" / "f0")
+    assert not (d / "f0").exists()
+    assert sorted(os.listdir(d)) == ["f3", "g1", "late"]
+    assert sorted(os.listdir(cm.export / "listed")) == ["f3", "g1", "late"]
+
+
+def test_a_directory_moved_by_another_mount_is_listed_at_its_new_place(cm: TwoMounts) -> None:
+    """A mount that knows a directory's names by its path learns of its move."""
+    (cm.a / "mv1").mkdir()
+    for i in range(3):
+        (cm.a / "mv1" / f"f{i}").write_bytes(b"")
+    assert not (cm.a / "mv1" / "none").exists()
+    os.rename(cm.b / "mv1", cm.b / "mv2")
+    (cm.b / "mv1").mkdir()
+    (cm.b / "mv1" / "fresh").write_bytes(b"")
+    assert (cm.a / "mv1" / "fresh").exists()
+    assert sorted(os.listdir(cm.a / "mv2")) == ["f0", "f1", "f2"]
+    assert sorted(os.listdir(cm.a / "mv1")) == ["fresh"]

@@ -297,14 +297,16 @@ class Client:
 
     def _open(
         self, path: PathArg, flags: int, perm: int, cred: Cred, cache: int = 2
-    ) -> tuple[Connection, int, Attr, int, int]:
+    ) -> tuple[Connection, int, Attr, int, int, Attr | None]:
         """Open on the server: the connection, the handle, the file's attributes, how
-        many handles of other clients have it open for writing, and the cache lock
-        granted with it (``cache`` asks for one: 0 shared, 1 exclusive; 2: none)."""
+        many handles of other clients have it open for writing, the cache lock
+        granted with it (``cache`` asks for one: 0 shared, 1 exclusive; 2: none),
+        and, if it may have created the file, its directory as it is after."""
         conn = self.connection()
         reply = conn.call(Command.OPEN, path, cred=cred, path=encode_path(path), flags=flags,
                           mode=perm, cache=cache)  # fmt: skip
-        return conn, reply.oid, reply["attr"], reply["writers"], reply["cached"]
+        directory = reply["dir"] if reply["dir"].ino else None
+        return conn, reply.oid, reply["attr"], reply["writers"], reply["cached"], directory
 
     def close(self) -> None:
         for f in list(self._lock_files.values()):

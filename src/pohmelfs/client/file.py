@@ -58,9 +58,12 @@ class RemoteFile(io.RawIOBase):
         self._behind_count = 0
         self._behind_error: OSError | None = None
         self.on_revoke: Callable[[int, int, int], None] | None = None
-        self._conn, self._oid, attr, writers, cached = client._open(path, flags, perm,
-                                                                    self._cred, cache)  # fmt: skip
+        got = client._open(path, flags, perm, self._cred, cache)
+        self._conn, self._oid, attr, writers, cached, directory = got
         self.attr: Attr = attr
+        # With O_CREAT: the directory as it was right after the open (which may have
+        # created the file in it); None otherwise.
+        self.directory: Attr | None = directory
         self.writers_elsewhere = writers  # other clients' handles open for writing, at open
         # The lock granted with the open, until used or revoked (set before the file
         # can be found by a revocation, which resets it).
@@ -82,7 +85,7 @@ class RemoteFile(io.RawIOBase):
             return conn, self._oid
         with self._lock:
             if self._conn.closed:
-                self._conn, self._oid, _, _, _ = self._client._open(
+                self._conn, self._oid, _, _, _, _ = self._client._open(
                     self.name, self._flags & REOPEN_MASK, 0, self._cred
                 )
             return self._conn, self._oid

@@ -14,6 +14,10 @@ waits for the server (FUSE_NOTIFY_INVAL_ENTRY could). A lookup the kernel
 began before the bump is stamped with the old epoch and is never trusted,
 whichever way it raced the reply; a reply built after the directory was
 marked unlocked carries no time-out at all.
+
+A directory where lookups keep missing (an unpacker, a build creating its
+outputs) is read whole once under its lock, if small: later misses there are
+answered by the mount, and its own changes keep that listing true.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ log = logging.getLogger("pohmelfs.fuse")
 HELD = 86400.0  # entry time-out while the directory's lock is held: until revoked
 LIMIT = 1024  # directories whose names are cached at once (one server handle each)
 RUN = 1.0  # a change this soon after the last one in a directory continues a run
+LISTED = 100_000  # names of one directory known at most (see ``missed``)
+LISTING_BYTES = 1 << 20  # directories larger than this (st_size) are not read whole
 
 
 class NameLocks:
@@ -53,6 +59,9 @@ class NameLocks:
         self._downgrades: dict[int, int] = {}  # nodeid -> exclusive taken back, shared kept
         self._revoked_at: dict[int, float] = {}
         self._changed_at: dict[int, float] = {}  # nodeid -> this mount's last change there
+        self._listed: dict[int, set[bytes]] = {}  # nodeid -> all its names (lock held)
+        self._noted: dict[int, int] = {}  # nodeid -> changes of this mount noted there
+        self._missed: set[int] = set()  # nodeids where a lookup missed under this lock
         client.on_disconnect.append(self._lost_all)
 
     def held(self, nodeid: int) -> float:
@@ -92,6 +101,57 @@ class NameLocks:
             if exclusive and self._downgrades.get(nodeid, 0) == before[1]:
                 self._exclusive.add(nodeid)  # (else only a shared lock is left)
         return HELD
+
+    def missing(self, nodeid: int, name: bytes) -> bool:
+        """Is ``name`` known not to be in the directory (its lock held)?"""
+        names = self._listed.get(nodeid)
+        return names is not None and name not in names
+
+    def missed(self, nodeid: int, path: bytes) -> None:
+        """A lookup in the directory found nothing. At the second miss under one
+        lock, read the directory whole (if small), so that later misses need no
+        request. Any change of names there since the read began, by another client
+        (a revocation) or by this mount, makes the listing useless."""
+        with self._lock:
+            if nodeid not in self._held or nodeid in self._listed or self._ahead.get(nodeid):
+                return
+            if nodeid not in self._missed:
+                self._missed.add(nodeid)
+                return
+            d = self._dirs.get(nodeid)
+            if d is None or d.attr.size > LISTING_BYTES:
+                return
+            self._missed.discard(nodeid)
+            before = self._revokes.get(nodeid, 0), self._noted.get(nodeid, 0)
+        try:
+            names = {e.name for e in self._client.readdir(path)}
+        except OSError as e:
+            log.debug("cannot list %r: %s", path, e)
+            return
+        with self._lock:
+            now = self._revokes.get(nodeid, 0), self._noted.get(nodeid, 0)
+            if (now == before and nodeid in self._held and not self._ahead.get(nodeid)
+                    and len(names) <= LISTED):  # fmt: skip
+                self._listed[nodeid] = names
+
+    def note(self, nodeid: int, name: bytes, present: bool | None) -> None:
+        """This mount changed ``name`` in the directory: it is there now (``present``),
+        or gone; None: the change failed, so the listing may be wrong."""
+        with self._lock:
+            self._noted[nodeid] = self._noted.get(nodeid, 0) + 1
+            names = self._listed.get(nodeid)
+            if names is None:
+                return
+            if present is None or (present and len(names) >= LISTED):
+                del self._listed[nodeid]
+            elif present:
+                names.add(name)
+            else:
+                names.discard(name)
+
+    def _unlisted(self, nodeid: int) -> None:
+        self._listed.pop(nodeid, None)
+        self._missed.discard(nodeid)
 
     def _contended(self, nodeid: int) -> bool:
         return time.monotonic() - self._revoked_at.get(nodeid, -CONTENDED) < CONTENDED
@@ -166,6 +226,7 @@ class NameLocks:
             else:
                 self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
                 self._held.discard(nodeid)
+                self._unlisted(nodeid)
             if not self._lock.wait_for(lambda: not self._ahead.get(nodeid), timeout=30):
                 log.warning("changes sent ahead in directory %d were not answered", nodeid)
         if keep == RELEASE:
@@ -179,6 +240,8 @@ class NameLocks:
             self._exclusive.clear()
             for nodeid in held:
                 self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
+            self._listed.clear()
+            self._missed.clear()
             dirs, self._dirs = list(self._dirs.values()), {}
         for nodeid in held:
             self._drop_attrs(nodeid)
@@ -196,6 +259,8 @@ class NameLocks:
             self._downgrades.pop(nodeid, None)
             self._revoked_at.pop(nodeid, None)
             self._changed_at.pop(nodeid, None)
+            self._noted.pop(nodeid, None)
+            self._unlisted(nodeid)
         if d is not None:
             d.close_async()  # the server drops the lock with the handle
 

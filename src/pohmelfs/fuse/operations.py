@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .coherent import CacheState
 from .directories import DirectoryOps, OpenDir
 from .locks import FuseLocks
 from .names import NameLocks
+from .namespace import NamespaceOps
 from .nodes import ROOT_ID, Node, NodeTable
 from .reads import DirectReads
 from .reply import Replier, errno_of
@@ -41,7 +43,6 @@ OPEN_FLAGS_PASSED = (
     os.O_ACCMODE | os.O_TRUNC | os.O_APPEND | os.O_SYNC | os.O_DSYNC | os.O_NONBLOCK | os.O_EXCL
     | os.O_CREAT
 )  # fmt: skip
-RENAME_WHITEOUT = 4
 
 
 def kernel_attr(a: p.Attr) -> k.Attr:
@@ -63,7 +64,7 @@ class Options:
     kernel_checks: bool = False
 
 
-class Operations(DirectoryOps, ExtendedAttributeOps):
+class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
     def __init__(self, client: Client, options: Options | None = None) -> None:
         self.client = client
         self.opts = options or Options()
@@ -74,6 +75,8 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         self.files: dict[int, RemoteFile] = {}
         self.node_files: dict[int, set[int]] = {}  # nodeid -> its open file handles
         self.dirs: dict[int, OpenDir] = {}
+        self.dir_attrs: dict[int, p.Attr] = {}  # see _dir_changed
+        self._dirs_lock = threading.Lock()
         self._fh = itertools.count(1)
         self._groups: dict[tuple[int, int], tuple[float, tuple[int, ...]]] = {}
         self.reads = DirectReads(self.opts.splice, self.opts.max_write)
@@ -84,7 +87,7 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         if self.cache is not None:
             client.on_disconnect.append(self.cache.lost_all)
         self.names = (
-            NameLocks(client, self._bump_epoch, lambda n: self._invalidate(n, False))
+            NameLocks(client, self._bump_epoch, self._names_released)
             if self.opts.coherent else None
         )  # fmt: skip
         # Set by the session: writes a notification to the kernel.
@@ -238,11 +241,19 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         parent = self.node(req.nodeid)
         name = req.names[0]
         timeout = self._name_timeout(parent, take=True)
+        names = self.names if timeout and self._names_cached() else None
+        # Known not there: only where the kernel checked the right to look (the
+        # server would say EACCES instead).
+        if names is not None and self.opts.kernel_checks and names.missing(parent.nodeid, name):
+            reply.ok(k.pack_entry(0, 0, None, timeout, 0))
+            return
         try:
             attr = self.call(Command.LOOKUP, req, self.nodes.child_path(parent, name))["attr"]
         except FileNotFoundError:
-            if not (timeout and self._names_cached()):
+            if names is None:
                 raise
+            if self.opts.kernel_checks:  # (before the answer: a create follows it)
+                names.missed(parent.nodeid, parent.path())
             reply.ok(k.pack_entry(0, 0, None, timeout, 0))  # the kernel keeps "not found"
             return
         reply.ok(self.entry(parent, name, attr, timeout))
@@ -258,11 +269,16 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         self.nodes.forget(nodeid, nlookup)
         if self.names is not None and self.nodes.get(nodeid) is None:
             self.names.forget(nodeid)
+            self._names_released(nodeid)
             if self.cache is not None and nodeid not in self.node_files:
                 self.cache.forget(nodeid)
 
     def op_getattr(self, req: k.Request, reply: Replier) -> None:
         args = req.args
+        after = self._dir_attrs_after(req.nodeid)
+        if after is not None:
+            reply.ok(self.attr_out(after, req.nodeid))  # see _dir_changed
+            return
         fh = args.fh if args.getattr_flags & k.GETATTR_FH else None
         node = self.node(req.nodeid)
         if self.cache is not None:  # fresh attributes: hold a lock if we can
@@ -288,6 +304,7 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
 
     def op_setattr(self, req: k.Request, reply: Replier) -> None:
         a = req.args
+        self._dir_attrs_stale(req.nodeid)
         node = self.node(req.nodeid)
         fh = a.fh if a.valid & k.FATTR_FH else None
         handle = self._handle_of(node, fh)
@@ -324,94 +341,6 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         s = self.client.request(Command.STATFS, "/", cred=self.cred(req))["statfs"]
         reply.ok(k.pack_statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize,
                                s.namemax, s.frsize))  # fmt: skip
-
-    # --- creating and removing names ------------------------------------------------
-
-    def op_mknod(self, req: k.Request, reply: Replier) -> None:
-        parent, name = self.node(req.nodeid), req.names[0]
-        path = self.nodes.child_path(parent, name)
-        attr = self.call(Command.MKNOD, req, path, mode=req.args.mode, rdev=req.args.rdev)["attr"]
-        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
-
-    def op_mkdir(self, req: k.Request, reply: Replier) -> None:
-        parent, name = self.node(req.nodeid), req.names[0]
-        path = self.nodes.child_path(parent, name)
-        attr = self.call(Command.MKDIR, req, path, mode=req.args.mode & 0o7777)["attr"]
-        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
-
-    def op_symlink(self, req: k.Request, reply: Replier) -> None:
-        parent, (name, target) = self.node(req.nodeid), req.names
-        path = self.nodes.child_path(parent, name)
-        attr = self.client.request(Command.SYMLINK, path, cred=self.cred(req), target=target,
-                                   path=path)["attr"]  # fmt: skip
-        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
-
-    def op_link(self, req: k.Request, reply: Replier) -> None:
-        old = self.node(req.args.oldnodeid)
-        parent, name = self.node(req.nodeid), req.names[0]
-        new = self.nodes.child_path(parent, name)
-        attr = self.client.request(Command.LINK, old.path(), new, cred=self.cred(req),
-                                   path=old.path(), new=new)["attr"]  # fmt: skip
-        reply.ok(self.entry(parent, name, attr, self._name_timeout(parent)))
-
-    def op_unlink(self, req: k.Request, reply: Replier) -> None:
-        parent, name = self.node(req.nodeid), req.names[0]
-        path = self.nodes.child_path(parent, name)
-        names = self.names
-        send = lambda done: self._unlink_ahead(req, path, done)  # noqa: E731
-        if not (names is not None and self._may_send_ahead() and names.send_ahead(parent, send)):
-            self.call(Command.UNLINK, req, path)
-        self.nodes.unlinked(parent, name)
-        reply.ok()
-
-    def _may_send_ahead(self) -> bool:
-        """May a removal be answered before the server made it? Only where the kernel
-        checks permissions and names are cached, on a writable export."""
-        return (
-            self.opts.kernel_checks and self._names_cached()
-            and not self.client.connection().caps & p.Cap.READ_ONLY
-        )  # fmt: skip
-
-    def _unlink_ahead(self, req: k.Request, path: bytes, done: Callable[[], None]) -> None:
-        """Sent under the directory's exclusive lock: the kernel has checked the
-        permissions and the name exists (no other client can have changed it), so
-        the answer is known; a failure only the server could see is logged."""
-
-        def answered(tx: Any) -> None:
-            done()
-            status = tx.reply.status if tx.reply is not None else errno.EIO
-            if tx.error is not None or status:
-                log.error(
-                    "unlink of %r sent ahead failed: %s", path, tx.error or os.strerror(status)
-                )
-
-        self.client.connection().start(Command.UNLINK, callback=answered, cred=self.cred(req),
-                                       path=path)  # fmt: skip
-
-    def op_rmdir(self, req: k.Request, reply: Replier) -> None:
-        parent, name = self.node(req.nodeid), req.names[0]
-        self.call(Command.RMDIR, req, self.nodes.child_path(parent, name))
-        self.nodes.unlinked(parent, name)
-        reply.ok()
-
-    def op_rename(self, req: k.Request, reply: Replier) -> None:
-        self._rename(req, reply, 0)
-
-    def op_rename2(self, req: k.Request, reply: Replier) -> None:
-        self._rename(req, reply, req.args.flags)
-
-    def _rename(self, req: k.Request, reply: Replier, flags: int) -> None:
-        if flags & RENAME_WHITEOUT:
-            reply.error(errno.EINVAL)
-            return
-        old_parent, new_parent = self.node(req.nodeid), self.node(req.args.newdir)
-        old_name, new_name = req.names
-        old = self.nodes.child_path(old_parent, old_name)
-        new = self.nodes.child_path(new_parent, new_name)
-        self.client.request(Command.RENAME, old, new, cred=self.cred(req), path=old, new=new,
-                            flags=flags)  # fmt: skip
-        self.nodes.renamed(old_parent, old_name, new_parent, new_name, exchange=flags == 2)
-        reply.ok()
 
     # --- files --------------------------------------------------------------------------
 
@@ -463,7 +392,9 @@ class Operations(DirectoryOps, ExtendedAttributeOps):
         parent, name = self.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
         flags = (req.args.flags & OPEN_FLAGS_PASSED) | os.O_CREAT
-        f = self._open_remote(req, path, flags, req.args.mode & 0o7777)
+        with self._changing((parent, name, True)):
+            f = self._open_remote(req, path, flags, req.args.mode & 0o7777)
+        self._dir_changed(parent, f.directory)
         node = self.nodes.remember(parent, name, f.attr.ino, f.attr.nlink)
         fh = self._new_file(f, node)
         open_flags = 0

@@ -18,8 +18,10 @@ class ExtendedAttributeOps:
 
     node: Callable[[int], Node]
     object_call: Callable[..., Callable[..., p.Message]]
+    _dir_attrs_stale: Callable[[int], None]
 
     def op_setxattr(self, req: k.Request, reply: Replier) -> None:
+        self._dir_attrs_stale(req.nodeid)
         value = bytes(req.data[: req.args.size])
         call = self.object_call(req, self.node(req.nodeid))
         call(Command.SETXATTR, name=req.names[0], value=value, flags=req.args.flags)
@@ -35,6 +37,7 @@ class ExtendedAttributeOps:
         _sized_reply(reply, req.args.size, b"".join(n + b"\0" for n in names))
 
     def op_removexattr(self, req: k.Request, reply: Replier) -> None:
+        self._dir_attrs_stale(req.nodeid)
         self.object_call(req, self.node(req.nodeid))(Command.REMOVEXATTR, name=req.names[0])
         reply.ok()
 

@@ -143,6 +143,9 @@ REQUESTS: dict[Command, Schema] = {
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
+# A name made: the new object, and the directory it is in as it is after the change
+# (so a client holding the directory's lock need not ask for it again).
+_NAMED: Schema = (("attr", "attr"), ("dir", "attr"))
 REPLIES: dict[Command, Schema] = {c: () for c in Command}
 REPLIES.update(
     {
@@ -156,14 +159,19 @@ REPLIES.update(
         _C.STATFS: (("statfs", "statfs"),),
         _C.LOOKUP: _ATTR_REPLY,
         _C.READDIR: (("entries", "entries"),),
-        _C.OPEN: (("attr", "attr"), ("writers", "u32"), ("cached", "u32")),  # writers: elsewhere
+        # writers: handles open for writing elsewhere; dir: see _NAMED (all zero when
+        # the open created nothing)
+        _C.OPEN: (("attr", "attr"), ("writers", "u32"), ("cached", "u32"), ("dir", "attr")),
         _C.READ: (DATA,),
         _C.FSTAT: _ATTR_REPLY,
-        _C.MKDIR: _ATTR_REPLY,
+        _C.MKDIR: _NAMED,
         _C.MAKEDIRS: _ATTR_REPLY,
-        _C.LINK: _ATTR_REPLY,
-        _C.SYMLINK: _ATTR_REPLY,
-        _C.MKNOD: _ATTR_REPLY,
+        _C.LINK: _NAMED,
+        _C.SYMLINK: _NAMED,
+        _C.MKNOD: _NAMED,
+        _C.UNLINK: (("dir", "attr"),),
+        _C.RMDIR: (("dir", "attr"),),
+        _C.RENAME: (("dir", "attr"), ("new_dir", "attr")),
         _C.READLINK: (("target", "name"),),
         _C.GETXATTR: (("value", "blob"),),
         _C.CACHE: (("attr", "attr"), ("writers", "u32")),  # writers: on other clients

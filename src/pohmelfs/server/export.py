@@ -215,6 +215,11 @@ class LocalExport:
                 return None
         return None
 
+    def parent_attr(self, path: bytes) -> Attr:
+        """The directory ``path`` is in, as it is now."""
+        with self._parent_of(path) as (dfd, _name):
+            return attr_of(os.fstat(dfd))
+
     def readdir(self, path: bytes, batch_bytes: int = 256 << 10) -> Iterator[list[DirEntry]]:
         """Yield the directory's entries with attributes, in batches whose
         encoding stays under ``batch_bytes``."""

@@ -18,6 +18,8 @@ from . import cachelocks
 from .export import attr_of
 from .rangelock import END
 
+NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when nothing was made
+
 if TYPE_CHECKING:
     from .export import LocalExport
     from .service import Server
@@ -99,8 +101,7 @@ class Handles:
                     raise FileNotFoundError
                 return self._open_existing(m, path, flags & ~os.O_CREAT, mode)
             except FileNotFoundError:
-                create = lambda: self._opened(m, *self.export.open(path, flags, mode))  # noqa: E731
-                return self._naming(m, (path,), create)
+                return self._naming(m, (path,), lambda: self._created(m, path, flags, mode))
         return self._open_existing(m, path, flags, mode)
 
     def _open_existing(self, m: Message, path: bytes, flags: int, mode: int) -> Message | None:
@@ -130,6 +131,12 @@ class Handles:
     def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
         oid, h = self._new_handle(fd, m["flags"])
         return self._open_reply(m, oid, h, attr)
+
+    def _created(self, m: Message, path: bytes, flags: int, mode: int) -> Message:
+        """An open that may create: its reply carries the directory after it."""
+        fd, attr = self.export.open(path, flags, mode)
+        oid, h = self._new_handle(fd, m["flags"])
+        return self._open_reply(m, oid, h, attr, self.export.parent_attr(path))
 
     def _new_handle(self, fd: int, flags: int) -> tuple[int, Handle]:
         """Make ``fd`` a handle of this session (closed with it from now on)."""
@@ -164,7 +171,8 @@ class Handles:
             h.refs += 1
         return h
 
-    def _open_reply(self, m: Message, oid: int, h: Handle, attr: p.Attr) -> Message:
+    def _open_reply(self, m: Message, oid: int, h: Handle, attr: p.Attr,
+                    directory: p.Attr = NO_ATTR) -> Message:  # fmt: skip
         cached = m["cache"]
         if cached > cachelocks.EXCLUSIVE:
             cached = cachelocks.RELEASE
@@ -173,7 +181,7 @@ class Handles:
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
         writers = self.server.writers_elsewhere(h.key, self.sid)
-        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached)
+        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory)
 
     def _close(self, m: Message) -> Message:
         with self.handles_lock:

@@ -6,6 +6,7 @@ import errno
 import itertools
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,9 +162,34 @@ class LockRequests:
     def _naming(self, m: Message, paths: tuple[bytes, ...],
                 run: Callable[[], Message | None]) -> Message | None:  # fmt: skip
         """Create, remove or rename names: other clients that cache names of the
-        directories changed give them up first, and take them again only after."""
+        directories changed give them up first, and take them again only after.
+        A directory that moves (rename's first path) is given up by its holders
+        too: they know it by its old path."""
         keys = [key for key in map(self.export.parent_key, paths) if key is not None]
+        if m.cmd == Command.RENAME:
+            keys.extend(self._directory_key(m["path"]))
         return self._change(m, None, keys, run)
+
+    def _directory_key(self, path: bytes) -> list[object]:
+        try:
+            st = self.export.stat(path)
+        except OSError:
+            return []  # the rename itself will fail with the reason
+        return [(st.st_dev, st.st_ino)] if stat.S_ISDIR(st.st_mode) else []
+
+    def _named(self, m: Message, fields: Callable[[], dict[str, Any]],
+               *paths: bytes) -> Message | None:  # fmt: skip
+        """A change of names (``_naming``) whose reply also carries the changed
+        directories as they are after it: ``dir`` (and ``new_dir`` for the second
+        path), so a client holding a directory's lock need not ask for it."""
+
+        def run() -> Message:
+            out = fields()
+            for name, path in zip(("dir", "new_dir"), paths, strict=False):
+                out[name] = self.export.parent_attr(path)
+            return p.reply(m, **out)
+
+        return self._naming(m, paths, run)
 
     def _change(self, m: Message, h: Handle | None, keys: Sequence[object],
                 run: Callable[[], Message | None], start: int = 0,

@@ -47,6 +47,10 @@ NAME_READERS = frozenset({
 })  # fmt: skip
 
 
+def _nothing(_result: None) -> dict[str, object]:
+    return {}
+
+
 class Session(LockRequests, Handles):
     """One client connection."""
 
@@ -87,9 +91,9 @@ class Session(LockRequests, Handles):
             Command.GETLK: self._getlk,
             Command.CACHE: self._cache,
             Command.TRUNCATE: self._truncate,
-            # Names created or removed: see LockRequests._naming.
-            Command.MKDIR: lambda m: self._naming(
-                m, (m["path"],), lambda: p.reply(m, attr=self.export.mkdir(m["path"], m["mode"]))
+            # Names created or removed: see LockRequests._naming and _named.
+            Command.MKDIR: lambda m: self._named(
+                m, lambda: {"attr": self.export.mkdir(m["path"], m["mode"])}, m["path"]
             ),
             Command.MAKEDIRS: lambda m: self._naming(
                 m,
@@ -98,33 +102,30 @@ class Session(LockRequests, Handles):
                     m, attr=self.export.makedirs(m["path"], m["mode"], m["parent_mode"])
                 ),
             ),
-            Command.RMDIR: lambda m: self._naming(
-                m, (m["path"],), lambda: self._done(m, self.export.rmdir(m["path"]))
+            Command.RMDIR: lambda m: self._named(
+                m, lambda: _nothing(self.export.rmdir(m["path"])), m["path"]
             ),
             Command.RMTREE: lambda m: self._naming(
                 m, (m["path"],), lambda: self._done(m, self.export.rmtree(m["path"]))
             ),
-            Command.UNLINK: lambda m: self._naming(
-                m, (m["path"],), lambda: self._done(m, self.export.unlink(m["path"]))
+            Command.UNLINK: lambda m: self._named(
+                m, lambda: _nothing(self.export.unlink(m["path"])), m["path"]
             ),
-            Command.RENAME: lambda m: self._naming(
+            Command.RENAME: lambda m: self._named(
                 m,
-                (m["path"], m["new"]),
-                lambda: self._done(m, self.export.rename(m["path"], m["new"], m["flags"])),
+                lambda: _nothing(self.export.rename(m["path"], m["new"], m["flags"])),
+                m["path"],
+                m["new"],
             ),
-            Command.LINK: lambda m: self._naming(
-                m, (m["new"],), lambda: p.reply(m, attr=self.export.link(m["path"], m["new"]))
+            Command.LINK: lambda m: self._named(
+                m, lambda: {"attr": self.export.link(m["path"], m["new"])}, m["new"]
             ),
-            Command.SYMLINK: lambda m: self._naming(
-                m,
-                (m["path"],),
-                lambda: p.reply(m, attr=self.export.symlink(m["target"], m["path"])),
+            Command.SYMLINK: lambda m: self._named(
+                m, lambda: {"attr": self.export.symlink(m["target"], m["path"])}, m["path"]
             ),
             Command.READLINK: lambda m: p.reply(m, target=self.export.readlink(m["path"])),
-            Command.MKNOD: lambda m: self._naming(
-                m,
-                (m["path"],),
-                lambda: p.reply(m, attr=self.export.mknod(m["path"], m["mode"], m["rdev"])),
+            Command.MKNOD: lambda m: self._named(
+                m, lambda: {"attr": self.export.mknod(m["path"], m["mode"], m["rdev"])}, m["path"]
             ),
             # These act on the open handle ``oid`` instead of ``path`` when it is set.
             Command.CHMOD: lambda m: self._on_object(
