@@ -11,7 +11,7 @@ import pytest
 from conftest import address_of
 from pohmelfs import Client
 from pohmelfs.fuse.names import HELD, NameLocks
-from pohmelfs.fuse.nodes import NodeTable
+from pohmelfs.fuse.nodes import Node, NodeTable
 from pohmelfs.protocol import Command
 from pohmelfs.server.service import Server
 
@@ -131,15 +131,25 @@ def test_changes_sent_ahead_go_out_before_a_revocation_is_answered(
     names.close()
 
 
+def locked_dir(clients: tuple[Client, Client], name: str,
+               *files: str) -> tuple[NameLocks, Node]:  # fmt: skip
+    """``b`` makes directory ``name`` with empty ``files``; ``a`` takes its lock."""
+    a, b = clients
+    b.mkdir("/" + name)
+    for file in files:
+        b.open(f"/{name}/{file}", "wb").close()
+    _, (d,) = nodes_for(a, name)
+    rec = Recorder()
+    names = NameLocks(a, rec.bump, rec.drop)
+    assert names.take(d) == HELD
+    return names, d
+
+
 def test_a_directory_read_whole_after_two_misses_answers_misses_until_revoked(
     clients: tuple[Client, Client],
 ) -> None:
-    a, b = clients
-    b.mkdir("/l")
-    b.open("/l/there", "wb").close()
-    _, (d,) = nodes_for(a, "l")
-    names = NameLocks(a, Recorder().bump, Recorder().drop)
-    assert names.take(d) == HELD
+    b = clients[1]
+    names, d = locked_dir(clients, "l", "there")
     assert not names.missing(d.nodeid, b"nope")  # nothing known yet
     names.missed(d.nodeid, b"/l")
     assert not names.missing(d.nodeid, b"nope")  # one miss reads nothing
@@ -155,11 +165,8 @@ def test_a_directory_read_whole_after_two_misses_answers_misses_until_revoked(
 
 
 def test_a_listing_read_across_a_change_is_not_kept(clients: tuple[Client, Client]) -> None:
-    a, b = clients
-    b.mkdir("/m")
-    _, (d,) = nodes_for(a, "m")
-    names = NameLocks(a, Recorder().bump, Recorder().drop)
-    assert names.take(d) == HELD
+    a = clients[0]
+    names, d = locked_dir(clients, "m")
     names.missed(d.nodeid, b"/m")
     real = a.readdir
 
@@ -185,12 +192,8 @@ def test_a_directory_moved_by_another_client_is_given_up(
     clients: tuple[Client, Client],
 ) -> None:
     """Its holders know it by its old path: the rename revokes their lock."""
-    a, b = clients
-    b.mkdir("/old")
-    _, (d,) = nodes_for(a, "old")
-    rec = Recorder()
-    names = NameLocks(a, rec.bump, rec.drop)
-    assert names.take(d) == HELD
+    b = clients[1]
+    names, d = locked_dir(clients, "old")
     b.rename("/old", "/new")
     assert names.held(d.nodeid) == 0.0
     names.close()

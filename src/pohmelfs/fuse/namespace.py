@@ -55,8 +55,7 @@ class NamespaceOps:
 
     def _names_released(self, nodeid: int) -> None:
         """A directory's lock went (or the node): its attributes go too."""
-        with self._dirs_lock:
-            self.dir_attrs.pop(nodeid, None)
+        self._dir_attrs_stale(nodeid)
         self._invalidate(nodeid, False)
 
     def _dir_attrs_stale(self, nodeid: int) -> None:
@@ -91,16 +90,17 @@ class NamespaceOps:
         """Note each (directory, name, there after) in the directory's listing once
         the change is made; if it fails, the listing may be wrong and goes."""
         names = self.names
+        if names is None:
+            yield
+            return
         try:
             yield
         except BaseException:
             for parent, name, _ in changes:
-                if names is not None:
-                    names.note(parent.nodeid, name, None)
+                names.note(parent.nodeid, name, None)
             raise
         for parent, name, present in changes:
-            if names is not None:
-                names.note(parent.nodeid, name, present)
+            names.note(parent.nodeid, name, present)
 
     # --- creating names -------------------------------------------------------------
 

@@ -215,11 +215,6 @@ class LocalExport:
                 return None
         return None
 
-    def parent_attr(self, path: bytes) -> Attr:
-        """The directory ``path`` is in, as it is now."""
-        with self._parent_of(path) as (dfd, _name):
-            return attr_of(os.fstat(dfd))
-
     def readdir(self, path: bytes, batch_bytes: int = 256 << 10) -> Iterator[list[DirEntry]]:
         """Yield the directory's entries with attributes, in batches whose
         encoding stays under ``batch_bytes``."""
@@ -255,6 +250,18 @@ class LocalExport:
 
     def open(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr]:
         """Open (or create) a file; returns its descriptor and attributes."""
+        self._check_open(path, flags)
+        with self._parent(path) as (dfd, name):
+            return self._open_at(dfd, name, flags, mode, path)
+
+    def create(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr, Attr]:
+        """``open`` that may create: also the directory's attributes right after."""
+        self._check_open(path, flags | os.O_CREAT)
+        with self._parent(path) as (dfd, name):
+            fd, attr = self._open_at(dfd, name, flags | os.O_CREAT, mode, path)
+            return fd, attr, attr_of(os.fstat(dfd))
+
+    def _check_open(self, path: bytes, flags: int) -> None:
         if flags & ~OPEN_FLAGS_ALLOWED:
             raise _err(
                 errno.EINVAL, path, f"unsupported open flags {flags & ~OPEN_FLAGS_ALLOWED:#o}"
@@ -262,23 +269,25 @@ class LocalExport:
         writes = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & (os.O_CREAT | os.O_TRUNC)
         if self.read_only and writes:
             raise _err(errno.EROFS, path)
+
+    def _open_at(self, dfd: int, name: bytes, flags: int, mode: int,
+                 path: bytes) -> tuple[int, Attr]:  # fmt: skip
         flags |= os.O_CLOEXEC | os.O_NONBLOCK
-        with self._parent(path) as (dfd, name):
-            for _ in range(8):  # bounded: a racing create/unlink cannot loop us forever
-                try:
-                    return self._reopen(dfd, name, flags, path)
-                except FileNotFoundError:
-                    if not flags & os.O_CREAT:
-                        raise
-                try:
-                    fd = os.open(name, flags | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777,
-                                 dir_fd=dfd)  # fmt: skip
-                except FileExistsError:
-                    if flags & os.O_EXCL:
-                        raise
-                    continue
-                return fd, attr_of(os.fstat(fd))
-            raise _err(errno.EAGAIN, path, "file kept changing during open")
+        for _ in range(8):  # bounded: a racing create/unlink cannot loop us forever
+            try:
+                return self._reopen(dfd, name, flags, path)
+            except FileNotFoundError:
+                if not flags & os.O_CREAT:
+                    raise
+            try:
+                fd = os.open(name, flags | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777,
+                             dir_fd=dfd)  # fmt: skip
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                continue
+            return fd, attr_of(os.fstat(fd))
+        raise _err(errno.EAGAIN, path, "file kept changing during open")
 
     def _reopen(self, dfd: int, name: bytes, flags: int, path: bytes) -> tuple[int, Attr]:
         """Open an existing object through an O_PATH descriptor.
@@ -312,11 +321,18 @@ class LocalExport:
         finally:
             os.close(fd)
 
+    # Each change of names also returns the changed directory as it is right after
+    # (fstat of the descriptor it was changed through).
+
     @_mutating
-    def mkdir(self, path: bytes, mode: int) -> Attr:
+    def mkdir(self, path: bytes, mode: int) -> tuple[Attr, Attr]:
         with self._parent(path) as (dfd, name):
             os.mkdir(name, mode & 0o7777, dir_fd=dfd)
-            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+            return self._made(dfd, name)
+
+    @staticmethod
+    def _made(dfd: int, name: bytes) -> tuple[Attr, Attr]:
+        return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False)), attr_of(os.fstat(dfd))
 
     @_mutating
     def makedirs(self, path: bytes, mode: int, parent_mode: int = 0o777) -> Attr:
@@ -348,9 +364,10 @@ class LocalExport:
         raise AssertionError("unreachable")
 
     @_mutating
-    def rmdir(self, path: bytes) -> None:
+    def rmdir(self, path: bytes) -> Attr:
         with self._parent(path) as (dfd, name):
             os.rmdir(name, dir_fd=dfd)
+            return attr_of(os.fstat(dfd))
 
     @_mutating
     def rmtree(self, path: bytes) -> None:
@@ -368,12 +385,13 @@ class LocalExport:
             shutil.rmtree(os.fsdecode(name), onerror=onerror, dir_fd=dfd)
 
     @_mutating
-    def unlink(self, path: bytes) -> None:
+    def unlink(self, path: bytes) -> Attr:
         with self._parent(path) as (dfd, name):
             os.unlink(name, dir_fd=dfd)
+            return attr_of(os.fstat(dfd))
 
     @_mutating
-    def rename(self, old: bytes, new: bytes, flags: int) -> None:
+    def rename(self, old: bytes, new: bytes, flags: int) -> tuple[Attr, Attr]:
         if flags & ~RENAME_FLAGS_ALLOWED or flags == RENAME_FLAGS_ALLOWED:
             raise _err(errno.EINVAL, old, "bad rename flags")
         with self._parent(old) as (odfd, oname), self._parent(new) as (ndfd, nname):
@@ -381,29 +399,30 @@ class LocalExport:
                 linux.renameat2(odfd, oname, ndfd, nname, flags)
             else:
                 os.rename(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd)
+            return attr_of(os.fstat(odfd)), attr_of(os.fstat(ndfd))
 
     @_mutating
-    def link(self, old: bytes, new: bytes) -> Attr:
+    def link(self, old: bytes, new: bytes) -> tuple[Attr, Attr]:
         with self._parent(old) as (odfd, oname), self._parent(new) as (ndfd, nname):
             os.link(oname, nname, src_dir_fd=odfd, dst_dir_fd=ndfd, follow_symlinks=False)
-            return attr_of(os.stat(nname, dir_fd=ndfd, follow_symlinks=False))
+            return self._made(ndfd, nname)
 
     @_mutating
-    def symlink(self, target: bytes, path: bytes) -> Attr:
+    def symlink(self, target: bytes, path: bytes) -> tuple[Attr, Attr]:
         if not target:
             raise _err(errno.ENOENT, path, "empty symlink target")
         with self._parent(path) as (dfd, name):
             os.symlink(target, name, dir_fd=dfd)
-            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+            return self._made(dfd, name)
 
     @_mutating
-    def mknod(self, path: bytes, mode: int, rdev: int) -> Attr:
+    def mknod(self, path: bytes, mode: int, rdev: int) -> tuple[Attr, Attr]:
         kind = stat.S_IFMT(mode)
         if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, 0):
             raise _err(errno.EPERM, path, "only FIFOs, sockets and regular files can be created")
         with self._parent(path) as (dfd, name):
             os.mknod(name, mode, 0, dir_fd=dfd)
-            return attr_of(os.stat(name, dir_fd=dfd, follow_symlinks=False))
+            return self._made(dfd, name)
 
     # --- attributes -------------------------------------------------------------
 

@@ -134,9 +134,9 @@ class Handles:
 
     def _created(self, m: Message, path: bytes, flags: int, mode: int) -> Message:
         """An open that may create: its reply carries the directory after it."""
-        fd, attr = self.export.open(path, flags, mode)
+        fd, attr, directory = self.export.create(path, flags, mode)
         oid, h = self._new_handle(fd, m["flags"])
-        return self._open_reply(m, oid, h, attr, self.export.parent_attr(path))
+        return self._open_reply(m, oid, h, attr, directory)
 
     def _new_handle(self, fd: int, flags: int) -> tuple[int, Handle]:
         """Make ``fd`` a handle of this session (closed with it from now on)."""

@@ -177,20 +177,6 @@ class LockRequests:
             return []  # the rename itself will fail with the reason
         return [(st.st_dev, st.st_ino)] if stat.S_ISDIR(st.st_mode) else []
 
-    def _named(self, m: Message, fields: Callable[[], dict[str, Any]],
-               *paths: bytes) -> Message | None:  # fmt: skip
-        """A change of names (``_naming``) whose reply also carries the changed
-        directories as they are after it: ``dir`` (and ``new_dir`` for the second
-        path), so a client holding a directory's lock need not ask for it."""
-
-        def run() -> Message:
-            out = fields()
-            for name, path in zip(("dir", "new_dir"), paths, strict=False):
-                out[name] = self.export.parent_attr(path)
-            return p.reply(m, **out)
-
-        return self._naming(m, paths, run)
-
     def _change(self, m: Message, h: Handle | None, keys: Sequence[object],
                 run: Callable[[], Message | None], start: int = 0,
                 end: int = locks.END) -> Message | None:  # fmt: skip

@@ -47,8 +47,12 @@ NAME_READERS = frozenset({
 })  # fmt: skip
 
 
-def _nothing(_result: None) -> dict[str, object]:
-    return {}
+def _made(m: Message, made: tuple[p.Attr, p.Attr]) -> Message:
+    return p.reply(m, attr=made[0], dir=made[1])
+
+
+def _renamed(m: Message, dirs: tuple[p.Attr, p.Attr]) -> Message:
+    return p.reply(m, dir=dirs[0], new_dir=dirs[1])
 
 
 class Session(LockRequests, Handles):
@@ -91,9 +95,10 @@ class Session(LockRequests, Handles):
             Command.GETLK: self._getlk,
             Command.CACHE: self._cache,
             Command.TRUNCATE: self._truncate,
-            # Names created or removed: see LockRequests._naming and _named.
-            Command.MKDIR: lambda m: self._named(
-                m, lambda: {"attr": self.export.mkdir(m["path"], m["mode"])}, m["path"]
+            # Names created or removed (see LockRequests._naming); the replies carry
+            # the changed directories as they are after (``dir``, ``new_dir``).
+            Command.MKDIR: lambda m: self._naming(
+                m, (m["path"],), lambda: _made(m, self.export.mkdir(m["path"], m["mode"]))
             ),
             Command.MAKEDIRS: lambda m: self._naming(
                 m,
@@ -102,30 +107,31 @@ class Session(LockRequests, Handles):
                     m, attr=self.export.makedirs(m["path"], m["mode"], m["parent_mode"])
                 ),
             ),
-            Command.RMDIR: lambda m: self._named(
-                m, lambda: _nothing(self.export.rmdir(m["path"])), m["path"]
+            Command.RMDIR: lambda m: self._naming(
+                m, (m["path"],), lambda: p.reply(m, dir=self.export.rmdir(m["path"]))
             ),
             Command.RMTREE: lambda m: self._naming(
                 m, (m["path"],), lambda: self._done(m, self.export.rmtree(m["path"]))
             ),
-            Command.UNLINK: lambda m: self._named(
-                m, lambda: _nothing(self.export.unlink(m["path"])), m["path"]
+            Command.UNLINK: lambda m: self._naming(
+                m, (m["path"],), lambda: p.reply(m, dir=self.export.unlink(m["path"]))
             ),
-            Command.RENAME: lambda m: self._named(
+            Command.RENAME: lambda m: self._naming(
                 m,
-                lambda: _nothing(self.export.rename(m["path"], m["new"], m["flags"])),
-                m["path"],
-                m["new"],
+                (m["path"], m["new"]),
+                lambda: _renamed(m, self.export.rename(m["path"], m["new"], m["flags"])),
             ),
-            Command.LINK: lambda m: self._named(
-                m, lambda: {"attr": self.export.link(m["path"], m["new"])}, m["new"]
+            Command.LINK: lambda m: self._naming(
+                m, (m["new"],), lambda: _made(m, self.export.link(m["path"], m["new"]))
             ),
-            Command.SYMLINK: lambda m: self._named(
-                m, lambda: {"attr": self.export.symlink(m["target"], m["path"])}, m["path"]
+            Command.SYMLINK: lambda m: self._naming(
+                m, (m["path"],), lambda: _made(m, self.export.symlink(m["target"], m["path"]))
             ),
             Command.READLINK: lambda m: p.reply(m, target=self.export.readlink(m["path"])),
-            Command.MKNOD: lambda m: self._named(
-                m, lambda: {"attr": self.export.mknod(m["path"], m["mode"], m["rdev"])}, m["path"]
+            Command.MKNOD: lambda m: self._naming(
+                m,
+                (m["path"],),
+                lambda: _made(m, self.export.mknod(m["path"], m["mode"], m["rdev"])),
             ),
             # These act on the open handle ``oid`` instead of ``path`` when it is set.
             Command.CHMOD: lambda m: self._on_object(
