@@ -3,12 +3,16 @@
 Starts its own server on 127.0.0.1 and mounts of it, then measures:
 
 - re-read: reading a file again on a mount that holds its read lock, against
-  reading a local file already in the page cache (the ceiling), as a ratio;
+  reading a local file already in the page cache (the ceiling), as a ratio; and
+  against a tmpfs file, whose page cache is in 4 KiB pages as a FUSE file's is
+  (this kernel gives FUSE no large folios; the pages per folio of each are shown);
 - handoffs: two mounts (and, for comparison, two library clients) taking turns
   writing one 4 KiB record of a shared file, each waiting to see the other's
   write before writing its own: handoffs per second;
-- sequential write and 10,000 creates on a coherent mount against a mount with
-  close-to-open caching (``-o nocoherent``), to show what coherency costs;
+- sequential write (1 MiB and 4 KiB writes) and 10,000 creates on a coherent mount
+  against a mount with close-to-open caching (``-o nocoherent``), to show what
+  coherency costs (4 KiB writes: what holding writes back gains; the local
+  filesystem's rate is the ceiling);
 - the ceilings for creates: the same loop on the export's own filesystem, and
   on pohmelfs's FUSE layer serving memory (bench/memory_fuse.py: the kernel
   round trips and the Python request loop alone), as ratios.
@@ -87,22 +91,70 @@ def _read_file(path: Path) -> float:
     return read_file(str(path))[1]
 
 
+def folio_pages(path: Path, pages: int = 16384) -> float:
+    """Average pages per page-cache folio of the file's first ``pages`` pages (read
+    through a private mapping: /proc/self/pagemap gives each page's frame, and
+    /proc/kpageflags whether it is the tail of a larger folio). Root only."""
+    import ctypes
+    import mmap
+
+    with open(path, "rb") as f:
+        n = min(os.fstat(f.fileno()).st_size // 4096, pages)
+        m = mmap.mmap(f.fileno(), n * 4096, access=mmap.ACCESS_COPY)
+    try:
+        for i in range(n):
+            m[i * 4096]  # fault in (a read: the page cache's own page is mapped)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m)) >> 12
+        tails = 0
+        with open("/proc/self/pagemap", "rb") as pm, open("/proc/kpageflags", "rb") as kf:
+            for i in range(n):
+                pm.seek((base + i) * 8)
+                frame = int.from_bytes(pm.read(8), "little") & ((1 << 55) - 1)
+                kf.seek(frame * 8)
+                tails += int.from_bytes(kf.read(8), "little") >> 16 & 1  # KPF_COMPOUND_TAIL
+        return n / max(1, n - tails)
+    finally:
+        m.close()
+
+
 def reread(setup: Setup, mount: Path, size: int) -> dict[str, float]:
-    local = setup.tmp / "local.dat"
-    _write_file(local, size)
-    _write_file(mount / "reread.dat", size)
-    _read_file(local)
-    _read_file(mount / "reread.dat")  # the first read fills the page cache
-    best_local = min(_read_file(local) for _ in range(3))
-    best_mount = min(_read_file(mount / "reread.dat") for _ in range(3))
-    local.unlink()
-    (mount / "reread.dat").unlink()
-    out = {
-        "reread_mount_MBps": size / best_mount / 1e6,
-        "reread_local_MBps": size / best_local / 1e6,
-    }
+    small_pages = setup.tmp / "tmpfs"
+    small_pages.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + 16 * MiB},huge=never",
+                    "tmpfs", str(small_pages)], check=True)  # fmt: skip
+    try:
+        files = {"local": setup.tmp / "local.dat", "tmpfs": small_pages / "reread.dat",
+                 "mount": mount / "reread.dat"}  # fmt: skip
+        for path in files.values():
+            _write_file(path, size)
+            _read_file(path)  # the first read fills the page cache
+        out: dict[str, float] = {}
+        for name, path in files.items():
+            out[f"reread_{name}_MBps"] = size / min(_read_file(path) for _ in range(3)) / 1e6
+            out[f"folio_pages_{name}"] = folio_pages(path)
+        for path in files.values():
+            path.unlink()
+    finally:
+        subprocess.run(["umount", "-l", str(small_pages)], check=False)
     out["reread_ratio"] = out["reread_mount_MBps"] / out["reread_local_MBps"]
+    out["reread_ratio_tmpfs"] = out["reread_mount_MBps"] / out["reread_tmpfs_MBps"]
     return out
+
+
+def small_writes(path: Path, size: int) -> float:
+    """MB/s of sequential 4 KiB writes, with the fsync and close at the end."""
+    block = os.urandom(4096)
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for offset in range(0, size, 4096):
+            os.pwrite(fd, block, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    took = time.perf_counter() - start
+    path.unlink()
+    return size / took / 1e6
 
 
 # One side of the handoff: TARGET is a path through a mount, or HOST:PORT for a
@@ -208,20 +260,32 @@ def main() -> None:
             r = results
             log(f"re-read {args.size_mib} MiB under a read lock: "
                 f"{r['reread_mount_MBps']:,.0f} MB/s; local page cache "
-                f"{r['reread_local_MBps']:,.0f} MB/s; ratio {r['reread_ratio']:.2f}")  # fmt: skip
+                f"{r['reread_local_MBps']:,.0f} MB/s (ratio {r['reread_ratio']:.2f}); tmpfs "
+                f"{r['reread_tmpfs_MBps']:,.0f} MB/s (ratio {r['reread_ratio_tmpfs']:.2f}); "
+                f"pages per folio: local {r['folio_pages_local']:.1f}, tmpfs "
+                f"{r['folio_pages_tmpfs']:.1f}, mount {r['folio_pages_mount']:.1f}")  # fmt: skip
             results["handoffs_mounts"] = handoffs(setup, a, b, args.seconds)
             results["handoffs_library"] = handoffs(setup, None, None, args.seconds)
             log(f"4 KiB record handoffs/s: two mounts {results['handoffs_mounts']:,.0f}, "
                 f"two library clients {results['handoffs_library']:,.0f}")  # fmt: skip
+            small = min(size, 64 * MiB)
+            results["small_writes_local_MBps"] = small_writes(setup.tmp / "small.dat", small)
             for name, m in (("coherent", a), ("nocoherent", plain)):
                 w = _write_file(m / "seq.dat", size)
                 (m / "seq.dat").unlink()
                 results[f"seq_write_{name}_MBps"] = size / w / 1e6
+                results[f"small_writes_{name}_MBps"] = small_writes(m / "small.dat", small)
                 results[f"creates_{name}"] = creates(m, args.files, f"creates-{name}")
                 log(f"{name}: sequential write {results[f'seq_write_{name}_MBps']:,.0f} MB/s "
                     f"(with fsync), {args.files} creates "
                     f"{results[f'creates_{name}']:,.0f}/s")  # fmt: skip
             r = results
+            r["small_writes_ratio"] = r["small_writes_coherent_MBps"] / r["small_writes_local_MBps"]
+            log(f"{small // MiB} MiB in 4 KiB writes (with fsync): coherent "
+                f"{r['small_writes_coherent_MBps']:,.0f} MB/s, nocoherent "
+                f"{r['small_writes_nocoherent_MBps']:,.0f} MB/s; ceiling: the local "
+                f"filesystem {r['small_writes_local_MBps']:,.0f} MB/s (ratio "
+                f"{r['small_writes_ratio']:.2f})")  # fmt: skip
             log(f"{args.files} creates: coherent mount {r['creates_coherent']:,.0f}/s; ceilings: "
                 f"the export's filesystem {r['creates_local']:,.0f}/s (ratio "
                 f"{r['creates_coherent'] / r['creates_local']:.2f}), pohmelfs's FUSE layer on "

@@ -18,6 +18,7 @@ from .. import protocol as p
 from ..protocol import Attr, Command, Cred
 from .connection import Connection
 from .file import RemoteFile
+from .held import HeldFiles
 
 log = logging.getLogger("pohmelfs.client")
 T = TypeVar("T")
@@ -125,6 +126,11 @@ class WriteBudget:
             self.used += n
             self.peak = max(self.peak, self.used)
 
+    def drained(self, timeout: float) -> bool:
+        """Wait until nothing written behind is unanswered; False on time-out."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self.used, timeout)
+
     def give(self, n: int) -> None:
         with self._cond:
             self.used -= n
@@ -142,7 +148,9 @@ class Client:
     lost connection is re-established by the next call. ``write_behind_limit``
     bounds the bytes written behind (``RemoteFile.write_behind``) and not yet
     answered, across all files: what a crash of this client could lose after
-    ``write(2)`` returned.
+    ``write(2)`` returned. Writes a file holds back under an exclusive cache lock
+    (``RemoteFile.hold``, used by the mount) are sent within ``dirty_timeout``
+    seconds, and at once when more than ``held_limit`` bytes are held.
     """
 
     def __init__(
@@ -155,6 +163,8 @@ class Client:
         umask: int | None = None,
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
         write_behind_limit: int = 128 << 20,
+        dirty_timeout: float = 3.0,
+        held_limit: int = 64 << 20,
     ) -> None:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
@@ -170,6 +180,7 @@ class Client:
         self.umask = _process_umask() if umask is None else umask
         self.max_payload = max_payload
         self.write_budget = WriteBudget(write_behind_limit)
+        self.held = HeldFiles(held_limit, dirty_timeout)
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
@@ -209,6 +220,8 @@ class Client:
                         on_notify=self._notified,
                         on_close=self._disconnected,
                     )
+                    # Every request but a WRITE first sends the writes held back.
+                    self._conn.before_request = self.held.push_all
                     return self._conn
                 except OSError as e:
                     last = e
@@ -253,6 +266,9 @@ class Client:
             self._revoker.submit(self._revoke, conn, msg)
 
     def _disconnected(self, conn: Connection) -> None:
+        for f in self.held.files():
+            if f._conn is conn:
+                f.drop_held(f"connection to {conn.address} lost")
         with self._revokes_lock:  # its handles (and their locks) are gone
             for key in [k for k in self._cached if k[0] == conn.serial]:
                 del self._cached[key]
@@ -309,6 +325,12 @@ class Client:
         return conn, reply.oid, reply["attr"], reply["writers"], reply["cached"], directory
 
     def close(self) -> None:
+        self.held.close()
+        try:  # what files still hold goes out, and is waited for a while
+            self.held.push_all()
+            self.write_budget.drained(self.timeout)
+        except OSError:
+            pass
         for f in list(self._lock_files.values()):
             try:
                 f.close()  # the server drops our locks with the connection anyway

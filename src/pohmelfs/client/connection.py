@@ -103,6 +103,8 @@ class Connection:
         self._xids = itertools.count(1)
         self._on_notify = on_notify
         self._on_close = on_close
+        # Run before sending any request but a WRITE (the client's held writes).
+        self.before_request: Callable[[], None] | None = None
         self._sweeper: threading.Thread | None = None
         self._closing = threading.Event()
         self.closed = False
@@ -153,6 +155,8 @@ class Connection:
         **fields: Any,
     ) -> Transaction:
         """Send a request and return its transaction without waiting."""
+        if cmd is not Command.WRITE and self.before_request is not None:
+            self.before_request()
         xid = next(self._xids)
         if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
             parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]

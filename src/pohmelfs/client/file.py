@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..protocol import Attr, Command, Cred
 from .connection import Connection, Transaction
+from .held import MAX_EXTENTS, PUSH_BYTES, HeldWrites
 
 if TYPE_CHECKING:
     from .client import Client
@@ -57,6 +58,9 @@ class RemoteFile(io.RawIOBase):
         self._behind_bytes = 0
         self._behind_count = 0
         self._behind_error: OSError | None = None
+        self._held = HeldWrites()  # writes kept back (see held.py), under _held_lock
+        self._held_lock = threading.Lock()
+        self._push_lock = threading.Lock()  # held writes go out in the order made
         self.on_revoke: Callable[[int, int, int], None] | None = None
         got = client._open(path, flags, perm, self._cred, cache)
         self._conn, self._oid, attr, writers, cached, directory = got
@@ -144,6 +148,7 @@ class RemoteFile(io.RawIOBase):
     def pwrite(self, data: Any, offset: int) -> int:
         """Write all of ``data`` at ``offset`` (at the end in append mode)."""
         mv = memoryview(data).cast("B")
+        self.push()  # held writes are older: they go first
         written, _end = self._retrying(lambda c, o: self._pwrite(c, o, mv, offset))
         return int(written)
 
@@ -253,8 +258,10 @@ class RemoteFile(io.RawIOBase):
         ``WRITE_BEHIND_BYTES`` of this file, and the client's
         ``write_behind_limit`` of all its files, are unanswered at a time.
         """
-        mv = memoryview(data).cast("B")
-        conn, oid = self.handle()
+        self.push()  # held writes are older: they go first
+        return self._send_behind(*self.handle(), memoryview(data).cast("B"), offset)
+
+    def _send_behind(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> int:
         chunk = min(CHUNK, conn.max_payload)
         for pos in range(0, len(mv), chunk):
             piece = mv[pos : pos + chunk]
@@ -296,9 +303,60 @@ class RemoteFile(io.RawIOBase):
                 self._behind_error = error
             self._behind.notify_all()
 
+    # --- writes held back ---------------------------------------------------------
+
+    def hold(self, data: Any, offset: int) -> None:
+        """Keep a write (under ``HOLD_BELOW`` bytes) back, to be sent later with
+        others (see ``held.py``). Only while this client holds the file's exclusive
+        cache lock, which the caller makes sure of against revocations; then call
+        :meth:`push_if_due` (this must not block: it runs under the caller's lock)."""
+        with self._held_lock:
+            self._client.held.added(self, self._held.add(offset, data))
+
+    def push_if_due(self) -> None:
+        """Send held writes if this file or the client holds enough of them."""
+        with self._held_lock:
+            due = self._held.bytes >= PUSH_BYTES or len(self._held) > MAX_EXTENTS
+        if due:
+            self.push()
+        held = self._client.held
+        if held.bytes > held.limit:
+            held.push_all()
+
+    def push(self) -> None:
+        """Send the held writes behind (without waiting for the server's answers)."""
+        if not self._held.bytes and not self._push_lock.locked():
+            return  # (a push under way is waited for: what it sends is older)
+        with self._push_lock:
+            with self._held_lock:
+                n = self._held.bytes
+                extents = self._held.take()
+            # On the connection they were made under, never reopened: held under a
+            # lock, they must not be applied once it went with a lost connection.
+            conn, oid = self._conn, self._oid
+            for offset, data in extents:
+                try:
+                    self._send_behind(conn, oid, memoryview(data), offset)
+                except OSError:
+                    pass  # kept as this file's write-behind error, for flush/fsync/close
+            with self._held_lock:  # only now: until sent, others must wait for them
+                self._client.held.taken(self, n, bool(self._held.bytes))
+
+    def drop_held(self, why: str) -> None:
+        """The connection (and the lock the writes were held under) is gone."""
+        with self._held_lock:
+            n = self._held.bytes
+            self._held.take()
+            self._client.held.taken(self, n, False)
+        if n:
+            with self._behind:
+                if self._behind_error is None:
+                    self._behind_error = OSError(errno.EIO, f"held writes lost: {why}", self.name)
+
     def write_back(self) -> bool:
-        """Wait for every write-behind request to be answered; a failure stays to be
-        reported by :meth:`drain`. False if they were not answered in time."""
+        """Send held writes and wait for every write-behind request to be answered; a
+        failure stays to be reported by :meth:`drain`. False if not answered in time."""
+        self.push()
         with self._behind:
             deadline = time.monotonic() + 2 * self._conn.timeout + 1
             while self._behind_count and time.monotonic() < deadline:
@@ -368,6 +426,7 @@ class RemoteFile(io.RawIOBase):
         """Close without waiting for the server's answer (errors are dropped)."""
         if self.closed:
             return
+        self.push()
         conn, oid = self._conn, self._oid
         # Revocations reach this file until the server has closed the handle: one
         # that comes first must still wait for the writes sent behind.

@@ -82,6 +82,16 @@ class CacheState:
     def exclusive(self, nodeid: int) -> bool:
         return self._state.get(nodeid, NONE) == EXCLUSIVE
 
+    def hold(self, nodeid: int, f: RemoteFile, data: memoryview, offset: int) -> bool:
+        """Keep a write back in ``f`` if the node's exclusive lock is held (False if
+        not). Atomic with revocations, which mark the lock gone before writing back."""
+        with self._cond:
+            if self._state.get(nodeid, NONE) != EXCLUSIVE:
+                return False
+            f.hold(data, offset)
+        f.push_if_due()
+        return True
+
     def contended(self, nodeid: int) -> bool:
         """Did another client take the lock back lately? Then the clients take turns,
         and a lock taken for each write would bounce on every turn."""
@@ -140,15 +150,17 @@ class CacheState:
 
     def _revoked(self, nodeid: int, keep: int) -> None:
         """Revocation thread: write back, let reads land, drop the kernel's cache."""
-        for f in self._handles(nodeid):
-            f.write_back()  # a failure stays with the file for its flush/fsync/close
         with self._cond:
+            # First, so that no write is held back once the held ones went (``hold``).
             # New reads now ask the server for a lock again (and wait for the writer).
             # Never raised here: the handle may have closed, or the connection gone.
             now = self._state.get(nodeid, NONE)
             self._state[nodeid] = NONE if keep == RELEASE else min(now, SHARED)
             self._revoked_at[nodeid] = time.monotonic()
             self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
+        for f in self._handles(nodeid):
+            f.write_back()  # a failure stays with the file for its flush/fsync/close
+        with self._cond:
             self._cond.wait_for(lambda: not self._reads.get(nodeid), timeout=10)
             if keep == RELEASE:
                 self._valid.discard(nodeid)

@@ -27,6 +27,7 @@ class MountConfig:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     timeout: float = 5.0
+    dirty_timeout: float = 3.0  # seconds a write may be held back (coherent)
     threads: int = 4
     readahead_kib: int = 1024
     splice: bool = False
@@ -45,7 +46,7 @@ class MountConfig:
                     setattr(cfg, key, True)
                 elif key == "no_default_permissions":
                     cfg.default_permissions = False
-                elif key in ("attr_timeout", "entry_timeout", "timeout"):
+                elif key in ("attr_timeout", "entry_timeout", "timeout", "dirty_timeout"):
                     setattr(cfg, key, _number(key, value, float))
                 elif key in ("splice", "writeback"):
                     setattr(cfg, key, True)
@@ -101,7 +102,7 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     # Nothing may touch the mount point between mount(2) and our answer to INIT:
     # the kernel would make that call wait for the very thread making it.
     pidf = pid_file(cfg.mountpoint)
-    client = Client(cfg.servers, timeout=cfg.timeout, umask=0)
+    client = Client(cfg.servers, timeout=cfg.timeout, umask=0, dirty_timeout=cfg.dirty_timeout)
     opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
                    cfg.coherent, kernel_checks=cfg.default_permissions)  # fmt: skip
     ops = Operations(client, opts)

@@ -23,6 +23,7 @@ from typing import Any
 from .. import protocol as p
 from ..client.client import Client
 from ..client.file import RemoteFile
+from ..client.held import HOLD_BELOW
 from ..protocol import Command, Cred
 from . import kernel as k
 from .coherent import CacheState
@@ -420,9 +421,11 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         self.reads.start(f, a.offset, a.size, reply, lambda: cache.read_done(node.nodeid))
 
     def op_write(self, req: k.Request, reply: Replier) -> None:
-        # Write-behind: the kernel waits for each write(2), so answering once the
-        # data is in the socket (not once the server has applied it) lets the next
-        # write overlap this one. With HANDLE_KILLPRIV_V2 the kernel no longer asks
+        # Under the exclusive lock a small write is held back (client/held.py): no
+        # request until more come, something else is asked, or a time-out. Others
+        # are written behind: the kernel waits for each write(2), so answering once
+        # the data is in the socket (not once the server has applied it) lets the
+        # next write overlap this one. With HANDLE_KILLPRIV_V2 the kernel no longer asks
         # for security.capability before every write; it flags the writes that
         # must clear set-id bits, which we do synchronously.
         a = req.args
@@ -441,11 +444,13 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
                 reply.ok(k.pack_write(a.size))
                 return
             cache.ensure(self.node(req.nodeid), f, exclusive=True)
+        data = req.data[: a.size]
         if a.write_flags & k.WRITE_KILL_SUIDGID:
-            f.pwrite(req.data[: a.size], a.offset)
+            f.pwrite(data, a.offset)
             self._kill_suid(req, self.node(req.nodeid), a.fh)
-        else:  # answered before the server: errors come back from flush/fsync/close
-            f.write_behind(req.data[: a.size], a.offset)
+        elif cache is None or a.size >= HOLD_BELOW or not cache.hold(req.nodeid, f, data, a.offset):
+            # answered before the server: errors come back from flush/fsync/close
+            f.write_behind(data, a.offset)
         reply.ok(k.pack_write(a.size))
 
     def _kill_suid(self, req: k.Request, node: Node, fh: int) -> None:
