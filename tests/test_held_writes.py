@@ -62,6 +62,15 @@ def test_held_writes_go_out_before_any_other_request(client: Client, export_dir:
     f.close()
 
 
+def test_a_write_after_held_ones_lands_after_them(client: Client, export_dir: Path) -> None:
+    (export_dir / "f").write_bytes(b"." * 4)
+    f = _held_file(client, "/f")
+    assert f.hold(b"AB", 0)
+    f.write(b"XY")  # at position 0: it must win over the older held write
+    assert (export_dir / "f").read_bytes() == b"XY.."
+    f.close()
+
+
 def test_a_revocation_sends_held_writes_before_another_client_reads(
     server: Server, client: Client, export_dir: Path
 ) -> None:
@@ -119,6 +128,7 @@ def test_held_writes_are_dropped_and_reported_when_the_lock_is_lost(
     with pytest.raises(OSError) as e:
         f.drain()
     assert e.value.errno == errno.EIO
+    assert not f.hold(b"late", 0)  # its lock went with the connection: not held
     assert client.stat("/f").st_size == 4  # a new connection: nothing held went out
     assert (export_dir / "f").read_bytes() == b"...."
     f.close()

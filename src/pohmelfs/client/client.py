@@ -267,8 +267,7 @@ class Client:
 
     def _disconnected(self, conn: Connection) -> None:
         for f in self.held.files():
-            if f._conn is conn:
-                f.drop_held(f"connection to {conn.address} lost")
+            f.drop_held(conn)
         with self._revokes_lock:  # its handles (and their locks) are gone
             for key in [k for k in self._cached if k[0] == conn.serial]:
                 del self._cached[key]

@@ -155,8 +155,9 @@ class Connection:
         **fields: Any,
     ) -> Transaction:
         """Send a request and return its transaction without waiting."""
-        if cmd is not Command.WRITE and self.before_request is not None:
-            self.before_request()
+        if (cmd is not Command.WRITE and self.before_request is not None
+                and threading.current_thread() is not self._receiver):  # fmt: skip
+            self.before_request()  # (never on the receiver: it must not wait)
         xid = next(self._xids)
         if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
             parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]

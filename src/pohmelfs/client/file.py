@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
 WINDOW = 16  # requests of one transfer in flight at once
 WRITE_BEHIND_BYTES = 32 << 20  # unanswered write-behind data per file, at most
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+
+log = logging.getLogger("pohmelfs.client")
 
 
 class CacheGrant(NamedTuple):
@@ -63,7 +66,11 @@ class RemoteFile(io.RawIOBase):
         self._push_lock = threading.Lock()  # held writes go out in the order made
         self.on_revoke: Callable[[int, int, int], None] | None = None
         got = client._open(path, flags, perm, self._cred, cache)
-        self._conn, self._oid, attr, writers, cached, directory = got
+        conn, oid, attr, writers, cached, directory = got
+        # The connection and server handle, replaced together when the file reopens.
+        self._pair: tuple[Connection, int] = (conn, oid)
+        # Where the held writes were made (their lock's connection), while any are held.
+        self._held_on: tuple[Connection, int] | None = None
         self.attr: Attr = attr
         # With O_CREAT: the directory as it was right after the open (which may have
         # created the file in it); None otherwise.
@@ -72,7 +79,7 @@ class RemoteFile(io.RawIOBase):
         # The lock granted with the open, until used or revoked (set before the file
         # can be found by a revocation, which resets it).
         self._granted: int = cached
-        if cached < 2 and not client._register_cached(self._conn, self._oid, self):
+        if cached < 2 and not client._register_cached(conn, oid, self):
             with self._lock:
                 self._granted = 2  # taken back before we registered
         self._pos = attr.size if flags & os.O_APPEND else 0
@@ -84,15 +91,20 @@ class RemoteFile(io.RawIOBase):
         the connection was lost, the file is reopened by path on a new one."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        conn = self._conn
-        if not conn.closed:
-            return conn, self._oid
+        pair = self._pair
+        if not pair[0].closed:
+            return pair
         with self._lock:
-            if self._conn.closed:
-                self._conn, self._oid, _, _, _, _ = self._client._open(
+            if self._pair[0].closed:
+                conn, oid, _, _, _, _ = self._client._open(
                     self.name, self._flags & REOPEN_MASK, 0, self._cred
                 )
-            return self._conn, self._oid
+                self._pair = (conn, oid)
+            return self._pair
+
+    @property
+    def _conn(self) -> Connection:
+        return self._pair[0]
 
     def handle_lost(self) -> bool:
         """Was the connection this file was opened on lost (with its cache locks)?"""
@@ -148,7 +160,7 @@ class RemoteFile(io.RawIOBase):
     def pwrite(self, data: Any, offset: int) -> int:
         """Write all of ``data`` at ``offset`` (at the end in append mode)."""
         mv = memoryview(data).cast("B")
-        self.push()  # held writes are older: they go first
+        self._client.held.push_all()  # held writes (of any handle) are older: first
         written, _end = self._retrying(lambda c, o: self._pwrite(c, o, mv, offset))
         return int(written)
 
@@ -204,6 +216,7 @@ class RemoteFile(io.RawIOBase):
         if not self.writable():
             raise io.UnsupportedOperation("file not open for writing")
         mv = memoryview(data).cast("B")
+        self._client.held.push_all()  # held writes (of any handle) are older: first
         written, end = self._retrying(lambda c, o: self._pwrite(c, o, mv, self._pos))
         self._pos = end
         return int(written)
@@ -258,7 +271,7 @@ class RemoteFile(io.RawIOBase):
         ``WRITE_BEHIND_BYTES`` of this file, and the client's
         ``write_behind_limit`` of all its files, are unanswered at a time.
         """
-        self.push()  # held writes are older: they go first
+        self._client.held.push_all()  # held writes (of any handle) are older: first
         return self._send_behind(*self.handle(), memoryview(data).cast("B"), offset)
 
     def _send_behind(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> int:
@@ -305,13 +318,24 @@ class RemoteFile(io.RawIOBase):
 
     # --- writes held back ---------------------------------------------------------
 
-    def hold(self, data: Any, offset: int) -> None:
+    def hold(self, data: Any, offset: int) -> bool:
         """Keep a write (under ``HOLD_BELOW`` bytes) back, to be sent later with
         others (see ``held.py``). Only while this client holds the file's exclusive
-        cache lock, which the caller makes sure of against revocations; then call
-        :meth:`push_if_due` (this must not block: it runs under the caller's lock)."""
+        cache lock through this handle, which the caller makes sure of against
+        revocations; then call :meth:`push_if_due`. Does not block (it runs under the
+        caller's lock). False if the lock's connection is gone: send it instead."""
+        pair = self._pair
+        if pair[0].closed or self._flags & os.O_APPEND:
+            return False  # (an append lands where the server's end is when it is sent)
+        if not len(data):
+            return True
         with self._held_lock:
+            if self._held_on is None:
+                self._held_on = pair
+            elif self._held_on != pair:
+                return False  # reopened since: what is held goes with the old one
             self._client.held.added(self, self._held.add(offset, data))
+        return True
 
     def push_if_due(self) -> None:
         """Send held writes if this file or the client holds enough of them."""
@@ -331,27 +355,39 @@ class RemoteFile(io.RawIOBase):
             with self._held_lock:
                 n = self._held.bytes
                 extents = self._held.take()
-            # On the connection they were made under, never reopened: held under a
-            # lock, they must not be applied once it went with a lost connection.
-            conn, oid = self._conn, self._oid
-            for offset, data in extents:
-                try:
-                    self._send_behind(conn, oid, memoryview(data), offset)
-                except OSError:
-                    pass  # kept as this file's write-behind error, for flush/fsync/close
-            with self._held_lock:  # only now: until sent, others must wait for them
-                self._client.held.taken(self, n, bool(self._held.bytes))
+                pair, self._held_on = self._held_on, None
+            try:
+                # On the connection they were made under, never reopened: held under
+                # a lock, they must not be applied once it went with that connection.
+                for offset, data in extents:
+                    assert pair is not None
+                    try:
+                        self._send_behind(*pair, memoryview(data), offset)
+                    except OSError:
+                        pass  # kept as this file's write-behind error (flush/fsync/close)
+            except Exception as e:  # not one of ours: reported, never silently lost
+                log.exception("sending held writes of %s failed", self.name)
+                self._failed(OSError(errno.EIO, f"held writes lost: {e}", self.name))
+            finally:
+                with self._held_lock:  # only now: until sent, others must wait for them
+                    self._client.held.taken(self, n, bool(self._held.bytes))
 
-    def drop_held(self, why: str) -> None:
-        """The connection (and the lock the writes were held under) is gone."""
+    def drop_held(self, conn: Connection) -> None:
+        """``conn`` (and the lock the writes were held under) is gone."""
         with self._held_lock:
+            if self._held_on is None or self._held_on[0] is not conn:
+                return
             n = self._held.bytes
             self._held.take()
+            self._held_on = None
             self._client.held.taken(self, n, False)
-        if n:
-            with self._behind:
-                if self._behind_error is None:
-                    self._behind_error = OSError(errno.EIO, f"held writes lost: {why}", self.name)
+        why = f"connection to {conn.address} lost"
+        self._failed(OSError(errno.EIO, f"held writes lost: {why}", self.name))
+
+    def _failed(self, error: OSError) -> None:
+        with self._behind:
+            if self._behind_error is None:
+                self._behind_error = error
 
     def write_back(self) -> bool:
         """Send held writes and wait for every write-behind request to be answered; a
@@ -409,9 +445,10 @@ class RemoteFile(io.RawIOBase):
         owner of the cache. Runs on the client's revocation thread."""
         with self._lock:
             self._granted = 2
-        self.write_back()  # a failure stays for the next flush, fsync or close
         if self.on_revoke is not None:
-            self.on_revoke(keep, start, length)
+            self.on_revoke(keep, start, length)  # the owner writes back (all its handles)
+        else:
+            self.write_back()  # a failure stays for the next flush, fsync or close
 
     def fsync(self, datasync: bool = False) -> None:
         """Make everything written so far durable on the server."""
@@ -427,7 +464,7 @@ class RemoteFile(io.RawIOBase):
         if self.closed:
             return
         self.push()
-        conn, oid = self._conn, self._oid
+        conn, oid = self._pair
         # Revocations reach this file until the server has closed the handle: one
         # that comes first must still wait for the writes sent behind.
         closed = lambda _tx: self._client._unregister_cached(conn, oid)  # noqa: E731
@@ -449,11 +486,12 @@ class RemoteFile(io.RawIOBase):
                 pass  # the server dropped the handle with the connection
         finally:
             try:
-                if not self._conn.closed:
-                    self._conn.call(Command.CLOSE, self.name, oid=self._oid)
+                conn, oid = self._pair
+                if not conn.closed:
+                    conn.call(Command.CLOSE, self.name, oid=oid)
             except ConnectionError:
                 pass  # the server dropped the handle with the connection
             finally:
                 # Only now: a revocation during the drain must still write back first.
-                self._client._unregister_cached(self._conn, self._oid)
+                self._client._unregister_cached(*self._pair)
                 super().close()

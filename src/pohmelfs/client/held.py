@@ -7,9 +7,10 @@ as few large WRITE requests (write-behind) when
 - the file has ``PUSH_BYTES`` held, or ``MAX_EXTENTS`` separate ranges;
 - the client has ``limit`` bytes held in all (bounded dirty memory);
 - they have been held ``timeout`` seconds (the dirty time-out);
-- the client sends any request but a WRITE (so every request the server answers
-  after it, on this client's one connection, sees them: reads, stats, truncates,
-  cache locks and lock releases);
+- the client sends any other request, or a write it does not hold (so every
+  request the server answers after it, on this client's one connection, sees them:
+  reads, stats, truncates, writes through other handles, cache locks and lock
+  releases);
 - the file is flushed, fsynced or closed, or its lock is revoked.
 
 Held writes were made under a lock: if the connection is lost they are dropped

@@ -83,12 +83,15 @@ class CacheState:
         return self._state.get(nodeid, NONE) == EXCLUSIVE
 
     def hold(self, nodeid: int, f: RemoteFile, data: memoryview, offset: int) -> bool:
-        """Keep a write back in ``f`` if the node's exclusive lock is held (False if
-        not). Atomic with revocations, which mark the lock gone before writing back."""
+        """Keep a write back in ``f`` if the node's exclusive lock is held through
+        ``f`` (False if not: the server fences the handle the lock was taken through,
+        so only its held writes are refused once the lease is lost). Atomic with
+        revocations, which mark the lock gone before writing back."""
         with self._cond:
-            if self._state.get(nodeid, NONE) != EXCLUSIVE:
+            if self._state.get(nodeid, NONE) != EXCLUSIVE or self._via.get(nodeid) is not f:
                 return False
-            f.hold(data, offset)
+            if not f.hold(data, offset):
+                return False
         f.push_if_due()
         return True
 

@@ -470,7 +470,10 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
 
     def op_release(self, req: k.Request, reply: Replier) -> None:
         fh = req.args.fh
-        f = self.files.pop(fh, None)
+        f = self.files.get(fh)
+        if f is not None:
+            f.push()  # (mmap writeback after the last close) while revocations find it
+        self.files.pop(fh, None)
         fhs = self.node_files.get(req.nodeid)
         if fhs is not None:
             fhs.discard(fh)
