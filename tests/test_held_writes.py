@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +178,35 @@ def test_a_mount_sends_held_writes_after_its_dirty_timeout(tmp_path: Path) -> No
             os.close(fd)
     finally:
         two.stop()
+
+
+@requires_fuse
+def test_async_close_returns_before_the_server_has_the_writes_but_others_see_them(
+    tmp_path: Path,
+) -> None:
+    two = TwoMounts(tmp_path, "async_close", "dirty_timeout=30", "timeout=20", count=2)
+    try:
+        (two.a / "f").write_bytes(b"....")
+        fd = os.open(two.a / "f", os.O_RDWR)
+        os.pwrite(fd, b"ab", 0)  # held
+        closer = threading.Thread(target=os.close, args=(fd,))
+        os.kill(two.server.pid, signal.SIGSTOP)
+        try:
+            closer.start()
+            closer.join(5)
+            assert not closer.is_alive(), "close(2) waited for a stopped server"
+        finally:
+            os.kill(two.server.pid, signal.SIGCONT)
+            closer.join(30)
+        assert (two.b / "f").read_bytes() == b"ab.."  # b's read revokes a's lock: sent
+        assert (two.export / "f").read_bytes() == b"ab.."
+    finally:
+        two.stop()
+
+
+def test_async_close_needs_a_coherent_mount() -> None:
+    from pohmelfs.fuse.mount import MountConfig
+
+    assert MountConfig.parse("127.0.0.1:1", "/mnt", ["async_close"]).async_close
+    with pytest.raises(ValueError, match="async_close needs coherent"):
+        MountConfig.parse("127.0.0.1:1", "/mnt", ["nocoherent,async_close"])

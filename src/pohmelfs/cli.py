@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'pohmelfs umount MOUNTPOINT'. Options (-o, comma-separated): allow_other, "
         "no_default_permissions, timeout=S (network), threads=N, readahead_kib=N, "
         "dirty_timeout=S (small writes kept back at most S seconds, default 3), "
+        "async_close (close does not wait for the file's writes), "
         "nocoherent (close-to-open caching instead of cached locks; then attr_timeout=S, "
         "entry_timeout=S).",
     )

@@ -460,14 +460,20 @@ class RemoteFile(io.RawIOBase):
         raise io.UnsupportedOperation("a remote file has no local file descriptor")
 
     def close_async(self) -> None:
-        """Close without waiting for the server's answer (errors are dropped)."""
+        """Close without waiting for the server's answer (a write that failed and was
+        not reported yet is logged)."""
         if self.closed:
             return
         self.push()
         conn, oid = self._pair
+
         # Revocations reach this file until the server has closed the handle: one
         # that comes first must still wait for the writes sent behind.
-        closed = lambda _tx: self._client._unregister_cached(conn, oid)  # noqa: E731
+        def closed(_tx: Transaction | None) -> None:
+            self._client._unregister_cached(conn, oid)
+            if self._behind_error is not None:  # nobody is left to report it to
+                log.warning("%s: a write after close failed: %s", self.name, self._behind_error)
+
         try:
             if conn.closed:
                 raise ConnectionError

@@ -33,6 +33,7 @@ class MountConfig:
     splice: bool = False
     writeback: bool = False
     coherent: bool = True  # cached locks; nocoherent: close-to-open with time-outs
+    async_close: bool = False  # close(2) does not wait for the file's writes
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -48,7 +49,7 @@ class MountConfig:
                     cfg.default_permissions = False
                 elif key in ("attr_timeout", "entry_timeout", "timeout", "dirty_timeout"):
                     setattr(cfg, key, _number(key, value, float))
-                elif key in ("splice", "writeback"):
+                elif key in ("splice", "writeback", "async_close"):
                     setattr(cfg, key, True)
                 elif key == "no_writeback":
                     cfg.writeback = False
@@ -63,6 +64,8 @@ class MountConfig:
                     raise ValueError(f"unknown mount option {key!r}")
         if not cfg.servers:
             raise ValueError("no server given")
+        if cfg.async_close and not cfg.coherent:
+            raise ValueError("async_close needs coherent mounts (close-to-open waits at close)")
         if cfg.coherent:
             if cfg.entry_timeout != 1.0:
                 raise ValueError("entry_timeout applies only with -o nocoherent")
@@ -104,7 +107,8 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     pidf = pid_file(cfg.mountpoint)
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0, dirty_timeout=cfg.dirty_timeout)
     opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
-                   cfg.coherent, kernel_checks=cfg.default_permissions)  # fmt: skip
+                   cfg.coherent, kernel_checks=cfg.default_permissions,
+                   async_close=cfg.async_close)  # fmt: skip
     ops = Operations(client, opts)
     source = "pohmelfs:" + ",".join(cfg.servers)
     fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,

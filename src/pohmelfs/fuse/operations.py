@@ -63,6 +63,9 @@ class Options:
     # The kernel checks permissions itself (default_permissions), before a request
     # reaches us: a removal may then be answered before the server has done it.
     kernel_checks: bool = False
+    # close(2) sends the file's writes without waiting for them (coherent only: others
+    # still see them, since a revocation waits); their failures are only logged.
+    async_close: bool = False
 
 
 class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
@@ -464,7 +467,10 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         # a write that failed after write(2) returned is reported here.
         f = self.files.get(req.args.fh)
         if f is not None:
-            f.drain()
+            if self.opts.async_close and self.cache is not None:
+                f.push()
+            else:
+                f.drain()
             self.locks.flush(req.nodeid, f, req.args.lock_owner)
         reply.ok()
 
