@@ -126,8 +126,12 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
         if ready is not None:
             ready(f"pohmelfs: mounted {source} on {cfg.mountpoint}")
         while not session.stopped.is_set():
-            if signal.sigtimedwait(stop_signals, 0.5) is not None:
-                log.info("signalled: unmounting %s", cfg.mountpoint)
+            got = signal.sigtimedwait(stop_signals, 0.5)
+            # A debugger or profiler attaching (ptrace) can make it return a siginfo
+            # of nothing: only a stop signal stops us.
+            if got is not None and got.si_signo in stop_signals:
+                log.info("%s from pid %d: unmounting %s", signal.Signals(got.si_signo).name,
+                         got.si_pid, cfg.mountpoint)  # fmt: skip
                 unmount_quietly(cfg.mountpoint)
                 session.wait(10)
                 break
