@@ -152,6 +152,7 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         # an exclusive cache lock on the first MiB; REVOKE "requests" never travel
         c.CACHE: ({"oid": 42, "length": 1 << 20}, {"type": 1}),
         c.REVOKE: ({}, {}),
+        c.LEASE: ({}, path),
     }
 
 
@@ -191,6 +192,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.WRITE: ({"length": len(DATA)}, {}),
             c.GETLK: ({"offset": 100, "length": 0}, {"type": 1, "pid": 4242}),
             c.CACHE: ({}, {"attr": ATTR_FILE, "writers": 0}),
+            c.LEASE: ({"oid": 78}, {"attr": ATTR_FILE, "cached": 0}),
         }
     )
     return out

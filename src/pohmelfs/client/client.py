@@ -307,6 +307,29 @@ class Client:
         with self._revokes_lock:
             self._cached.pop((conn.serial, oid), None)
 
+    def lease(self, path: PathArg, cred: Cred | None, holder: Any) -> tuple[Attr, Connection, int]:
+        """A path's attributes and, for a regular file nobody writes, a lease on them
+        (a shared cache lock with no handle): its id, 0 if none. The server's
+        revocation calls ``holder.revoked(keep, start, length)``; give it back with
+        :meth:`unlease` on the connection it came by (it goes with it)."""
+        conn = self.connection()
+        reply = conn.call(Command.LEASE, path, cred=cred or self.cred, path=encode_path(path))
+        oid = reply.oid if reply["cached"] == 0 else 0
+        if oid and not self._register_cached(conn, oid, holder):
+            self.unlease(conn, oid)  # revoked before we could register it: not ours
+            oid = 0
+        return reply["attr"], conn, oid
+
+    def unlease(self, conn: Connection, oid: int) -> None:
+        """Give a lease back (without waiting)."""
+        self._unregister_cached(conn, oid)
+        if conn.closed:
+            return
+        try:
+            conn.start(Command.CLOSE, oid=oid)
+        except OSError:
+            pass  # the connection went, and the lease with it
+
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 

@@ -24,6 +24,7 @@ from .. import protocol as p
 from ..client.client import Client
 from ..protocol import Command, Cred
 from . import kernel as k
+from .leases import Leases
 from .names import NameLocks
 from .nodes import Node, NodeTable
 from .reply import Replier
@@ -40,6 +41,7 @@ class NamespaceOps:
     client: Client
     nodes: NodeTable
     names: NameLocks | None
+    leases: Leases | None
     opts: Any
     dir_attrs: dict[int, p.Attr]
     _dirs_lock: threading.Lock
@@ -59,9 +61,12 @@ class NamespaceOps:
         self._invalidate(nodeid, False)
 
     def _dir_attrs_stale(self, nodeid: int) -> None:
-        """This mount changes the node's own attributes: forget what _dir_changed kept."""
+        """This mount changes the node's own attributes: forget what _dir_changed kept,
+        and give its lease back (the server revokes only other clients')."""
         with self._dirs_lock:
             self.dir_attrs.pop(nodeid, None)
+        if self.leases is not None:
+            self.leases.drop(nodeid)
 
     def _dir_attrs_after(self, nodeid: int) -> p.Attr | None:
         """Attributes kept by ``_dir_changed`` for the kernel's next GETATTR (once)."""
@@ -88,7 +93,13 @@ class NamespaceOps:
     @contextmanager
     def _changing(self, *changes: tuple[Node, bytes, bool]) -> Iterator[None]:
         """Note each (directory, name, there after) in the directory's listing once
-        the change is made; if it fails, the listing may be wrong and goes."""
+        the change is made; if it fails, the listing may be wrong and goes. A file
+        that loses or gains a name here changes (links, ctime): its lease goes."""
+        if self.leases is not None:
+            for parent, name, _ in changes:
+                child = self.nodes.child(parent, name)
+                if child is not None:
+                    self.leases.drop(child.nodeid)
         names = self.names
         if names is None:
             yield
@@ -130,6 +141,8 @@ class NamespaceOps:
         old = self.node(req.args.oldnodeid)
         parent, name = self.node(req.nodeid), req.names[0]
         new = self.nodes.child_path(parent, name)
+        if self.leases is not None:
+            self.leases.drop(old.nodeid)
         with self._changing((parent, name, True)):
             made = self.client.request(Command.LINK, old.path(), new, cred=self.cred(req),
                                        path=old.path(), new=new)  # fmt: skip

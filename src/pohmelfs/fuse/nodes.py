@@ -51,6 +51,9 @@ class NodeTable:
     def get(self, nodeid: int) -> Node | None:
         return self._by_id.get(nodeid)
 
+    def child(self, parent: Node, name: bytes) -> Node | None:
+        return self._by_name.get((parent.nodeid, name))
+
     def child_path(self, parent: Node, name: bytes) -> bytes:
         base = parent.path()
         return base + name if base == b"/" else base + b"/" + name

@@ -28,6 +28,7 @@ from ..protocol import Command, Cred
 from . import kernel as k
 from .coherent import CacheState
 from .directories import DirectoryOps, OpenDir
+from .leases import Lease, Leases
 from .locks import FuseLocks
 from .names import NameLocks
 from .namespace import NamespaceOps
@@ -90,6 +91,10 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         )
         if self.cache is not None:
             client.on_disconnect.append(self.cache.lost_all)
+        self.leases = (
+            Leases(client, lambda nodeid: self._invalidate(nodeid, False))
+            if self.opts.coherent else None
+        )  # fmt: skip
         self.names = (
             NameLocks(client, self._bump_epoch, self._names_released)
             if self.opts.coherent else None
@@ -161,10 +166,13 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
     def call(self, cmd: Command, req: k.Request, path: bytes, **fields: Any) -> p.Message:
         return self.client.request(cmd, path, cred=self.cred(req), path=path, **fields)
 
-    def entry(self, parent: Node, name: bytes, attr: p.Attr, timeout: float) -> bytes:
+    def entry(self, parent: Node, name: bytes, attr: p.Attr, timeout: float,
+              lease: Lease | None = None) -> bytes:  # fmt: skip
         # A directory has no second name: a reused inode number is another object.
         links = 1 if stat.S_ISDIR(attr.mode) else attr.nlink
         node = self.nodes.remember(parent, name, attr.ino, links)
+        if lease is not None and self.leases is not None:
+            self.leases.bind(lease, node.nodeid, attr.ino)
         return k.pack_entry(node.nodeid, 0, kernel_attr(attr), timeout,
                             self._attr_timeout(node.nodeid))  # fmt: skip
 
@@ -189,6 +197,8 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if self.cache is not None and self.cache.locked(nodeid):
             return self.opts.locked_attr_timeout
         if self.names is not None and self.names.held(nodeid):
+            return self.opts.locked_attr_timeout
+        if self.leases is not None and self.leases.held(nodeid):
             return self.opts.locked_attr_timeout
         return 0.0 if self._names_cached() else self.opts.attr_timeout
 
@@ -251,8 +261,13 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if names is not None and self.opts.kernel_checks and names.missing(parent.nodeid, name):
             reply.ok(k.pack_entry(0, 0, None, timeout, 0))
             return
+        path = self.nodes.child_path(parent, name)
+        lease = None
         try:
-            attr = self.call(Command.LOOKUP, req, self.nodes.child_path(parent, name))["attr"]
+            if names is not None and self.leases is not None:
+                attr, lease = self.leases.lookup(self.cred(req), path)  # (names kept: worth it)
+            else:
+                attr = self.call(Command.LOOKUP, req, path)["attr"]
         except FileNotFoundError:
             if names is None:
                 raise
@@ -260,7 +275,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
                 names.missed(parent.nodeid, parent.path())
             reply.ok(k.pack_entry(0, 0, None, timeout, 0))  # the kernel keeps "not found"
             return
-        reply.ok(self.entry(parent, name, attr, timeout))
+        reply.ok(self.entry(parent, name, attr, timeout, lease))
 
     def op_forget(self, req: k.Request, reply: Replier) -> None:
         self._forget(req.nodeid, req.args.nlookup)  # no reply
@@ -271,6 +286,8 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
 
     def _forget(self, nodeid: int, nlookup: int) -> None:
         self.nodes.forget(nodeid, nlookup)
+        if self.leases is not None and self.nodes.get(nodeid) is None:
+            self.leases.forget(nodeid)
         if self.names is not None and self.nodes.get(nodeid) is None:
             self.names.forget(nodeid)
             self._names_released(nodeid)
@@ -285,10 +302,19 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             return
         fh = args.fh if args.getattr_flags & k.GETATTR_FH else None
         node = self.node(req.nodeid)
-        if self.cache is not None:  # fresh attributes: hold a lock if we can
-            f = self._handle_of(node, fh)
-            if f is not None:
-                self.cache.ensure(node, f, exclusive=False)
+        f = self._handle_of(node, fh)
+        if self.cache is not None and f is not None:  # fresh attributes: hold a lock
+            self.cache.ensure(node, f, exclusive=False)
+        # Not open here, and names kept: its lease's attributes, or a lease with them.
+        leases = (
+            self.leases if f is None and node.linked and node.nodeid != ROOT_ID
+            and self._names_cached() else None
+        )  # fmt: skip
+        if leases is not None:
+            kept = leases.attr(node.nodeid, node.ino)
+            if kept is not None:
+                reply.ok(self.attr_out(kept, node.nodeid))
+                return
         # Coherent, a stat by name asks by name: unless this mount holds the lock
         # on its directory, the name may mean another file by now.
         by_name = (
@@ -296,13 +322,16 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             and not (node.parent is not None and self._name_timeout(node.parent))
         )  # fmt: skip
         try:
-            if by_name:
+            if leases is not None:
+                attr, lease = leases.lookup(self.cred(req), node.path())
+                leases.bind(lease, node.nodeid, node.ino)  # (not if it is another file now)
+            elif by_name:
                 attr = self.call(Command.LOOKUP, req, node.path())["attr"]
             else:
                 attr = self.object_attr(req, node, fh)
         except FileNotFoundError:
             raise _stale(node) from None
-        if by_name and attr.ino != node.ino:
+        if (by_name or leases is not None) and attr.ino != node.ino:
             raise _stale(node)
         reply.ok(self.attr_out(attr, node.nodeid))
 
@@ -366,6 +395,8 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)
         node = self.node(req.nodeid)
+        if self.leases is not None and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+            self.leases.drop(node.nodeid)  # its own lock will say what may be cached
         try:
             f = self._open_remote(req, node.path(), flags, 0)
         except FileNotFoundError:

@@ -59,6 +59,7 @@ class Command(enum.IntEnum):
     GETLK = 33
     CACHE = 34
     REVOKE = 35
+    LEASE = 36
 
 
 # Bits of the UTIMES "which" field.
@@ -140,6 +141,10 @@ REQUESTS: dict[Command, Schema] = {
     # 2 release. The grant carries the file's attributes.
     _C.CACHE: (("type", "u32"),),
     _C.REVOKE: (),  # only ever a client's answer to the REVOKE notification
+    # LOOKUP that also asks for a shared cache lock on the attributes of a regular
+    # file, with no handle (a lease): the reply's oid names it (0: none), for REVOKE
+    # and for CLOSE, which gives it back.
+    _C.LEASE: (("cred", "cred"), ("path", "name")),
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
@@ -175,6 +180,7 @@ REPLIES.update(
         _C.READLINK: (("target", "name"),),
         _C.GETXATTR: (("value", "blob"),),
         _C.CACHE: (("attr", "attr"), ("writers", "u32")),  # writers: on other clients
+        _C.LEASE: (("attr", "attr"), ("cached", "u32")),  # cached: 0 leased, 2 not
         _C.GETLK: (("type", "u32"), ("pid", "u32")),  # a conflicting lock: offset, length
         _C.LISTXATTR: (("names", "names"),),
     }

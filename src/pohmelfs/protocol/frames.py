@@ -18,7 +18,8 @@ from .commands import (
 from .fields import DEFAULT_MAX_PAYLOAD, FIELD_TYPES, U32_MAX, U64_MAX, ProtocolError
 
 MAGIC = 0x504F  # "PO"
-VERSION = 3  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory
+VERSION = 4  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
+# 4: LEASE
 HEADER = struct.Struct("!HHHHIIQQQQ")
 HEADER_SIZE = HEADER.size  # 48
 

@@ -47,8 +47,10 @@ class Handles:
     closed: bool
     handles: dict[int, Handle]
     handles_lock: threading.Lock
+    leases: dict[int, tuple[int, int]]
     next_handle: int
     _change: Callable[..., Message | None]
+    _plain: Callable[..., Message | None]
     _naming: Callable[..., Message | None]
 
     def _acquire(self, oid: int) -> Handle:
@@ -186,11 +188,41 @@ class Handles:
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
             h = self.handles.pop(m.oid, None)
+            lease = self.leases.pop(m.oid, None) if h is None else None
+        if lease is not None:  # (its key is known: no walk through every lock)
+            self.server.cache.release(lease, (self.sid, m.oid), 0, END)
+            self.server.cache.fenced.discard((self.sid, m.oid))
+            return p.reply(m)
         if h is None:
             raise OSError(errno.EBADF, "unknown file handle")
         self.server.cache.drop(lambda owner: owner == (self.sid, m.oid))
         self._release(h)
         return p.reply(m)
+
+    def _lease(self, m: Message) -> Message | None:
+        """LOOKUP, and for a regular file a shared cache lock on it with no handle
+        (a lease on its attributes), if one can be had without revoking anybody."""
+        path = m["path"]
+        st = self.export.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            key = st.st_dev, st.st_ino
+            with self.handles_lock:
+                oid = self.next_handle
+                self.next_handle += 1
+                self.leases[oid] = key
+            owner = (self.sid, oid)
+            if self.server.cache.try_acquire(key, owner, cachelocks.SHARED, 0, END):
+                st = self.export.stat(path)  # as it is now that the lock is ours
+                if (st.st_dev, st.st_ino) == key:
+                    return p.reply(m, oid=oid, attr=attr_of(st), cached=cachelocks.SHARED)
+            self.server.cache.release(key, owner, 0, END)
+            with self.handles_lock:
+                self.leases.pop(oid, None)
+        key = st.st_dev, st.st_ino
+        if not self.server.cache.conflicting(key, self.sid, 0, END):
+            return p.reply(m, attr=attr_of(st), cached=cachelocks.RELEASE)
+        return self._plain(m, None, key, False, 0, END, lambda: p.reply(
+            m, attr=self.export.lookup(path), cached=cachelocks.RELEASE))  # fmt: skip
 
     def _with_handle(self, m: Message, fn: Callable[[Handle], Message | None]) -> Message | None:
         h = self._acquire(m.oid)

@@ -41,9 +41,9 @@ SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Comma
 # Requests that use a name without changing its directory: a client holding the
 # directory exclusively (names changed ahead, not yet sent) sends its changes first.
 NAME_READERS = frozenset({
-    Command.LOOKUP, Command.READDIR, Command.OPEN, Command.READLINK, Command.TRUNCATE, Command.LINK,
-    Command.CHMOD, Command.CHOWN, Command.UTIMES, Command.GETXATTR, Command.SETXATTR,
-    Command.LISTXATTR, Command.REMOVEXATTR,
+    Command.LOOKUP, Command.LEASE, Command.READDIR, Command.OPEN, Command.READLINK,
+    Command.TRUNCATE, Command.LINK, Command.CHMOD, Command.CHOWN, Command.UTIMES,
+    Command.GETXATTR, Command.SETXATTR, Command.LISTXATTR, Command.REMOVEXATTR,
 })  # fmt: skip
 
 
@@ -70,6 +70,7 @@ class Session(LockRequests, Handles):
         self.send_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
         self.handles_lock = threading.Lock()
+        self.leases: dict[int, tuple[int, int]] = {}  # lease id -> the file's key
         self.next_handle = 1
         self._wbuf: memoryview | None = None
         self._scratch = threading.local()
@@ -82,6 +83,7 @@ class Session(LockRequests, Handles):
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
             Command.LOOKUP: self._lookup,
+            Command.LEASE: self._lease,
             Command.READDIR: self._readdir,
             Command.OPEN: self._open,
             Command.CLOSE: self._close,

@@ -1,0 +1,141 @@
+"""Attributes of files the mount has not open, kept under leases (coherent mounts).
+
+A lookup of a regular file asks for a lease with it (LEASE): a shared cache lock
+on the file with no open handle, granted when nobody writes it. While the mount
+holds it the kernel keeps the file's attributes as long as a locked file's, so
+``stat``, ``ls -l`` and ``make`` need no request. Another client's write,
+truncate or attribute change revokes it first (cache lock rules 5 and 6): the
+mount drops the kernel's attributes of the node, then answers. This mount's own
+changes of the file give its lease back first (attributes, xattrs, an open for
+writing, names of it made or removed), since the server revokes only others.
+
+Leases are kept per node, at most ``limit`` (least recently used go first, and
+the kernel's attributes of theirs with them), and given back when the kernel
+forgets the node; they go with the connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from ..client.client import Client
+from ..client.connection import Connection
+from ..protocol import Attr, Cred
+
+LIMIT = 16384  # leases held at once
+
+
+class Lease:
+    """What the server's REVOKE of one lease reaches."""
+
+    __slots__ = ("_owner", "attr", "conn", "gone", "nodeid", "oid")
+
+    def __init__(self, owner: Leases) -> None:
+        self._owner = owner
+        self.conn: Connection | None = None
+        self.oid = 0
+        self.attr: Attr | None = None
+        self.nodeid = 0
+        self.gone = False
+
+    def revoked(self, _keep: int, _start: int, _length: int) -> None:
+        self._owner._revoked(self)
+
+
+class Leases:
+    def __init__(self, client: Client, invalidate_attrs: Callable[[int], None],
+                 limit: int = LIMIT) -> None:  # fmt: skip
+        self._client = client
+        self._invalidate_attrs = invalidate_attrs
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._by_node: OrderedDict[int, Lease] = OrderedDict()
+        client.on_disconnect.append(self._lost_all)
+
+    def lookup(self, cred: Cred, path: bytes) -> tuple[Attr, Lease | None]:
+        """A path's attributes, with a lease on them if the server grants one."""
+        lease = Lease(self)
+        attr, conn, oid = self._client.lease(path, cred, lease)
+        if not oid:
+            return attr, None
+        lease.conn, lease.oid, lease.attr = conn, oid, attr
+        return attr, lease
+
+    def bind(self, lease: Lease | None, nodeid: int, ino: int) -> None:
+        """Keep ``lease`` as the node's (unless it went meanwhile, or is not of it)."""
+        if lease is None:
+            return
+        dropped: list[Lease] = []
+        with self._lock:
+            if lease.gone or lease.attr is None or lease.attr.ino != ino or _lost(lease):
+                lease.gone = True
+                dropped.append(lease)
+            else:
+                old = self._by_node.pop(nodeid, None)
+                if old is not None:
+                    old.gone = True
+                    dropped.append(old)
+                lease.nodeid = nodeid
+                self._by_node[nodeid] = lease
+                while len(self._by_node) > self._limit:
+                    _, evicted = self._by_node.popitem(last=False)
+                    evicted.gone = True
+                    dropped.append(evicted)
+        for gone in dropped:
+            if gone is not lease and gone.nodeid != nodeid:
+                self._invalidate_attrs(gone.nodeid)  # the kernel kept them under it
+            self._give_back(gone)
+
+    def held(self, nodeid: int) -> bool:
+        return nodeid in self._by_node
+
+    def attr(self, nodeid: int, ino: int) -> Attr | None:
+        """The node's attributes under its lease, if it has one."""
+        with self._lock:
+            lease = self._by_node.get(nodeid)
+            if lease is None or lease.attr is None or lease.attr.ino != ino or _lost(lease):
+                return None  # (a lost connection's are dropped by _lost_all)
+            self._by_node.move_to_end(nodeid)
+            return lease.attr
+
+    def drop(self, nodeid: int) -> None:
+        """This mount changes the node's file: give its lease back first."""
+        with self._lock:
+            lease = self._by_node.pop(nodeid, None)
+            if lease is not None:
+                lease.gone = True
+        if lease is not None:
+            self._give_back(lease)
+
+    forget = drop  # the kernel forgot the node (its attributes with it)
+
+    def _revoked(self, lease: Lease) -> None:
+        """Revocation thread: the kernel's attributes go before the server is answered."""
+        with self._lock:
+            lease.gone = True
+            if self._by_node.get(lease.nodeid) is lease:
+                del self._by_node[lease.nodeid]
+        if lease.nodeid:
+            self._invalidate_attrs(lease.nodeid)
+        self._give_back(lease)
+
+    def _give_back(self, lease: Lease) -> None:
+        if lease.conn is not None and lease.oid:
+            self._client.unlease(lease.conn, lease.oid)
+            lease.oid = 0
+
+    def _lost_all(self) -> None:
+        """The connection went, and every lease with it."""
+        with self._lock:
+            leases = list(self._by_node.values())
+            self._by_node.clear()
+        for lease in leases:
+            lease.gone = True
+            self._invalidate_attrs(lease.nodeid)
+
+
+def _lost(lease: Lease) -> bool:
+    """Did the lease go with its connection (which ``_lost_all`` may not know yet)?"""
+    return lease.conn is None or lease.conn.closed
