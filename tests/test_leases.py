@@ -144,3 +144,81 @@ def test_a_mounts_own_changes_show_in_its_stat(two: TwoMounts) -> None:
     assert os.stat(f).st_nlink == 1
     os.setxattr(f, "user.k", b"v")
     assert os.stat(two.b / "own").st_ctime_ns == os.stat(f).st_ctime_ns
+
+
+def test_leases_past_the_sessions_bound_are_plain_lookups(
+    server: Server, client: Client, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pohmelfs.server import handles
+
+    monkeypatch.setattr(handles, "MAX_LEASES", 2)
+    for name in "abc":
+        (export_dir / name).write_bytes(b"x")
+    oids = [client.lease(f"/{name}", None, Holder())[2] for name in "abc"]
+    assert oids[0] and oids[1] and oids[2] == 0
+
+
+# --- the mount's table (fuse/leases.py), against a stand-in client -----------------
+
+
+class StubConn:
+    closed = False
+
+
+class StubClient:
+    def __init__(self) -> None:
+        self.on_disconnect: list[object] = []
+        self.given_back: list[int] = []
+        self.next = 0
+
+    def lease(self, path: bytes, cred: object, holder: object) -> tuple[object, object, int]:
+        from pohmelfs.protocol import Attr
+
+        self.next += 1
+        return Attr(7, 10, 0o100644, 1, 0, 0, 0, 0, 0, 0, 0, 0), StubConn(), self.next
+
+    def unlease(self, conn: object, oid: int) -> None:
+        self.given_back.append(oid)
+
+
+def _table() -> tuple[object, StubClient, list[int]]:
+    from pohmelfs.fuse.leases import Leases
+
+    invalidated: list[int] = []
+    stub = StubClient()
+    return Leases(stub, invalidated.append), stub, invalidated  # type: ignore[arg-type]
+
+
+def test_a_lease_asked_for_across_the_mounts_own_change_is_not_kept() -> None:
+    leases, stub, _invalidated = _table()
+    _attr, before = leases.lookup(None, b"/f")
+    with leases.changing():
+        _attr, during = leases.lookup(None, b"/f")
+        leases.bind(during, 5, 7, False)
+        assert not leases.held(5)  # a change is under way
+    leases.bind(before, 5, 7, False)
+    assert not leases.held(5)  # asked for before the change, answered maybe after it
+    _attr, after = leases.lookup(None, b"/f")
+    leases.bind(after, 5, 7, True)
+    assert not leases.held(5)  # the file is open here: its writes would not revoke it
+    _attr, after = leases.lookup(None, b"/f")
+    leases.bind(after, 5, 7, False)
+    assert leases.held(5) and leases.attr(5, 7) is not None
+    assert stub.given_back == [2, 1, 3]  # the ones not kept were given back
+
+
+def test_the_mounts_own_change_drops_the_lease_and_the_kernels_attributes() -> None:
+    from pohmelfs.fuse import leases as module
+
+    leases, stub, invalidated = _table()
+    _attr, lease = leases.lookup(None, b"/f")
+    leases.bind(lease, 5, 7, False)
+    with leases.changing(5):
+        assert not leases.held(5) and invalidated == [5] and stub.given_back == [1]
+    _attr, lease = leases.lookup(None, b"/f")
+    leases.bind(lease, 5, 7, False)
+    assert lease is not None
+    lease.taken -= module.MAX_AGE + 1  # link count and ctime are read again in time
+    assert leases.attr(5, 7) is None
+    lease.revoked(2, 0, 0)
+    assert not leases.held(5) and invalidated == [5, 5]

@@ -312,8 +312,12 @@ class Client:
         (a shared cache lock with no handle): its id, 0 if none. The server's
         revocation calls ``holder.revoked(keep, start, length)``; give it back with
         :meth:`unlease` on the connection it came by (it goes with it)."""
-        conn = self.connection()
-        reply = conn.call(Command.LEASE, path, cred=cred or self.cred, path=encode_path(path))
+        raw = encode_path(path)
+
+        def ask(conn: Connection) -> tuple[Connection, p.Message]:
+            return conn, conn.call(Command.LEASE, path, cred=cred or self.cred, path=raw)
+
+        conn, reply = self._on_connection(ask, True)  # (a lookup: sent again if need be)
         oid = reply.oid if reply["cached"] == 0 else 0
         if oid and not self._register_cached(conn, oid, holder):
             self.unlease(conn, oid)  # revoked before we could register it: not ours

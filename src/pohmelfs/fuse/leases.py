@@ -17,23 +17,30 @@ forgets the node; they go with the connection.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ..client.client import Client
 from ..client.connection import Connection
 from ..protocol import Attr, Cred
 
 LIMIT = 16384  # leases held at once
+# Another client's link, unlink or rename does not revoke a lease (only its
+# directories' locks): its link count and ctime are read again this often.
+MAX_AGE = 60.0
 
 
 class Lease:
     """What the server's REVOKE of one lease reaches."""
 
-    __slots__ = ("_owner", "attr", "conn", "gone", "nodeid", "oid")
+    __slots__ = ("_owner", "attr", "conn", "gen", "gone", "nodeid", "oid", "taken")
 
-    def __init__(self, owner: Leases) -> None:
+    def __init__(self, owner: Leases, gen: int) -> None:
         self._owner = owner
+        self.gen = gen  # the owner's changes counter when it was asked for
+        self.taken = time.monotonic()
         self.conn: Connection | None = None
         self.oid = 0
         self.attr: Attr | None = None
@@ -52,24 +59,31 @@ class Leases:
         self._limit = limit
         self._lock = threading.Lock()
         self._by_node: OrderedDict[int, Lease] = OrderedDict()
+        # This mount's own changes of files: counted at their start and end, and those
+        # under way; a lease asked for across one may hold what it replaced.
+        self._changes = 0
+        self._busy = 0
         client.on_disconnect.append(self._lost_all)
 
     def lookup(self, cred: Cred, path: bytes) -> tuple[Attr, Lease | None]:
         """A path's attributes, with a lease on them if the server grants one."""
-        lease = Lease(self)
+        lease = Lease(self, self._changes)
         attr, conn, oid = self._client.lease(path, cred, lease)
         if not oid:
             return attr, None
         lease.conn, lease.oid, lease.attr = conn, oid, attr
         return attr, lease
 
-    def bind(self, lease: Lease | None, nodeid: int, ino: int) -> None:
-        """Keep ``lease`` as the node's (unless it went meanwhile, or is not of it)."""
+    def bind(self, lease: Lease | None, nodeid: int, ino: int, open_here: bool) -> None:
+        """Keep ``lease`` as the node's, unless it went meanwhile, is not of it, or
+        this mount has the file open (its writes there would not revoke it) or
+        changed a file since it was asked for."""
         if lease is None:
             return
         dropped: list[Lease] = []
         with self._lock:
-            if lease.gone or lease.attr is None or lease.attr.ino != ino or _lost(lease):
+            if (lease.gone or lease.attr is None or lease.attr.ino != ino or _lost(lease)
+                    or open_here or self._busy or lease.gen != self._changes):  # fmt: skip
                 lease.gone = True
                 dropped.append(lease)
             else:
@@ -97,19 +111,47 @@ class Leases:
             lease = self._by_node.get(nodeid)
             if lease is None or lease.attr is None or lease.attr.ino != ino or _lost(lease):
                 return None  # (a lost connection's are dropped by _lost_all)
+            if time.monotonic() - lease.taken > MAX_AGE:
+                return None  # asked again (and replaced)
             self._by_node.move_to_end(nodeid)
             return lease.attr
 
+    @contextmanager
+    def changing(self, *nodeids: int) -> Iterator[None]:
+        """This mount changes these nodes' files (the server revokes only others'
+        leases): theirs go, with the kernel's attributes, and no lease asked for
+        across the change is kept."""
+        with self._lock:
+            self._changes += 1
+            self._busy += 1
+        try:
+            for nodeid in nodeids:
+                self.drop(nodeid)
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                self._changes += 1
+
     def drop(self, nodeid: int) -> None:
-        """This mount changes the node's file: give its lease back first."""
+        """Give the node's lease back, and the kernel's attributes it kept."""
+        lease = self._pop(nodeid)
+        if lease is not None:
+            self._invalidate_attrs(nodeid)
+            self._give_back(lease)
+
+    def forget(self, nodeid: int) -> None:
+        """The kernel forgot the node (and its attributes)."""
+        lease = self._pop(nodeid)
+        if lease is not None:
+            self._give_back(lease)
+
+    def _pop(self, nodeid: int) -> Lease | None:
         with self._lock:
             lease = self._by_node.pop(nodeid, None)
             if lease is not None:
                 lease.gone = True
-        if lease is not None:
-            self._give_back(lease)
-
-    forget = drop  # the kernel forgot the node (its attributes with it)
+            return lease
 
     def _revoked(self, lease: Lease) -> None:
         """Revocation thread: the kernel's attributes go before the server is answered."""

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from .. import protocol as p
@@ -52,6 +52,7 @@ class NamespaceOps:
     _name_timeout: Callable[..., float]
     _names_cached: Callable[[], bool]
     _invalidate: Callable[[int, bool], None]
+    _file_changing: Callable[..., AbstractContextManager[None]]
 
     # --- what this mount keeps of a directory it changes ----------------------------
 
@@ -61,12 +62,9 @@ class NamespaceOps:
         self._invalidate(nodeid, False)
 
     def _dir_attrs_stale(self, nodeid: int) -> None:
-        """This mount changes the node's own attributes: forget what _dir_changed kept,
-        and give its lease back (the server revokes only other clients')."""
+        """This mount changes the node's own attributes: forget what _dir_changed kept."""
         with self._dirs_lock:
             self.dir_attrs.pop(nodeid, None)
-        if self.leases is not None:
-            self.leases.drop(nodeid)
 
     def _dir_attrs_after(self, nodeid: int) -> p.Attr | None:
         """Attributes kept by ``_dir_changed`` for the kernel's next GETATTR (once)."""
@@ -95,11 +93,11 @@ class NamespaceOps:
         """Note each (directory, name, there after) in the directory's listing once
         the change is made; if it fails, the listing may be wrong and goes. A file
         that loses or gains a name here changes (links, ctime): its lease goes."""
-        if self.leases is not None:
-            for parent, name, _ in changes:
-                child = self.nodes.child(parent, name)
-                if child is not None:
-                    self.leases.drop(child.nodeid)
+        children = [self.nodes.child(parent, name) for parent, name, _ in changes]
+        with self._file_changing(*(c.nodeid for c in children if c is not None)):
+            yield from self._noting(changes)
+
+    def _noting(self, changes: tuple[tuple[Node, bytes, bool], ...]) -> Iterator[None]:
         names = self.names
         if names is None:
             yield
@@ -141,9 +139,7 @@ class NamespaceOps:
         old = self.node(req.args.oldnodeid)
         parent, name = self.node(req.nodeid), req.names[0]
         new = self.nodes.child_path(parent, name)
-        if self.leases is not None:
-            self.leases.drop(old.nodeid)
-        with self._changing((parent, name, True)):
+        with self._file_changing(old.nodeid), self._changing((parent, name, True)):
             made = self.client.request(Command.LINK, old.path(), new, cred=self.cred(req),
                                        path=old.path(), new=new)  # fmt: skip
         self._made(reply, parent, name, made)

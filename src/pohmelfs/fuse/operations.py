@@ -17,6 +17,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,10 +172,16 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         # A directory has no second name: a reused inode number is another object.
         links = 1 if stat.S_ISDIR(attr.mode) else attr.nlink
         node = self.nodes.remember(parent, name, attr.ino, links)
+        attr_timeout = -1.0
         if lease is not None and self.leases is not None:
-            self.leases.bind(lease, node.nodeid, attr.ino)
-        return k.pack_entry(node.nodeid, 0, kernel_attr(attr), timeout,
-                            self._attr_timeout(node.nodeid))  # fmt: skip
+            self.leases.bind(lease, node.nodeid, attr.ino, node.nodeid in self.node_files)
+            if node.lookups == 1:
+                # New to the kernel: a revocation before it has the node could not
+                # reach it; the GETATTR that follows is answered from the lease.
+                attr_timeout = 0.0
+        if attr_timeout < 0:
+            attr_timeout = self._attr_timeout(node.nodeid)
+        return k.pack_entry(node.nodeid, 0, kernel_attr(attr), timeout, attr_timeout)
 
     def attr_out(self, attr: p.Attr, nodeid: int = 0) -> bytes:
         return k.pack_attr_out(kernel_attr(attr), self._attr_timeout(nodeid))
@@ -201,6 +208,10 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if self.leases is not None and self.leases.held(nodeid):
             return self.opts.locked_attr_timeout
         return 0.0 if self._names_cached() else self.opts.attr_timeout
+
+    def _file_changing(self, *nodeids: int) -> AbstractContextManager[None]:
+        """Around this mount's own change of files (see ``Leases.changing``)."""
+        return self.leases.changing(*nodeids) if self.leases is not None else nullcontext()
 
     def _bump_epoch(self) -> None:
         if self.notify is not None:
@@ -324,7 +335,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         try:
             if leases is not None:
                 attr, lease = leases.lookup(self.cred(req), node.path())
-                leases.bind(lease, node.nodeid, node.ino)  # (not if it is another file now)
+                leases.bind(lease, node.nodeid, node.ino, False)  # (not if another file now)
             elif by_name:
                 attr = self.call(Command.LOOKUP, req, node.path())["attr"]
             else:
@@ -336,6 +347,10 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         reply.ok(self.attr_out(attr, node.nodeid))
 
     def op_setattr(self, req: k.Request, reply: Replier) -> None:
+        with self._file_changing(req.nodeid):
+            self._setattr(req, reply)
+
+    def _setattr(self, req: k.Request, reply: Replier) -> None:
         a = req.args
         self._dir_attrs_stale(req.nodeid)
         node = self.node(req.nodeid)
@@ -395,10 +410,10 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)
         node = self.node(req.nodeid)
-        if self.leases is not None and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
-            self.leases.drop(node.nodeid)  # its own lock will say what may be cached
+        writes = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         try:
-            f = self._open_remote(req, node.path(), flags, 0)
+            with self._file_changing(node.nodeid) if writes else nullcontext():
+                f = self._open_remote(req, node.path(), flags, 0)
         except FileNotFoundError:
             raise _stale(node) from None
         fh = self._new_file(f, node)
@@ -431,6 +446,8 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             f = self._open_remote(req, path, flags, req.args.mode & 0o7777)
         self._dir_changed(parent, f.directory)
         node = self.nodes.remember(parent, name, f.attr.ino, f.attr.nlink)
+        if self.leases is not None:
+            self.leases.drop(node.nodeid)  # (an existing file by another name of it)
         fh = self._new_file(f, node)
         open_flags = 0
         if self.cache is not None:

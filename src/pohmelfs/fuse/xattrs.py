@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from .. import protocol as p
 from ..protocol import Command
@@ -19,12 +20,14 @@ class ExtendedAttributeOps:
     node: Callable[[int], Node]
     object_call: Callable[..., Callable[..., p.Message]]
     _dir_attrs_stale: Callable[[int], None]
+    _file_changing: Callable[..., AbstractContextManager[None]]
 
     def op_setxattr(self, req: k.Request, reply: Replier) -> None:
         self._dir_attrs_stale(req.nodeid)
         value = bytes(req.data[: req.args.size])
         call = self.object_call(req, self.node(req.nodeid))
-        call(Command.SETXATTR, name=req.names[0], value=value, flags=req.args.flags)
+        with self._file_changing(req.nodeid):
+            call(Command.SETXATTR, name=req.names[0], value=value, flags=req.args.flags)
         reply.ok()
 
     def op_getxattr(self, req: k.Request, reply: Replier) -> None:
@@ -38,7 +41,9 @@ class ExtendedAttributeOps:
 
     def op_removexattr(self, req: k.Request, reply: Replier) -> None:
         self._dir_attrs_stale(req.nodeid)
-        self.object_call(req, self.node(req.nodeid))(Command.REMOVEXATTR, name=req.names[0])
+        call = self.object_call(req, self.node(req.nodeid))
+        with self._file_changing(req.nodeid):
+            call(Command.REMOVEXATTR, name=req.names[0])
         reply.ok()
 
 

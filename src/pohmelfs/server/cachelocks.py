@@ -255,6 +255,13 @@ class CacheLocks:
             self._put(key, Holder(owner, RELEASE, start, end))
             self._cond.notify_all()
 
+    def forget(self, key: object, owner: tuple[int, int]) -> None:
+        """Forget ``owner``'s locks on ``key`` (a closed handle, a lease given back)."""
+        with self._cond:
+            self._store(key, [h for h in self._held.get(key, ()) if h.owner != owner])
+            self.fenced.discard(owner)
+            self._cond.notify_all()
+
     def drop(self, predicate: Callable[[tuple[int, int]], bool]) -> None:
         """Forget every lock whose owner matches (a closed handle or connection)."""
         with self._cond:

@@ -18,6 +18,7 @@ from . import cachelocks
 from .export import attr_of
 from .rangelock import END
 
+MAX_LEASES = 1 << 17  # per session: beyond, LEASE is a LOOKUP
 NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when nothing was made
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ class Handles:
         with self.handles_lock:
             h = self.handles.pop(oid, None)
         if h is not None:
-            self.server.cache.drop(lambda owner: owner == (self.sid, oid))
+            self.server.cache.forget(h.key, (self.sid, oid))
             self._release(h)
 
     def _hold(self, h: Handle) -> Handle:
@@ -190,12 +191,11 @@ class Handles:
             h = self.handles.pop(m.oid, None)
             lease = self.leases.pop(m.oid, None) if h is None else None
         if lease is not None:  # (its key is known: no walk through every lock)
-            self.server.cache.release(lease, (self.sid, m.oid), 0, END)
-            self.server.cache.fenced.discard((self.sid, m.oid))
+            self.server.cache.forget(lease, (self.sid, m.oid))
             return p.reply(m)
         if h is None:
             raise OSError(errno.EBADF, "unknown file handle")
-        self.server.cache.drop(lambda owner: owner == (self.sid, m.oid))
+        self.server.cache.forget(h.key, (self.sid, m.oid))
         self._release(h)
         return p.reply(m)
 
@@ -204,20 +204,25 @@ class Handles:
         (a lease on its attributes), if one can be had without revoking anybody."""
         path = m["path"]
         st = self.export.stat(path)
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and len(self.leases) < MAX_LEASES:
             key = st.st_dev, st.st_ino
             with self.handles_lock:
                 oid = self.next_handle
                 self.next_handle += 1
                 self.leases[oid] = key
             owner = (self.sid, oid)
-            if self.server.cache.try_acquire(key, owner, cachelocks.SHARED, 0, END):
-                st = self.export.stat(path)  # as it is now that the lock is ours
-                if (st.st_dev, st.st_ino) == key:
-                    return p.reply(m, oid=oid, attr=attr_of(st), cached=cachelocks.SHARED)
-            self.server.cache.release(key, owner, 0, END)
-            with self.handles_lock:
-                self.leases.pop(oid, None)
+            granted = False
+            try:
+                if self.server.cache.try_acquire(key, owner, cachelocks.SHARED, 0, cachelocks.END):
+                    st = self.export.stat(path)  # as it is now that the lock is ours
+                    granted = (st.st_dev, st.st_ino) == key
+                    if granted:
+                        return p.reply(m, oid=oid, attr=attr_of(st), cached=cachelocks.SHARED)
+            finally:
+                if not granted:
+                    self.server.cache.forget(key, owner)
+                    with self.handles_lock:
+                        self.leases.pop(oid, None)
         key = st.st_dev, st.st_ino
         if not self.server.cache.conflicting(key, self.sid, 0, END):
             return p.reply(m, attr=attr_of(st), cached=cachelocks.RELEASE)
