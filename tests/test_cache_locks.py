@@ -75,24 +75,29 @@ def quick_lease_server(export_dir: Path) -> Iterator[Server]:
     srv.export.close()
 
 
-def test_revoke_reaches_the_holder_and_writes_back_first(server: Server) -> None:
+@pytest.fixture
+def ab(server: Server) -> Iterator[tuple[Client, Client]]:
+    """Two library clients of one server, as two machines would be."""
     a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        fa = a.open("/f", "w+b", buffering=0)
-        fa.cache_lock(exclusive=True)
-        revokes: list[tuple[int, int, int]] = []
-        fa.on_revoke = lambda keep, start, length: revokes.append((keep, start, length))
-        fa.write_behind(b"written behind", 0)  # buffered under the exclusive lock
-        fb = b.open("/f", "rb", buffering=0)
-        attr = fb.cache_lock().attr  # revokes a's lock: a writes back before b is granted
-        assert revokes == [(SHARED, 0, 0)]
-        assert attr.size == 14
-        assert fb.pread(100, 0) == b"written behind"
-        fa.close()
-        fb.close()
-    finally:
-        a.close()
-        b.close()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_revoke_reaches_the_holder_and_writes_back_first(ab: tuple[Client, Client]) -> None:
+    a, b = ab
+    fa = a.open("/f", "w+b", buffering=0)
+    fa.cache_lock(exclusive=True)
+    revokes: list[tuple[int, int, int]] = []
+    fa.on_revoke = lambda keep, start, length: revokes.append((keep, start, length))
+    fa.write_behind(b"written behind", 0)  # buffered under the exclusive lock
+    fb = b.open("/f", "rb", buffering=0)
+    attr = fb.cache_lock().attr  # revokes a's lock: a writes back before b is granted
+    assert revokes == [(SHARED, 0, 0)]
+    assert attr.size == 14
+    assert fb.pread(100, 0) == b"written behind"
+    fa.close()
+    fb.close()
 
 
 def test_silent_holder_loses_the_lock_and_its_writes_fail(quick_lease_server: Server) -> None:
@@ -121,57 +126,51 @@ def test_silent_holder_loses_the_lock_and_its_writes_fail(quick_lease_server: Se
         b.close()
 
 
-def test_release_and_disconnect_free_the_lock(server: Server) -> None:
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        fa = a.open("/f", "w+b", buffering=0)
-        fa.cache_lock(exclusive=True)
-        revoked = threading.Event()
-        fa.on_revoke = lambda *_: revoked.set()
-        fa.cache_release()
-        fb = b.open("/f", "rb", buffering=0)
-        fb.cache_lock(exclusive=True)
-        assert not revoked.is_set()  # nothing left to take back
-        fb.close()  # closing the handle drops its locks
-        fa.cache_lock(exclusive=True)
-        a.close()  # so does a lost connection
-        fb = b.open("/f", "rb", buffering=0)
-        fb.cache_lock(exclusive=True)
-        fb.close()
-    finally:
-        a.close()
-        b.close()
+def test_release_and_disconnect_free_the_lock(ab: tuple[Client, Client]) -> None:
+    a, b = ab
+    fa = a.open("/f", "w+b", buffering=0)
+    fa.cache_lock(exclusive=True)
+    revoked = threading.Event()
+    fa.on_revoke = lambda *_: revoked.set()
+    fa.cache_release()
+    fb = b.open("/f", "rb", buffering=0)
+    fb.cache_lock(exclusive=True)
+    assert not revoked.is_set()  # nothing left to take back
+    fb.close()  # closing the handle drops its locks
+    fa.cache_lock(exclusive=True)
+    a.close()  # so does a lost connection
+    fb = b.open("/f", "rb", buffering=0)
+    fb.cache_lock(exclusive=True)
+    fb.close()
 
 
-def test_plain_requests_of_other_clients_revoke_holders_first(server: Server) -> None:
+def test_plain_requests_of_other_clients_revoke_holders_first(
+    server: Server, ab: tuple[Client, Client]
+) -> None:
     """A client that holds no cache lock still sees what a holder has cached: its
     read, fstat and stat make an exclusive holder write back (and keep a shared
     lock), its write makes every holder write back and drop its cache."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        fa = a.open("/f", "w+b", buffering=0)
-        fa.cache_lock(exclusive=True)
-        revokes: list[int] = []
+    a, b = ab
+    fa = a.open("/f", "w+b", buffering=0)
+    fa.cache_lock(exclusive=True)
+    revokes: list[int] = []
 
-        def write_back(keep: int, _start: int, _length: int) -> None:
-            revokes.append(keep)
-            if len(revokes) == 1:  # dirty data a holder kept back until asked
-                fa.pwrite(b"kept back by a", 0)
+    def write_back(keep: int, _start: int, _length: int) -> None:
+        revokes.append(keep)
+        if len(revokes) == 1:  # dirty data a holder kept back until asked
+            fa.pwrite(b"kept back by a", 0)
 
-        fa.on_revoke = write_back
-        assert b.stat("/f").st_size == 14  # b's stat waited for a's write-back
-        assert revokes == [SHARED]
-        fb = b.open("/f", "r+b", buffering=0)
-        assert fb.pread(100, 0) == b"kept back by a"
-        assert fb.fstat().size == 14 and revokes == [SHARED]  # a is no writer now
-        fb.pwrite(b"B", 0)  # a write: a's shared lock goes, so a's cache is dropped
-        assert revokes == [SHARED, RELEASE]
-        assert not server.cache._held  # nobody caches /f now
-        fa.close()
-        fb.close()
-    finally:
-        a.close()
-        b.close()
+    fa.on_revoke = write_back
+    assert b.stat("/f").st_size == 14  # b's stat waited for a's write-back
+    assert revokes == [SHARED]
+    fb = b.open("/f", "r+b", buffering=0)
+    assert fb.pread(100, 0) == b"kept back by a"
+    assert fb.fstat().size == 14 and revokes == [SHARED]  # a is no writer now
+    fb.pwrite(b"B", 0)  # a write: a's shared lock goes, so a's cache is dropped
+    assert revokes == [SHARED, RELEASE]
+    assert not server.cache._held  # nobody caches /f now
+    fa.close()
+    fb.close()
 
 
 def test_table_change_revokes_every_other_holder_and_blocks_grants_until_done() -> None:
@@ -200,176 +199,153 @@ def test_table_change_revokes_every_other_holder_and_blocks_grants_until_done() 
 
 
 def test_names_changed_by_one_client_revoke_another_clients_directory_lock(
-    server: Server,
+    ab: tuple[Client, Client],
 ) -> None:
     """Creating, removing or renaming a name, and changing a directory's
     attributes, revoke other clients' cache locks on that directory before the
     call returns; opening an existing file with O_CREAT does not."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        b.mkdir("/d")
-        (b.open("/d/exists", "wb")).close()
-        d = a.open("/d", "rb", buffering=0)
-        revokes: list[int] = []
-        d.on_revoke = lambda keep, _s, _l: revokes.append(keep)
+    a, b = ab
+    b.mkdir("/d")
+    (b.open("/d/exists", "wb")).close()
+    d = a.open("/d", "rb", buffering=0)
+    revokes: list[int] = []
+    d.on_revoke = lambda keep, _s, _l: revokes.append(keep)
 
-        def changed_by_b(change: object) -> bool:
-            d.cache_lock()
-            before = len(revokes)
-            change()  # type: ignore[operator]
-            return len(revokes) == before + 1
+    def changed_by_b(change: object) -> bool:
+        d.cache_lock()
+        before = len(revokes)
+        change()  # type: ignore[operator]
+        return len(revokes) == before + 1
 
-        assert not changed_by_b(lambda: b.open("/d/exists", "ab").close())
-        assert changed_by_b(lambda: b.open("/d/new", "wb").close())
-        assert changed_by_b(lambda: b.rename("/d/new", "/d/renamed"))
-        assert changed_by_b(lambda: b.unlink("/d/renamed"))
-        assert changed_by_b(lambda: b.mkdir("/d/sub"))
-        assert changed_by_b(lambda: b.rmdir("/d/sub"))
-        assert changed_by_b(lambda: b.chmod("/d", 0o700))
-        assert revokes and all(keep == RELEASE for keep in revokes)
-        d.close()
-    finally:
-        a.close()
-        b.close()
+    assert not changed_by_b(lambda: b.open("/d/exists", "ab").close())
+    assert changed_by_b(lambda: b.open("/d/new", "wb").close())
+    assert changed_by_b(lambda: b.rename("/d/new", "/d/renamed"))
+    assert changed_by_b(lambda: b.unlink("/d/renamed"))
+    assert changed_by_b(lambda: b.mkdir("/d/sub"))
+    assert changed_by_b(lambda: b.rmdir("/d/sub"))
+    assert changed_by_b(lambda: b.chmod("/d", 0o700))
+    assert revokes and all(keep == RELEASE for keep in revokes)
+    d.close()
 
 
 def test_a_change_that_waits_keeps_the_connections_later_requests_behind_it(
-    server: Server,
+    ab: tuple[Client, Client],
 ) -> None:
     """A create that must wait for another client's revocation waits in the
     session's queue; requests sent after it on the connection run after it."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        b.mkdir("/q")
-        d = a.open("/q", "rb", buffering=0)
-        d.on_revoke = lambda _keep, _s, _l: time.sleep(0.3)  # a slow holder
-        d.cache_lock()
-        conn = b.connection()
-        flags = os.O_CREAT | os.O_WRONLY
-        create = conn.start(Command.OPEN, cred=b.cred, path=b"/q/new", flags=flags, mode=0o644,
-                            cache=2)  # fmt: skip
-        lookup = conn.start(Command.LOOKUP, cred=b.cred, path=b"/q/new")
-        assert conn.wait(lookup)["attr"].size == 0  # not ENOENT: it ran after the create
-        assert conn.wait(create).oid
-        d.close()
-    finally:
-        a.close()
-        b.close()
+    a, b = ab
+    b.mkdir("/q")
+    d = a.open("/q", "rb", buffering=0)
+    d.on_revoke = lambda _keep, _s, _l: time.sleep(0.3)  # a slow holder
+    d.cache_lock()
+    conn = b.connection()
+    flags = os.O_CREAT | os.O_WRONLY
+    create = conn.start(Command.OPEN, cred=b.cred, path=b"/q/new", flags=flags, mode=0o644,
+                        cache=2)  # fmt: skip
+    lookup = conn.start(Command.LOOKUP, cred=b.cred, path=b"/q/new")
+    assert conn.wait(lookup)["attr"].size == 0  # not ENOENT: it ran after the create
+    assert conn.wait(create).oid
+    d.close()
 
 
 def test_two_clients_changing_what_the_other_caches_do_not_wait_for_a_lease(
     server: Server,
+    ab: tuple[Client, Client],
 ) -> None:
     """Each client creates in a directory the other holds a lock on, at the same
     time: each session's reader goes on taking the other's revocation answer, so
     neither waits for a lease to run out (nobody is fenced)."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        a.mkdir("/x")
-        a.mkdir("/y")
-        da, db = a.open("/x", "rb", buffering=0), b.open("/y", "rb", buffering=0)
-        da.cache_lock()
-        db.cache_lock()
-        done: list[str] = []
-        threads = [
-            threading.Thread(target=lambda: (a.open("/y/f", "wb").close(), done.append("a"))),
-            threading.Thread(target=lambda: (b.open("/x/f", "wb").close(), done.append("b"))),
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert sorted(done) == ["a", "b"]
-        assert not server.cache.fenced
-        da.close()
-        db.close()
-    finally:
-        a.close()
-        b.close()
+    a, b = ab
+    a.mkdir("/x")
+    a.mkdir("/y")
+    da, db = a.open("/x", "rb", buffering=0), b.open("/y", "rb", buffering=0)
+    da.cache_lock()
+    db.cache_lock()
+    done: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: (a.open("/y/f", "wb").close(), done.append("a"))),
+        threading.Thread(target=lambda: (b.open("/x/f", "wb").close(), done.append("b"))),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(done) == ["a", "b"]
+    assert not server.cache.fenced
+    da.close()
+    db.close()
 
 
 def test_reading_names_waits_for_changes_an_exclusive_holder_sent_ahead(
-    server: Server,
+    ab: tuple[Client, Client],
 ) -> None:
     """A client without a lock that looks up or lists names in a directory another
     client holds exclusively makes that holder send its changes first (it keeps
     a shared lock)."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        a.mkdir("/ex")
-        b.open("/ex/kept", "wb").close()
-        d = a.open("/ex", "rb", buffering=0)
-        revokes: list[int] = []
+    a, b = ab
+    a.mkdir("/ex")
+    b.open("/ex/kept", "wb").close()
+    d = a.open("/ex", "rb", buffering=0)
+    revokes: list[int] = []
 
-        def send_changes(keep: int, _s: int, _l: int) -> None:
-            revokes.append(keep)
-            a.unlink("/ex/kept")  # a change this holder made ahead, sent when asked
+    def send_changes(keep: int, _s: int, _l: int) -> None:
+        revokes.append(keep)
+        a.unlink("/ex/kept")  # a change this holder made ahead, sent when asked
 
-        d.on_revoke = send_changes
-        d.cache_lock(exclusive=True)
-        assert b.listdir("/ex") == []
-        assert revokes == [SHARED]
-        d.cache_lock(exclusive=True)
-        a_file = a.open("/ex/late", "wb")  # a's own change: no revocation
-        a_file.close()
-        d.on_revoke = lambda keep, _s, _l: (revokes.append(keep), a.unlink("/ex/late"))
-        assert not b.exists("/ex/late")  # a LOOKUP: a sends its changes first
-        assert revokes == [SHARED, SHARED]
-        d.close()
-    finally:
-        a.close()
-        b.close()
+    d.on_revoke = send_changes
+    d.cache_lock(exclusive=True)
+    assert b.listdir("/ex") == []
+    assert revokes == [SHARED]
+    d.cache_lock(exclusive=True)
+    a_file = a.open("/ex/late", "wb")  # a's own change: no revocation
+    a_file.close()
+    d.on_revoke = lambda keep, _s, _l: (revokes.append(keep), a.unlink("/ex/late"))
+    assert not b.exists("/ex/late")  # a LOOKUP: a sends its changes first
+    assert revokes == [SHARED, SHARED]
+    d.close()
 
 
-def test_open_with_o_trunc_revokes_other_holders_first(server: Server) -> None:
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        with b.open("/t", "wb") as f:
-            f.write(b"old contents")
-        fa = a.open("/t", "rb", buffering=0)
-        fa.cache_lock()
-        revokes: list[int] = []
-        fa.on_revoke = lambda keep, _s, _l: revokes.append(keep)
-        b.open("/t", "wb").close()  # O_TRUNC of an existing file
-        assert revokes == [RELEASE]
-        assert fa.fstat().size == 0
-        b.open("/t", "rb").close()  # a plain open changes nothing
-        assert revokes == [RELEASE]
-        fa.close()
-    finally:
-        a.close()
-        b.close()
+def test_open_with_o_trunc_revokes_other_holders_first(ab: tuple[Client, Client]) -> None:
+    a, b = ab
+    with b.open("/t", "wb") as f:
+        f.write(b"old contents")
+    fa = a.open("/t", "rb", buffering=0)
+    fa.cache_lock()
+    revokes: list[int] = []
+    fa.on_revoke = lambda keep, _s, _l: revokes.append(keep)
+    b.open("/t", "wb").close()  # O_TRUNC of an existing file
+    assert revokes == [RELEASE]
+    assert fa.fstat().size == 0
+    b.open("/t", "rb").close()  # a plain open changes nothing
+    assert revokes == [RELEASE]
+    fa.close()
 
 
-def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(server: Server) -> None:
+def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(
+    ab: tuple[Client, Client],
+) -> None:
     """Behind a change that waits, a write that must wait as well keeps its place:
     a read sent after it sees it."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    try:
-        b.mkdir("/q")
-        with b.open("/f", "wb") as f:
-            f.write(b"old")
-        fa = a.open("/f", "r+b", buffering=0)
-        slow = lambda _keep, _s, _l: time.sleep(0.3)  # noqa: E731
-        db, fb = b.open("/q", "rb", buffering=0), b.open("/f", "rb", buffering=0)
-        for held in (db, fb):
-            held.on_revoke = slow
-            held.cache_lock()
-        conn, oid = fa.handle()
-        flags = os.O_CREAT | os.O_WRONLY  # the create waits for b's directory lock
-        create = conn.start(
-            Command.OPEN, cred=a.cred, path=b"/q/new", flags=flags, mode=0o644, cache=2
-        )
-        write = conn.start(Command.WRITE, oid=oid, offset=0, data=b"new")  # waits for fb
-        read = conn.start(Command.READ, oid=oid, offset=0, length=3)
-        assert bytes(conn.wait(read)["data"]) == b"new"
-        assert conn.wait(write).length == 3
-        assert conn.wait(create).oid
-        for f in (fa, db, fb):
-            f.close()
-    finally:
-        a.close()
-        b.close()
+    a, b = ab
+    b.mkdir("/q")
+    with b.open("/f", "wb") as f:
+        f.write(b"old")
+    fa = a.open("/f", "r+b", buffering=0)
+    slow = lambda _keep, _s, _l: time.sleep(0.3)  # noqa: E731
+    db, fb = b.open("/q", "rb", buffering=0), b.open("/f", "rb", buffering=0)
+    for held in (db, fb):
+        held.on_revoke = slow
+        held.cache_lock()
+    conn, oid = fa.handle()
+    flags = os.O_CREAT | os.O_WRONLY  # the create waits for b's directory lock
+    create = conn.start(Command.OPEN, cred=a.cred, path=b"/q/new", flags=flags, mode=0o644, cache=2)
+    write = conn.start(Command.WRITE, oid=oid, offset=0, data=b"new")  # waits for fb
+    read = conn.start(Command.READ, oid=oid, offset=0, length=3)
+    assert bytes(conn.wait(read)["data"]) == b"new"
+    assert conn.wait(write).length == 3
+    assert conn.wait(create).oid
+    for f in (fa, db, fb):
+        f.close()
 
 
 def test_table_counts_exclusive_directory_holders_only() -> None:
