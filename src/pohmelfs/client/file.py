@@ -353,18 +353,14 @@ class RemoteFile(io.RawIOBase):
             return  # (a push under way is waited for: what it sends is older)
         with self._push_lock:
             with self._held_lock:
-                n = self._held.bytes
-                extents = self._held.take()
-                pair, self._held_on = self._held_on, None
+                n, extents, pair = self._take_held()
             try:
                 # On the connection they were made under, never reopened: held under
                 # a lock, they must not be applied once it went with that connection.
                 for offset, data in extents:
-                    assert pair is not None
-                    try:
-                        self._send_behind(*pair, memoryview(data), offset)
-                    except OSError:
-                        pass  # kept as this file's write-behind error (flush/fsync/close)
+                    self._send_behind(*pair, memoryview(data), offset)
+            except OSError:
+                pass  # kept as this file's write-behind error (flush/fsync/close)
             except Exception as e:  # not one of ours: reported, never silently lost
                 log.exception("sending held writes of %s failed", self.name)
                 self._failed(OSError(errno.EIO, f"held writes lost: {e}", self.name))
@@ -372,14 +368,18 @@ class RemoteFile(io.RawIOBase):
                 with self._held_lock:  # only now: until sent, others must wait for them
                     self._client.held.taken(self, n, bool(self._held.bytes))
 
+    def _take_held(self) -> tuple[int, list[tuple[int, bytearray]], tuple[Connection, int]]:
+        """(bytes, extents, where they were made); nothing is held after. Under
+        ``_held_lock``."""
+        pair, self._held_on = self._held_on, None
+        return self._held.bytes, self._held.take(), pair or self._pair
+
     def drop_held(self, conn: Connection) -> None:
         """``conn`` (and the lock the writes were held under) is gone."""
         with self._held_lock:
             if self._held_on is None or self._held_on[0] is not conn:
                 return
-            n = self._held.bytes
-            self._held.take()
-            self._held_on = None
+            n, _, _ = self._take_held()
             self._client.held.taken(self, n, False)
         why = f"connection to {conn.address} lost"
         self._failed(OSError(errno.EIO, f"held writes lost: {why}", self.name))

@@ -172,15 +172,12 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         # A directory has no second name: a reused inode number is another object.
         links = 1 if stat.S_ISDIR(attr.mode) else attr.nlink
         node = self.nodes.remember(parent, name, attr.ino, links)
-        attr_timeout = -1.0
         if lease is not None and self.leases is not None:
             self.leases.bind(lease, node.nodeid, attr.ino, node.nodeid in self.node_files)
-            if node.lookups == 1:
-                # New to the kernel: a revocation before it has the node could not
-                # reach it; the GETATTR that follows is answered from the lease.
-                attr_timeout = 0.0
-        if attr_timeout < 0:
-            attr_timeout = self._attr_timeout(node.nodeid)
+        # A node new to the kernel with a lease: a revocation before the kernel had it
+        # could not reach it; the GETATTR that follows is answered from the lease.
+        new_leased = lease is not None and node.lookups == 1
+        attr_timeout = 0.0 if new_leased else self._attr_timeout(node.nodeid)
         return k.pack_entry(node.nodeid, 0, kernel_attr(attr), timeout, attr_timeout)
 
     def attr_out(self, attr: p.Attr, nodeid: int = 0) -> bytes:
@@ -297,9 +294,11 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
 
     def _forget(self, nodeid: int, nlookup: int) -> None:
         self.nodes.forget(nodeid, nlookup)
-        if self.leases is not None and self.nodes.get(nodeid) is None:
+        if self.nodes.get(nodeid) is not None:
+            return
+        if self.leases is not None:
             self.leases.forget(nodeid)
-        if self.names is not None and self.nodes.get(nodeid) is None:
+        if self.names is not None:
             self.names.forget(nodeid)
             self._names_released(nodeid)
             if self.cache is not None and nodeid not in self.node_files:

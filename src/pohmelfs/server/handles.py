@@ -51,7 +51,7 @@ class Handles:
     leases: dict[int, tuple[int, int]]
     next_handle: int
     _change: Callable[..., Message | None]
-    _plain: Callable[..., Message | None]
+    _lookup: Callable[..., Message | None]
     _naming: Callable[..., Message | None]
 
     def _acquire(self, oid: int) -> Handle:
@@ -189,11 +189,9 @@ class Handles:
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
             h = self.handles.pop(m.oid, None)
-            lease = self.leases.pop(m.oid, None) if h is None else None
-        if lease is not None:  # (its key is known: no walk through every lock)
-            self.server.cache.forget(lease, (self.sid, m.oid))
-            return p.reply(m)
         if h is None:
+            if self._forget_lease(m.oid):
+                return p.reply(m)
             raise OSError(errno.EBADF, "unknown file handle")
         self.server.cache.forget(h.key, (self.sid, m.oid))
         self._release(h)
@@ -210,24 +208,26 @@ class Handles:
                 oid = self.next_handle
                 self.next_handle += 1
                 self.leases[oid] = key
-            owner = (self.sid, oid)
-            granted = False
             try:
-                if self.server.cache.try_acquire(key, owner, cachelocks.SHARED, 0, cachelocks.END):
-                    st = self.export.stat(path)  # as it is now that the lock is ours
-                    granted = (st.st_dev, st.st_ino) == key
-                    if granted:
-                        return p.reply(m, oid=oid, attr=attr_of(st), cached=cachelocks.SHARED)
-            finally:
-                if not granted:
-                    self.server.cache.forget(key, owner)
-                    with self.handles_lock:
-                        self.leases.pop(oid, None)
-        key = st.st_dev, st.st_ino
-        if not self.server.cache.conflicting(key, self.sid, 0, END):
-            return p.reply(m, attr=attr_of(st), cached=cachelocks.RELEASE)
-        return self._plain(m, None, key, False, 0, END, lambda: p.reply(
-            m, attr=self.export.lookup(path), cached=cachelocks.RELEASE))  # fmt: skip
+                if self.server.cache.try_acquire(key, (self.sid, oid), cachelocks.SHARED, 0,
+                                                 cachelocks.END):  # fmt: skip
+                    now = self.export.stat(path)  # as it is now that the lock is ours
+                    if (now.st_dev, now.st_ino) == key:
+                        return p.reply(m, oid=oid, attr=attr_of(now), cached=cachelocks.SHARED)
+            except BaseException:
+                self._forget_lease(oid)
+                raise
+            self._forget_lease(oid)
+        return self._lookup(m, st, cached=cachelocks.RELEASE)
+
+    def _forget_lease(self, oid: int) -> bool:
+        """Give lease ``oid`` up (by its key: no walk through every lock)."""
+        with self.handles_lock:
+            key = self.leases.pop(oid, None)
+        if key is None:
+            return False
+        self.server.cache.forget(key, (self.sid, oid))
+        return True
 
     def _with_handle(self, m: Message, fn: Callable[[Handle], Message | None]) -> Message | None:
         h = self._acquire(m.oid)

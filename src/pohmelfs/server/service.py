@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
@@ -354,13 +355,16 @@ class Session(LockRequests, Handles):
             batch = following
         self.send(p.reply(m, entries=tuple(batch)))
 
-    def _lookup(self, m: Message) -> Message | None:
-        st = self.export.stat(m["path"])
+    def _lookup(self, m: Message, st: os.stat_result | None = None,
+                **extra: Any) -> Message | None:  # fmt: skip
+        """``st``: the path's, if already read; ``extra``: more reply fields (LEASE)."""
+        if st is None:
+            st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
         if not self.server.cache.conflicting(key, self.sid, 0, END):
-            return p.reply(m, attr=attr_of(st))  # the common case: no second stat
-        return self._plain(m, None, key, False, 0, END,
-                           lambda: p.reply(m, attr=self.export.lookup(m["path"])))  # fmt: skip
+            return p.reply(m, attr=attr_of(st), **extra)  # the common case: no second stat
+        again = lambda: p.reply(m, attr=self.export.lookup(m["path"]), **extra)  # noqa: E731
+        return self._plain(m, None, key, False, 0, END, again)
 
     def _truncate(self, m: Message) -> Message | None:
         st = self.export.stat(m["path"])
