@@ -63,12 +63,16 @@ class ServerProcess:
     def __init__(self, root: Path, *extra: str, listen: str = "127.0.0.1:0",
                  retry_for: float = 0.0) -> None:  # fmt: skip
         deadline = time.monotonic() + retry_for
+        # The log goes to a file beside the export (a pipe nobody reads would fill up
+        # and stop the server); a test may read it.
+        self.log = root.parent / f"server-{root.name}.log"
         while True:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pohmelfs.cli", "serve", str(root), "--listen", listen,
-                 *extra],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+            with open(self.log, "a") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "pohmelfs.cli", "--log-level", "info", "serve",
+                     str(root), "--listen", listen, *extra],
+                    stdout=subprocess.PIPE, stderr=log, text=True,
+                )  # fmt: skip
             self.pid = self.proc.pid
             line = _read_line(self.proc, 20)
             m = re.search(r" on ([\d.]+:\d+)", line)
@@ -76,9 +80,8 @@ class ServerProcess:
                 self.address = m.group(1)
                 return
             self.stop()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
             if time.monotonic() >= deadline:
-                raise RuntimeError(f"server did not start: {line!r} {err!r}")
+                raise RuntimeError(f"server did not start: {line!r} {self.log.read_text()!r}")
             time.sleep(0.2)  # the old port may take a moment to be free
 
     def stop(self) -> int:
@@ -127,17 +130,18 @@ class MountProcess:
     def __init__(self, servers: str, mountpoint: Path, *options: str) -> None:
         self.mountpoint = Path(mountpoint)
         opts = [a for o in options for a in ("-o", o)]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pohmelfs.cli", "mount", servers, str(mountpoint),
-             "--foreground", *opts],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        self.log = self.mountpoint.parent / f"mount-{self.mountpoint.name}.log"
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pohmelfs.cli", "mount", servers, str(mountpoint),
+                 "--foreground", *opts],
+                stdout=subprocess.PIPE, stderr=log, text=True,
+            )  # fmt: skip
         self.pid = self.proc.pid
         line = _read_line(self.proc, 20)
         if "mounted" not in line:
             self.stop()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise RuntimeError(f"mount did not come up: {line!r} {err!r}")
+            raise RuntimeError(f"mount did not come up: {line!r} {self.log.read_text()!r}")
 
     def stop(self) -> int | None:
         from pohmelfs.fuse import device

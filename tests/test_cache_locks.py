@@ -13,6 +13,7 @@ import pytest
 
 from conftest import address_of, start_server
 from pohmelfs import Client
+from pohmelfs.client.client import ANY_FILE
 from pohmelfs.protocol import Command
 from pohmelfs.server.cachelocks import (
     END,
@@ -228,11 +229,12 @@ def test_names_changed_by_one_client_revoke_another_clients_directory_lock(
     d.close()
 
 
-def test_a_change_that_waits_keeps_the_connections_later_requests_behind_it(
+def test_a_change_sent_behind_that_waits_keeps_later_requests_behind_it(
     ab: tuple[Client, Client],
 ) -> None:
-    """A create that must wait for another client's revocation waits in the
-    session's queue; requests sent after it on the connection run after it."""
+    """A create that its client did not wait for (BEHIND) and that must wait for
+    another client's revocation waits in the session's queue; requests sent after
+    it on the connection run after it."""
     a, b = ab
     b.mkdir("/q")
     d = a.open("/q", "rb", buffering=0)
@@ -240,10 +242,34 @@ def test_a_change_that_waits_keeps_the_connections_later_requests_behind_it(
     d.cache_lock()
     conn = b.connection()
     flags = os.O_CREAT | os.O_WRONLY
-    create = conn.start(Command.OPEN, cred=b.cred, path=b"/q/new", flags=flags, mode=0o644,
-                        cache=2)  # fmt: skip
+    create = conn.start(Command.OPEN, behind=True, cred=b.cred, path=b"/q/new", flags=flags,
+                        mode=0o644, cache=2, fid=ANY_FILE)  # fmt: skip
     lookup = conn.start(Command.LOOKUP, cred=b.cred, path=b"/q/new")
     assert conn.wait(lookup)["attr"].size == 0  # not ENOENT: it ran after the create
+    assert conn.wait(create).oid
+    d.close()
+
+
+def test_a_change_that_waits_holds_up_nothing_its_client_did_not_wait_for(
+    ab: tuple[Client, Client],
+) -> None:
+    """A create its client waits for, and that must wait for another client, waits
+    on its own: the connection's other requests are answered meanwhile (one of
+    them may be what that other client waits for, through a revocation of ours)."""
+    a, b = ab
+    b.mkdir("/q")
+    d = a.open("/q", "rb", buffering=0)
+    release = threading.Event()
+    d.on_revoke = lambda _keep, _s, _l: release.wait(5)  # a slow holder
+    d.cache_lock()
+    conn = b.connection()
+    flags = os.O_CREAT | os.O_WRONLY
+    create = conn.start(Command.OPEN, cred=b.cred, path=b"/q/new", flags=flags, mode=0o644,
+                        cache=2, fid=ANY_FILE)  # fmt: skip
+    lookup = conn.start(Command.LOOKUP, cred=b.cred, path=b"/q")
+    assert conn.wait(lookup)["attr"].ino  # answered while the create still waits
+    assert create.done.locked()  # the create has not been answered yet
+    release.set()
     assert conn.wait(create).oid
     d.close()
 
@@ -324,8 +350,8 @@ def test_open_with_o_trunc_revokes_other_holders_first(ab: tuple[Client, Client]
 def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(
     ab: tuple[Client, Client],
 ) -> None:
-    """Behind a change that waits, a write that must wait as well keeps its place:
-    a read sent after it sees it."""
+    """Behind a change sent behind that waits, a write sent behind that must wait as
+    well keeps its place: a read sent after it sees it."""
     a, b = ab
     b.mkdir("/q")
     with b.open("/f", "wb") as f:
@@ -338,8 +364,9 @@ def test_queued_requests_stay_in_order_when_a_later_one_must_wait_too(
         held.cache_lock()
     conn, oid = fa.handle()
     flags = os.O_CREAT | os.O_WRONLY  # the create waits for b's directory lock
-    create = conn.start(Command.OPEN, cred=a.cred, path=b"/q/new", flags=flags, mode=0o644, cache=2)
-    write = conn.start(Command.WRITE, oid=oid, offset=0, data=b"new")  # waits for fb
+    create = conn.start(Command.OPEN, behind=True, cred=a.cred, path=b"/q/new", flags=flags,
+                        mode=0o644, cache=2, fid=ANY_FILE)  # fmt: skip
+    write = conn.start(Command.WRITE, behind=True, oid=oid, offset=0, data=b"new")  # waits for fb
     read = conn.start(Command.READ, oid=oid, offset=0, length=3)
     assert bytes(conn.wait(read)["data"]) == b"new"
     assert conn.wait(write).length == 3
@@ -360,5 +387,5 @@ def test_table_counts_exclusive_directory_holders_only() -> None:
     assert t.exclusive_dirs == 0
     t.acquire("dir", (2, 1), EXCLUSIVE, 0, END, revoke, directory=True)
     assert t.exclusive_dirs == 1
-    t.drop(lambda owner: owner[0] == 2)  # its connection went
+    t.drop_session(2)  # its connection went
     assert t.exclusive_dirs == 0 and not t.held("dir")

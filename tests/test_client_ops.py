@@ -24,6 +24,7 @@ import pytest
 
 from conftest import address_of
 from pohmelfs import Client, RemoteFile
+from pohmelfs import protocol as proto
 from pohmelfs.client.connection import Connection
 from pohmelfs.protocol import VERSION, Command
 from pohmelfs.server.service import Server
@@ -1332,8 +1333,46 @@ def test_small_negotiated_payload_round_trip(server: Server, export_dir: Path) -
 # --- client-side limits -------------------------------------------------------------------
 
 
+def test_paths_deeper_than_path_max_work(client: Client, export_dir: Path) -> None:
+    """A tree deeper than 4,096 bytes from the export's root (Linux limits each
+    syscall's path, not a tree's depth): made, listed, written, renamed, removed."""
+    deep = "/" + "/".join(f"level-{i:03d}-" + "x" * 40 for i in range(120))  # ~6 KiB
+    assert len(deep) > 4096
+    client.makedirs(deep)
+    with client.open(deep + "/f", "wb") as f:
+        f.write(b"deep data")
+    assert client.stat(deep + "/f").st_size == 9
+    assert client.listdir(deep) == ["f"]
+    client.rename(deep + "/f", deep + "/g")
+    with client.open(deep + "/g", "rb") as f:
+        assert f.read() == b"deep data"
+    client.mkdir(deep + "/sub")
+    client.symlink("target", deep + "/sub/link")
+    assert client.readlink(deep + "/sub/link") == "target"
+    client.unlink(deep + "/g")
+    client.rmtree(deep.split("/", 2)[0] + "/" + deep.split("/")[1])
+    assert os.listdir(export_dir) == []
+
+
+def test_paths_deeper_than_path_max_stay_in_the_export(client: Client, export_dir: Path) -> None:
+    """Walked in steps, a long path is still confined: no step may climb out."""
+    outside = export_dir.parent / "outside"
+    outside.mkdir()
+    deep = "/".join(["d"] * 1500)  # 3 KiB of directories, then a symlink out
+    client.makedirs(deep)
+    os.symlink(outside, export_dir / deep / "out")
+    for sneaky in (deep + "/out/x" + "/y" * 2000, deep + "/" + "../" * 1501 + "outside/x"):
+        for op in (client.makedirs, client.stat, lambda path: client.open(path, "wb")):
+            with pytest.raises(OSError) as ei:
+                op(sneaky)
+            assert ei.value.errno in (errno.ELOOP, errno.EACCES, errno.ENOTDIR)
+    assert os.listdir(outside) == []
+    client.rmtree("d")  # deeper than Python's recursion limit: removed all the same
+    assert os.listdir(export_dir) == [] and os.listdir(outside) == []
+
+
 def test_overlong_path_is_an_oserror(client: Client, export_dir: Path) -> None:
-    long_path = "d/" * 2100 + "f"  # more than 4096 bytes
+    long_path = "d/" * (proto.MAX_PATH // 2) + "f"  # more than the protocol carries
     for op in (
         lambda: client.stat(long_path),
         lambda: client.open(long_path, "wb"),

@@ -21,6 +21,7 @@ from pohmelfs.protocol import (
     ID_UNCHANGED,
     MAGIC,
     MAX_GROUPS,
+    MAX_NAME,
     MAX_PATH,
     MAX_XATTR_VALUE,
     U32_MAX,
@@ -89,6 +90,7 @@ ENTRIES = (
 )
 
 XATTR_VALUE = b"\x00\x01\x02 binary \x00 value \xff"
+FID = bytes(range(0xF0, 0x100))
 DATA = bytes(range(256)) * 17
 
 
@@ -97,12 +99,23 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
     c = Command
     path = {"cred": CRED, "path": PATH}
     return {
-        c.HELLO: ({}, {"version": p.VERSION, "max_payload": 8 << 20, "client": b"host-\xff\xfe"}),
+        c.HELLO: (
+            {},
+            {
+                "version": p.VERSION,
+                "max_payload": 8 << 20,
+                "keepalive_ms": 1000,
+                "client": b"host-\xff\xfe",
+            },
+        ),
         c.PING: ({}, {}),
         c.STATFS: ({}, {"cred": ROOT}),
         c.LOOKUP: ({}, path),
         c.READDIR: ({}, {"cred": NOBODY, "path": b""}),
-        c.OPEN: ({}, {**path, "flags": 0o102 | 0o2000000, "mode": 0o644, "cache": 0}),
+        c.OPEN: (
+            {},
+            {**path, "flags": 0o102 | 0o2000000, "mode": 0o644, "cache": 0, "fid": FID},
+        ),
         c.CLOSE: ({"oid": 42}, {}),
         c.READ: ({"oid": 42, "offset": 1 << 33, "length": 65536}, {}),
         c.WRITE: ({"oid": 42, "offset": 4096}, {"data": bytearray(DATA)}),
@@ -175,7 +188,10 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.STATFS: ({}, {"statfs": STATFS}),
             c.LOOKUP: ({}, {"attr": ATTR_FILE}),
             c.READDIR: ({}, {"entries": ENTRIES}),
-            c.OPEN: ({"oid": 77}, {"attr": ATTR_FILE, "writers": 2, "cached": 0, "dir": ATTR_DIR}),
+            c.OPEN: (
+                {"oid": 77},
+                {"attr": ATTR_FILE, "writers": 2, "cached": 0, "dir": ATTR_DIR, "fid": FID},
+            ),
             c.READ: ({"offset": 1 << 33}, {"data": memoryview(DATA)}),
             c.FSTAT: ({}, {"attr": ATTR_DEV}),
             c.MKDIR: ({}, {"attr": ATTR_DIR, "dir": ATTR_DIR}),
@@ -493,7 +509,7 @@ def test_golden_lookup_request() -> None:
         + _be(2, 2)
         + _be(4, 4)
         + _be(24, 4)
-        + _be(len(b"a/\xff"), 2)
+        + _be(len(b"a/\xff"), 4)  # paths: u32 length (names: u16)
         + b"a/\xff"
     )
     frame = request(Command.LOOKUP, 0x11, cred=Cred(1000, 100, (4, 24)), path=b"a/\xff").to_bytes()
@@ -534,11 +550,11 @@ def test_golden_readdir_and_listxattr_reply() -> None:
 def test_golden_setxattr_and_utimes_request() -> None:
     msg = request(Command.SETXATTR, 1, cred=ROOT, path=b"p", name=b"n", value=b"\0v", flags=U32_MAX)
     cred = _be(0, 4) + _be(0, 4) + _be(0, 2)
-    expected = cred + _be(1, 2) + b"p" + _be(1, 2) + b"n" + _be(2, 4) + b"\0v" + _be(U32_MAX, 4)
+    expected = cred + _be(1, 4) + b"p" + _be(1, 2) + b"n" + _be(2, 4) + b"\0v" + _be(U32_MAX, 4)
     assert payload_of(msg) == expected
 
     msg = request(Command.UTIMES, 1, cred=ROOT, path=b"p", atime_ns=-2, mtime_ns=3, which=5)
-    expected = cred + _be(1, 2) + b"p" + _be(-2, 8, True) + _be(3, 8) + _be(5, 4)
+    expected = cred + _be(1, 4) + b"p" + _be(-2, 8, True) + _be(3, 8) + _be(5, 4)
     assert payload_of(msg) == expected
 
 
@@ -735,7 +751,28 @@ def test_unknown_command_sets_skip(cmd: int) -> None:
     assert info.value.skip == (cmd, 0xABCDEF0123, 3)
 
 
-@pytest.mark.parametrize("flags", [0x8, 0x10, 0x8000, 0xFFFF, 0x9])
+def test_pending_is_an_empty_interim_reply() -> None:
+    msg = decode_one(p.pending(sample_request(Command.CACHE, xid=99)).to_bytes())
+    assert (msg.cmd, msg.xid, msg.flags, msg.fields) == (
+        Command.CACHE,
+        99,
+        p.FLAG_REPLY | p.FLAG_PENDING,
+        {},
+    )
+    # with a payload, a status or MORE it is not one
+    expect_error(raw_frame(Command.CACHE, b"x", flags=p.FLAG_REPLY | p.FLAG_PENDING))
+    expect_error(raw_header(Command.CACHE, flags=p.FLAG_REPLY | p.FLAG_PENDING, status=5))
+    expect_error(raw_header(Command.CACHE, flags=p.FLAG_REPLY | p.FLAG_PENDING | p.FLAG_MORE))
+
+
+def test_behind_marks_a_request_only() -> None:
+    msg = decode_one(request(Command.CLOSE, 5, oid=9, behind=True).to_bytes())
+    assert (msg.flags, msg.oid, msg.is_reply) == (p.FLAG_BEHIND, 9, False)
+    expect_error(raw_header(Command.CLOSE, flags=p.FLAG_BEHIND | p.FLAG_REPLY))
+    expect_error(raw_header(Command.REVOKE, flags=p.FLAG_BEHIND | p.FLAG_NOTIFY))
+
+
+@pytest.mark.parametrize("flags", [0x8, 0x20, 0x8000, 0xFFFF, 0xD, 0xA, 0x11])
 def test_unknown_flags_sets_skip(flags: int) -> None:
     e = expect_error(raw_frame(Command.LOOKUP, b"\0" * 12, flags=flags, xid=3))
     assert e.skip == (Command.LOOKUP, 3, 12)
@@ -826,6 +863,10 @@ def _name_bytes(name: bytes) -> bytes:
     return struct.pack("!H", len(name)) + name
 
 
+def _path_bytes(path: bytes) -> bytes:
+    return struct.pack("!I", len(path)) + path
+
+
 ATTR_BYTES = _golden_attr(ATTR_FILE)
 
 # (command, flags, status, payload) of payloads that must not decode.
@@ -834,19 +875,22 @@ BAD_PAYLOADS: list[tuple[str, Command, int, bytes]] = [
     ("cred-truncated", Command.STATFS, 0, _cred_bytes()[:9]),
     ("groups-truncated", Command.STATFS, 0, _cred_bytes(groups=(1, 2, 3))[:-1]),
     ("groups-count-too-big", Command.STATFS, 0, _cred_bytes()[:8] + b"\x00\x05" + b"\0" * 16),
-    ("name-len-too-big", Command.LOOKUP, 0, _cred_bytes() + b"\x00\x10" + b"abc"),
-    ("name-len-missing", Command.LOOKUP, 0, _cred_bytes() + b"\x00"),
-    ("name-len-ffff", Command.LOOKUP, 0, _cred_bytes() + b"\xff\xff" + b"a" * 100),
-    ("u32-truncated", Command.MKDIR, 0, _cred_bytes() + _name_bytes(b"d") + b"\0\0\0"),
-    ("u64-truncated", Command.MKNOD, 0, _cred_bytes() + _name_bytes(b"d") + b"\0" * 11),
-    ("i64-truncated", Command.UTIMES, 0, _cred_bytes() + _name_bytes(b"d") + b"\0" * 19),
+    ("path-len-too-big", Command.LOOKUP, 0, _cred_bytes() + b"\0\0\x00\x10" + b"abc"),
+    ("path-len-missing", Command.LOOKUP, 0, _cred_bytes() + b"\x00\x00\x00"),
+    ("path-len-ffffffff", Command.LOOKUP, 0, _cred_bytes() + b"\xff" * 4 + b"a" * 100),
+    ("name-len-too-big", Command.GETXATTR, 0, _cred_bytes() + _path_bytes(b"p") + b"\0\x10ab"),
+    ("name-len-ffff", Command.GETXATTR, 0, _cred_bytes() + _path_bytes(b"p") + b"\xff\xffab"),
+    ("u32-truncated", Command.MKDIR, 0, _cred_bytes() + _path_bytes(b"d") + b"\0\0\0"),
+    ("u64-truncated", Command.MKNOD, 0, _cred_bytes() + _path_bytes(b"d") + b"\0" * 11),
+    ("i64-truncated", Command.UTIMES, 0, _cred_bytes() + _path_bytes(b"d") + b"\0" * 19),
     ("fsync-empty", Command.FSYNC, 0, b""),
-    ("second-name-missing", Command.RENAME, 0, _cred_bytes() + _name_bytes(b"a")),
+    ("second-path-missing", Command.RENAME, 0, _cred_bytes() + _path_bytes(b"a")),
+    ("fid-truncated", Command.OPEN, 1, ATTR_BYTES + b"\0" * 8 + ATTR_BYTES + b"\0" * 15),
     (
         "blob-len-too-big",
         Command.SETXATTR,
         0,
-        _cred_bytes() + _name_bytes(b"p") + _name_bytes(b"n") + b"\x00\x00\x01\x00" + b"v",
+        _cred_bytes() + _path_bytes(b"p") + _name_bytes(b"n") + b"\x00\x00\x01\x00" + b"v",
     ),
     ("attr-truncated", Command.LOOKUP, 1, ATTR_BYTES[:-1]),
     ("statfs-truncated", Command.STATFS, 1, b"\0" * 47),
@@ -911,16 +955,18 @@ def test_decode_payload_length_must_match_header() -> None:
 
 @pytest.mark.parametrize("name", [b"\0", b"a\0b", b"abc\0", b"\0" * 10])
 def test_nul_in_name_rejected_on_decode(name: bytes) -> None:
-    payload = _cred_bytes() + _name_bytes(name)
+    payload = _cred_bytes() + _path_bytes(name)
     expect_error(raw_frame(Command.LOOKUP, payload))
-    # also in the second name, in directory entries, in xattr names, in HELLO
-    payload = _cred_bytes() + _name_bytes(b"ok") + _name_bytes(name) + b"\0\0\0\0"
+    # also in the second path, in directory entries, in xattr names, in HELLO
+    payload = _cred_bytes() + _path_bytes(b"ok") + _path_bytes(name) + b"\0\0\0\0"
     expect_error(raw_frame(Command.RENAME, payload))
+    payload = _cred_bytes() + _path_bytes(b"ok") + _name_bytes(name)
+    expect_error(raw_frame(Command.GETXATTR, payload))
     payload = b"\0\0\0\x01" + _name_bytes(name) + ATTR_BYTES
     expect_error(raw_frame(Command.READDIR, payload, flags=1))
     payload = b"\0\0\0\x01" + _name_bytes(name)
     expect_error(raw_frame(Command.LISTXATTR, payload, flags=1))
-    payload = b"\0\0\0\x01\0\0\0\x10" + _name_bytes(name)
+    payload = b"\0\0\0\x01\0\0\0\x10\0\0\0\x10" + _name_bytes(name)
     expect_error(raw_frame(Command.HELLO, payload))
 
 
@@ -931,14 +977,26 @@ def test_nul_allowed_in_xattr_value_and_data() -> None:
     assert bytes(decode_one(msg.to_bytes())["data"]) == b"\0\0"
 
 
-def test_name_length_limit() -> None:
-    ok = b"x" * MAX_PATH
+def test_path_length_limit() -> None:
+    """Paths are counted from the export's root: longer than a syscall's PATH_MAX."""
+    ok = b"d/" * (MAX_PATH // 2)
     msg = request(Command.LOOKUP, 1, cred=ROOT, path=ok)
     assert decode_one(msg.to_bytes())["path"] == ok
     too_long = b"x" * (MAX_PATH + 1)
-    expect_error(raw_frame(Command.LOOKUP, _cred_bytes() + _name_bytes(too_long)))
+    expect_error(raw_frame(Command.LOOKUP, _cred_bytes() + _path_bytes(too_long)))
     with pytest.raises(ProtocolError):
         request(Command.LOOKUP, 1, cred=ROOT, path=too_long).encode()
+
+
+def test_name_length_limit() -> None:
+    ok = b"x" * MAX_NAME
+    msg = request(Command.GETXATTR, 1, cred=ROOT, path=b"p", name=ok)
+    assert decode_one(msg.to_bytes())["name"] == ok
+    too_long = b"x" * (MAX_NAME + 1)
+    payload = _cred_bytes() + _path_bytes(b"p") + _name_bytes(too_long)
+    expect_error(raw_frame(Command.GETXATTR, payload))
+    with pytest.raises(ProtocolError):
+        request(Command.GETXATTR, 1, cred=ROOT, path=b"p", name=too_long).encode()
 
 
 def test_xattr_value_length_limit() -> None:

@@ -144,7 +144,12 @@ def hello(sock: socket.socket, version: int = p.VERSION) -> Message:
     send_msg(
         sock,
         p.request(
-            Command.HELLO, 0, version=version, max_payload=p.DEFAULT_MAX_PAYLOAD, client=b"raw"
+            Command.HELLO,
+            0,
+            version=version,
+            max_payload=p.DEFAULT_MAX_PAYLOAD,
+            keepalive_ms=1000,
+            client=b"raw",
         ),
     )
     return recv_message(sock)
@@ -459,8 +464,7 @@ def test_malformed_connection_is_dropped_server_survives(
         MALFORMED[case](sock)
     assert_server_healthy(server_proc.address, server_proc.proc)
     assert server_proc.stop() == 0
-    assert server_proc.proc.stderr is not None
-    err = server_proc.proc.stderr.read()
+    err = server_proc.log.read_text()
     assert "Traceback" not in err, err
 
 
@@ -505,14 +509,14 @@ UNDECODABLE = {
     "trailing-bytes": (Command.LOOKUP, _lookup_payload(b"a") + b"junk"),
     "name-length-past-end": (
         Command.LOOKUP,
-        struct.pack("!IIH", 0, 0, 0) + struct.pack("!H", 500) + b"ab",
+        struct.pack("!IIH", 0, 0, 0) + struct.pack("!I", 500) + b"ab",
     ),
-    "nul-in-name": (Command.LOOKUP, struct.pack("!IIH", 0, 0, 0) + struct.pack("!H", 3) + b"a\0b"),
+    "nul-in-name": (Command.LOOKUP, struct.pack("!IIH", 0, 0, 0) + struct.pack("!I", 3) + b"a\0b"),
     "too-many-groups": (Command.STATFS, struct.pack("!IIH", 0, 0, 5000)),
     "ping-with-payload": (Command.PING, b"x"),
     "open-missing-mode": (
         Command.OPEN,
-        struct.pack("!IIH", 0, 0, 0) + struct.pack("!H", 1) + b"a" + struct.pack("!I", 0),
+        struct.pack("!IIH", 0, 0, 0) + struct.pack("!I", 1) + b"a" + struct.pack("!I", 0),
     ),
 }
 
@@ -563,7 +567,14 @@ def test_hello_xid_is_echoed(server_proc: ServerProcess) -> None:
     with raw_connect(server_proc.address) as sock:
         send_msg(
             sock,
-            p.request(Command.HELLO, 31337, version=p.VERSION, max_payload=1 << 20, client=b"r"),
+            p.request(
+                Command.HELLO,
+                31337,
+                version=p.VERSION,
+                max_payload=1 << 20,
+                keepalive_ms=1000,
+                client=b"r",
+            ),
         )
         reply = recv_message(sock)
         assert (reply.cmd, reply.xid, reply.status) == (Command.HELLO, 31337, 0)
@@ -577,7 +588,17 @@ def test_hello_xid_is_echoed(server_proc: ServerProcess) -> None:
 
 def _open_raw(sock: socket.socket, path: bytes, xid: int = 1) -> int:
     send_msg(
-        sock, p.request(Command.OPEN, xid, cred=ME(), path=path, flags=os.O_RDWR, mode=0, cache=2)
+        sock,
+        p.request(
+            Command.OPEN,
+            xid,
+            cred=ME(),
+            path=path,
+            flags=os.O_RDWR,
+            mode=0,
+            cache=2,
+            fid=bytes(p.FID_SIZE),
+        ),
     )
     reply = recv_message(sock)
     assert reply.status == 0, bytes(reply["data"])
@@ -664,8 +685,7 @@ def test_signal_shutdown_with_idle_clients(
         except subprocess.TimeoutExpired:
             pytest.fail(f"server still running 5 s after {sig.name}")
         elapsed = time.monotonic() - t0
-        assert server_proc.proc.stderr is not None
-        assert status == 0, server_proc.proc.stderr.read()
+        assert status == 0, server_proc.log.read_text()
         assert elapsed < 5
         with pytest.raises(ConnectionError):
             clients[1].stat("/f")
@@ -675,8 +695,7 @@ def test_signal_shutdown_with_idle_clients(
         half.close()
         for c in clients:
             c.close()
-    assert server_proc.proc.stderr is not None
-    err = server_proc.proc.stderr.read()
+    err = server_proc.log.read_text()
     assert "Traceback" not in err, err
 
 
@@ -694,8 +713,7 @@ def test_sigterm_right_after_a_burst_of_connections(export_dir: Path) -> None:
                 status = sp.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pytest.fail("server ignored SIGTERM: still running 5 s later")
-            assert sp.proc.stderr is not None
-            err = sp.proc.stderr.read()
+            err = sp.log.read_text()
             assert status == 0, err
             assert "Traceback" not in err, err
         finally:

@@ -10,19 +10,21 @@ import os
 import random
 import stat as stat_mod
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import protocol as p
 from ..protocol import Attr, Command, Cred
 from .connection import Connection
 from .file import RemoteFile
 from .held import HeldFiles
+from .paths import PathArg, encode_path, normal_path
 
 log = logging.getLogger("pohmelfs.client")
 T = TypeVar("T")
-PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 # Requests that may safely be sent again after the connection carrying them died.
 IDEMPOTENT = frozenset(
     {
@@ -37,14 +39,22 @@ IDEMPOTENT = frozenset(
 )
 
 
-def encode_path(path: PathArg) -> bytes:
-    """A path as the bytes the protocol carries; refuses what no server could accept."""
-    raw = os.fsencode(path)
-    if b"\0" in raw:
-        raise ValueError("embedded null byte")
-    if len(raw) > p.MAX_PATH:
-        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
-    return raw
+LOCK_FILES = 64  # files kept open for advisory lock requests (least recently used go)
+ANY_FILE = bytes(p.FID_SIZE)
+
+
+class Opened(NamedTuple):
+    """What an OPEN gave: the connection and handle, the file's attributes, how many
+    handles of other clients have it open for writing, the cache lock granted with
+    it, the directory after it (if it may have created the file) and its identity."""
+
+    conn: Connection
+    oid: int
+    attr: Attr
+    writers: int
+    cached: int
+    directory: Attr | None
+    fid: bytes
 
 
 def _float_to_ns(t: float) -> int:
@@ -193,7 +203,10 @@ class Client:
         # Several: one revocation may wait (for writes, or changes sent ahead) while
         # others must go on.
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
-        self._lock_files: dict[bytes, RemoteFile] = {}
+        self._lock_files: OrderedDict[bytes, RemoteFile] = OrderedDict()
+        # Open files, so that a rename made here changes the path they reopen by.
+        self._files: weakref.WeakSet[RemoteFile] = weakref.WeakSet()
+        self._files_lock = threading.Lock()
         # Run when a connection is lost (with it, every cache lock it held).
         self.on_disconnect: list[Callable[[], None]] = []
         self.connection()  # fail early when no server can be reached
@@ -330,25 +343,39 @@ class Client:
         if conn.closed:
             return
         try:
-            conn.start(Command.CLOSE, oid=oid)
+            conn.start(Command.CLOSE, behind=True, oid=oid)
         except OSError:
             pass  # the connection went, and the lease with it
 
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 
-    def _open(
-        self, path: PathArg, flags: int, perm: int, cred: Cred, cache: int = 2
-    ) -> tuple[Connection, int, Attr, int, int, Attr | None]:
-        """Open on the server: the connection, the handle, the file's attributes, how
-        many handles of other clients have it open for writing, the cache lock
-        granted with it (``cache`` asks for one: 0 shared, 1 exclusive; 2: none),
-        and, if it may have created the file, its directory as it is after."""
+    def _open(self, path: PathArg, flags: int, perm: int, cred: Cred, cache: int = 2,
+              fid: bytes = ANY_FILE, shown: Any = None) -> Opened:  # fmt: skip
+        """Open on the server (``cache`` asks for a cache lock with it: 0 shared, 1
+        exclusive; 2: none). ``fid``: only the file of that identity will do (a
+        reopen); another one there fails with ESTALE."""
         conn = self.connection()
-        reply = conn.call(Command.OPEN, path, cred=cred, path=encode_path(path), flags=flags,
-                          mode=perm, cache=cache)  # fmt: skip
+        reply = conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
+                          path=encode_path(path), flags=flags, mode=perm, cache=cache,
+                          fid=fid)  # fmt: skip
         directory = reply["dir"] if reply["dir"].ino else None
-        return conn, reply.oid, reply["attr"], reply["writers"], reply["cached"], directory
+        return Opened(conn, reply.oid, reply["attr"], reply["writers"], reply["cached"],
+                      directory, reply["fid"])  # fmt: skip
+
+    def opened(self, f: RemoteFile) -> None:
+        with self._files_lock:
+            self._files.add(f)
+
+    def renamed(self, old: PathArg, new: PathArg, exchange: bool = False) -> None:
+        """``old`` is now ``new`` (a rename made through this client; ``exchange``: and
+        ``new`` is ``old``): open files at or below it reopen by their new path after
+        a lost connection."""
+        src, dst = normal_path(encode_path(old)), normal_path(encode_path(new))
+        with self._files_lock:
+            files = list(self._files)
+        for f in files:
+            f.moved(src, dst, exchange)
 
     def close(self) -> None:
         self.held.close()
@@ -557,6 +584,7 @@ class Client:
             new=encode_path(dst),
             flags=flags,
         )
+        self.renamed(src, dst, exchange)
 
     replace = rename
 
@@ -608,10 +636,22 @@ class Client:
     # --- advisory locks ------------------------------------------------------------
 
     def _lock_file(self, path: PathArg) -> RemoteFile:
-        key = encode_path(path)
-        f = self._lock_files.get(key)
+        """An open handle of the file to send lock requests on. The server keeps locks
+        by file and owner, not by handle, so only the LOCK_FILES used last stay open."""
+        key = normal_path(encode_path(path))
+        with self._files_lock:
+            f = self._lock_files.pop(key, None)
         if f is None or f.closed:
-            f = self._lock_files[key] = RemoteFile(self, os.fspath(path), os.O_RDONLY, 0, "r")
+            f = RemoteFile(self, os.fspath(path), os.O_RDONLY, 0, "r")
+        with self._files_lock:
+            self._lock_files[key] = f
+            full = len(self._lock_files) > LOCK_FILES
+            old = self._lock_files.popitem(last=False)[1] if full else None
+        if old is not None:
+            try:
+                old.close()
+            except OSError:
+                pass
         return f
 
     def _lock_request(self, path: PathArg, start: int, length: int, type_: int, flags: int,

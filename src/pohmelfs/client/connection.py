@@ -121,7 +121,11 @@ class Connection:
         self._receiver.start()
 
     def _handshake(self, max_payload: int, name: bytes, timeout: float) -> None:
-        hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload, client=name)
+        # While a request waits for other clients, the server says so this often (PENDING),
+        # well within our time-out: a time-out then means the server is silent.
+        keepalive = int(min(max(self.timeout / 4, 0.05), 2.0) * 1000)
+        hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload,
+                          keepalive_ms=keepalive, client=name)  # fmt: skip
         try:
             send_parts(self.sock, hello.encode())
             header = self.reader.read_header(p.DEFAULT_MAX_PAYLOAD)
@@ -149,12 +153,15 @@ class Connection:
         sink: Sink | None = None,
         callback: Callable[[Transaction], None] | None = None,
         forever: bool = False,
+        behind: bool = False,
         oid: int = 0,
         offset: int = 0,
         length: int = 0,
         **fields: Any,
     ) -> Transaction:
-        """Send a request and return its transaction without waiting."""
+        """Send a request and return its transaction without waiting. ``behind``: our
+        caller will not wait for it (a write sent behind, a close): the server applies
+        every later request of this connection after it."""
         if (cmd is not Command.WRITE and self.before_request is not None
                 and threading.current_thread() is not self._receiver):  # fmt: skip
             self.before_request()  # (never on the receiver: it must not wait)
@@ -163,15 +170,15 @@ class Connection:
             parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]
         else:
             try:
-                msg = p.request(cmd, xid, oid=oid, offset=offset, length=length, **fields)
+                msg = p.request(cmd, xid, oid=oid, offset=offset, length=length, behind=behind,
+                                **fields)  # fmt: skip
                 parts = msg.encode()
             except ProtocolError as e:
                 raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
         tx = Transaction(xid, cmd, into, sink, callback)
-        if callback is not None:
-            # ``forever``: a request that may rightly wait (a blocking lock); it
-            # still fails if the connection dies.
-            tx.deadline = float("inf") if forever else time.monotonic() + self.timeout
+        # ``forever``: a request that may rightly wait (a blocking lock); it still fails
+        # if the connection dies. Otherwise each PENDING for it moves the deadline.
+        tx.deadline = float("inf") if forever else time.monotonic() + self.timeout
         with self._lock:
             if self.closed:
                 raise errors.connection_error(self.address, self.close_reason)
@@ -196,7 +203,7 @@ class Connection:
         comes or the connection dies."""
         if forever:
             tx.done.acquire()
-        elif not tx.done.acquire(timeout=self.timeout):
+        elif not self._wait_deadline(tx):
             with self._lock:
                 mine = self._pending.pop(tx.xid, None) is tx and not tx.claimed
             if mine:
@@ -206,6 +213,10 @@ class Connection:
             if not tx.done.acquire(timeout=self.timeout):
                 self._fail("timed out in the middle of a reply")
                 tx.done.acquire()
+        return self.result(tx, path, path2)
+
+    def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
+        """The reply of a completed transaction; its error as an OSError naming ``path``."""
         if tx.error is not None:
             err = tx.error
             if isinstance(err, OSError) and path is not None and err.filename is None:
@@ -217,6 +228,17 @@ class Connection:
             detail = bytes(reply["data"]).decode(errors="replace")
             raise errors.remote_error(reply.status, self.address, detail, path, path2)
         return reply
+
+    @staticmethod
+    def _wait_deadline(tx: Transaction) -> bool:
+        """Wait for ``tx`` until its deadline, which PENDING frames may move; False
+        once the server has been silent about it for the whole time-out."""
+        while True:
+            left = tx.deadline - time.monotonic()
+            if left <= 0:
+                return tx.done.acquire(blocking=False)
+            if tx.done.acquire(timeout=left):
+                return True
 
     def answer(self, notification: Message) -> None:
         """Reply to a server-initiated message (e.g. once a REVOKE has been carried out)."""
@@ -261,6 +283,12 @@ class Connection:
                     continue
                 if not header.flags & p.FLAG_REPLY:
                     raise ProtocolError(f"server sent a request ({header.cmd.name})")
+                if header.flags & p.FLAG_PENDING:  # still at work on it: wait on
+                    reader.skip(header.payload_len)
+                    waiting = self._pending.get(header.xid)
+                    if waiting is not None and waiting.deadline != float("inf"):
+                        waiting.deadline = time.monotonic() + self.timeout
+                    continue
                 more = bool(header.flags & p.FLAG_MORE)
                 with self._lock:
                     tx = (

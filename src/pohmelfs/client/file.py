@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..protocol import Attr, Command, Cred
 from .connection import Connection, Transaction
 from .held import MAX_EXTENTS, PUSH_BYTES, HeldWrites
+from .paths import encode_path, normal_path
 
 if TYPE_CHECKING:
     from .client import Client
@@ -28,6 +29,7 @@ CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
 WINDOW = 16  # requests of one transfer in flight at once
 WRITE_BEHIND_BYTES = 32 << 20  # unanswered write-behind data per file, at most
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+ABANDON_POLL = 0.02  # how often a lock request that may be abandoned looks
 
 log = logging.getLogger("pohmelfs.client")
 
@@ -66,7 +68,11 @@ class RemoteFile(io.RawIOBase):
         self._push_lock = threading.Lock()  # held writes go out in the order made
         self.on_revoke: Callable[[int, int, int], None] | None = None
         got = client._open(path, flags, perm, self._cred, cache)
-        conn, oid, attr, writers, cached, directory = got
+        conn, oid, attr, writers, cached, directory = got[:6]
+        # What a reopen after a lost connection opens: this path (which a rename made
+        # through this client changes), and only if it is still this very file.
+        self._path = normal_path(encode_path(path))
+        self._fid = got.fid
         # The connection and server handle, replaced together when the file reopens.
         self._pair: tuple[Connection, int] = (conn, oid)
         # Where the held writes were made (their lock's connection), while any are held.
@@ -83,6 +89,7 @@ class RemoteFile(io.RawIOBase):
             with self._lock:
                 self._granted = 2  # taken back before we registered
         self._pos = attr.size if flags & os.O_APPEND else 0
+        client.opened(self)
 
     # --- the handle, reopened after a reconnect ------------------------------
 
@@ -96,11 +103,23 @@ class RemoteFile(io.RawIOBase):
             return pair
         with self._lock:
             if self._pair[0].closed:
-                conn, oid, _, _, _, _ = self._client._open(
-                    self.name, self._flags & REOPEN_MASK, 0, self._cred
-                )
-                self._pair = (conn, oid)
+                try:
+                    flags = self._flags & REOPEN_MASK
+                    got = self._client._open(self._path, flags, 0, self._cred, fid=self._fid,
+                                             shown=self.name)  # fmt: skip
+                except (FileNotFoundError, NotADirectoryError):
+                    raise OSError(errno.ESTALE, "the file was removed", self.name) from None
+                self._pair = (got.conn, got.oid)
             return self._pair
+
+    def moved(self, src: bytes, dst: bytes, exchange: bool = False) -> None:
+        """A rename made through this client: ``src`` is now ``dst`` (``exchange``:
+        and ``dst`` is ``src``). Paths are normal (see ``normal_path``)."""
+        with self._lock:
+            for old, new in ((src, dst), (dst, src)) if exchange else ((src, dst),):
+                if self._path == old or self._path.startswith(old.rstrip(b"/") + b"/"):
+                    self._path = new + self._path[len(old) :]
+                    return
 
     @property
     def _conn(self) -> Connection:
@@ -288,7 +307,7 @@ class RemoteFile(io.RawIOBase):
             self._client.write_budget.take(n, 2 * conn.timeout)
             try:
                 conn.start(Command.WRITE, callback=lambda tx, n=n: self._written(tx, n),
-                           oid=oid, offset=offset + pos, data=piece)  # fmt: skip
+                           behind=True, oid=oid, offset=offset + pos, data=piece)  # fmt: skip
             except OSError as e:
                 self._settle(n, e)
                 raise
@@ -410,7 +429,8 @@ class RemoteFile(io.RawIOBase):
 
     # --- cache locks ----------------------------------------------------------------
 
-    def cache_lock(self, exclusive: bool = False, start: int = 0, length: int = 0) -> CacheGrant:
+    def cache_lock(self, exclusive: bool = False, start: int = 0, length: int = 0,
+                   abandon: Callable[[], bool] | None = None) -> CacheGrant | None:  # fmt: skip
         """Ask the server for a cache lock on a range (length 0: to the end).
 
         Shared: this client may serve reads of the range from a cache. Exclusive:
@@ -420,12 +440,21 @@ class RemoteFile(io.RawIOBase):
         clients have it open for writing. ``on_revoke(keep, start, length)``,
         if set, runs when the server takes the lock back, after unanswered
         writes have reached the server; ``keep`` is 0 (shared) or 2 (nothing).
+        ``abandon``: stop waiting (and return None) once it says so; the lock may
+        still be granted later (and is then revoked like any other).
         """
         conn, oid = self.handle()
         self._client._register_cached(conn, oid, self)
         tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
                         type=1 if exclusive else 0)  # fmt: skip
-        reply = conn.wait(tx, self.name, forever=True)
+        if abandon is None:
+            reply = conn.wait(tx, self.name, forever=True)
+        else:
+            while not tx.done.acquire(timeout=ABANDON_POLL):
+                if abandon():
+                    conn.cancel(tx)
+                    return None
+            reply = conn.result(tx, self.name)
         return CacheGrant(reply["attr"], reply["writers"])
 
     def granted_at_open(self, exclusive: bool) -> CacheGrant | None:
@@ -477,7 +506,7 @@ class RemoteFile(io.RawIOBase):
         try:
             if conn.closed:
                 raise ConnectionError
-            conn.start(Command.CLOSE, callback=closed, oid=oid)
+            conn.start(Command.CLOSE, callback=closed, behind=True, oid=oid)
         except OSError:
             closed(None)
         super().close()

@@ -7,6 +7,17 @@ it, every handle of the node writes back, reads still in flight finish, and
 (unless the lock is only downgraded) the kernel's pages and attributes are
 dropped, before the server is answered. So a read or an open on any mount
 sees the latest write that returned on any other.
+
+The kernel's own I/O must never wait for a lock: a page being read or written
+back is locked (or under writeback) until we answer, and dropping the pages
+during a revocation waits for exactly those pages. So while a revocation of a
+node runs, a page-cache READ of it is sent without a lock (the revocation's
+lock still covers it: the server applies nothing that conflicts until we
+answer) and the pages are dropped again until no such READ came meanwhile; a
+write-back from the page cache (a shared mapping) is always sent as it is.
+New read(2) calls are held at the door instead: the revocation drops the
+kernel's attributes first, so each asks GETATTR before it locks a page, and
+GETATTR waits for the revocation to end.
 """
 
 from __future__ import annotations
@@ -25,6 +36,10 @@ NONE, SHARED, EXCLUSIVE = -1, 0, 1
 RELEASE = 2
 # Seconds after a revocation during which a file (or directory) counts as shared.
 CONTENDED = 2.0
+# Passes of dropping pages in one revocation, each after READs sent without a lock
+# came during the last: they end when a pass saw none (only a program faulting in
+# pages of a mapping the whole time keeps them going).
+DROP_PASSES = 16
 
 
 class CacheState:
@@ -42,10 +57,17 @@ class CacheState:
         self._version: dict[int, tuple[int, int, int]] = {}
         self._revoked_at: dict[int, float] = {}  # nodeid -> when its lock was last revoked
         self._revokes: dict[int, int] = {}  # nodeid -> revocations so far
+        self._revoking: dict[int, int] = {}  # nodeid -> revocations under way
+        self._borrowed: dict[int, int] = {}  # nodeid -> READs sent without a lock, in flight
+        self._borrow_done: dict[int, int] = {}  # nodeid -> such READs answered, ever
 
-    def ensure(self, node: Node, f: RemoteFile, exclusive: bool) -> None:
-        """Hold at least a shared (or an exclusive) lock on the node's file."""
+    def ensure(self, node: Node, f: RemoteFile, exclusive: bool, page_io: bool = False) -> None:
+        """Hold at least a shared (or an exclusive) lock on the node's file. Waits for a
+        revocation of it under way to end first. ``page_io``: for the kernel's own page
+        I/O (see the module's doc), which must not wait for a revocation: then it
+        returns without the lock as soon as one of the node begins."""
         want = EXCLUSIVE if exclusive else SHARED
+        nodeid = node.nodeid
         with self._cond:
             if self._state.get(node.nodeid, NONE) >= want:
                 return
@@ -53,9 +75,27 @@ class CacheState:
             if via is None or via.closed:
                 via = self._via[node.nodeid] = f
         via.on_revoke = lambda keep, _start, _length: self._revoked(node.nodeid, keep)
+        revoking = lambda: bool(self._revoking.get(nodeid))  # noqa: E731
         for _ in range(5):  # a lock taken back as soon as granted was never ours to use
+            with self._cond:
+                if page_io and revoking():
+                    return
+                self._cond.wait_for(lambda: not revoking(), timeout=30)
             revokes = self._revokes.get(node.nodeid, 0)
-            attr = (via.granted_at_open(exclusive) or via.cache_lock(exclusive=exclusive)).attr
+            try:
+                grant = via.granted_at_open(exclusive) or via.cache_lock(
+                    exclusive=exclusive, abandon=revoking if page_io else None
+                )
+            except ValueError:  # that handle was closed meanwhile: take it through ours
+                with self._cond:
+                    if self._via.get(nodeid) is via:
+                        self._via[nodeid] = f
+                via = f
+                via.on_revoke = lambda keep, _start, _length: self._revoked(nodeid, keep)
+                continue
+            if grant is None:  # abandoned: the server may grant it later, and revoke it
+                return
+            attr = grant.attr
             version = (attr.size, attr.mtime_ns, attr.ctime_ns)
             with self._cond:
                 if self._revokes.get(node.nodeid, 0) != revokes:
@@ -73,8 +113,8 @@ class CacheState:
                     self._valid.discard(node.nodeid)
                 self._version[node.nodeid] = version
                 return
-        log.warning("node %d: its cache lock was taken back each time it was granted",
-                    node.nodeid)  # fmt: skip
+        log.debug("node %d: its cache lock was taken back each time it was granted",
+                  node.nodeid)  # fmt: skip
 
     def locked(self, nodeid: int) -> bool:
         return self._state.get(nodeid, NONE) != NONE
@@ -108,17 +148,32 @@ class CacheState:
             self._valid.add(nodeid)
             return keep
 
-    def read_started(self, nodeid: int) -> None:
-        with self._cond:
-            self._reads[nodeid] = self._reads.get(nodeid, 0) + 1
+    def read_started(self, node: Node, f: RemoteFile, exclusive: bool = False) -> bool:
+        """A page-cache READ of the node begins: under its lock (True), taken first if
+        need be, or, while the lock is being revoked, without one (False: the
+        revocation drops the pages it fills). Pass the answer to ``read_done``."""
+        nodeid = node.nodeid
+        want = EXCLUSIVE if exclusive else SHARED
+        for _ in range(5):
+            with self._cond:
+                if self._state.get(nodeid, NONE) >= want:
+                    _count(self._reads, nodeid, 1)
+                    return True
+                if self._revoking.get(nodeid):
+                    _count(self._borrowed, nodeid, 1)
+                    return False
+            self.ensure(node, f, exclusive, page_io=True)
+        with self._cond:  # (taken back each time: read it as the revocations would)
+            _count(self._borrowed, nodeid, 1)
+        return False
 
-    def read_done(self, nodeid: int) -> None:
+    def read_done(self, nodeid: int, locked: bool) -> None:
         with self._cond:
-            left = self._reads.get(nodeid, 1) - 1
-            if left:
-                self._reads[nodeid] = left
+            if locked:
+                _count(self._reads, nodeid, -1)
             else:
-                self._reads.pop(nodeid, None)
+                _count(self._borrowed, nodeid, -1)
+                _count(self._borrow_done, nodeid, 1)
             self._cond.notify_all()
 
     def lost_all(self) -> None:
@@ -136,7 +191,7 @@ class CacheState:
     def forget(self, nodeid: int) -> None:
         """The kernel forgot the node: nothing of it is cached any more."""
         with self._cond:
-            for table in (self._version, self._revoked_at, self._revokes):
+            for table in (self._version, self._revoked_at, self._revokes, self._borrow_done):
                 table.pop(nodeid, None)
             self._valid.discard(nodeid)
 
@@ -161,11 +216,55 @@ class CacheState:
             self._state[nodeid] = NONE if keep == RELEASE else min(now, SHARED)
             self._revoked_at[nodeid] = time.monotonic()
             self._revokes[nodeid] = self._revokes.get(nodeid, 0) + 1
-        for f in self._handles(nodeid):
-            f.write_back()  # a failure stays with the file for its flush/fsync/close
-        with self._cond:
-            self._cond.wait_for(lambda: not self._reads.get(nodeid), timeout=10)
-            if keep == RELEASE:
-                self._valid.discard(nodeid)
-        if keep == RELEASE:
+            _count(self._revoking, nodeid, 1)
+        started = time.monotonic()
+        times = []
+        try:
+            handles = self._handles(nodeid)
+            # A file open for writing here may have pages dirtied through a shared
+            # mapping, which the kernel tells us nothing of: they go (written back) too.
+            drop = keep == RELEASE or any(f.writable() for f in handles)
+            if drop:  # new read(2) calls now ask GETATTR first, which waits for us
+                self._invalidate(nodeid, False)
+            for f in handles:
+                f.write_back()  # a failure stays with the file for its flush/fsync/close
+            times.append(time.monotonic())
+            with self._cond:
+                self._cond.wait_for(lambda: not self._reads.get(nodeid), timeout=10)
+                if keep == RELEASE:
+                    self._valid.discard(nodeid)
+            times.append(time.monotonic())
+            if drop:
+                self._drop_pages(nodeid)
+        finally:
+            with self._cond:
+                _count(self._revoking, nodeid, -1)
+                self._cond.notify_all()
+            took = time.monotonic() - started
+            if took > 1.0:
+                steps = ", ".join(f"{t - started:.2f}" for t in times)
+                log.warning("node %d: a revocation took %.2f s (steps at %s)", nodeid, took, steps)
+
+    def _drop_pages(self, nodeid: int) -> None:
+        """Drop the kernel's pages of the node (dirty ones are written back first,
+        as WRITEs we send without waiting), again while READs sent without a lock
+        filled some meanwhile."""
+        for _ in range(DROP_PASSES):
+            with self._cond:
+                before = self._borrow_done.get(nodeid, 0)
             self._invalidate(nodeid, True)
+            for f in self._handles(nodeid):
+                f.write_back()  # what the kernel wrote back while its pages went
+            with self._cond:
+                self._cond.wait_for(lambda: not self._borrowed.get(nodeid), timeout=10)
+                if self._borrow_done.get(nodeid, 0) == before:
+                    return
+        log.warning("node %d: pages kept being read while its lock was revoked", nodeid)
+
+
+def _count(table: dict[int, int], key: int, delta: int) -> None:
+    left = table.get(key, 0) + delta
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)

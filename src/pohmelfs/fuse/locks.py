@@ -85,7 +85,8 @@ class FuseLocks:
             failed = tx.error is not None or tx.reply is None or tx.reply.status
             if interrupted:
                 if not failed:  # the process gave up waiting: give the lock back
-                    self._send(f, a, UNLCK, flags & p.LOCK_FLOCK, Command.LOCK, callback=_ignore)
+                    self._send(f, a, UNLCK, flags & p.LOCK_FLOCK, Command.LOCK, callback=_ignore,
+                               behind=True)  # fmt: skip
                 return
             if failed:
                 reply.error(tx_errno(tx))
@@ -122,5 +123,5 @@ class FuseLocks:
     def release(self, f: RemoteFile, lock_owner: int) -> None:
         """The open file went away holding flock locks."""
         conn, oid = f.handle()
-        conn.start(Command.LOCK, callback=_ignore, oid=oid, offset=0, length=0,
+        conn.start(Command.LOCK, callback=_ignore, behind=True, oid=oid, offset=0, length=0,
                    owner=lock_owner, type=UNLCK, flags=p.LOCK_FLOCK, pid=0)  # fmt: skip

@@ -184,8 +184,8 @@ class NamespaceOps:
                     "unlink of %r sent ahead failed: %s", path, tx.error or os.strerror(status)
                 )
 
-        self.client.connection().start(Command.UNLINK, callback=answered, cred=self.cred(req),
-                                       path=path)  # fmt: skip
+        self.client.connection().start(Command.UNLINK, callback=answered, behind=True,
+                                       cred=self.cred(req), path=path)  # fmt: skip
 
     def op_rmdir(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.node(req.nodeid), req.names[0]
@@ -216,4 +216,5 @@ class NamespaceOps:
         self._dir_changed(old_parent, done["dir"])
         self._dir_changed(new_parent, done["new_dir"])
         self.nodes.renamed(old_parent, old_name, new_parent, new_name, exchange=exchange)
+        self.client.renamed(old, new, exchange)  # what open files reopen by
         reply.ok()

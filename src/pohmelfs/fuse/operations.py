@@ -34,6 +34,7 @@ from .locks import FuseLocks
 from .names import NameLocks
 from .namespace import NamespaceOps
 from .nodes import ROOT_ID, Node, NodeTable
+from .openfiles import OpenFiles
 from .reads import DirectReads
 from .reply import Replier, errno_of
 from .xattrs import ExtendedAttributeOps
@@ -78,8 +79,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         self.epochs = False  # the kernel takes INC_EPOCH (set by the session)
         root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
         self.nodes = NodeTable(root.ino)
-        self.files: dict[int, RemoteFile] = {}
-        self.node_files: dict[int, set[int]] = {}  # nodeid -> its open file handles
+        self.files = OpenFiles()
         self.dirs: dict[int, OpenDir] = {}
         self.dir_attrs: dict[int, p.Attr] = {}  # see _dir_changed
         self._dirs_lock = threading.Lock()
@@ -123,12 +123,11 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             reply.error(errno_of(e))
 
     def close(self) -> None:
-        for f in list(self.files.values()):
+        for f in self.files.take_all():
             try:
                 f.close()
             except OSError:
                 pass
-        self.files.clear()
         self.reads.close()
         if self.names is not None:
             self.names.close()
@@ -173,7 +172,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         links = 1 if stat.S_ISDIR(attr.mode) else attr.nlink
         node = self.nodes.remember(parent, name, attr.ino, links)
         if lease is not None and self.leases is not None:
-            self.leases.bind(lease, node.nodeid, attr.ino, node.nodeid in self.node_files)
+            self.leases.bind(lease, node.nodeid, attr.ino, self.files.node_open(node.nodeid))
         # A node new to the kernel with a lease: a revocation before the kernel had it
         # could not reach it; the GETATTR that follows is answered from the lease.
         new_leased = lease is not None and node.lookups == 1
@@ -215,23 +214,18 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             self.notify(k.notify_inc_epoch())
 
     def _node_handles(self, nodeid: int) -> list[RemoteFile]:
-        return [self.files[fh] for fh in list(self.node_files.get(nodeid, ())) if fh in self.files]
+        return self.files.of_node(nodeid)
 
     def _new_file(self, f: RemoteFile, node: Node) -> int:
         fh = next(self._fh)
-        self.files[fh] = f
-        self.node_files.setdefault(node.nodeid, set()).add(fh)
+        self.files.add(node.nodeid, fh, f)
         return fh
 
     def _handle_of(self, node: Node, fh: int | None = None) -> RemoteFile | None:
         """An open handle of this node (``fh`` if given): it reaches the very file the
         kernel means even after its name was removed or reused."""
-        if fh is not None and fh in self.files:
-            return self.files[fh]
-        for other in self.node_files.get(node.nodeid, ()):
-            if other in self.files:
-                return self.files[other]
-        return None
+        f = self.files.get(fh) if fh is not None else None
+        return f if f is not None else self.files.any_of_node(node.nodeid)
 
     def object_call(
         self, req: k.Request, node: Node, fh: int | None = None
@@ -301,7 +295,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if self.names is not None:
             self.names.forget(nodeid)
             self._names_released(nodeid)
-            if self.cache is not None and nodeid not in self.node_files:
+            if self.cache is not None and not self.files.node_open(nodeid):
                 self.cache.forget(nodeid)
 
     def op_getattr(self, req: k.Request, reply: Replier) -> None:
@@ -465,10 +459,13 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             # server makes a writer on another client write back first).
             self.reads.start(f, a.offset, a.size, reply)
             return
+        # A page-cache fill (it never waits for a revocation: see coherent.py). A fill
+        # through a handle open for writing is a fault of its shared mapping (its
+        # read(2) calls are direct), whose pages may be dirtied without our knowing:
+        # it takes the exclusive lock, so another client's read has them written back.
         node, cache = self.node(req.nodeid), self.cache
-        cache.ensure(node, f, exclusive=False)
-        cache.read_started(node.nodeid)
-        self.reads.start(f, a.offset, a.size, reply, lambda: cache.read_done(node.nodeid))
+        locked = cache.read_started(node, f, f.writable())
+        self.reads.start(f, a.offset, a.size, reply, lambda: cache.read_done(node.nodeid, locked))
 
     def op_write(self, req: k.Request, reply: Replier) -> None:
         # Under the exclusive lock a small write is held back (client/held.py): no
@@ -483,11 +480,22 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if not f.writable():
             raise OSError(errno.EBADF, "file not open for writing")
         cache = self.cache
+        if cache is not None and a.write_flags & k.WRITE_CACHE:
+            # Write-back of pages dirtied through a shared mapping: the page is under
+            # writeback until we answer, and a revocation dropping pages waits for it,
+            # so this never waits for a lock (the server revokes others' caches).
+            f.write_behind(req.data[: a.size], a.offset)
+            reply.ok(k.pack_write(a.size))
+            return
         if cache is not None:
-            if (a.write_flags & k.WRITE_LOCKOWNER and not cache.exclusive(req.nodeid)
+            if (a.write_flags & k.WRITE_LOCKOWNER and not cache.locked(req.nodeid)
                     and cache.contended(req.nodeid)):  # fmt: skip
                 # A direct write while clients take turns: sent as it is, lockless,
                 # and answered once applied (the server revokes others' caches first).
+                # Not while this mount holds the file's shared lock (a page-cache
+                # reader here): the write would wait in our session's queue for
+                # others, and our answer to a revocation waits for our reads, which
+                # queue behind it. Under the exclusive lock it waits in a grant.
                 f.pwrite(req.data[: a.size], a.offset)
                 if a.write_flags & k.WRITE_KILL_SUIDGID:
                     self._kill_suid(req, self.node(req.nodeid), a.fh)
@@ -526,12 +534,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         f = self.files.get(fh)
         if f is not None:
             f.push()  # (mmap writeback after the last close) while revocations find it
-        self.files.pop(fh, None)
-        fhs = self.node_files.get(req.nodeid)
-        if fhs is not None:
-            fhs.discard(fh)
-            if not fhs:
-                del self.node_files[req.nodeid]
+        self.files.remove(req.nodeid, fh)
         if f is not None:
             if self.cache is not None:
                 self.cache.handle_closed(req.nodeid, f)

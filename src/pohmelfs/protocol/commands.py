@@ -11,11 +11,19 @@ class Flag(enum.IntFlag):
     REPLY = 0x1  # answers the request with the same xid
     NOTIFY = 0x2  # server-initiated; xid is from the server's own sequence
     MORE = 0x4  # a streamed reply: further frames with this xid follow
+    # With REPLY, no payload: the request waits for other clients; the server is at
+    # work on it and its answer follows (the requester's time-out starts again).
+    PENDING = 0x8
+    # On a request: its sender did not wait for it (a write sent behind, a removal sent
+    # ahead, a close): every later request of the connection is applied after it.
+    # Without it, a request that must wait for other clients holds up nothing else.
+    BEHIND = 0x10
 
 
-KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE)
+KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE | Flag.PENDING | Flag.BEHIND)
 # Plain ints for the hot paths: IntFlag arithmetic builds enum objects.
 FLAG_REPLY, FLAG_NOTIFY, FLAG_MORE = int(Flag.REPLY), int(Flag.NOTIFY), int(Flag.MORE)
+FLAG_PENDING, FLAG_BEHIND = int(Flag.PENDING), int(Flag.BEHIND)
 
 
 class Cap(enum.IntFlag):
@@ -83,19 +91,26 @@ _LOCK_REQUEST: Schema = (("owner", "u64"), ("type", "u32"), ("flags", "u32"), ("
 LOCK_WAIT = 0x1  # wait for a conflicting lock to go instead of failing with EAGAIN
 LOCK_FLOCK = 0x2  # a whole-file flock() lock (separate from POSIX record locks)
 REQUESTS: dict[Command, Schema] = {
-    _C.HELLO: (("version", "u32"), ("max_payload", "u32"), ("client", "name")),
+    # keepalive_ms: while a request waits for other clients, send PENDING this often
+    _C.HELLO: (
+        ("version", "u32"),
+        ("max_payload", "u32"),
+        ("keepalive_ms", "u32"),
+        ("client", "name"),
+    ),
     _C.PING: (),
     _C.STATFS: (("cred", "cred"),),
-    _C.LOOKUP: (("cred", "cred"), ("path", "name")),
-    _C.READDIR: (("cred", "cred"), ("path", "name")),
+    _C.LOOKUP: (("cred", "cred"), ("path", "path")),
+    _C.READDIR: (("cred", "cred"), ("path", "path")),
     # cache: a cache lock to grant at once if nothing conflicts (0 shared, 1
     # exclusive, 2 none); the reply's ``cached`` says which was granted (2: none).
     _C.OPEN: (
         ("cred", "cred"),
-        ("path", "name"),
+        ("path", "path"),
         ("flags", "u32"),
         ("mode", "u32"),
         ("cache", "u32"),
+        ("fid", "fid"),  # the file a reopen must find (all zero: any)
     ),
     _C.CLOSE: (),
     _C.READ: (),
@@ -103,36 +118,36 @@ REQUESTS: dict[Command, Schema] = {
     _C.FSTAT: (),
     _C.FTRUNCATE: (),
     _C.FSYNC: (("datasync", "u32"),),
-    _C.TRUNCATE: (("cred", "cred"), ("path", "name")),
-    _C.MKDIR: (("cred", "cred"), ("path", "name"), ("mode", "u32")),
-    _C.MAKEDIRS: (("cred", "cred"), ("path", "name"), ("mode", "u32"), ("parent_mode", "u32")),
-    _C.RMDIR: (("cred", "cred"), ("path", "name")),
-    _C.RMTREE: (("cred", "cred"), ("path", "name")),
-    _C.UNLINK: (("cred", "cred"), ("path", "name")),
-    _C.RENAME: (("cred", "cred"), ("path", "name"), ("new", "name"), ("flags", "u32")),
-    _C.LINK: (("cred", "cred"), ("path", "name"), ("new", "name")),
-    _C.SYMLINK: (("cred", "cred"), ("target", "name"), ("path", "name")),
-    _C.READLINK: (("cred", "cred"), ("path", "name")),
-    _C.MKNOD: (("cred", "cred"), ("path", "name"), ("mode", "u32"), ("rdev", "u64")),
-    _C.CHMOD: (("cred", "cred"), ("path", "name"), ("mode", "u32")),
-    _C.CHOWN: (("cred", "cred"), ("path", "name"), ("uid", "u32"), ("gid", "u32")),
+    _C.TRUNCATE: (("cred", "cred"), ("path", "path")),
+    _C.MKDIR: (("cred", "cred"), ("path", "path"), ("mode", "u32")),
+    _C.MAKEDIRS: (("cred", "cred"), ("path", "path"), ("mode", "u32"), ("parent_mode", "u32")),
+    _C.RMDIR: (("cred", "cred"), ("path", "path")),
+    _C.RMTREE: (("cred", "cred"), ("path", "path")),
+    _C.UNLINK: (("cred", "cred"), ("path", "path")),
+    _C.RENAME: (("cred", "cred"), ("path", "path"), ("new", "path"), ("flags", "u32")),
+    _C.LINK: (("cred", "cred"), ("path", "path"), ("new", "path")),
+    _C.SYMLINK: (("cred", "cred"), ("target", "name"), ("path", "path")),
+    _C.READLINK: (("cred", "cred"), ("path", "path")),
+    _C.MKNOD: (("cred", "cred"), ("path", "path"), ("mode", "u32"), ("rdev", "u64")),
+    _C.CHMOD: (("cred", "cred"), ("path", "path"), ("mode", "u32")),
+    _C.CHOWN: (("cred", "cred"), ("path", "path"), ("uid", "u32"), ("gid", "u32")),
     _C.UTIMES: (
         ("cred", "cred"),
-        ("path", "name"),
+        ("path", "path"),
         ("atime_ns", "i64"),
         ("mtime_ns", "i64"),
         ("which", "u32"),
     ),
-    _C.GETXATTR: (("cred", "cred"), ("path", "name"), ("name", "name")),
+    _C.GETXATTR: (("cred", "cred"), ("path", "path"), ("name", "name")),
     _C.SETXATTR: (
         ("cred", "cred"),
-        ("path", "name"),
+        ("path", "path"),
         ("name", "name"),
         ("value", "blob"),
         ("flags", "u32"),
     ),
-    _C.LISTXATTR: (("cred", "cred"), ("path", "name")),
-    _C.REMOVEXATTR: (("cred", "cred"), ("path", "name"), ("name", "name")),
+    _C.LISTXATTR: (("cred", "cred"), ("path", "path")),
+    _C.REMOVEXATTR: (("cred", "cred"), ("path", "path"), ("name", "name")),
     _C.FALLOCATE: (("mode", "u32"),),
     _C.LOCK: _LOCK_REQUEST,
     _C.GETLK: _LOCK_REQUEST,
@@ -144,7 +159,7 @@ REQUESTS: dict[Command, Schema] = {
     # LOOKUP that also asks for a shared cache lock on the attributes of a regular
     # file, with no handle (a lease): the reply's oid names it (0: none), for REVOKE
     # and for CLOSE, which gives it back.
-    _C.LEASE: (("cred", "cred"), ("path", "name")),
+    _C.LEASE: (("cred", "cred"), ("path", "path")),
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
@@ -166,7 +181,13 @@ REPLIES.update(
         _C.READDIR: (("entries", "entries"),),
         # writers: handles open for writing elsewhere; dir: see _NAMED (all zero when
         # the open created nothing)
-        _C.OPEN: (("attr", "attr"), ("writers", "u32"), ("cached", "u32"), ("dir", "attr")),
+        _C.OPEN: (
+            ("attr", "attr"),
+            ("writers", "u32"),
+            ("cached", "u32"),
+            ("dir", "attr"),
+            ("fid", "fid"),  # the identity of the file opened
+        ),
         _C.READ: (DATA,),
         _C.FSTAT: _ATTR_REPLY,
         _C.MKDIR: _NAMED,
@@ -199,13 +220,15 @@ def schema_for(cmd: Command, flags: int, status: int) -> Schema:
             return NOTIFICATIONS[cmd]
         except KeyError:
             raise ProtocolError(f"unknown notification {cmd.name}") from None
+    if flags & FLAG_PENDING:
+        return ()
     if flags & FLAG_REPLY:
         return ERROR_REPLY if status else REPLIES[cmd]
     return REQUESTS[cmd]
 
 
 def _flag_problem(flags: int, status: int) -> str | None:
-    if (flags == 0 and status == 0) or flags == FLAG_REPLY:
+    if (flags in (0, FLAG_BEHIND) and status == 0) or flags == FLAG_REPLY:
         return None  # the common cases, decided at once
     if flags & ~KNOWN_FLAGS:
         return f"unknown flags {flags:#x}"
@@ -213,6 +236,10 @@ def _flag_problem(flags: int, status: int) -> str | None:
         return "frame is both reply and notification"
     if flags & FLAG_MORE and not flags & FLAG_REPLY:
         return "MORE on a frame that is not a reply"
+    if flags & FLAG_PENDING and (flags & ~FLAG_PENDING != FLAG_REPLY or status):
+        return "PENDING only on a plain reply with no status"
+    if flags & FLAG_BEHIND:
+        return "BEHIND only on a request"
     if status and not flags & FLAG_REPLY:
         return "status set on a frame that is not a reply"
     return None

@@ -10,7 +10,11 @@ import struct
 from typing import Any, NamedTuple
 
 DEFAULT_MAX_PAYLOAD = 8 << 20
-MAX_PATH = 4096
+MAX_NAME = 4096  # names, symlink targets, xattr names
+# Paths are counted from the export root, so a tree deeper than a syscall's
+# PATH_MAX (4,096) still has one; a frame's payload limit bounds them too.
+MAX_PATH = 1 << 20
+FID_SIZE = 16  # a file's identity (see server/identity.py)
 MAX_GROUPS = 1024
 MAX_XATTR_VALUE = 64 << 10
 U32_MAX = 0xFFFFFFFF
@@ -166,7 +170,8 @@ def _dec_cred(buf: memoryview, pos: int) -> tuple[Cred, int]:
     return Cred(uid, gid, groups), pos + 4 * n
 
 
-_NAME = _bytes_codec(_U16, MAX_PATH, no_nul=True)
+_NAME = _bytes_codec(_U16, MAX_NAME, no_nul=True)
+_PATH = _bytes_codec(_U32, MAX_PATH, no_nul=True)
 _BLOB = _bytes_codec(_U32, MAX_XATTR_VALUE, no_nul=False)
 _ATTR_CODEC = _struct_codec(_ATTR, Attr)
 
@@ -215,11 +220,25 @@ def _dec_entries(buf: memoryview, pos: int) -> tuple[tuple[DirEntry, ...], int]:
 
 _U32_CODEC = _int_codec(_U32, 0, U32_MAX)
 
+
+def _enc_fid(v: Any) -> bytes:
+    if not isinstance(v, bytes | bytearray) or len(v) != FID_SIZE:
+        raise ProtocolError(f"a file id is {FID_SIZE} bytes")
+    return bytes(v)
+
+
+def _dec_fid(buf: memoryview, pos: int) -> tuple[bytes, int]:
+    _need(buf, pos, FID_SIZE)
+    return bytes(buf[pos : pos + FID_SIZE]), pos + FID_SIZE
+
+
 FIELD_TYPES: dict[str, tuple[Any, Any]] = {
     "u32": _U32_CODEC,
     "u64": _int_codec(_U64, 0, U64_MAX),
     "i64": _int_codec(_I64, -(1 << 63), (1 << 63) - 1),
     "name": _NAME,
+    "path": _PATH,
+    "fid": (_enc_fid, _dec_fid),
     "blob": _BLOB,
     "cred": (_enc_cred, _dec_cred),
     "attr": _ATTR_CODEC,

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .commands import (
+    FLAG_BEHIND,
     FLAG_MORE,
+    FLAG_PENDING,
     FLAG_REPLY,
     Command,
     Schema,
@@ -18,8 +20,8 @@ from .commands import (
 from .fields import DEFAULT_MAX_PAYLOAD, FIELD_TYPES, U32_MAX, U64_MAX, ProtocolError
 
 MAGIC = 0x504F  # "PO"
-VERSION = 4  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
-# 4: LEASE
+VERSION = 5  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
+# 4: LEASE; 5: PENDING, paths longer than 4,096 bytes, file ids in OPEN
 HEADER = struct.Struct("!HHHHIIQQQQ")
 HEADER_SIZE = HEADER.size  # 48
 
@@ -150,9 +152,17 @@ class Message:
 
 
 def request(
-    cmd: Command, xid: int, *, oid: int = 0, offset: int = 0, length: int = 0, **fields: Any
+    cmd: Command,
+    xid: int,
+    *,
+    oid: int = 0,
+    offset: int = 0,
+    length: int = 0,
+    behind: bool = False,
+    **fields: Any,
 ) -> Message:
-    return Message(cmd, xid, 0, 0, oid, offset, length, fields)
+    """``behind``: the sender will not wait for it (see ``Flag.BEHIND``)."""
+    return Message(cmd, xid, FLAG_BEHIND if behind else 0, 0, oid, offset, length, fields)
 
 
 def reply(
@@ -169,6 +179,11 @@ def reply(
     if status and not fields:
         fields = {"data": b""}
     return Message(req.cmd, req.xid, int(flags), status, oid, offset, length, fields)
+
+
+def pending(req: Header | Message) -> Message:
+    """The interim answer to a request that waits for other clients."""
+    return Message(req.cmd, req.xid, FLAG_REPLY | FLAG_PENDING, 0, 0, 0, 0, {})
 
 
 def decode_payload(header: Header, payload: bytes | bytearray | memoryview) -> Message:

@@ -7,11 +7,21 @@ notification and waits for its answer, which comes after the holder has
 written back and dropped its cache. A holder that does not answer within the
 lease loses the lock anyway and is *fenced*: its later writes through that
 handle are refused, so nothing it sends under the lost lock is applied.
+
+Requests that must wait are served in arrival order per file (``Waiter``): a
+request never overtakes an earlier one it conflicts with, so new shared grants
+cannot starve a waiting writer, nor writers a waiting reader. A session that
+let a lease run out is *lapsed* until it answers: later revocations of its
+locks do not wait for it, so a frozen or hostile holder costs the others one
+lease, once.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +30,14 @@ from dataclasses import dataclass, field
 
 from .locks import END, carve
 
-__all__ = ["END", "EXCLUSIVE", "RELEASE", "SHARED", "CacheLocks", "Holder"]
+log = logging.getLogger("pohmelfs.server")
+
+__all__ = ["END", "EXCLUSIVE", "RELEASE", "SHARED", "CacheLocks", "Holder", "Revoker"]
 SHARED, EXCLUSIVE, RELEASE = 0, 1, 2
+# What a waiting request wants: a lock (GRANT), other sessions' exclusive holders to
+# write back before a plain read (SETTLE), every other holder gone for a change (CHANGE).
+GRANT, SETTLE, CHANGE = 0, 1, 2
+POLL = 0.1  # a waiter looks again this often even if nobody wakes it (a safety net)
 
 
 @dataclass(eq=False)
@@ -35,8 +51,47 @@ class Holder:
     revoking: bool = field(default=False)
 
 
-# revoke(holder, keep) asks the holder's client to give up the lock (keep SHARED to
-# downgrade, RELEASE to drop it) and calls done() once the client has answered.
+@dataclass(eq=False)
+class Waiter:
+    """A request waiting for its turn on one file."""
+
+    kind: int
+    session: int
+    type: int  # for GRANT: the lock wanted
+    start: int
+    end: int
+
+    def writes(self) -> bool:
+        return self.kind == CHANGE or (self.kind == GRANT and self.type == EXCLUSIVE)
+
+    def blocks(self, later: Waiter) -> bool:
+        """Must ``later``, queued after this one, wait for it? Only another session's
+        request that conflicts: an exclusive grant with anything; a change with a
+        shared grant. Plain reads and changes never hold anything, so they do not
+        keep each other waiting."""
+        if later.session == self.session or later.end <= self.start or self.end <= later.start:
+            return False
+        if (self.kind == GRANT and self.type == EXCLUSIVE) or (
+            later.kind == GRANT and later.type == EXCLUSIVE
+        ):
+            return True
+        return {self.kind, later.kind} == {GRANT, CHANGE}
+
+
+@dataclass(eq=False)
+class _Asked:
+    """A revocation sent and not answered yet."""
+
+    key: object
+    holder: Holder
+    keep: int
+    deadline: float
+    answered: bool = False
+    expired: bool = False
+
+
+# revoke(holder, keep, done) asks the holder's client to give up the lock (keep SHARED
+# to downgrade, RELEASE to drop it) and calls done() once the client has answered.
 Revoker = Callable[[Holder, int, Callable[[], None]], None]
 
 
@@ -45,13 +100,21 @@ class CacheLocks:
         self.lease = lease
         self._cond = threading.Condition()
         self._held: dict[object, list[Holder]] = {}
+        self._queues: dict[object, list[Waiter]] = {}  # key -> waiting requests, oldest first
         # Exclusive holders of directory locks anywhere (read without the lock): only
         # they may have changed names ahead of the server.
         self.exclusive_dirs = 0
         self._dir_keys: set[object] = set()  # keys of directories that have holders
         self.fenced: set[tuple[int, int]] = set()  # owners that lost a lock unasked
-        # key -> sessions changing it right now without a lock (see ``changing``)
+        # key -> sessions changing it right now (see ``changing``)
         self._busy: dict[object, collections.Counter[int]] = {}
+        # session -> revocations it let run out and has not answered since
+        self._lapsed: collections.Counter[int] = collections.Counter()
+        self._leases: list[tuple[float, int, _Asked]] = []  # a heap of unanswered revocations
+        self._lease_seq = itertools.count()
+        self._lease_thread: threading.Thread | None = None
+
+    # --- who conflicts ---------------------------------------------------------
 
     def _conflicts(self, key: object, owner: tuple[int, int], type_: int, start: int,
                    end: int) -> list[Holder]:  # fmt: skip
@@ -62,38 +125,6 @@ class CacheLocks:
             and (h.type == EXCLUSIVE or type_ == EXCLUSIVE)
         ]  # fmt: skip
 
-    def acquire(self, key: object, owner: tuple[int, int], type_: int, start: int, end: int,
-                revoke: Revoker, directory: bool = False) -> None:  # fmt: skip
-        """Grant ``owner`` a cache lock, revoking conflicting ones first (blocks).
-        ``directory``: the key is a directory's (counted in ``exclusive_dirs``)."""
-        keep = SHARED if type_ == SHARED else RELEASE
-        with self._cond:
-            if directory:
-                self._dir_keys.add(key)
-            self.fenced.discard(owner)
-            while True:
-                self._clear(key, lambda: self._conflicts(key, owner, type_, start, end), keep,
-                            revoke)  # fmt: skip
-                if not self._busy_elsewhere(key, owner[0]):
-                    break
-                self._cond.wait(0.05)
-            self._put(key, Holder(owner, type_, start, end))
-            self._cond.notify_all()
-
-    def try_acquire(self, key: object, owner: tuple[int, int], type_: int, start: int,
-                    end: int, directory: bool = False) -> bool:  # fmt: skip
-        """Grant at once if nothing conflicts (no revocation, so it never blocks)."""
-        with self._cond:
-            if directory:
-                self._dir_keys.add(key)
-            if self._busy_elsewhere(key, owner[0]) or self._conflicts(key, owner, type_, start,
-                                                                         end):  # fmt: skip
-                return False
-            self.fenced.discard(owner)
-            self._put(key, Holder(owner, type_, start, end))
-            self._cond.notify_all()
-            return True
-
     def _elsewhere(self, key: object, session: int, write: bool, start: int,
                    end: int) -> list[Holder]:  # fmt: skip
         return [
@@ -102,6 +133,106 @@ class CacheLocks:
             if h.owner[0] != session and h.start < end and start < h.end
             and (write or h.type == EXCLUSIVE)
         ]  # fmt: skip
+
+    def _holds(self, key: object, session: int, start: int, end: int) -> bool:
+        return any(
+            h.owner[0] == session and h.start < end and start < h.end
+            for h in self._held.get(key, ())
+        )
+
+    def _blocked(self, key: object, w: Waiter) -> bool:
+        """Is an earlier waiter ahead of ``w``'s turn? A plain read or change by a
+        session holding a lock on the range is never kept waiting by the queue: it
+        may be the write-back that the requests ahead of it wait for. (A grant is:
+        taken by a holder being revoked, it would renew the lock being waited for.)"""
+        queue = self._queues.get(key)
+        if not queue or (w.kind != GRANT and self._holds(key, w.session, w.start, w.end)):
+            return False
+        for earlier in queue:
+            if earlier is w:
+                return False
+            if earlier.blocks(w):
+                return True
+        return False
+
+    def _busy_elsewhere(self, key: object, session: int) -> bool:
+        busy = self._busy.get(key)
+        return busy is not None and any(s != session for s in busy)
+
+    @contextmanager
+    def _queued(self, keys: Sequence[object], w: Waiter) -> Iterator[None]:
+        """``w`` waits in the queue of each key (with the lock held)."""
+        for key in keys:
+            self._queues.setdefault(key, []).append(w)
+        try:
+            yield
+        finally:
+            for key in keys:
+                queue = self._queues[key]
+                queue.remove(w)
+                if not queue:
+                    del self._queues[key]
+            self._cond.notify_all()
+
+    def _take_turn(self, key: object, w: Waiter, conflicts_now: Callable[[], list[Holder]],
+                   keep: int, revoke: Revoker,
+                   ready: Callable[[], bool] = lambda: True) -> None:  # fmt: skip
+        """(With the lock.) Wait until no earlier request is ahead of ``w``, then revoke
+        until ``conflicts_now()`` is empty and ``ready()``; returns with the lock."""
+        while True:
+            if not self._blocked(key, w):
+                conflicts = conflicts_now()
+                if not conflicts and ready():
+                    return
+                to_ask = [h for h in conflicts if not h.revoking]
+                if to_ask:
+                    for h in to_ask:
+                        h.revoking = True
+                    self._cond.release()
+                    try:
+                        for h in to_ask:
+                            self._ask(key, h, keep, revoke)
+                    finally:
+                        self._cond.acquire()
+                    continue
+            self._cond.wait(POLL)
+
+    # --- grants ----------------------------------------------------------------
+
+    def acquire(self, key: object, owner: tuple[int, int], type_: int, start: int, end: int,
+                revoke: Revoker, directory: bool = False) -> None:  # fmt: skip
+        """Grant ``owner`` a cache lock once the conflicting requests before it are
+        served, revoking conflicting holders first (blocks).
+        ``directory``: the key is a directory's (counted in ``exclusive_dirs``)."""
+        keep = SHARED if type_ == SHARED else RELEASE
+        w = Waiter(GRANT, owner[0], type_, start, end)
+        with self._cond:
+            if directory:
+                self._dir_keys.add(key)
+            self.fenced.discard(owner)
+            with self._queued((key,), w):
+                conflicts = lambda: self._conflicts(key, owner, type_, start, end)  # noqa: E731
+                free = lambda: not self._busy_elsewhere(key, owner[0])  # noqa: E731
+                self._take_turn(key, w, conflicts, keep, revoke, free)
+                self._put(key, Holder(owner, type_, start, end))
+
+    def try_acquire(self, key: object, owner: tuple[int, int], type_: int, start: int,
+                    end: int, directory: bool = False) -> bool:  # fmt: skip
+        """Grant at once if nothing conflicts and nobody waits for a conflicting
+        lock (no revocation, so it never blocks)."""
+        w = Waiter(GRANT, owner[0], type_, start, end)
+        with self._cond:
+            if directory:
+                self._dir_keys.add(key)
+            if (self._busy_elsewhere(key, owner[0]) or self._blocked(key, w)
+                    or self._conflicts(key, owner, type_, start, end)):  # fmt: skip
+                return False
+            self.fenced.discard(owner)
+            self._put(key, Holder(owner, type_, start, end))
+            self._cond.notify_all()
+            return True
+
+    # --- plain reads and changes by clients that hold no lock for them -------------
 
     def conflicting(self, key: object, session: int, start: int, end: int) -> bool:
         """Would a plain read of the range by ``session`` conflict with another
@@ -116,23 +247,23 @@ class CacheLocks:
         """Make a plain read of ``session`` safe against other sessions' caches:
         exclusive holders write back and keep a shared lock (blocks). Writes go
         through ``changing`` instead."""
-        with self._cond:
-            self._clear(key, lambda: self._elsewhere(key, session, False, start, end), SHARED,
-                        revoke)  # fmt: skip
-
-    def _busy_elsewhere(self, key: object, session: int) -> bool:
-        busy = self._busy.get(key)
-        return busy is not None and any(s != session for s in busy)
+        w = Waiter(SETTLE, session, SHARED, start, end)
+        with self._cond, self._queued((key,), w):
+            self._take_turn(key, w, lambda: self._elsewhere(key, session, False, start, end),
+                            SHARED, revoke)  # fmt: skip
 
     def try_changing(self, keys: Sequence[object], session: int, start: int = 0,
                      end: int = END) -> bool:  # fmt: skip
         """Begin a change at once if no other session holds a lock it conflicts with
-        (no revocation, so it never blocks); end it with ``changed``."""
+        and none waits for one (no revocation, so it never blocks); end it with
+        ``changed``."""
+        w = Waiter(CHANGE, session, EXCLUSIVE, start, end)
         with self._cond:
-            if self._held and any(self._elsewhere(k, session, True, start, end) for k in keys):
+            if (self._held or self._queues) and any(
+                self._elsewhere(k, session, True, start, end) or self._blocked(k, w) for k in keys
+            ):
                 return False
-            for key in keys:
-                self._busy.setdefault(key, collections.Counter())[session] += 1
+            self._busy_begin(keys, session)
             return True
 
     def changed(self, keys: Sequence[object], session: int) -> None:
@@ -143,25 +274,30 @@ class CacheLocks:
     def changing(self, keys: Sequence[object], session: int, revoke: Revoker,
                  start: int = 0, end: int = END) -> Iterator[None]:  # fmt: skip
         """A change by a client that holds no lock for it (a plain write, or a name
-        created or removed in a directory): every other session's lock on the range
-        of each key is revoked first (written back and dropped), and none is
-        granted again until the change is done, so no client caches what it
-        replaces."""
-        with self._cond:
-            for key in keys:
-                self._busy.setdefault(key, collections.Counter())[session] += 1
-            try:
+        created or removed in a directory): once the conflicting requests before it
+        are served, every other session's lock on the range of each key is revoked
+        (written back and dropped), and none is granted again until the change is
+        done, so no client caches what it replaces."""
+        w = Waiter(CHANGE, session, EXCLUSIVE, start, end)
+        with self._cond, self._queued(keys, w):
+            while True:
                 for key in keys:
-                    self._clear(key, lambda k=key: self._elsewhere(k, session, True, start, end),
-                                RELEASE, revoke)  # fmt: skip
-            except BaseException:
-                self._unbusy(keys, session)
-                raise
+                    self._take_turn(key, w,
+                                    lambda k=key: self._elsewhere(k, session, True, start, end),
+                                    RELEASE, revoke)  # fmt: skip
+                # Revoking one key released the lock: the others may have holders again.
+                if not any(self._elsewhere(k, session, True, start, end) for k in keys):
+                    break
+            self._busy_begin(keys, session)
         try:
             yield
         finally:
             with self._cond:
                 self._unbusy(keys, session)
+
+    def _busy_begin(self, keys: Sequence[object], session: int) -> None:
+        for key in keys:
+            self._busy.setdefault(key, collections.Counter())[session] += 1
 
     def _unbusy(self, keys: Sequence[object], session: int) -> None:
         for key in keys:
@@ -173,48 +309,74 @@ class CacheLocks:
                 del self._busy[key]
         self._cond.notify_all()
 
-    def _clear(self, key: object, conflicts_now: Callable[[], list[Holder]], keep: int,
-               revoke: Revoker) -> None:  # fmt: skip
-        """Revoke until ``conflicts_now()`` is empty (called and returns with the lock)."""
-        while True:
-            conflicts = conflicts_now()
-            if not conflicts:
-                return
-            to_ask = [h for h in conflicts if not h.revoking]
-            for h in to_ask:
-                h.revoking = True
-            if to_ask:
-                self._cond.release()
-                try:
-                    for h in to_ask:
-                        self._ask(key, h, keep, revoke)
-                finally:
-                    self._cond.acquire()
-            self._cond.wait(0.05)
+    # --- revocation and leases --------------------------------------------------
 
     def _ask(self, key: object, h: Holder, keep: int, revoke: Revoker) -> None:
-        answered = threading.Event()
+        """Send one revocation (without the lock). It is over when the client answers,
+        when its connection is gone, or when the lease runs out; a lapsed session's
+        is over at once (it is still sent, for when the client wakes up)."""
+        asked = _Asked(key, h, keep, time.monotonic() + self.lease)
 
         def done() -> None:
-            answered.set()
             with self._cond:
-                self._give_up(key, h, keep)
+                if asked.expired:  # a late answer: the session is responsive again
+                    self._lapsed[h.owner[0]] -= 1
+                    if self._lapsed[h.owner[0]] <= 0:
+                        del self._lapsed[h.owner[0]]
+                elif not asked.answered:
+                    asked.answered = True
+                    self._give_up(key, h, keep)
                 self._cond.notify_all()
 
-        def expire() -> None:
-            if answered.wait(self.lease):
-                return
-            with self._cond:  # silent past its lease: the lock goes, the holder is fenced
-                if h in self._held.get(key, ()):
-                    self._give_up(key, h, RELEASE)
-                    self.fenced.add(h.owner)
-                self._cond.notify_all()
-
-        threading.Thread(target=expire, daemon=True, name="pohmelfs-lease").start()
         try:
             revoke(h, keep, done)
         except OSError:  # its connection is gone: so are its locks
             done()
+            return
+        with self._cond:
+            if asked.answered:
+                return
+            if self._lapsed.get(h.owner[0]):
+                self._expire(asked)
+                return
+            heapq.heappush(self._leases, (asked.deadline, next(self._lease_seq), asked))
+            if self._lease_thread is None:
+                self._lease_thread = threading.Thread(target=self._lease_loop, daemon=True,
+                                                      name="pohmelfs-leases")  # fmt: skip
+                self._lease_thread.start()
+            self._cond.notify_all()
+
+    def _expire(self, asked: _Asked) -> None:
+        """(With the lock.) Silent past its lease: the lock goes, the holder is fenced,
+        and its session is lapsed until it answers."""
+        asked.expired = True
+        h = asked.holder
+        if h in self._held.get(asked.key, ()):
+            self._give_up(asked.key, h, RELEASE)
+            self.fenced.add(h.owner)
+        if not self._lapsed[h.owner[0]]:
+            log.warning("session %d did not answer a revocation within its lease (%.1f s): "
+                        "its lock is taken back and it is not waited for until it answers",
+                        h.owner[0], self.lease)  # fmt: skip
+        self._lapsed[h.owner[0]] += 1
+        self._cond.notify_all()
+
+    def _lease_loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._leases and (self._leases[0][2].answered or self._leases[0][0] <= now):
+                    _, _, asked = heapq.heappop(self._leases)
+                    if not asked.answered and not asked.expired:
+                        self._expire(asked)
+                # (Woken by every change of the table, and at the next deadline.)
+                self._cond.wait(max(self._leases[0][0] - now, 0.001) if self._leases else None)
+
+    def lapsed(self, session: int) -> bool:
+        """Has ``session`` let a revocation run out and not answered it since?"""
+        return bool(self._lapsed.get(session))
+
+    # --- the table --------------------------------------------------------------
 
     def _store(self, key: object, holders: list[Holder]) -> None:
         """The one place ``_held`` changes: it keeps ``exclusive_dirs`` counted."""
@@ -262,17 +424,23 @@ class CacheLocks:
             self.fenced.discard(owner)
             self._cond.notify_all()
 
-    def drop(self, predicate: Callable[[tuple[int, int]], bool]) -> None:
-        """Forget every lock whose owner matches (a closed handle or connection)."""
+    def drop_session(self, session: int) -> None:
+        """Forget everything of a session whose connection ended."""
         with self._cond:
             for key in list(self._held):
-                self._store(key, [h for h in self._held[key] if not predicate(h.owner)])
-            self.fenced = {o for o in self.fenced if not predicate(o)}
+                self._store(key, [h for h in self._held[key] if h.owner[0] != session])
+            self.fenced = {o for o in self.fenced if o[0] != session}
+            self._lapsed.pop(session, None)
             self._cond.notify_all()
 
     def held(self, key: object) -> list[Holder]:
         with self._cond:
             return list(self._held.get(key, ()))
+
+    def waiting(self, key: object) -> list[Waiter]:
+        """The requests waiting for their turn on ``key``, oldest first."""
+        with self._cond:
+            return list(self._queues.get(key, ()))
 
     def wait_idle(self, timeout: float) -> bool:
         """For tests: wait until no revocation is in progress."""

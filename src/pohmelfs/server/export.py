@@ -12,8 +12,8 @@ followed. Device nodes can be neither created nor opened (as with ``nodev``).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -49,6 +49,10 @@ OPEN_FLAGS_ALLOWED = (
     | os.O_DIRECT
 )
 RENAME_FLAGS_ALLOWED = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
+# A path is walked in steps of at most this many bytes: the kernel takes PATH_MAX
+# (4,096) per call, a tree may be deeper than that from the export's root.
+PATH_STEP = 4000
+XATTR_FLAGS = os.XATTR_CREATE | os.XATTR_REPLACE
 
 
 def attr_of(st: os.stat_result) -> Attr:
@@ -89,6 +93,43 @@ def split_path(path: bytes) -> list[bytes]:
     return parts
 
 
+def _remove_tree(dfd: int, name: bytes) -> None:
+    """Remove directory ``name`` of ``dfd`` and everything below it, never following
+    a symlink, with a stack of descriptors instead of recursion: any depth a local
+    file system allows (shutil.rmtree stops at Python's recursion limit)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def emptied(parent: int, dname: bytes) -> tuple[int, bytes, int, list[bytes]]:
+        """Open a directory, remove what is not a directory in it, list the rest."""
+        fd = os.open(dname, flags, dir_fd=parent)
+        subdirs = []
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(os.fsencode(entry.name))
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return parent, dname, fd, subdirs
+
+    stack = [emptied(dfd, name)]
+    try:
+        while stack:
+            parent, dname, fd, subdirs = stack[-1]
+            if subdirs:
+                stack.append(emptied(fd, subdirs.pop()))
+                continue
+            stack.pop()
+            os.close(fd)
+            os.rmdir(dname, dir_fd=parent)
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
+
+
 def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: LocalExport, *args: Any, **kwargs: Any) -> Any:
         if self.read_only:
@@ -101,9 +142,12 @@ def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class LocalExport:
-    def __init__(self, root: str, read_only: bool = False) -> None:
+    """``devices``: device nodes may be created (they are never opened here)."""
+
+    def __init__(self, root: str, read_only: bool = False, devices: bool = False) -> None:
         self.root = os.path.abspath(root)
         self.read_only = read_only
+        self.devices = devices
         self.root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
         self._local = threading.local()
@@ -151,13 +195,42 @@ class LocalExport:
         if len(parts) == 1:
             yield self.root_fd, parts[0]
             return
-        fd = linux.openat2(
-            self.root_fd, b"/".join(parts[:-1]), os.O_PATH | os.O_DIRECTORY, resolve=RESOLVE
-        )
+        fd = self._directory(parts[:-1])
         try:
             yield fd, parts[-1]
         finally:
             os.close(fd)
+
+    def _directory(self, parts: list[bytes]) -> int:
+        """An O_PATH descriptor of the directory ``parts`` below the root, walked
+        beneath it in steps of at most PATH_STEP bytes (each step confined to the
+        directory the last one reached, so the walk never leaves the export)."""
+        fd = self.root_fd
+        i = 0
+        while i < len(parts):
+            j, size = i + 1, len(parts[i])
+            while j < len(parts) and size + 1 + len(parts[j]) <= PATH_STEP:
+                size += 1 + len(parts[j])
+                j += 1
+            try:
+                step = linux.openat2(fd, b"/".join(parts[i:j]), os.O_PATH | os.O_DIRECTORY,
+                                     resolve=RESOLVE)  # fmt: skip
+            finally:
+                if fd != self.root_fd:
+                    os.close(fd)
+            fd, i = step, j
+        return fd
+
+    def file_id(self, fd: int) -> bytes:
+        """A file's identity across reconnects and server restarts: the file system's
+        handle (inode and generation) with the device; where the file system has no
+        handles, device and inode number only (a reused inode is then not told apart)."""
+        st = os.fstat(fd)
+        handle = linux.file_handle(fd)
+        ident = st.st_dev.to_bytes(8, "big") + (
+            handle if handle is not None else b"ino" + st.st_ino.to_bytes(8, "big")
+        )
+        return hashlib.blake2b(ident, digest_size=16).digest()
 
     @contextmanager
     def _object(self, path: bytes) -> Iterator[tuple[int, os.stat_result]]:
@@ -250,18 +323,18 @@ class LocalExport:
 
     def open(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr]:
         """Open (or create) a file; returns its descriptor and attributes."""
-        self._check_open(path, flags)
+        self.check_open(path, flags)
         with self._parent(path) as (dfd, name):
             return self._open_at(dfd, name, flags, mode, path)
 
     def create(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr, Attr]:
         """``open`` that may create: also the directory's attributes right after."""
-        self._check_open(path, flags | os.O_CREAT)
+        self.check_open(path, flags | os.O_CREAT)
         with self._parent(path) as (dfd, name):
             fd, attr = self._open_at(dfd, name, flags | os.O_CREAT, mode, path)
             return fd, attr, attr_of(os.fstat(dfd))
 
-    def _check_open(self, path: bytes, flags: int) -> None:
+    def check_open(self, path: bytes, flags: int) -> None:
         if flags & ~OPEN_FLAGS_ALLOWED:
             raise _err(
                 errno.EINVAL, path, f"unsupported open flags {flags & ~OPEN_FLAGS_ALLOWED:#o}"
@@ -304,11 +377,24 @@ class LocalExport:
             if stat.S_ISLNK(st.st_mode):
                 raise _err(errno.ELOOP, path, "symlinks are not followed by the server")
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                # (Not even with ``devices``: the server's own devices are not exported.)
                 raise _err(errno.EACCES, path, "device nodes cannot be opened")
             fd = os.open(self._proc(pfd), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
             return fd, attr_of(os.fstat(fd))
         finally:
             os.close(pfd)
+
+    def truncate_open(self, fd: int, writable: bool) -> None:
+        """Empty an open file; one opened read-only (O_RDONLY | O_TRUNC) is emptied
+        through a second descriptor, opened for writing with the caller's rights."""
+        if writable:
+            os.ftruncate(fd, 0)
+            return
+        wfd = os.open(self._proc(fd), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            os.ftruncate(wfd, 0)
+        finally:
+            os.close(wfd)
 
     # --- changing the namespace --------------------------------------------
 
@@ -378,11 +464,7 @@ class LocalExport:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise _err(errno.ENOTDIR, path)
-
-            def onerror(_fn: Any, _p: Any, exc_info: Any) -> None:
-                raise exc_info[1]
-
-            shutil.rmtree(os.fsdecode(name), onerror=onerror, dir_fd=dfd)
+            _remove_tree(dfd, name)
 
     @_mutating
     def unlink(self, path: bytes) -> Attr:
@@ -418,10 +500,13 @@ class LocalExport:
     @_mutating
     def mknod(self, path: bytes, mode: int, rdev: int) -> tuple[Attr, Attr]:
         kind = stat.S_IFMT(mode)
-        if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, 0):
-            raise _err(errno.EPERM, path, "only FIFOs, sockets and regular files can be created")
+        device = kind in (stat.S_IFCHR, stat.S_IFBLK)
+        if not (device and self.devices) and kind not in (stat.S_IFIFO, stat.S_IFSOCK,
+                                                          stat.S_IFREG, 0):  # fmt: skip
+            raise _err(errno.EPERM, path, "only FIFOs, sockets and regular files can be created"
+                       " (serve with --allow-devices for device nodes)")  # fmt: skip
         with self._parent(path) as (dfd, name):
-            os.mknod(name, mode, 0, dir_fd=dfd)
+            os.mknod(name, mode, rdev if device else 0, dir_fd=dfd)
             return self._made(dfd, name)
 
     # --- attributes -------------------------------------------------------------
@@ -483,6 +568,8 @@ class LocalExport:
     @_mutating
     def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int,
                  fd: int | None = None) -> None:  # fmt: skip
+        if flags & ~XATTR_FLAGS:
+            raise _err(errno.EINVAL, path, f"bad xattr flags {flags:#x}")
         if fd is not None:
             os.setxattr(fd, name, value, flags)
             return

@@ -20,6 +20,7 @@ from .rangelock import END
 
 MAX_LEASES = 1 << 17  # per session: beyond, LEASE is a LOOKUP
 NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when nothing was made
+ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
 
 if TYPE_CHECKING:
     from .export import LocalExport
@@ -108,9 +109,11 @@ class Handles:
         return self._open_existing(m, path, flags, mode)
 
     def _open_existing(self, m: Message, path: bytes, flags: int, mode: int) -> Message | None:
-        if not flags & os.O_TRUNC or flags & os.O_ACCMODE == os.O_RDONLY:
+        if not flags & os.O_TRUNC:
             return self._opened(m, *self.export.open(path, flags, mode))
-        # O_TRUNC changes the file: other clients' caches of it go first (rule 5).
+        # O_TRUNC changes the file (even opened read-only, as Linux has it): other
+        # clients' caches of it go first (rule 5).
+        self.export.check_open(path, flags)
         fd, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
         oid, h = self._new_handle(fd, flags)  # the session owns fd from here on
         if not h.regular:
@@ -119,7 +122,7 @@ class Handles:
         def truncate() -> Message | None:
             try:
                 with self.server.ranges.hold(h.key, 0, END, True):
-                    os.ftruncate(h.fd, 0)
+                    self.export.truncate_open(h.fd, h.writable)
                 return self._open_reply(m, oid, h, attr_of(os.fstat(h.fd)))
             except BaseException:
                 self._drop_handle(oid)  # the client never learns of this handle
@@ -176,6 +179,12 @@ class Handles:
 
     def _open_reply(self, m: Message, oid: int, h: Handle, attr: p.Attr,
                     directory: p.Attr = NO_ATTR) -> Message:  # fmt: skip
+        fid = self.export.file_id(h.fd)
+        if m["fid"] != ANY_FILE and m["fid"] != fid:
+            # A reopen (after a lost connection) that found another file by that name:
+            # the client's handle is stale, and nothing may be done to this one.
+            self._drop_handle(oid)
+            raise OSError(errno.ESTALE, "the file was replaced or removed")
         cached = m["cache"]
         if cached > cachelocks.EXCLUSIVE:
             cached = cachelocks.RELEASE
@@ -184,7 +193,8 @@ class Handles:
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
         writers = self.server.writers_elsewhere(h.key, self.sid)
-        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory)
+        return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory,
+                       fid=fid)  # fmt: skip
 
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
@@ -228,6 +238,11 @@ class Handles:
             return False
         self.server.cache.forget(key, (self.sid, oid))
         return True
+
+    def key_of(self, oid: int) -> object:
+        """The file of handle or lease ``oid`` (None if it is gone)."""
+        h = self.handles.get(oid)
+        return h.key if h is not None else self.leases.get(oid)
 
     def _with_handle(self, m: Message, fn: Callable[[Handle], Message | None]) -> Message | None:
         h = self._acquire(m.oid)

@@ -125,6 +125,32 @@ def set_thread_creds(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         raise PermissionError(1, "cannot switch to the caller's credentials")
 
 
+MAX_HANDLE_SZ = 128
+AT_EMPTY_PATH = 0x1000
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
+    ]
+
+
+def file_handle(fd: int) -> bytes | None:
+    """The file system's own stable handle of the open file ``fd`` (what NFS servers
+    hand out: it names the inode and its generation, and survives reboots), or
+    None where the file system has none."""
+    handle = _FileHandle(MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    ret = _libc.name_to_handle_at(ctypes.c_int(fd), ctypes.c_char_p(b""), ctypes.byref(handle),
+                                  ctypes.byref(mount_id), ctypes.c_int(AT_EMPTY_PATH))  # fmt: skip
+    if ret < 0:
+        return None
+    n = min(handle.handle_bytes, MAX_HANDLE_SZ)
+    return handle.handle_type.to_bytes(4, "big", signed=True) + bytes(handle.f_handle[:n])
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     ret = _libc.fallocate(
         ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset), ctypes.c_long(length)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable, Sequence
@@ -37,6 +39,10 @@ class LockRequests:
     peer: str
     _notify_xids: itertools.count[int]
     _notified: dict[int, Callable[[], None]]
+    _revoked_keys: collections.Counter[object]  # files whose locks we asked it to give up
+    _revoked_lock: threading.Lock
+    handles: dict[int, Handle]
+    key_of: Callable[[int], object]
     send: Callable[[Message], None]
     _acquire: Callable[[int], Handle]
     _release: Callable[[Handle], None]
@@ -46,6 +52,14 @@ class LockRequests:
     _queue_lock: threading.Lock
     _queued: int
     _queue_thread: threading.Thread | None
+    sock: socket.socket
+    send_lock: threading.Lock
+    keepalive: float
+
+    def _waits(self, m: Message) -> None:
+        """``m`` waits for other clients: its requester hears PENDING meanwhile."""
+        self.server.keepalive.waiting(self.sid, self.sock, self.send_lock, m.cmd, m.xid,
+                                      self.keepalive)  # fmt: skip
 
     def _wanted_lock(self, m: Message, h: Handle) -> Lock:
         if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
@@ -87,14 +101,40 @@ class LockRequests:
 
     # --- cache locks -------------------------------------------------------------
 
-    def notify(self, msg: Message, answered: Callable[[], None]) -> None:
-        """Send a server-initiated message; ``answered`` runs when the client replies."""
-        self._notified[msg.xid] = answered
+    def notify(self, msg: Message, answered: Callable[[], None], key: object = None) -> None:
+        """Send a server-initiated message; ``answered`` runs when the client replies.
+        ``key``: a revocation of this session's lock on that file (see ``answering``)."""
+        if key is not None:
+            with self._revoked_lock:
+                self._revoked_keys[key] += 1
+
+            def answered_revocation() -> None:
+                with self._revoked_lock:
+                    self._revoked_keys[key] -= 1
+                    if self._revoked_keys[key] <= 0:
+                        del self._revoked_keys[key]
+                answered()
+
+            self._notified[msg.xid] = answered_revocation
+        else:
+            self._notified[msg.xid] = answered
         try:
             self.send(msg)
         except OSError:
             self._notified.pop(msg.xid, None)
             raise
+
+    def answering(self, m: Message) -> bool:
+        """Is ``m`` (a READ or WRITE) on a file whose lock this session is being asked to
+        give up? Then it is the write-back or a read the answer waits for: it must
+        not wait behind the session's queued requests, which may themselves wait for
+        another client that waits for this answer. (It overtakes only requests that
+        have not been answered yet, since a client answers no write sent behind that
+        could still need a revocation.)"""
+        if not self._revoked_keys or m.cmd not in (Command.READ, Command.WRITE):
+            return False
+        h = self.handles.get(m.oid)
+        return h is not None and h.key in self._revoked_keys
 
     def _revoke(self, holder: cachelocks.Holder, keep: int, done: Callable[[], None]) -> None:
         session = self.server.session_by_id(holder.owner[0])
@@ -103,7 +143,7 @@ class LockRequests:
         length = 0 if holder.end >= cachelocks.END else holder.end - holder.start
         msg = p.Message(Command.REVOKE, next(session._notify_xids), p.FLAG_NOTIFY, 0,
                         holder.owner[1], holder.start, length, {"keep": keep})  # fmt: skip
-        session.notify(msg, done)
+        session.notify(msg, done, session.key_of(holder.owner[1]))
 
     def _cache_reply(self, m: Message, h: Handle) -> Message:
         """The file as it is now, and how many handles elsewhere write it."""
@@ -181,10 +221,10 @@ class LockRequests:
                 run: Callable[[], Message | None], start: int = 0,
                 end: int = locks.END) -> Message | None:  # fmt: skip
         """Run a change that other sessions' cache locks must make way for. With
-        nothing to revoke it runs here; otherwise it waits in this session's queue,
-        so the reader goes on taking the answers to revocations (two clients
-        changing what the other caches would otherwise wait on each other) while
-        the session's later requests still run after it, in order."""
+        nothing to revoke it runs here. Otherwise it waits on a thread of its own (the
+        reader goes on taking the answers to revocations), or, if its client did not
+        wait for it (BEHIND), in this session's queue, which every later request of
+        the connection then joins, in order."""
         cache = self.server.cache
         if cache.try_changing(keys, self.sid, start, end):
             try:
@@ -198,7 +238,11 @@ class LockRequests:
 
         if self._in_queue():  # queued again, it would overtake nothing but be overtaken
             return wait_and_run()
-        self._enqueue(m, None if h is None else self._hold(h), wait_and_run)
+        held = None if h is None else self._hold(h)
+        if m.flags & p.FLAG_BEHIND:
+            self._enqueue(m, held, wait_and_run)
+        else:
+            self._answer_later(m, held, wait_and_run)
         return None
 
     def _in_queue(self) -> bool:
@@ -209,11 +253,10 @@ class LockRequests:
                  work: Callable[[], Message | None]) -> None:  # fmt: skip
         """Run work after everything already queued for this session, then reply;
         while anything is queued, the reader queues every request behind it."""
-        data = m.fields.get("data")
-        if isinstance(data, memoryview):  # it lies in the reader's buffer, reused next
-            m.fields["data"] = bytes(data)
+        _own_data(m)
         with self._queue_lock:
             self._queued += 1
+        self._waits(m)
         self._queue.submit(self._reply_to, m, h, work, True)
 
     def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
@@ -229,6 +272,7 @@ class LockRequests:
             log.exception("%s: %s failed", self.peer, m.cmd.name)
             out = p.reply(m, status=errno.EIO, data=f"internal server error: {e}".encode())
         finally:
+            self.server.keepalive.done(self.sid, m.xid)
             if h is not None:
                 self._release(h)
             if queued:
@@ -246,8 +290,17 @@ class LockRequests:
         connection's reader: the answers it waits for arrive there), then reply."""
 
         name = f"pohmelfs-{m.cmd.name.lower()}-{self.peer}"
+        _own_data(m)
+        self._waits(m)
         threading.Thread(target=self._reply_to, args=(m, h, work), name=name, daemon=True).start()
 
     def _check_not_fenced(self, m: Message) -> None:
         if (self.sid, m.oid) in self.server.cache.fenced:
             raise OSError(errno.EIO, "cache lock lost (did not answer a revoke in time)")
+
+
+def _own_data(m: Message) -> None:
+    """A request that runs later keeps its data: the reader's buffer is reused."""
+    data = m.fields.get("data")
+    if isinstance(data, memoryview):
+        m.fields["data"] = bytes(data)

@@ -30,6 +30,7 @@ from ..wire import PeerClosed, SocketReader, send_parts
 from . import cachelocks, linux
 from .export import LocalExport, attr_of
 from .handles import Handle, Handles
+from .keepalive import Keepalive
 from .lockrequests import LockRequests
 from .locks import AdvisoryLocks
 from .rangelock import END, RangeLocks
@@ -65,9 +66,12 @@ class Session(LockRequests, Handles):
         self.closed = False
         self._notify_xids = itertools.count(1)
         self._notified: dict[int, Callable[[], None]] = {}  # xid -> run on the answer
+        self._revoked_keys = collections.Counter[object]()  # see LockRequests.answering
+        self._revoked_lock = threading.Lock()
         self.export = server.export
         self.reader = SocketReader(sock)
         self.max_payload = server.max_payload
+        self.keepalive = 1.0  # seconds between PENDING frames of a waiting request (HELLO)
         self.send_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
         self.handles_lock = threading.Lock()
@@ -197,6 +201,7 @@ class Session(LockRequests, Handles):
             self.send(p.reply(hello, status=errno.EPROTONOSUPPORT, data=msg.encode()))
             raise ProtocolError(msg)
         self.max_payload = max(64 << 10, min(self.server.max_payload, hello["max_payload"]))
+        self.keepalive = min(max(hello["keepalive_ms"], 50), 10_000) / 1000
         caps = (p.Cap.READ_ONLY if self.export.read_only else 0) | (
             p.Cap.XATTR if self.export.xattrs else 0
         )
@@ -228,7 +233,7 @@ class Session(LockRequests, Handles):
             if answered is not None:
                 answered()
             return
-        if header.flags:  # otherwise clients send only requests
+        if header.flags & ~p.FLAG_BEHIND:  # otherwise clients send only requests
             self.reader.skip(header.payload_len)
             log.warning(
                 "%s: ignoring %s frame with flags %#x", self.peer, header.cmd.name, header.flags
@@ -240,10 +245,15 @@ class Session(LockRequests, Handles):
         except ProtocolError as e:
             self.send(p.reply(header, status=errno.EPROTO, data=str(e).encode()))
             return
-        if self._queued:  # an earlier request waits for others' caches: stay behind it
+        if self._queued and not self.answering(msg):
+            # A request sent behind waits for others' caches: stay behind it.
             self._enqueue(msg, None, lambda: self._handle(msg))
         elif self.server.cache.exclusive_dirs and (key := self._names_ahead_key(msg)):
-            self._enqueue(msg, None, lambda: self._settle_names(msg, key))
+            settle = lambda: self._settle_names(msg, key)  # noqa: E731
+            if msg.flags & p.FLAG_BEHIND:
+                self._enqueue(msg, None, settle)
+            else:
+                self._answer_later(msg, None, settle)
         elif header.cmd in SLOW_COMMANDS:
             self.server.pool.submit(self.execute, msg)
         else:
@@ -280,7 +290,10 @@ class Session(LockRequests, Handles):
                 log.debug("%s: cannot send reply: %s", self.peer, e)
 
     def _handle(self, msg: Message) -> Message | None:
-        return self.handlers[msg.cmd](msg)
+        handler = self.handlers.get(msg.cmd)
+        if handler is None:  # HELLO after the handshake, REVOKE sent as a request
+            raise OSError(errno.EPROTO, f"{msg.cmd.name} is not a request here")
+        return handler(msg)
 
     def _names_key(self, msg: Message) -> tuple[int, int] | None:
         """The directory whose names the request reads: the listed one, or the parent."""
@@ -323,9 +336,10 @@ class Session(LockRequests, Handles):
 
     def close(self) -> None:
         self.closed = True
+        self.server.keepalive.forget_session(self.sid)
         self._queue.shutdown(wait=False)  # what is queued runs, skips its work, frees handles
         self.server.locks.drop_session(self.sid)
-        self.server.cache.drop(lambda owner: owner[0] == self.sid)
+        self.server.cache.drop_session(self.sid)
         try:
             self.sock.close()
         except OSError:
@@ -505,6 +519,7 @@ class Server:
         self.ranges = RangeLocks()
         self.locks = AdvisoryLocks()
         self.cache = cachelocks.CacheLocks(lease)
+        self.keepalive = Keepalive()
         self.session_ids = itertools.count(1)
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
         self._session_writers = collections.Counter[tuple[tuple[int, int], int]]()

@@ -1,0 +1,95 @@
+"""Interim answers for requests that wait for other clients.
+
+A request that must wait for another client's revocation (or the end of its
+lease) is not lost or stuck: while it waits, the server sends its requester a
+PENDING frame for it every ``interval`` (the keep-alive the client asked for at
+HELLO), and the client's time-out starts again with each. So a client's time-out
+measures the server's silence, never another client's slowness. One thread
+serves every session; it never blocks on a client that does not read.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from .. import protocol as p
+from ..wire import send_parts
+
+log = logging.getLogger("pohmelfs.server")
+
+
+@dataclass(eq=False)
+class _Waiting:
+    sock: socket.socket
+    send_lock: threading.Lock
+    cmd: int
+    xid: int
+    interval: float
+    due: float
+
+
+class Keepalive:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: dict[tuple[int, int], _Waiting] = {}  # (session id, xid) -> request
+        self._thread: threading.Thread | None = None
+
+    def waiting(self, sid: int, sock: socket.socket, send_lock: threading.Lock, cmd: int,
+                xid: int, interval: float) -> None:  # fmt: skip
+        """Request ``xid`` of session ``sid`` waits from now on (until ``done``)."""
+        entry = _Waiting(sock, send_lock, cmd, xid, interval, time.monotonic() + interval)
+        with self._cond:
+            self._waiting[sid, xid] = entry
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="pohmelfs-keepalive")  # fmt: skip
+                self._thread.start()
+            self._cond.notify()
+
+    def done(self, sid: int, xid: int) -> None:
+        with self._cond:
+            self._waiting.pop((sid, xid), None)
+
+    def forget_session(self, sid: int) -> None:
+        with self._cond:
+            for key in [k for k in self._waiting if k[0] == sid]:
+                del self._waiting[key]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [w for w in self._waiting.values() if w.due <= now]
+                for w in due:
+                    w.due = now + w.interval
+                nearest = min((w.due for w in self._waiting.values()), default=None)
+            for w in due:
+                _send_pending(w)
+            with self._cond:
+                if not due:
+                    self._cond.wait(None if nearest is None else max(nearest - now, 0.001))
+
+
+def _send_pending(w: _Waiting) -> None:
+    """Send one PENDING frame without ever waiting for the client: if another reply
+    is being sent, or the client's buffer is full, it is skipped this time."""
+    if not w.send_lock.acquire(blocking=False):
+        return
+    try:
+        frame = p.HEADER.pack(p.MAGIC, w.cmd, p.FLAG_REPLY | p.FLAG_PENDING, 0, 0, 0, w.xid,
+                              0, 0, 0)  # fmt: skip
+        sent = w.sock.send(frame, socket.MSG_DONTWAIT)
+        if sent < len(frame):  # a frame must never be cut: finish it
+            send_parts(w.sock, [memoryview(frame)[sent:]])
+    except BlockingIOError:
+        pass
+    except OSError as e:
+        if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+            log.debug("cannot send a keep-alive: %s", e)
+    finally:
+        w.send_lock.release()
