@@ -125,3 +125,28 @@ def test_bad_lock_requests(client: Client, export_dir: Path) -> None:
     assert e.value.errno == errno.EINVAL
     with pytest.raises(FileNotFoundError):
         client.lock("/missing")
+
+
+def test_locking_many_files_keeps_few_handles_and_every_lock(
+    server: Server, export_dir: Path
+) -> None:
+    """The library opens a file to send lock requests on; it keeps at most
+    LOCK_FILES of them open (it used to keep one for every path ever locked). The
+    locks stay: the server keeps them by file and owner, not by handle."""
+    from pohmelfs.client.client import LOCK_FILES
+
+    for i in range(3 * LOCK_FILES):
+        (export_dir / f"f{i}").write_bytes(b"")
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    try:
+        for i in range(3 * LOCK_FILES):
+            a.lock(f"/f{i}", exclusive=True, wait=False)
+        assert all(len(s.handles) <= LOCK_FILES for s in server.sessions)
+        for i in (0, LOCK_FILES, 3 * LOCK_FILES - 1):  # evicted long ago, or just now
+            with pytest.raises(BlockingIOError):
+                b.lock(f"/f{i}", wait=False)
+        a.unlock("/f0")  # reopened to unlock
+        b.lock("/f0", wait=False)
+    finally:
+        a.close()
+        b.close()

@@ -14,7 +14,7 @@ import pytest
 from conftest import address_of, start_server
 from pohmelfs import Client
 from pohmelfs.client.client import ANY_FILE
-from pohmelfs.protocol import Command
+from pohmelfs.protocol import Command, Cred
 from pohmelfs.server.cachelocks import (
     END,
     EXCLUSIVE,
@@ -389,3 +389,28 @@ def test_table_counts_exclusive_directory_holders_only() -> None:
     assert t.exclusive_dirs == 1
     t.drop_session(2)  # its connection went
     assert t.exclusive_dirs == 0 and not t.held("dir")
+
+
+def test_open_read_only_with_o_trunc_revokes_other_caches(
+    ab: tuple[Client, Client], export_dir: Path
+) -> None:
+    """Linux truncates on O_RDONLY | O_TRUNC (given write permission): other clients'
+    caches of the file must go first, as for any truncation (a mount reported the
+    old size while reads returned nothing)."""
+    a, b = ab
+    (export_dir / "f").write_bytes(b"x" * 1000)
+    fa = a.open("/f", "rb", buffering=0)
+    revokes: list[int] = []
+    fa.on_revoke = lambda keep, _s, _l: revokes.append(keep)
+    assert fa.cache_lock().attr.size == 1000
+    got = b._open("/f", os.O_RDONLY | os.O_TRUNC, 0, b.cred)
+    assert revokes == [RELEASE]
+    assert got.attr.size == 0 and (export_dir / "f").stat().st_size == 0
+    got.conn.call(Command.CLOSE, oid=got.oid)
+    (export_dir / "f").write_bytes(b"kept")
+    os.chmod(export_dir / "f", 0o644)
+    if os.geteuid() == 0:  # without write permission it is refused, and nothing changes
+        with pytest.raises(PermissionError):
+            b._open("/f", os.O_RDONLY | os.O_TRUNC, 0, Cred(65534, 65534, ()))
+        assert (export_dir / "f").read_bytes() == b"kept"
+    fa.close()

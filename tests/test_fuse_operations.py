@@ -302,6 +302,23 @@ def test_forget(fk: FakeKernel, export_dir: Path) -> None:
     assert fk.lookup(b"f").nodeid != n  # a new node id once forgotten
 
 
+def test_forget_of_a_hard_linked_node_forgets_every_name(fk: FakeKernel, export_dir: Path) -> None:
+    """``ln a b; stat a b; drop_caches; stat b``: the kernel forgets the node both
+    names found; a lookup through either name then makes a new node, whose id the
+    kernel can use (not the forgotten one, which would be ESTALE)."""
+    put(export_dir / "a", b"linked")
+    os.link(export_dir / "a", export_dir / "b")
+    n = fk.lookup(b"a").nodeid
+    assert fk.lookup(b"b").nodeid == n  # one node for both names
+    fk.forget(n, 2)
+    assert fk.ops.nodes.get(n) is None
+    for name in (b"b", b"a"):
+        again = fk.lookup(name).nodeid
+        assert again != n
+        assert fk.getattr(again).nlink == 2
+    assert len(fk.ops.nodes) == 2
+
+
 def test_forget_root_and_unknown_are_ignored(fk: FakeKernel) -> None:
     fk.forget(ROOT_ID, 1000)
     fk.forget(424242, 1)
@@ -1353,3 +1370,22 @@ def test_child_path() -> None:
     d = t.remember(t.root, b"d", 10, 2)
     assert t.child_path(t.root, b"x") == b"/x"
     assert t.child_path(d, b"x") == b"/d/x"
+
+
+def test_a_blocking_lock_that_cannot_be_sent_leaves_no_waiter(
+    fk: FakeKernel, export_dir: Path
+) -> None:
+    """A SETLKW whose request cannot even be sent (the connection is gone and the
+    file cannot reopen) fails at once, and nothing is left waiting for an answer."""
+    put(export_dir / "f")
+    fh = fk.open(fk.lookup(b"f").nodeid)
+    f = fk.ops.files.get(fh)
+    assert f is not None
+
+    def cut_off() -> Any:
+        raise ConnectionResetError(errno.ECONNRESET, "cut off")
+
+    f.handle = cut_off  # type: ignore[method-assign]
+    args = make(k.LkIn, fh=fh, owner=7, start=0, end=99, type=1, pid=os.getpid())
+    assert fk.fails(Op.SETLKW, ROOT_ID, args) == "EIO"
+    assert fk.ops.locks._waiting == {}

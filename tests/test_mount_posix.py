@@ -18,6 +18,7 @@ import hashlib
 import json
 import mmap
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -747,6 +748,57 @@ def test_device_nodes_are_refused(mnt: tuple[Path, Path]) -> None:
     assert stat.S_ISREG(os.stat(e / "regular").st_mode)
 
 
+@pytest.fixture(scope="module")
+def device_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A mount of a server that lets clients create device nodes (--allow-devices)."""
+    root = tmp_path_factory.mktemp("devices")
+    export, mnt = root / "export", root / "mnt"
+    export.mkdir()
+    mnt.mkdir()
+    os.chmod(export, 0o777)
+    server = ServerProcess(export, "--allow-devices")
+    try:
+        mount = MountProcess(server.address, mnt, "allow_other")
+        try:
+            yield mnt, export
+        finally:
+            mount.stop()
+    finally:
+        server.stop()
+
+
+def test_device_nodes_with_allow_devices(device_mount: tuple[Path, Path]) -> None:
+    """Made, listed, changed and removed like any node; never opened: the mount is
+    nodev (the kernel opens a device node itself, on the client's own devices), and
+    the server refuses to open one."""
+    m, e = device_mount
+    dev = os.makedev(1, 3)
+    os.mknod(m / "null", stat.S_IFCHR | 0o640, dev)
+    os.mknod(m / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 200))
+    for name, kind, rdev in (
+        ("null", stat.S_IFCHR, dev),
+        ("blk", stat.S_IFBLK, os.makedev(7, 200)),
+    ):
+        st = os.stat(e / name)
+        assert stat.S_IFMT(st.st_mode) == kind and st.st_rdev == rdev
+        assert os.stat(m / name).st_rdev == rdev
+    os.chmod(m / "null", 0o600)
+    os.chown(m / "null", 12, 34)
+    assert (os.stat(e / "null").st_mode & 0o777, os.stat(e / "null").st_uid) == (0o600, 12)
+    os.rename(m / "null", m / "renamed")
+    os.link(m / "renamed", m / "linked")
+    assert os.stat(m / "linked").st_nlink == 2
+    assert errno_of(lambda: os.open(m / "renamed", os.O_RDONLY)) == errno.EACCES  # nodev
+    os.unlink(m / "renamed")
+    os.unlink(m / "linked")
+    os.unlink(m / "blk")
+    assert os.listdir(m) == []
+    deadline = time.monotonic() + 5  # (a run of removals is answered before it is made)
+    while os.listdir(e) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.listdir(e) == []
+
+
 # --- errors ---------------------------------------------------------------------------
 
 
@@ -823,6 +875,74 @@ def test_name_lengths(mnt: tuple[Path, Path]) -> None:
     assert errno_of(lambda: os.rename(m / wide, m / n256)) == errno.ENAMETOOLONG
     assert errno_of(lambda: os.stat(m / (wide + "x"))) == errno.ENAMETOOLONG
     assert sorted(os.listdir(e)) == sorted(["d" * 255, wide])
+
+
+def test_name_too_long_where_the_mount_knows_the_names(mnt: tuple[Path, Path]) -> None:
+    """Once a directory's names are known to the mount (two misses under its lock
+    make it read them), a name longer than the export's NAME_MAX is still
+    ENAMETOOLONG, not ENOENT (pjdfstest's */02.t)."""
+    m, _ = mnt
+    (m / "f").write_bytes(b"")
+    for miss in ("missing-1", "missing-2", "missing-3"):
+        assert errno_of(lambda miss=miss: os.stat(m / miss)) == errno.ENOENT
+    n256 = "x" * 256
+    for op in (
+        lambda: os.stat(m / n256),
+        lambda: os.unlink(m / n256),
+        lambda: os.rmdir(m / n256),
+        lambda: os.chmod(m / n256, 0o600),
+        lambda: os.truncate(m / n256, 0),
+        lambda: os.rename(m / n256, m / "g"),
+        lambda: os.link(m / "f", m / n256),
+    ):
+        assert errno_of(op) == errno.ENAMETOOLONG
+
+
+def test_tree_deeper_than_path_max(mnt: tuple[Path, Path]) -> None:
+    """Linux limits each syscall's path to 4,096 bytes, not a tree's depth: a tree
+    more than 8 KiB deep from the export's root is made, used and removed through
+    the mount, each call relative to a directory already deep inside it."""
+    m, e = mnt
+    component = "D" * 200
+    fd = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+    depth = 0
+    try:
+        for _ in range(3):  # three hops of 15 levels: ~9 KiB below the export
+            rel = "/".join([component] * 15)
+            for i in range(1, 16):
+                os.mkdir("/".join([component] * i), dir_fd=fd)
+            nfd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, depth = nfd, depth + 15
+        assert depth * 201 > 8192
+        made = os.open("f", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=fd)
+        try:
+            os.write(made, b"at the bottom")
+        finally:
+            os.close(made)
+        assert os.stat("f", dir_fd=fd).st_size == 13
+        os.rename("f", "g", src_dir_fd=fd, dst_dir_fd=fd)
+        os.mkdir("sub", dir_fd=fd)
+        os.symlink("g", "link", dir_fd=fd)
+        assert os.readlink("link", dir_fd=fd) == "g"
+        assert sorted(listdir_at(fd, ".")) == ["g", "link", "sub"]
+        os.unlink("g", dir_fd=fd)
+        os.unlink("link", dir_fd=fd)
+        os.rmdir("sub", dir_fd=fd)
+    finally:
+        os.close(fd)
+    # the bottom as the export has it, walked the same way
+    efd = os.open(e, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(3):
+            nfd = os.open("/".join([component] * 15), os.O_RDONLY | os.O_DIRECTORY, dir_fd=efd)
+            os.close(efd)
+            efd = nfd
+        assert os.listdir(efd) == []
+    finally:
+        os.close(efd)
+    shutil.rmtree(m / component)  # through the mount, however deep
+    assert os.listdir(e) == []
 
 
 def test_long_path(mnt: tuple[Path, Path]) -> None:
@@ -1196,6 +1316,37 @@ def test_server_restart_on_same_address(private: Mounted) -> None:
     finally:
         os.close(fd)
     assert (m / "kept-open").read_bytes() == b"before the restart|after the restart"
+
+
+def test_open_files_reopen_their_own_file_after_a_restart(private: Mounted) -> None:
+    """After the connection is lost, a descriptor reopens the file it had open: at
+    its new name if the mount renamed it; never another file now at its name
+    (ESTALE, and nothing written)."""
+    m, e = private.mnt, private.export
+    address = private.server.address
+    os.mkdir(m / "d")
+    (m / "d" / "moved").write_bytes(b"moved|")
+    (m / "replaced").write_bytes(b"replaced|")
+    moved = os.open(m / "d" / "moved", os.O_RDWR)
+    replaced = os.open(m / "replaced", os.O_RDWR)
+    try:
+        os.rename(m / "d", m / "e")  # through the mount: the descriptor follows
+        assert private.server.stop() == 0
+        os.rename(e / "replaced", e / "elsewhere")  # behind the server's back, as another
+        (e / "replaced").write_bytes(b"someone else's")  # client could while we were cut off
+        private.server = ServerProcess(e, listen=address, retry_for=10)
+        os.pwrite(moved, b"again", 6)
+        os.fsync(moved)
+        assert (e / "e" / "moved").read_bytes() == b"moved|again"
+        assert errno_of(lambda: os.pwrite(replaced, b"XXXX", 0)) == errno.ESTALE
+        assert (e / "replaced").read_bytes() == b"someone else's"
+        assert (e / "elsewhere").read_bytes() == b"replaced|"
+    finally:
+        os.close(moved)
+        try:
+            os.close(replaced)
+        except OSError:
+            pass  # (its close may report what failed)
 
 
 # --- unmounting --------------------------------------------------------------------------

@@ -541,6 +541,32 @@ def test_undecodable_payload_gets_eproto_and_connection_stays(
     assert_server_healthy(server_proc.address, server_proc.proc)
 
 
+def test_requests_that_are_not_requests_here_get_eproto_or_einval(
+    server_proc: ServerProcess, export_dir: Path
+) -> None:
+    """A second HELLO, a REVOKE sent as a request (it is only ever an answer), and
+    SETXATTR flags a local setxattr would choke on: each one error reply naming its
+    xid, no internal error, and the connection goes on."""
+    (export_dir / "f").write_bytes(b"")
+    with raw_connect(server_proc.address) as sock:
+        assert hello(sock).status == 0
+        again = p.request(Command.HELLO, 61, version=p.VERSION, max_payload=1 << 20,
+                          keepalive_ms=1000, client=b"again")  # fmt: skip
+        send_msg(sock, again)
+        send_msg(sock, p.request(Command.REVOKE, 62, oid=1))
+        for flags in (1 << 31, 4, 0xFFFFFFFF):
+            send_msg(sock, p.request(Command.SETXATTR, 63, cred=ME(), path=b"f",
+                                     name=b"user.x", value=b"v", flags=flags))  # fmt: skip
+        got = [recv_message(sock) for _ in range(5)]
+        assert [(r.xid, errno.errorcode[r.status]) for r in got] == [
+            (61, "EPROTO"), (62, "EPROTO"), (63, "EINVAL"), (63, "EINVAL"), (63, "EINVAL")
+        ]  # fmt: skip
+        assert not any(b"internal" in bytes(r["data"]) for r in got)
+        ping(sock, 64)
+    assert "Traceback" not in server_proc.log.read_text()
+    assert os.listxattr(export_dir / "f") == []
+
+
 def test_reply_frame_from_client_is_ignored(server_proc: ServerProcess) -> None:
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0

@@ -46,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError("--max-payload must be between 1 and 256 (MiB)")
     report = _daemonize(args) if args.daemon else None
     try:
-        export = LocalExport(root, read_only=args.read_only)
+        export = LocalExport(root, read_only=args.read_only, devices=args.allow_devices)
         try:
             server = Server(export, host, port, max_payload=args.max_payload << 20,
                             workers=args.workers, lease=args.lease)  # fmt: skip
@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to listen on (default: {DEFAULT_LISTEN})",
     )
     serve.add_argument("--read-only", action="store_true", help="refuse every change with EROFS")
+    serve.add_argument(
+        "--allow-devices",
+        action="store_true",
+        help="let clients create device nodes (for root file systems of containers and "
+        "virtual machines, and conformance suites); the server never opens them",
+    )
     serve.add_argument(
         "--max-payload",
         type=int,

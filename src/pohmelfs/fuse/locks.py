@@ -94,7 +94,12 @@ class FuseLocks:
                 self.invalidate(req.nodeid)
                 reply.ok()
 
-        self._send(f, a, a.type, flags, Command.LOCK, callback=granted, forever=True)
+        try:
+            self._send(f, a, a.type, flags, Command.LOCK, callback=granted, forever=True)
+        except BaseException:
+            with self._lock:  # never sent: nobody will answer it
+                self._waiting.pop(req.unique, None)
+            raise
 
     def interrupt(self, unique: int) -> None:
         """The kernel gave up on request ``unique`` (a signal): answer a waiting

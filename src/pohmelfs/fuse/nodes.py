@@ -91,11 +91,13 @@ class NodeTable:
             if node.lookups > 0:
                 return
             del self._by_id[nodeid]
-            if (
-                node.parent is not None
-                and self._by_name.get((node.parent.nodeid, node.name)) is node
-            ):
-                del self._by_name[(node.parent.nodeid, node.name)]
+            # Every name it had goes, its other names (hard links) too: a later lookup
+            # through one must make a new node, never hand back this forgotten id.
+            names = [(node.parent, node.name), *node.aliases] if node.parent is not None else []
+            for parent, name in names:
+                if self._by_name.get((parent.nodeid, name)) is node:
+                    del self._by_name[(parent.nodeid, name)]
+            node.aliases = []
             if self._by_ino.get(node.ino) is node:
                 del self._by_ino[node.ino]
 

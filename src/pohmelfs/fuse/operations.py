@@ -79,6 +79,9 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         self.epochs = False  # the kernel takes INC_EPOCH (set by the session)
         root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
         self.nodes = NodeTable(root.ino)
+        # The export's longest name: longer ones are refused here too, also where the
+        # mount answers a lookup itself (a name it knows is not there).
+        self.name_max = client.connection().statfs.namemax or 255
         self.files = OpenFiles()
         self.dirs: dict[int, OpenDir] = {}
         self.dir_attrs: dict[int, p.Attr] = {}  # see _dir_changed
@@ -256,6 +259,8 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
     def op_lookup(self, req: k.Request, reply: Replier) -> None:
         parent = self.node(req.nodeid)
         name = req.names[0]
+        if len(name) > self.name_max:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
         timeout = self._name_timeout(parent, take=True)
         names = self.names if timeout and self._names_cached() else None
         # Known not there: only where the kernel checked the right to look (the

@@ -37,7 +37,7 @@ from .rangelock import END, RangeLocks
 
 log = logging.getLogger("pohmelfs.server")
 
-SENDFILE_MIN = 64 << 10  # below this, pread + sendmsg beats header + sendfile
+READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
 SEND_TIMEOUT = struct.pack("ll", 20, 0)  # struct timeval: 20 s
 SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
 # Requests that use a name without changing its directory: a client holding the
@@ -276,7 +276,7 @@ class Session(LockRequests, Handles):
                 self.export.act_as(msg["cred"])
             out = self._handle(msg)
         except ConnectionError:
-            raise  # the stream is broken (a read reply cut short): end the session
+            raise  # the connection broke in the middle of a reply: end the session
         except OSError as e:
             code = e.errno or errno.EIO
             out = p.reply(msg, status=code, data=(e.strerror or "").encode(errors="replace"))
@@ -458,47 +458,19 @@ class Session(LockRequests, Handles):
         return self._with_handle(m, read)
 
     def _send_read(self, m: Message, h: Handle) -> None:
-        # Zero-copy sendfile hands the kernel references to page-cache pages that
-        # are read only as the receiver consumes them, after the range lock is
-        # gone; so it is used only while nobody has the file open for writing.
-        # Otherwise the data is copied under the lock, giving an atomic snapshot.
-        if m.length < SENDFILE_MIN or not h.regular or h.key in self.server.writers:
-            buf = getattr(self._scratch, "buf", None)
-            if buf is None or len(buf) < m.length:
-                buf = self._scratch.buf = memoryview(bytearray(max(m.length, SENDFILE_MIN)))
-            with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
-                got = os.preadv(h.fd, [buf[: m.length]], m.offset)
-            hdr = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
-            with self.send_lock:
-                send_parts(self.sock, [hdr, buf[:got]])
-            return
-        # sendfile reads the file while it sends, so the shared lock covers the
-        # send; SO_SNDTIMEO bounds how long a stalled client can hold it.
+        # The data is copied under the range lock (an atomic snapshot: no write can
+        # tear it) and sent with one sendmsg. sendfile would send page-cache pages
+        # that a write after the lock can still change while they wait in the
+        # socket queues (on loopback, until the receiver has read them), and it
+        # measured no faster: the receiving client is the bottleneck.
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or len(buf) < m.length:
+            buf = self._scratch.buf = memoryview(bytearray(max(m.length, READ_BUFFER)))
         with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
-            self._sendfile_reply(m, h)
-
-    def _sendfile_reply(self, m: Message, h: Handle) -> None:
-        size = os.fstat(h.fd).st_size
-        n = max(0, min(m.length, size - m.offset))
-        hdr = Header(m.cmd, p.FLAG_REPLY, 0, n, m.xid, 0, m.offset, 0).pack()
+            got = os.preadv(h.fd, [buf[: m.length]], m.offset)
+        hdr = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
         with self.send_lock:
-            send_parts(self.sock, [hdr])
-            sent = 0
-            while sent < n:
-                try:
-                    k = os.sendfile(self.sock.fileno(), h.fd, m.offset + sent, n - sent)
-                except OSError as e:
-                    if e.errno == errno.EINTR:
-                        continue
-                    k = -1
-                    err = e
-                if k <= 0:
-                    # The file shrank or failed under us after the header promised
-                    # n bytes: the frame cannot be completed, so end the connection.
-                    why = "file shrank" if k == 0 else str(err)
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                    raise ConnectionAbortedError(f"read reply cut short: {why}")
-                sent += k
+            send_parts(self.sock, [hdr, buf[:got]])
 
 
 class Server:
