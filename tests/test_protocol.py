@@ -105,6 +105,7 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
                 "version": p.VERSION,
                 "max_payload": 8 << 20,
                 "keepalive_ms": 1000,
+                "notices": 1,
                 "client": b"host-\xff\xfe",
             },
         ),
@@ -165,6 +166,7 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         # an exclusive cache lock on the first MiB; REVOKE "requests" never travel
         c.CACHE: ({"oid": 42, "length": 1 << 20}, {"type": 1}),
         c.REVOKE: ({}, {}),
+        c.RESIZE: ({}, {}),  # likewise only ever an answer
         c.LEASE: ({}, path),
     }
 
@@ -190,7 +192,14 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.READDIR: ({}, {"entries": ENTRIES}),
             c.OPEN: (
                 {"oid": 77},
-                {"attr": ATTR_FILE, "writers": 2, "cached": 0, "dir": ATTR_DIR, "fid": FID},
+                {
+                    "attr": ATTR_FILE,
+                    "writers": 2,
+                    "cached": 0,
+                    "dir": ATTR_DIR,
+                    "fid": FID,
+                    "watchers": 1,
+                },
             ),
             c.READ: ({"offset": 1 << 33}, {"data": memoryview(DATA)}),
             c.FSTAT: ({}, {"attr": ATTR_DEV}),
@@ -207,7 +216,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.LISTXATTR: ({}, {"names": (b"user.a", b"user.\xff\xfe", b"security.selinux")}),
             c.WRITE: ({"length": len(DATA)}, {}),
             c.GETLK: ({"offset": 100, "length": 0}, {"type": 1, "pid": 4242}),
-            c.CACHE: ({}, {"attr": ATTR_FILE, "writers": 0}),
+            c.CACHE: ({}, {"attr": ATTR_FILE, "writers": 0, "watchers": 3}),
             c.LEASE: ({"oid": 78}, {"attr": ATTR_FILE, "cached": 0}),
         }
     )
@@ -886,6 +895,7 @@ BAD_PAYLOADS: list[tuple[str, Command, int, bytes]] = [
     ("fsync-empty", Command.FSYNC, 0, b""),
     ("second-path-missing", Command.RENAME, 0, _cred_bytes() + _path_bytes(b"a")),
     ("fid-truncated", Command.OPEN, 1, ATTR_BYTES + b"\0" * 8 + ATTR_BYTES + b"\0" * 15),
+    ("watchers-missing", Command.OPEN, 1, ATTR_BYTES + b"\0" * 8 + ATTR_BYTES + b"\0" * 16),
     (
         "blob-len-too-big",
         Command.SETXATTR,
@@ -966,7 +976,7 @@ def test_nul_in_name_rejected_on_decode(name: bytes) -> None:
     expect_error(raw_frame(Command.READDIR, payload, flags=1))
     payload = b"\0\0\0\x01" + _name_bytes(name)
     expect_error(raw_frame(Command.LISTXATTR, payload, flags=1))
-    payload = b"\0\0\0\x01\0\0\0\x10\0\0\0\x10" + _name_bytes(name)
+    payload = b"\0\0\0\x01\0\0\0\x10\0\0\0\x10\0\0\0\0" + _name_bytes(name)
     expect_error(raw_frame(Command.HELLO, payload))
 
 
@@ -1422,6 +1432,10 @@ def test_revoke_notification_and_its_answer_round_trip() -> None:
     answer = reply(got)
     (back,) = FrameDecoder().feed(answer.to_bytes())
     assert back.is_reply and back.xid == 9 and back.fields == {}
+    resize = Message(Command.RESIZE, 10, int(Flag.NOTIFY), 0, 43, 0, 0,
+                     {"attr": ATTR_FILE, "last": 256})  # fmt: skip
+    (got,) = FrameDecoder().feed(resize.to_bytes())
+    assert (got.oid, got["attr"], got["last"]) == (43, ATTR_FILE, 256)
     other = HEADER.pack(MAGIC, Command.LOOKUP, int(Flag.NOTIFY), 0, 0, 0, 1, 0, 0, 0)
     with pytest.raises(ProtocolError, match="notification"):  # nothing else is one
         FrameDecoder().feed(other)

@@ -149,6 +149,7 @@ def hello(sock: socket.socket, version: int = p.VERSION) -> Message:
             version=version,
             max_payload=p.DEFAULT_MAX_PAYLOAD,
             keepalive_ms=1000,
+            notices=0,
             client=b"raw",
         ),
     )
@@ -551,7 +552,7 @@ def test_requests_that_are_not_requests_here_get_eproto_or_einval(
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0
         again = p.request(Command.HELLO, 61, version=p.VERSION, max_payload=1 << 20,
-                          keepalive_ms=1000, client=b"again")  # fmt: skip
+                          keepalive_ms=1000, notices=0, client=b"again")  # fmt: skip
         send_msg(sock, again)
         send_msg(sock, p.request(Command.REVOKE, 62, oid=1))
         for flags in (1 << 31, 4, 0xFFFFFFFF):
@@ -599,6 +600,7 @@ def test_hello_xid_is_echoed(server_proc: ServerProcess) -> None:
                 version=p.VERSION,
                 max_payload=1 << 20,
                 keepalive_ms=1000,
+                notices=0,
                 client=b"r",
             ),
         )

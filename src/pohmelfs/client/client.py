@@ -55,6 +55,7 @@ class Opened(NamedTuple):
     cached: int
     directory: Attr | None
     fid: bytes
+    watchers: int  # other clients that would hear of a change of its size (mounts)
 
 
 def _float_to_ns(t: float) -> int:
@@ -175,6 +176,7 @@ class Client:
         write_behind_limit: int = 128 << 20,
         dirty_timeout: float = 3.0,
         held_limit: int = 64 << 20,
+        notices: int = 0,
     ) -> None:
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
@@ -184,6 +186,7 @@ class Client:
             if ":" not in s:
                 raise ValueError(f"server address must be HOST:PORT, got {s!r}")
         self.servers = list(servers)
+        self.notices = notices  # notifications beyond REVOKE (p.NOTICE_*): the mount's
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.cred = cred or Cred(os.geteuid(), os.getegid(), tuple(os.getgroups()))
@@ -204,8 +207,12 @@ class Client:
         # others must go on.
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: OrderedDict[bytes, RemoteFile] = OrderedDict()
-        # Open files, so that a rename made here changes the path they reopen by.
+        # Open files, so that a rename made here changes the path they reopen by, and
+        # by (connection, handle), for the server's notifications about them.
         self._files: weakref.WeakSet[RemoteFile] = weakref.WeakSet()
+        self._by_handle: weakref.WeakValueDictionary[tuple[int, int], RemoteFile] = (
+            weakref.WeakValueDictionary()
+        )
         self._files_lock = threading.Lock()
         # Run when a connection is lost (with it, every cache lock it held).
         self.on_disconnect: list[Callable[[], None]] = []
@@ -230,6 +237,7 @@ class Client:
                         timeout=self.timeout,
                         connect_timeout=self.connect_timeout,
                         max_payload=self.max_payload,
+                        notices=self.notices,
                         on_notify=self._notified,
                         on_close=self._disconnected,
                     )
@@ -274,9 +282,24 @@ class Client:
         return self._on_connection(listing, True)
 
     def _notified(self, conn: Connection, msg: p.Message) -> None:
-        """Receive thread: the server asks for something back (a cache lock)."""
+        """Receive thread: the server asks for something back (a cache lock) or tells
+        of another client's change of a file open here (its size)."""
         if msg.cmd == Command.REVOKE:
             self._revoker.submit(self._revoke, conn, msg)
+        elif msg.cmd == Command.RESIZE:
+            self._revoker.submit(self._resized, conn, msg)
+
+    def _resized(self, conn: Connection, msg: p.Message) -> None:
+        f = self._by_handle.get((conn.serial, msg.oid))
+        try:
+            if f is not None and f.on_resize is not None:
+                f.on_resize(msg["attr"], msg["last"])
+        except Exception:
+            log.exception("taking in a new size failed")
+        try:
+            conn.answer(msg)
+        except OSError:
+            pass
 
     def _disconnected(self, conn: Connection) -> None:
         for f in self.held.files():
@@ -361,11 +384,17 @@ class Client:
                           fid=fid)  # fmt: skip
         directory = reply["dir"] if reply["dir"].ino else None
         return Opened(conn, reply.oid, reply["attr"], reply["writers"], reply["cached"],
-                      directory, reply["fid"])  # fmt: skip
+                      directory, reply["fid"], reply["watchers"])  # fmt: skip
 
-    def opened(self, f: RemoteFile) -> None:
+    def opened(self, f: RemoteFile, conn: Connection, oid: int) -> None:
+        """``f`` is open as handle ``oid`` of ``conn`` (also after a reopen)."""
         with self._files_lock:
             self._files.add(f)
+            self._by_handle[conn.serial, oid] = f
+
+    def closed(self, conn: Connection, oid: int) -> None:
+        with self._files_lock:
+            self._by_handle.pop((conn.serial, oid), None)
 
     def renamed(self, old: PathArg, new: PathArg, exchange: bool = False) -> None:
         """``old`` is now ``new`` (a rename made through this client; ``exchange``: and

@@ -83,6 +83,7 @@ class Connection:
         connect_timeout: float,
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
         name: bytes = b"pohmelfs-client",
+        notices: int = 0,
         on_notify: Callable[[Connection, Message], None] | None = None,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
@@ -110,7 +111,7 @@ class Connection:
         self.closed = False
         self.close_reason = ""
         try:
-            self._handshake(max_payload, name, connect_timeout)
+            self._handshake(max_payload, name, notices, connect_timeout)
         except BaseException:
             sock.close()
             raise
@@ -120,12 +121,12 @@ class Connection:
         )
         self._receiver.start()
 
-    def _handshake(self, max_payload: int, name: bytes, timeout: float) -> None:
+    def _handshake(self, max_payload: int, name: bytes, notices: int, timeout: float) -> None:
         # While a request waits for other clients, the server says so this often (PENDING),
         # well within our time-out: a time-out then means the server is silent.
         keepalive = int(min(max(self.timeout / 4, 0.05), 2.0) * 1000)
         hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload,
-                          keepalive_ms=keepalive, client=name)  # fmt: skip
+                          keepalive_ms=keepalive, notices=notices, client=name)  # fmt: skip
         try:
             send_parts(self.sock, hello.encode())
             header = self.reader.read_header(p.DEFAULT_MAX_PAYLOAD)

@@ -37,6 +37,7 @@ log = logging.getLogger("pohmelfs.client")
 class CacheGrant(NamedTuple):
     attr: Attr  # the file as it is once every conflicting holder has written back
     writers: int  # handles of other clients open for writing it
+    watchers: int  # other clients that have it open and hear of its size changes
 
 
 class RemoteFile(io.RawIOBase):
@@ -67,6 +68,8 @@ class RemoteFile(io.RawIOBase):
         self._held_lock = threading.Lock()
         self._push_lock = threading.Lock()  # held writes go out in the order made
         self.on_revoke: Callable[[int, int, int], None] | None = None
+        # on_resize(attr, last byte): another client changed the file's size (RESIZE).
+        self.on_resize: Callable[[Attr, int], None] | None = None
         got = client._open(path, flags, perm, self._cred, cache)
         conn, oid, attr, writers, cached, directory = got[:6]
         # What a reopen after a lost connection opens: this path (which a rename made
@@ -82,6 +85,7 @@ class RemoteFile(io.RawIOBase):
         # created the file in it); None otherwise.
         self.directory: Attr | None = directory
         self.writers_elsewhere = writers  # other clients' handles open for writing, at open
+        self.watchers_elsewhere = got.watchers  # other mounts that have it open, at open
         # The lock granted with the open, until used or revoked (set before the file
         # can be found by a revocation, which resets it).
         self._granted: int = cached
@@ -89,7 +93,7 @@ class RemoteFile(io.RawIOBase):
             with self._lock:
                 self._granted = 2  # taken back before we registered
         self._pos = attr.size if flags & os.O_APPEND else 0
-        client.opened(self)
+        client.opened(self, conn, oid)
 
     # --- the handle, reopened after a reconnect ------------------------------
 
@@ -110,6 +114,7 @@ class RemoteFile(io.RawIOBase):
                 except (FileNotFoundError, NotADirectoryError):
                     raise OSError(errno.ESTALE, "the file was removed", self.name) from None
                 self._pair = (got.conn, got.oid)
+                self._client.opened(self, got.conn, got.oid)
             return self._pair
 
     def moved(self, src: bytes, dst: bytes, exchange: bool = False) -> None:
@@ -455,7 +460,7 @@ class RemoteFile(io.RawIOBase):
                     conn.cancel(tx)
                     return None
             reply = conn.result(tx, self.name)
-        return CacheGrant(reply["attr"], reply["writers"])
+        return CacheGrant(reply["attr"], reply["writers"], reply["watchers"])
 
     def granted_at_open(self, exclusive: bool) -> CacheGrant | None:
         """The lock granted with the open, if it is enough and still ours (once)."""
@@ -463,7 +468,7 @@ class RemoteFile(io.RawIOBase):
             granted, self._granted = self._granted, 2
         if granted == 2 or (exclusive and granted == 0):
             return None
-        return CacheGrant(self.attr, self.writers_elsewhere)
+        return CacheGrant(self.attr, self.writers_elsewhere, self.watchers_elsewhere)
 
     def cache_release(self, start: int = 0, length: int = 0) -> None:
         conn, oid = self.handle()
@@ -500,6 +505,7 @@ class RemoteFile(io.RawIOBase):
         # that comes first must still wait for the writes sent behind.
         def closed(_tx: Transaction | None) -> None:
             self._client._unregister_cached(conn, oid)
+            self._client.closed(conn, oid)
             if self._behind_error is not None:  # nobody is left to report it to
                 log.warning("%s: a write after close failed: %s", self.name, self._behind_error)
 
@@ -529,4 +535,5 @@ class RemoteFile(io.RawIOBase):
             finally:
                 # Only now: a revocation during the drain must still write back first.
                 self._client._unregister_cached(*self._pair)
+                self._client.closed(*self._pair)
                 super().close()

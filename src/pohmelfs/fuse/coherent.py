@@ -60,6 +60,9 @@ class CacheState:
         self._revoking: dict[int, int] = {}  # nodeid -> revocations under way
         self._borrowed: dict[int, int] = {}  # nodeid -> READs sent without a lock, in flight
         self._borrow_done: dict[int, int] = {}  # nodeid -> such READs answered, ever
+        # Nodes that other mounts had open at the last grant: they learn of a new size
+        # only from the server (RESIZE), so writes are not kept back from it.
+        self._watched: set[int] = set()
 
     def ensure(self, node: Node, f: RemoteFile, exclusive: bool, page_io: bool = False) -> None:
         """Hold at least a shared (or an exclusive) lock on the node's file. Waits for a
@@ -97,6 +100,10 @@ class CacheState:
                 return
             attr = grant.attr
             version = (attr.size, attr.mtime_ns, attr.ctime_ns)
+            if grant.watchers:
+                self._watched.add(nodeid)
+            else:
+                self._watched.discard(nodeid)
             with self._cond:
                 if self._revokes.get(node.nodeid, 0) != revokes:
                     continue
@@ -122,13 +129,20 @@ class CacheState:
     def exclusive(self, nodeid: int) -> bool:
         return self._state.get(nodeid, NONE) == EXCLUSIVE
 
+    def watched(self, nodeid: int) -> bool:
+        """Do other mounts have the file open (at the last grant)? Then a write must
+        reach the server before it is answered: their kernels learn the file's new
+        size from it, and a mapping checks that size, asking nobody."""
+        return nodeid in self._watched
+
     def hold(self, nodeid: int, f: RemoteFile, data: memoryview, offset: int) -> bool:
         """Keep a write back in ``f`` if the node's exclusive lock is held through
         ``f`` (False if not: the server fences the handle the lock was taken through,
         so only its held writes are refused once the lease is lost). Atomic with
         revocations, which mark the lock gone before writing back."""
         with self._cond:
-            if self._state.get(nodeid, NONE) != EXCLUSIVE or self._via.get(nodeid) is not f:
+            if (self._state.get(nodeid, NONE) != EXCLUSIVE or self._via.get(nodeid) is not f
+                    or nodeid in self._watched):  # fmt: skip
                 return False
             if not f.hold(data, offset):
                 return False
@@ -194,6 +208,7 @@ class CacheState:
             for table in (self._version, self._revoked_at, self._revokes, self._borrow_done):
                 table.pop(nodeid, None)
             self._valid.discard(nodeid)
+            self._watched.discard(nodeid)
 
     def handle_closed(self, nodeid: int, f: RemoteFile) -> None:
         """The lock goes with the handle it was taken through (the server drops it)."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import protocol as p
 from ..client.client import Client
 from . import device
 from .operations import Operations, Options
@@ -105,7 +106,9 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     # Nothing may touch the mount point between mount(2) and our answer to INIT:
     # the kernel would make that call wait for the very thread making it.
     pidf = pid_file(cfg.mountpoint)
-    client = Client(cfg.servers, timeout=cfg.timeout, umask=0, dirty_timeout=cfg.dirty_timeout)
+    # RESIZE: the kernel's size of a file another client grows must grow too (mmap).
+    client = Client(cfg.servers, timeout=cfg.timeout, umask=0, dirty_timeout=cfg.dirty_timeout,
+                    notices=p.NOTICE_RESIZE)  # fmt: skip
     opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
                    cfg.coherent, kernel_checks=cfg.default_permissions,
                    async_close=cfg.async_close)  # fmt: skip

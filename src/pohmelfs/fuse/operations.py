@@ -43,6 +43,9 @@ __all__ = ["Operations", "Options", "Replier", "errno_of"]
 
 log = logging.getLogger("pohmelfs.fuse")
 
+PAGE = 4096
+RESIZE_WAIT = 0.2  # seconds a new size is waited for in the kernel before we answer
+EMPTY = 256  # RESIZE's ``last`` when there is no last byte to store
 OPEN_FLAGS_PASSED = (
     os.O_ACCMODE | os.O_TRUNC | os.O_APPEND | os.O_SYNC | os.O_DSYNC | os.O_NONBLOCK | os.O_EXCL
     | os.O_CREAT
@@ -221,6 +224,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
 
     def _new_file(self, f: RemoteFile, node: Node) -> int:
         fh = next(self._fh)
+        f.on_resize = lambda attr, last: self._resized(node.nodeid, attr, last)
         self.files.add(node.nodeid, fh, f)
         return fh
 
@@ -511,6 +515,8 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if a.write_flags & k.WRITE_KILL_SUIDGID:
             f.pwrite(data, a.offset)
             self._kill_suid(req, self.node(req.nodeid), a.fh)
+        elif cache is not None and cache.watched(req.nodeid):
+            f.pwrite(data, a.offset)  # answered once the other mounts know the new size
         elif cache is None or a.size >= HOLD_BELOW or not cache.hold(req.nodeid, f, data, a.offset):
             # answered before the server: errors come back from flush/fsync/close
             f.write_behind(data, a.offset)
@@ -560,6 +566,29 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
     def op_interrupt(self, req: k.Request, reply: Replier) -> None:
         # Other requests finish quickly or time out; a blocked lock wait ends now.
         self.locks.interrupt(req.args.unique)
+
+    def _resized(self, nodeid: int, attr: p.Attr, last: int) -> None:
+        """Revocation thread: another client changed the size of a file open here. A
+        fault in a mapping checks the kernel's own size, asking nobody: storing the
+        file's true last byte raises it (a stored page that is not whole stays not
+        up to date), and that page is dropped again at once (no lock covers it)."""
+        if self.notify is None:
+            return
+        notify = self.notify
+        if last == EMPTY or not attr.size:
+            self._invalidate(nodeid, False)  # shrunk: the next stat or read asks
+            return
+        page = (attr.size - 1) & ~(PAGE - 1)
+
+        def store() -> None:
+            notify(k.notify_store(nodeid, attr.size - 1, bytes([last])))
+            notify(k.notify_inval_inode(nodeid, page, PAGE))
+
+        # The page may be locked by a read that waits for this very change to finish:
+        # then the store completes after our answer instead of before.
+        t = threading.Thread(target=store, daemon=True, name="pohmelfs-resize")
+        t.start()
+        t.join(RESIZE_WAIT)
 
     def _invalidate(self, nodeid: int, pages: bool = True) -> None:
         """Drop the kernel's cached attributes of a node, and its data unless told not to."""

@@ -31,6 +31,10 @@ class Cap(enum.IntFlag):
     XATTR = 0x2
 
 
+# HELLO's ``notices``: the notifications a client wants beyond REVOKE.
+NOTICE_RESIZE = 0x1
+
+
 class Command(enum.IntEnum):
     HELLO = 1
     PING = 2
@@ -68,6 +72,7 @@ class Command(enum.IntEnum):
     CACHE = 34
     REVOKE = 35
     LEASE = 36
+    RESIZE = 37
 
 
 # Bits of the UTIMES "which" field.
@@ -91,11 +96,13 @@ _LOCK_REQUEST: Schema = (("owner", "u64"), ("type", "u32"), ("flags", "u32"), ("
 LOCK_WAIT = 0x1  # wait for a conflicting lock to go instead of failing with EAGAIN
 LOCK_FLOCK = 0x2  # a whole-file flock() lock (separate from POSIX record locks)
 REQUESTS: dict[Command, Schema] = {
-    # keepalive_ms: while a request waits for other clients, send PENDING this often
+    # keepalive_ms: while a request waits for other clients, send PENDING this often;
+    # notices: NOTICE_* bits (a mount wants RESIZE, a library client does not)
     _C.HELLO: (
         ("version", "u32"),
         ("max_payload", "u32"),
         ("keepalive_ms", "u32"),
+        ("notices", "u32"),
         ("client", "name"),
     ),
     _C.PING: (),
@@ -156,6 +163,7 @@ REQUESTS: dict[Command, Schema] = {
     # 2 release. The grant carries the file's attributes.
     _C.CACHE: (("type", "u32"),),
     _C.REVOKE: (),  # only ever a client's answer to the REVOKE notification
+    _C.RESIZE: (),  # likewise
     # LOOKUP that also asks for a shared cache lock on the attributes of a regular
     # file, with no handle (a lease): the reply's oid names it (0: none), for REVOKE
     # and for CLOSE, which gives it back.
@@ -187,6 +195,7 @@ REPLIES.update(
             ("cached", "u32"),
             ("dir", "attr"),
             ("fid", "fid"),  # the identity of the file opened
+            ("watchers", "u32"),  # other clients that hear of its size changes (RESIZE)
         ),
         _C.READ: (DATA,),
         _C.FSTAT: _ATTR_REPLY,
@@ -200,7 +209,8 @@ REPLIES.update(
         _C.RENAME: (("dir", "attr"), ("new_dir", "attr")),
         _C.READLINK: (("target", "name"),),
         _C.GETXATTR: (("value", "blob"),),
-        _C.CACHE: (("attr", "attr"), ("writers", "u32")),  # writers: on other clients
+        # writers, watchers: on other clients, as in OPEN's reply
+        _C.CACHE: (("attr", "attr"), ("writers", "u32"), ("watchers", "u32")),
         _C.LEASE: (("attr", "attr"), ("cached", "u32")),  # cached: 0 leased, 2 not
         _C.GETLK: (("type", "u32"), ("pid", "u32")),  # a conflicting lock: offset, length
         _C.LISTXATTR: (("names", "names"),),
@@ -211,7 +221,13 @@ ERROR_REPLY: Schema = (DATA,)
 # Server-initiated messages. REVOKE: give up the cache lock of handle oid on
 # [offset, offset+length), keeping at most ``keep`` (0 shared, 2 nothing); the client
 # writes back and drops its cache first, then answers with a REVOKE reply (same xid).
-NOTIFICATIONS: dict[Command, Schema] = {Command.REVOKE: (("keep", "u32"),)}
+# RESIZE: the file of handle oid changed size (by another client): its attributes now,
+# and its last byte (256: empty), so that a kernel can learn the new end of the file;
+# answered once taken in.
+NOTIFICATIONS: dict[Command, Schema] = {
+    Command.REVOKE: (("keep", "u32"),),
+    Command.RESIZE: (("attr", "attr"), ("last", "u32")),
+}
 
 
 def schema_for(cmd: Command, flags: int, status: int) -> Schema:

@@ -54,6 +54,8 @@ class Handles:
     _change: Callable[..., Message | None]
     _lookup: Callable[..., Message | None]
     _naming: Callable[..., Message | None]
+    _resized: Callable[..., None]
+    notices: int
 
     def _acquire(self, oid: int) -> Handle:
         with self.handles_lock:
@@ -121,8 +123,11 @@ class Handles:
 
         def truncate() -> Message | None:
             try:
+                before = os.fstat(h.fd).st_size
                 with self.server.ranges.hold(h.key, 0, END, True):
                     self.export.truncate_open(h.fd, h.writable)
+                if self.server.sizes.elsewhere(h.key, self.sid):
+                    self._resized(h.key, os.fstat(h.fd), before, 0)
                 return self._open_reply(m, oid, h, attr_of(os.fstat(h.fd)))
             except BaseException:
                 self._drop_handle(oid)  # the client never learns of this handle
@@ -160,6 +165,8 @@ class Handles:
             self.next_handle += 1
             self.handles[oid] = h
             gone = self.closed  # close() took its snapshot of the handles already
+        if h.regular and self.notices & p.NOTICE_RESIZE:  # (its kernel may map it)
+            self.server.sizes.opened(h.key, self.sid, oid)
         if gone:
             self._drop_handle(oid)
         return oid, h
@@ -168,6 +175,7 @@ class Handles:
         with self.handles_lock:
             h = self.handles.pop(oid, None)
         if h is not None:
+            self.server.sizes.closed(h.key, self.sid, oid)
             self.server.cache.forget(h.key, (self.sid, oid))
             self._release(h)
 
@@ -193,8 +201,9 @@ class Handles:
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
         writers = self.server.writers_elsewhere(h.key, self.sid)
+        watchers = self.server.sizes.count_elsewhere(h.key, self.sid)
         return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory,
-                       fid=fid)  # fmt: skip
+                       fid=fid, watchers=watchers)  # fmt: skip
 
     def _close(self, m: Message) -> Message:
         with self.handles_lock:
@@ -203,6 +212,7 @@ class Handles:
             if self._forget_lease(m.oid):
                 return p.reply(m)
             raise OSError(errno.EBADF, "unknown file handle")
+        self.server.sizes.closed(h.key, self.sid, m.oid)
         self.server.cache.forget(h.key, (self.sid, m.oid))
         self._release(h)
         return p.reply(m)

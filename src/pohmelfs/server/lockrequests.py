@@ -148,7 +148,8 @@ class LockRequests:
     def _cache_reply(self, m: Message, h: Handle) -> Message:
         """The file as it is now, and how many handles elsewhere write it."""
         writers = self.server.writers_elsewhere(h.key, self.sid)
-        return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers)
+        watchers = self.server.sizes.count_elsewhere(h.key, self.sid)
+        return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers, watchers=watchers)
 
     def _cache(self, m: Message) -> Message | None:
         if m["type"] > cachelocks.RELEASE:
@@ -226,7 +227,10 @@ class LockRequests:
         wait for it (BEHIND), in this session's queue, which every later request of
         the connection then joins, in order."""
         cache = self.server.cache
-        if cache.try_changing(keys, self.sid, start, end):
+        # A change that other clients must hear of (RESIZE) waits for their answers:
+        # never on the reader, which must go on taking them.
+        told = len(keys) == 1 and self.server.sizes.elsewhere(keys[0], self.sid)
+        if not told and cache.try_changing(keys, self.sid, start, end):
             try:
                 return run()
             finally:

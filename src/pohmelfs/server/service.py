@@ -34,6 +34,7 @@ from .keepalive import Keepalive
 from .lockrequests import LockRequests
 from .locks import AdvisoryLocks
 from .rangelock import END, RangeLocks
+from .sizes import EMPTY, SizeWatchers
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -72,6 +73,7 @@ class Session(LockRequests, Handles):
         self.reader = SocketReader(sock)
         self.max_payload = server.max_payload
         self.keepalive = 1.0  # seconds between PENDING frames of a waiting request (HELLO)
+        self.notices = 0  # the notifications it wants beyond REVOKE (HELLO)
         self.send_lock = threading.Lock()
         self.handles: dict[int, Handle] = {}
         self.handles_lock = threading.Lock()
@@ -202,6 +204,7 @@ class Session(LockRequests, Handles):
             raise ProtocolError(msg)
         self.max_payload = max(64 << 10, min(self.server.max_payload, hello["max_payload"]))
         self.keepalive = min(max(hello["keepalive_ms"], 50), 10_000) / 1000
+        self.notices = hello["notices"]
         caps = (p.Cap.READ_ONLY if self.export.read_only else 0) | (
             p.Cap.XATTR if self.export.xattrs else 0
         )
@@ -227,8 +230,8 @@ class Session(LockRequests, Handles):
             self.reader.skip(plen)
             self._send_raw_error(cmd, xid, errno.EPROTO, str(e))
             return
-        if header.flags == p.FLAG_REPLY and header.cmd == Command.REVOKE:
-            self.reader.skip(header.payload_len)  # a client answering our REVOKE
+        if header.flags == p.FLAG_REPLY and header.cmd in p.NOTIFICATIONS:
+            self.reader.skip(header.payload_len)  # a client answering our notification
             answered = self._notified.pop(header.xid, None)
             if answered is not None:
                 answered()
@@ -345,8 +348,9 @@ class Session(LockRequests, Handles):
         except OSError:
             pass
         with self.handles_lock:
-            handles, self.handles = list(self.handles.values()), {}
-        for h in handles:
+            handles, self.handles = list(self.handles.items()), {}
+        for oid, h in handles:
+            self.server.sizes.closed(h.key, self.sid, oid)
             self._release(h)
         self.server.forget(self)
 
@@ -383,8 +387,21 @@ class Session(LockRequests, Handles):
     def _truncate(self, m: Message) -> Message | None:
         st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
-        truncate = lambda: self._done(m, self.export.truncate(m["path"], m.offset))  # noqa: E731
+
+        def truncate() -> Message:
+            self.export.truncate(m["path"], m.offset)
+            if self.server.sizes.elsewhere(key, self.sid):
+                self._resized(key, self.export.stat(m["path"]), st.st_size, 0)
+            return p.reply(m)
+
         return self._plain(m, None, key, True, 0, END, truncate)
+
+    def _resized(self, key: tuple[int, int], st: os.stat_result, before: int, last: int) -> None:
+        """A change of this session's may have changed the file's size: other clients
+        that have it open hear of it (``last``: the file's last byte, if it grew)."""
+        if st.st_size != before:
+            grew = st.st_size > before
+            self.server.sizes.resized(key, self.sid, attr_of(st), last if grew else EMPTY)
 
     def _fstat(self, m: Message) -> Message | None:
         def fstat(h: Handle) -> Message | None:
@@ -399,8 +416,11 @@ class Session(LockRequests, Handles):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
         def truncate(h: Handle) -> Message:
-            with self.server.ranges.hold(h.key, min(m.offset, os.fstat(h.fd).st_size), END, True):
+            before = os.fstat(h.fd).st_size
+            with self.server.ranges.hold(h.key, min(m.offset, before), END, True):
                 os.ftruncate(h.fd, m.offset)
+            if self.server.sizes.elsewhere(h.key, self.sid):
+                self._resized(h.key, os.fstat(h.fd), before, 0)  # (new bytes are zeros)
             return p.reply(m)
 
         return self._with_handle(m, lambda h: self._plain(m, h, h.key, True, 0, END,
@@ -412,8 +432,12 @@ class Session(LockRequests, Handles):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
         def allocate(h: Handle) -> Message:
+            watched = self.server.sizes.elsewhere(h.key, self.sid)
+            before = os.fstat(h.fd).st_size if watched else 0
             with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, True):
                 linux.fallocate(h.fd, m["mode"], m.offset, m.length)
+            if watched:
+                self._resized(h.key, os.fstat(h.fd), before, 0)
             return p.reply(m)
 
         return self._with_handle(m, lambda h: self._plain(m, h, h.key, True, 0, END,
@@ -429,8 +453,10 @@ class Session(LockRequests, Handles):
         def write(h: Handle) -> Message:
             data = memoryview(m["data"])
             done = 0
+            watched = self.server.sizes.elsewhere(h.key, self.sid)
+            before = os.fstat(h.fd).st_size if watched or h.append else 0
             if h.append:  # where it lands is known only once written: lock the tail
-                with self.server.ranges.hold(h.key, os.fstat(h.fd).st_size, END, True):
+                with self.server.ranges.hold(h.key, before, END, True):
                     while done < len(data):
                         done += os.write(h.fd, data[done:])
                     end = os.lseek(h.fd, 0, os.SEEK_CUR)
@@ -439,6 +465,10 @@ class Session(LockRequests, Handles):
                     while done < len(data):
                         done += os.pwrite(h.fd, data[done:], m.offset + done)
                 end = m.offset + done
+            if watched:
+                st = os.fstat(h.fd)
+                last = data[-1] if done and st.st_size == end else EMPTY
+                self._resized(h.key, st, before, last)
             return p.reply(m, length=done, offset=end)
 
         def plain(h: Handle) -> Message | None:
@@ -492,6 +522,7 @@ class Server:
         self.locks = AdvisoryLocks()
         self.cache = cachelocks.CacheLocks(lease)
         self.keepalive = Keepalive()
+        self.sizes = SizeWatchers(lease, self.session_by_id, self.cache.lapsed)
         self.session_ids = itertools.count(1)
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
         self._session_writers = collections.Counter[tuple[tuple[int, int], int]]()

@@ -1,0 +1,90 @@
+"""New sizes told to other clients that have the file open (RESIZE notifications).
+
+A kernel that maps a file checks a page fault against the size it last knew,
+without asking anyone: when another client grows the file, a fault between the
+old and the new end would get SIGBUS. So when a change of a file's size is
+applied, every other session that asked for it at HELLO (mounts do) and has the
+file open hears the new attributes and the file's last byte, and the change is
+answered only once they have taken it in (or a lease has passed: a slow client
+costs the writer at most that, and one that let a lease run out is not waited
+for at all).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .. import protocol as p
+from ..protocol import Command
+
+EMPTY = 256  # RESIZE's ``last`` for an empty file
+
+
+class Notifiable(Protocol):
+    closed: bool
+    _notify_xids: itertools.count[int]
+
+    def notify(self, msg: p.Message, answered: Callable[[], None]) -> None: ...
+
+
+class SizeWatchers:
+    def __init__(self, lease: float, session_by_id: Callable[[int], Notifiable | None],
+                 lapsed: Callable[[int], bool]) -> None:  # fmt: skip
+        self.lease = lease
+        self._session_by_id = session_by_id
+        self._lapsed = lapsed
+        self._lock = threading.Lock()
+        self._open: dict[object, dict[int, set[int]]] = {}  # key -> session -> its handles
+
+    def opened(self, key: object, sid: int, oid: int) -> None:
+        with self._lock:
+            self._open.setdefault(key, {}).setdefault(sid, set()).add(oid)
+
+    def closed(self, key: object, sid: int, oid: int) -> None:
+        with self._lock:
+            sessions = self._open.get(key)
+            if sessions is None or sid not in sessions:
+                return
+            sessions[sid].discard(oid)
+            if not sessions[sid]:
+                del sessions[sid]
+            if not sessions:
+                del self._open[key]
+
+    def count_elsewhere(self, key: object, sid: int) -> int:
+        """How many other watching sessions have the file open."""
+        sessions = self._open.get(key)
+        return sum(s != sid for s in sessions) if sessions else 0
+
+    def elsewhere(self, key: object, sid: int) -> bool:
+        """Does another watching session have the file open? (Read without the lock:
+        a file opened just now is told of the next change.)"""
+        sessions = self._open.get(key)
+        return bool(sessions) and any(s != sid for s in sessions)
+
+    def resized(self, key: object, sid: int, attr: p.Attr, last: int) -> None:
+        """The file's size changed (to ``attr.size``; ``last``: its last byte, EMPTY if
+        unknown): tell the other sessions that have it open, and wait for them."""
+        with self._lock:
+            targets = [(s, next(iter(oids))) for s, oids in self._open.get(key, {}).items()
+                       if s != sid and oids]  # fmt: skip
+        answers = []
+        for other, oid in targets:
+            session = self._session_by_id(other)
+            if session is None or session.closed or self._lapsed(other):
+                continue
+            answered = threading.Event()
+            msg = p.Message(Command.RESIZE, next(session._notify_xids), p.FLAG_NOTIFY, 0, oid, 0,
+                            0, {"attr": attr, "last": last})  # fmt: skip
+            try:
+                session.notify(msg, answered.set)
+            except OSError:
+                continue  # its connection is gone, and its open files with it
+            answers.append(answered)
+        deadline = time.monotonic() + self.lease
+        for answered in answers:
+            answered.wait(max(0.0, deadline - time.monotonic()))
