@@ -414,3 +414,114 @@ def test_open_read_only_with_o_trunc_revokes_other_caches(
             b._open("/f", os.O_RDONLY | os.O_TRUNC, 0, Cred(65534, 65534, ()))
         assert (export_dir / "f").read_bytes() == b"kept"
     fa.close()
+
+
+def test_a_holder_that_never_answers_costs_the_others_one_lease_once(
+    server: Server, export_dir: Path
+) -> None:
+    """A client holds the exclusive lock, never answers a revocation, and takes the
+    lock again every 0.5 s. Another client with the default 5 s time-out (the lease
+    is 5 s too) opens and writes six times: the first waits one lease, without a
+    time-out (the server says it is still at work), the others do not wait for the
+    holder at all (it is lapsed until it answers)."""
+    (export_dir / "f").write_bytes(b"-" * 16)
+    hostile = Client([address_of(server)], timeout=30)
+    stop = threading.Event()
+    try:
+        fh = hostile.open("/f", "r+b", buffering=0)
+        fh.on_revoke = lambda *_: stop.wait(60)  # never answers (until the test ends)
+        fh.cache_lock(exclusive=True)
+
+        def retake() -> None:
+            while not stop.wait(0.5):
+                try:
+                    fh.cache_lock(exclusive=True)
+                except OSError:
+                    return
+
+        threading.Thread(target=retake, daemon=True).start()
+        took = []
+        with Client([address_of(server)]) as writer:  # timeout 5, like the lease
+            for i in range(6):
+                started = time.monotonic()
+                with writer.open("/f", "r+b", buffering=0) as f:
+                    f.pwrite(b"%d" % i, i)
+                took.append(time.monotonic() - started)
+                time.sleep(0.6)  # the holder has taken its lock again meanwhile
+        assert (export_dir / "f").read_bytes()[:6] == b"012345"
+        assert took[0] < server.cache.lease + 2, took
+        assert all(t < 1.0 for t in took[1:]), took
+        assert any(server.cache.lapsed(s.sid) for s in server.sessions)
+    finally:
+        stop.set()
+        hostile.close()
+
+
+def slow_revoker(delay: float) -> tuple[list[tuple[int, int]], Revoker]:
+    asked: list[tuple[int, int]] = []
+
+    def revoke(h: Holder, keep: int, done: Callable[[], None]) -> None:
+        asked.append(h.owner)
+        threading.Timer(delay, done).start()
+
+    return asked, revoke
+
+
+def test_table_new_shared_grants_do_not_overtake_a_waiting_writer() -> None:
+    """While an exclusive request waits for shared holders to answer, shared locks
+    asked for later are not granted past it: they wait their turn, then revoke it."""
+    t = CacheLocks(lease=5)
+    _, revoke = slow_revoker(0.3)
+    t.acquire("f", (1, 1), SHARED, 0, END, revoke)
+    order: list[int] = []
+    writer = threading.Thread(target=lambda: (t.acquire("f", (2, 1), EXCLUSIVE, 0, END, revoke),
+                                              order.append(2)))  # fmt: skip
+    writer.start()
+    deadline = time.monotonic() + 5
+    while not t.waiting("f") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [w.session for w in t.waiting("f")] == [2]
+    assert not t.try_acquire("f", (3, 1), SHARED, 0, END)  # would overtake the writer
+    reader = threading.Thread(target=lambda: (t.acquire("f", (3, 1), SHARED, 0, END, revoke),
+                                              order.append(3)))  # fmt: skip
+    reader.start()
+    writer.join(5)
+    reader.join(5)
+    assert order == [2, 3]  # the writer first, then the reader (the writer downgraded)
+    assert sorted((h.owner, h.type) for h in t.held("f")) == [((2, 1), SHARED), ((3, 1), SHARED)]
+
+
+def test_table_a_waiting_reader_is_not_overtaken_by_a_later_writer() -> None:
+    t = CacheLocks(lease=5)
+    asked, revoke = slow_revoker(0.2)
+    t.acquire("f", (1, 1), EXCLUSIVE, 0, END, revoke)
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: (t.acquire("f", (2, 1), SHARED, 0, END, revoke),
+                                              got.append(2)))  # fmt: skip
+    reader.start()
+    while not t.waiting("f"):
+        time.sleep(0.005)
+    writer = threading.Thread(target=lambda: (t.acquire("f", (3, 1), EXCLUSIVE, 0, END, revoke),
+                                              got.append(3)))  # fmt: skip
+    writer.start()
+    reader.join(5)
+    writer.join(5)
+    assert got == [2, 3]
+    assert asked[0] == (1, 1) and (2, 1) in asked  # the writer revoked the reader it followed
+
+
+def test_table_a_lapsed_holder_is_not_waited_for_again() -> None:
+    t = CacheLocks(lease=0.3)
+    never: Revoker = lambda h, keep, done: None  # noqa: E731
+    t.acquire("f", (1, 1), EXCLUSIVE, 0, END, never)
+    started = time.monotonic()
+    t.acquire("f", (2, 1), EXCLUSIVE, 0, END, never)
+    assert 0.25 <= time.monotonic() - started < 3  # one lease
+    assert t.lapsed(1) and (1, 1) in t.fenced
+    t.acquire("f", (1, 1), EXCLUSIVE, 0, END, lambda h, keep, done: done())  # takes it again
+    started = time.monotonic()
+    t.acquire("f", (2, 1), EXCLUSIVE, 0, END, never)
+    assert time.monotonic() - started < 0.2  # not another lease
+    assert (1, 1) in t.fenced
+    t.drop_session(1)
+    assert not t.lapsed(1)

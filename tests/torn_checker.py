@@ -1,32 +1,35 @@
 """Torn-read checker: writers rewrite whole slots of a shared file with one byte
 value each, readers check that every slot they read holds one value only.
 
-Slots are page-unaligned (13,522 bytes: three pages and a bit, starting at odd
-offsets), so a write or read that the kernel or the client split at a page
-boundary shows up as a slot with two values. Run one role per process:
+Slots are page-unaligned (by default 13,522 bytes: three pages and a bit,
+starting at odd offsets), so a write or read that the kernel or the client split
+at a page boundary shows up as a slot with two values. Run one role per process:
 
-    python torn_checker.py write PATH SECONDS WRITER_ID   (prints "open" first)
-    python torn_checker.py read PATH SECONDS
-    python torn_checker.py libread HOST:PORT /NAME SECONDS   (a library client)
+    python torn_checker.py write PATH SECONDS WRITER_ID [SLOT]   (prints "open" first)
+    python torn_checker.py read PATH SECONDS [SLOT]
+    python torn_checker.py libread HOST:PORT /NAME SECONDS [SLOT]   (a library client)
 
-Each prints one JSON line: {"ops": N, "torn": T, "example": ...}.
+Each prints one JSON line: {"ops": N, "torn": T, "errors": {errno: count},
+"worst": seconds, "example": ...}. A failed operation is counted, not fatal.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import sys
 import time
+from collections import Counter
 
 SLOT = 3 * 4096 + 1234
 SLOTS = 8
 
 
-def prepare(path: str) -> None:
+def prepare(path: str, slot: int = SLOT) -> None:
     with open(path, "wb") as f:
-        f.write(b"\x01" * (SLOT * SLOTS))
+        f.write(b"\x01" * (slot * SLOTS))
 
 
 def _slot(view: bytes | bytearray | memoryview) -> tuple[bool, str]:
@@ -39,63 +42,94 @@ def _slot(view: bytes | bytearray | memoryview) -> tuple[bool, str]:
     return False, f"values {values[:4]} first change at byte {seam}"
 
 
-def write(path: str, seconds: float, writer: int) -> dict[str, object]:
+class Tally:
+    def __init__(self) -> None:
+        self.ops = self.torn = 0
+        self.errors: Counter[str] = Counter()
+        self.worst = 0.0
+        self.example = ""
+
+    def timed(self, started: float) -> None:
+        self.worst = max(self.worst, time.monotonic() - started)
+
+    def failed(self, e: OSError) -> None:
+        self.errors[errno.errorcode.get(e.errno or 0, str(e.errno))] += 1
+
+    def check(self, view: bytes | bytearray | memoryview, size: int) -> None:
+        ok, why = _slot(view) if len(view) else (False, "empty read")
+        if len(view) != size or not ok:
+            self.torn += 1
+            self.example = self.example or why or f"short read {len(view)}"
+
+    def result(self) -> dict[str, object]:
+        return {"ops": self.ops, "torn": self.torn, "errors": dict(self.errors),
+                "worst": round(self.worst, 3), "example": self.example}  # fmt: skip
+
+
+def write(path: str, seconds: float, writer: int, slot: int = SLOT) -> dict[str, object]:
     fd = os.open(path, os.O_RDWR)
     print("open", flush=True)
     rng = random.Random(writer)
-    ops, deadline = 0, time.monotonic() + seconds
+    tally, deadline = Tally(), time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
             value = 2 + (rng.randrange(120) * 2 + writer) % 250  # writers differ
-            os.pwrite(fd, bytes([value]) * SLOT, rng.randrange(SLOTS) * SLOT)
-            ops += 1
+            started = time.monotonic()
+            try:
+                os.pwrite(fd, bytes([value]) * slot, rng.randrange(SLOTS) * slot)
+                tally.ops += 1
+            except OSError as e:
+                tally.failed(e)
+            tally.timed(started)
     finally:
         os.close(fd)
-    return {"ops": ops, "torn": 0}
+    return tally.result()
 
 
-def read(path: str, seconds: float) -> dict[str, object]:
+def read(path: str, seconds: float, slot: int = SLOT) -> dict[str, object]:
     fd = os.open(path, os.O_RDONLY)
-    ops, torn, example = 0, 0, ""
-    deadline = time.monotonic() + seconds
+    tally, deadline = Tally(), time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
-            data = os.pread(fd, SLOT, random.randrange(SLOTS) * SLOT)
-            ops += 1
-            ok, why = _slot(data)
-            if not ok:
-                torn += 1
-                example = example or why
+            started = time.monotonic()
+            try:
+                data = os.pread(fd, slot, random.randrange(SLOTS) * slot)
+                tally.ops += 1
+                tally.check(data, slot)
+            except OSError as e:
+                tally.failed(e)
+            tally.timed(started)
     finally:
         os.close(fd)
-    return {"ops": ops, "torn": torn, "example": example}
+    return tally.result()
 
 
-def libread(address: str, name: str, seconds: float) -> dict[str, object]:
+def libread(address: str, name: str, seconds: float, slot: int = SLOT) -> dict[str, object]:
     from pohmelfs import Client
 
-    ops, torn, example = 0, 0, ""
-    buf = bytearray(SLOT)
-    deadline = time.monotonic() + seconds
+    buf = bytearray(slot)
+    tally, deadline = Tally(), time.monotonic() + seconds
     with Client([address]) as client, client.open(name, "rb", buffering=0) as f:
         while time.monotonic() < deadline:
-            n = f.preadinto(buf, random.randrange(SLOTS) * SLOT)
-            ops += 1
-            ok, why = _slot(memoryview(buf)[:n])
-            if n != SLOT or not ok:
-                torn += 1
-                example = example or why or f"short read {n}"
-    return {"ops": ops, "torn": torn, "example": example}
+            started = time.monotonic()
+            try:
+                n = f.preadinto(buf, random.randrange(SLOTS) * slot)
+                tally.ops += 1
+                tally.check(memoryview(buf)[:n], slot)
+            except OSError as e:
+                tally.failed(e)
+            tally.timed(started)
+    return tally.result()
 
 
 def main(argv: list[str]) -> None:
-    role = argv[1]
+    role, args = argv[1], argv[2:]
     if role == "write":
-        out = write(argv[2], float(argv[3]), int(argv[4]))
+        out = write(args[0], float(args[1]), int(args[2]), *map(int, args[3:]))
     elif role == "read":
-        out = read(argv[2], float(argv[3]))
+        out = read(args[0], float(args[1]), *map(int, args[2:]))
     elif role == "libread":
-        out = libread(argv[2], argv[3], float(argv[4]))
+        out = libread(args[0], args[1], float(args[2]), *map(int, args[3:]))
     else:
         raise SystemExit(f"unknown role {role!r}")
     print(json.dumps(out), flush=True)
