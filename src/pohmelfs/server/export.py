@@ -16,6 +16,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,10 @@ RENAME_FLAGS_ALLOWED = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
 # (4,096) per call, a tree may be deeper than that from the export's root.
 PATH_STEP = 4000
 XATTR_FLAGS = os.XATTR_CREATE | os.XATTR_REPLACE
+# With less room than this (and at most SPACE_CHECK seconds ago), writes reserve their
+# blocks first: well above the largest write (8 MiB) times the writers at once.
+ROOMY = 1 << 30
+SPACE_CHECK = 0.5
 
 
 def attr_of(st: os.stat_result) -> Attr:
@@ -151,6 +156,8 @@ class LocalExport:
         self.root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
         self._local = threading.local()
+        self._no_fallocate: set[int] = set()  # devices whose file systems refuse it
+        self._space: dict[int, tuple[float, bool]] = {}  # device -> (asked when, tight)
         try:
             os.listxattr(self.root)
             self.xattrs = True
@@ -395,6 +402,55 @@ class LocalExport:
             os.ftruncate(wfd, 0)
         finally:
             os.close(wfd)
+
+    def write(self, fd: int, data: memoryview, offset: int | None) -> tuple[int, int]:
+        """Write all of ``data`` at ``offset`` (None: at the end, for an O_APPEND
+        descriptor), or nothing: when its file system is short of space, a write
+        that needs new blocks reserves them first (fallocate, keeping the size), so
+        that it fails with ENOSPC before a byte is written; one that still fails
+        part-way after growing the file is cut back to the old end. Returns (bytes
+        written, end of the write). (Not covered: a device error, a user's quota
+        running out while the disk has room, copy-on-write file systems running
+        out of space while overwriting.)"""
+        st = os.fstat(fd)
+        start = st.st_size if offset is None else offset
+        end = start + len(data)
+        if (end > st.st_size or st.st_blocks * 512 < st.st_size) and self._tight(fd, st.st_dev):
+            self._reserve(fd, st.st_dev, start, len(data))  # it may need new blocks
+        done = 0
+        try:
+            while done < len(data):
+                if offset is None:
+                    done += os.write(fd, data[done:])
+                else:
+                    done += os.pwrite(fd, data[done:], offset + done)
+        except OSError:
+            if done and end > st.st_size:
+                os.ftruncate(fd, st.st_size)  # what it added goes again
+            raise
+        return done, (os.lseek(fd, 0, os.SEEK_CUR) if offset is None else end)
+
+    def _tight(self, fd: int, dev: int) -> bool:
+        """Is the file system short of space (a write could run out part-way)? Asked
+        at most every SPACE_CHECK seconds: reserving blocks for every write would
+        cost sequential writers a tenth of their speed."""
+        now = time.monotonic()
+        known = self._space.get(dev)
+        if known is None or now - known[0] > SPACE_CHECK:
+            s = os.fstatvfs(fd)
+            known = self._space[dev] = (now, s.f_bavail * s.f_frsize < ROOMY)
+        return known[1]
+
+    def _reserve(self, fd: int, dev: int, offset: int, length: int) -> None:
+        if dev in self._no_fallocate or not length:
+            return
+        try:
+            linux.fallocate(fd, linux.FALLOC_FL_KEEP_SIZE, offset, length)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                self._no_fallocate.add(dev)  # this file system has no reservations
+                return
+            raise
 
     # --- changing the namespace --------------------------------------------
 

@@ -151,6 +151,9 @@ def file_handle(fd: int) -> bytes | None:
     return handle.handle_type.to_bytes(4, "big", signed=True) + bytes(handle.f_handle[:n])
 
 
+FALLOC_FL_KEEP_SIZE = 0x01
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     ret = _libc.fallocate(
         ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset), ctypes.c_long(length)

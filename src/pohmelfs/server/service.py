@@ -452,19 +452,14 @@ class Session(LockRequests, Handles):
 
         def write(h: Handle) -> Message:
             data = memoryview(m["data"])
-            done = 0
             watched = self.server.sizes.elsewhere(h.key, self.sid)
             before = os.fstat(h.fd).st_size if watched or h.append else 0
             if h.append:  # where it lands is known only once written: lock the tail
                 with self.server.ranges.hold(h.key, before, END, True):
-                    while done < len(data):
-                        done += os.write(h.fd, data[done:])
-                    end = os.lseek(h.fd, 0, os.SEEK_CUR)
+                    done, end = self.export.write(h.fd, data, None)
             else:
                 with self.server.ranges.hold(h.key, m.offset, m.offset + len(data), True):
-                    while done < len(data):
-                        done += os.pwrite(h.fd, data[done:], m.offset + done)
-                end = m.offset + done
+                    done, end = self.export.write(h.fd, data, m.offset)
             if watched:
                 st = os.fstat(h.fd)
                 last = data[-1] if done and st.st_size == end else EMPTY
