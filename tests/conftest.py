@@ -146,13 +146,37 @@ class MountProcess:
     def stop(self) -> int | None:
         from pohmelfs.fuse import device
 
-        terminate(self.proc, 15)
+        try:
+            terminate(self.proc, 15)
+        except subprocess.TimeoutExpired:
+            # Not even SIGKILL ends it: a thread is stuck in the kernel waiting on its
+            # own mount. Aborting the FUSE connection fails every request of it.
+            abort_fuse_connection(str(self.mountpoint))
+            self.proc.wait(10)
         if device.is_mounted(str(self.mountpoint)):
             try:
                 device.unmount(str(self.mountpoint), lazy=True)
             except OSError:
                 pass
         return self.proc.returncode
+
+
+def abort_fuse_connection(mountpoint: str) -> None:
+    """Abort a FUSE mount's connection (/sys/fs/fuse/connections/N/abort), found by
+    its device in /proc/self/mountinfo (a stat of a dead mount would hang)."""
+    from pohmelfs.fuse import device
+
+    bdi = device.bdi_of(mountpoint)
+    if bdi is None:
+        return
+    abort = Path("/sys/fs/fuse/connections", bdi.split(":")[1], "abort")
+    if not abort.exists():  # fusectl is not mounted here yet
+        subprocess.run(["mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections"],
+                       check=False, capture_output=True)  # fmt: skip
+    try:
+        abort.write_text("1")
+    except OSError:
+        pass
 
 
 def _fuse_available() -> bool:

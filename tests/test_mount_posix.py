@@ -1349,6 +1349,22 @@ def test_open_files_reopen_their_own_file_after_a_restart(private: Mounted) -> N
             pass  # (its close may report what failed)
 
 
+def test_a_stuck_daemon_is_cut_off_by_aborting_its_connection(private: Mounted) -> None:
+    """What the fixtures do when a daemon will not die: abort the FUSE connection, so
+    that nothing waits on the mount for ever (requests fail with ENOTCONN)."""
+    from conftest import abort_fuse_connection
+
+    m = private.mnt
+    (m / "f").write_bytes(b"x")
+    os.kill(private.mount.pid, signal.SIGSTOP)
+    try:
+        abort_fuse_connection(str(m))
+        what, elapsed = stat_in_child(m / "g", timeout=10)
+        assert what == "ENOTCONN" and elapsed < 2
+    finally:
+        os.kill(private.mount.pid, signal.SIGCONT)
+
+
 # --- unmounting --------------------------------------------------------------------------
 
 
