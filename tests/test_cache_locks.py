@@ -525,3 +525,41 @@ def test_table_a_lapsed_holder_is_not_waited_for_again() -> None:
     assert (1, 1) in t.fenced
     t.drop_session(1)
     assert not t.lapsed(1)
+
+
+def test_a_write_back_never_overtakes_an_older_write_queued_on_its_file(
+    server: Server, export_dir: Path
+) -> None:
+    """A's requests sent behind wait in its queue (a create waits for B's slow
+    directory lock, a write to f behind it). Then C wants f: A's write-back of f
+    must not jump the queue past the older write of f, or the older data would land
+    on top of the newer."""
+    a, b, c = (Client([address_of(server)]) for _ in range(3))
+    try:
+        b.mkdir("/q")
+        (export_dir / "f").write_bytes(b"---")
+        db = b.open("/q", "rb", buffering=0)
+        db.on_revoke = lambda *_: time.sleep(0.5)  # a slow holder of the directory
+        db.cache_lock()
+        fa = a.open("/f", "r+b", buffering=0)
+        fa.cache_lock(exclusive=True)
+        conn, oid = fa.handle()
+
+        def write_back(*_: object) -> None:  # the newer data, sent while A answers C
+            conn.wait(conn.start(Command.WRITE, behind=True, oid=oid, offset=0, data=b"new"))
+
+        fa.on_revoke = write_back
+        flags = os.O_CREAT | os.O_WRONLY
+        create = conn.start(Command.OPEN, behind=True, cred=a.cred, path=b"/q/x", flags=flags,
+                            mode=0o644, cache=2, fid=ANY_FILE)  # fmt: skip
+        older = conn.start(Command.WRITE, behind=True, oid=oid, offset=0, data=b"old")
+        fc = c.open("/f", "rb", buffering=0)
+        assert fc.cache_lock().attr.size == 3  # revokes A: its write-back comes last
+        assert fc.pread(3, 0) == b"new"
+        assert conn.wait(older).length == 3 and conn.wait(create).oid
+        assert (export_dir / "f").read_bytes() == b"new"  # the newer data stays on top
+        for f in (fc, fa, db):
+            f.close()
+    finally:
+        for client in (a, b, c):
+            client.close()

@@ -51,6 +51,7 @@ class LockRequests:
     _queue: ThreadPoolExecutor  # one thread: this session's requests that had to wait
     _queue_lock: threading.Lock
     _queued: int
+    _queued_keys: collections.Counter[object]  # files of the requests queued now
     _queue_thread: threading.Thread | None
     sock: socket.socket
     send_lock: threading.Lock
@@ -134,7 +135,10 @@ class LockRequests:
         if not self._revoked_keys or m.cmd not in (Command.READ, Command.WRITE):
             return False
         h = self.handles.get(m.oid)
-        return h is not None and h.key in self._revoked_keys
+        # Not past a queued request on the same file: a write sent behind there is
+        # older than this one, and its data must not land on top.
+        return (h is not None and h.key in self._revoked_keys
+                and not self._queued_keys.get(h.key))  # fmt: skip
 
     def _revoke(self, holder: cachelocks.Holder, keep: int, done: Callable[[], None]) -> None:
         session = self.server.session_by_id(holder.owner[0])
@@ -258,13 +262,17 @@ class LockRequests:
         """Run work after everything already queued for this session, then reply;
         while anything is queued, the reader queues every request behind it."""
         _own_data(m)
+        target = h if h is not None else self.handles.get(m.oid) if m.oid else None
+        key = None if target is None else target.key
         with self._queue_lock:
             self._queued += 1
+            if key is not None:
+                self._queued_keys[key] += 1
         self._waits(m)
-        self._queue.submit(self._reply_to, m, h, work, True)
+        self._queue.submit(self._reply_to, m, h, work, True, key)
 
     def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
-                  queued: bool = False) -> None:  # fmt: skip
+                  queued: bool = False, key: object = None) -> None:  # fmt: skip
         try:
             if "cred" in m.fields:
                 self.export.act_as(m["cred"])
@@ -282,6 +290,10 @@ class LockRequests:
             if queued:
                 with self._queue_lock:
                     self._queued -= 1
+                    if key is not None:
+                        self._queued_keys[key] -= 1
+                        if self._queued_keys[key] <= 0:
+                            del self._queued_keys[key]
         try:
             if out is not None:
                 self.send(out)

@@ -86,6 +86,7 @@ class Session(LockRequests, Handles):
                                          initializer=self._queue_started)  # fmt: skip
         self._queue_lock = threading.Lock()
         self._queued = 0
+        self._queued_keys = collections.Counter[object]()
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
