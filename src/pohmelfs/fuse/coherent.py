@@ -234,6 +234,7 @@ class CacheState:
             _count(self._revoking, nodeid, 1)
         started = time.monotonic()
         times = []
+        ended = False
         try:
             handles = self._handles(nodeid)
             # A file open for writing here may have pages dirtied through a shared
@@ -249,21 +250,22 @@ class CacheState:
                 if keep == RELEASE:
                     self._valid.discard(nodeid)
             times.append(time.monotonic())
-            if drop:
-                self._drop_pages(nodeid)
+            ended = self._drop_pages(nodeid) if drop else False
         finally:
-            with self._cond:
-                _count(self._revoking, nodeid, -1)
-                self._cond.notify_all()
+            if not ended:
+                with self._cond:
+                    _count(self._revoking, nodeid, -1)
+                    self._cond.notify_all()
             took = time.monotonic() - started
             if took > 1.0:
                 steps = ", ".join(f"{t - started:.2f}" for t in times)
                 log.warning("node %d: a revocation took %.2f s (steps at %s)", nodeid, took, steps)
 
-    def _drop_pages(self, nodeid: int) -> None:
+    def _drop_pages(self, nodeid: int) -> bool:
         """Drop the kernel's pages of the node (dirty ones are written back first,
         as WRITEs we send without waiting), again while READs sent without a lock
-        filled some meanwhile."""
+        filled some meanwhile. True once done: the revocation is then over, in the
+        same breath as the last look (a READ after it asks for a lock again)."""
         for _ in range(DROP_PASSES):
             with self._cond:
                 before = self._borrow_done.get(nodeid, 0)
@@ -273,8 +275,11 @@ class CacheState:
             with self._cond:
                 self._cond.wait_for(lambda: not self._borrowed.get(nodeid), timeout=10)
                 if self._borrow_done.get(nodeid, 0) == before:
-                    return
+                    _count(self._revoking, nodeid, -1)
+                    self._cond.notify_all()
+                    return True
         log.warning("node %d: pages kept being read while its lock was revoked", nodeid)
+        return False
 
 
 def _count(table: dict[int, int], key: int, delta: int) -> None:
