@@ -53,6 +53,15 @@ def client(server: Server) -> Iterator[Client]:
     c.close()
 
 
+@pytest.fixture
+def ab(server: Server) -> Iterator[tuple[Client, Client]]:
+    """Two library clients of one server, as two machines would be."""
+    a, b = Client([address_of(server)]), Client([address_of(server)])
+    yield a, b
+    a.close()
+    b.close()
+
+
 class ServerProcess:
     """``pohmelfs serve`` as a child process, stopped by PID.
 
@@ -190,15 +199,16 @@ requires_fuse = pytest.mark.skipif(
 
 
 class Mounted:
-    """A server process exporting ``export`` and a mount of it at ``mnt``."""
+    """A server process exporting ``export`` and a mount of it at ``mnt``;
+    ``server_args`` go to ``pohmelfs serve``."""
 
-    def __init__(self, root: Path, *options: str) -> None:
+    def __init__(self, root: Path, *options: str, server_args: tuple[str, ...] = ()) -> None:
         self.export = root / "export"
         self.mnt = root / "mnt"
         self.export.mkdir(exist_ok=True)
         self.mnt.mkdir(exist_ok=True)
         os.chmod(self.export, 0o777)
-        self.server = ServerProcess(self.export)
+        self.server = ServerProcess(self.export, *server_args)
         try:
             self.mount = MountProcess(self.server.address, self.mnt, *options)
         except BaseException:

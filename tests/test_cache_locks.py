@@ -76,15 +76,6 @@ def quick_lease_server(export_dir: Path) -> Iterator[Server]:
     srv.export.close()
 
 
-@pytest.fixture
-def ab(server: Server) -> Iterator[tuple[Client, Client]]:
-    """Two library clients of one server, as two machines would be."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_revoke_reaches_the_holder_and_writes_back_first(ab: tuple[Client, Client]) -> None:
     a, b = ab
     fa = a.open("/f", "w+b", buffering=0)

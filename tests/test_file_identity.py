@@ -6,14 +6,12 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, address_of
+from conftest import ServerProcess
 from pohmelfs import Client
-from pohmelfs.server.service import Server
 
 
 def lose_connection(c: Client) -> None:
@@ -22,14 +20,6 @@ def lose_connection(c: Client) -> None:
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn._receiver.join(5)
     assert conn.closed
-
-
-@pytest.fixture
-def ab(server: Server) -> Iterator[tuple[Client, Client]]:
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_a_replaced_file_is_not_written_after_a_reconnect(

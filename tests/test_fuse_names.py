@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from conftest import address_of
 from pohmelfs import Client
 from pohmelfs.fuse.names import HELD, NameLocks
 from pohmelfs.fuse.nodes import Node, NodeTable
@@ -28,14 +24,6 @@ class Recorder:
         self.dropped.append(nodeid)
 
 
-@pytest.fixture
-def clients(server: Server) -> Iterator[tuple[Client, Client]]:
-    a, b = Client([address_of(server)]), Client([address_of(server)])
-    yield a, b
-    a.close()
-    b.close()
-
-
 def nodes_for(client: Client, *names: str) -> tuple[NodeTable, list]:  # type: ignore[type-arg]
     table = NodeTable(client.stat("/").st_ino)
     found = []
@@ -51,9 +39,9 @@ def key_of(client: Client, path: str) -> tuple[int, int]:
 
 
 def test_a_name_lock_is_held_until_another_client_changes_the_directory(
-    server: Server, clients: tuple[Client, Client]
+    server: Server, ab: tuple[Client, Client]
 ) -> None:
-    a, b = clients
+    a, b = ab
     b.mkdir("/d")
     _, (d,) = nodes_for(a, "d")
     rec = Recorder()
@@ -74,8 +62,8 @@ def test_a_name_lock_is_held_until_another_client_changes_the_directory(
     names.close()
 
 
-def test_name_locks_are_bounded_and_fail_soft(clients: tuple[Client, Client]) -> None:
-    a, b = clients
+def test_name_locks_are_bounded_and_fail_soft(ab: tuple[Client, Client]) -> None:
+    a, b = ab
     b.mkdir("/one")
     b.mkdir("/two")
     b.mkdir("/locked")
@@ -94,11 +82,11 @@ def test_name_locks_are_bounded_and_fail_soft(clients: tuple[Client, Client]) ->
 
 
 def test_changes_sent_ahead_go_out_before_a_revocation_is_answered(
-    clients: tuple[Client, Client],
+    ab: tuple[Client, Client],
 ) -> None:
     """Only a run of changes goes ahead, under the exclusive lock; a revocation
     waits until every change sent ahead was answered."""
-    a, b = clients
+    a, b = ab
     b.mkdir("/run")
     for i in range(3):
         b.open(f"/run/f{i}", "wb").close()
@@ -131,10 +119,10 @@ def test_changes_sent_ahead_go_out_before_a_revocation_is_answered(
     names.close()
 
 
-def locked_dir(clients: tuple[Client, Client], name: str,
+def locked_dir(ab: tuple[Client, Client], name: str,
                *files: str) -> tuple[NameLocks, Node]:  # fmt: skip
     """``b`` makes directory ``name`` with empty ``files``; ``a`` takes its lock."""
-    a, b = clients
+    a, b = ab
     b.mkdir("/" + name)
     for file in files:
         b.open(f"/{name}/{file}", "wb").close()
@@ -146,10 +134,10 @@ def locked_dir(clients: tuple[Client, Client], name: str,
 
 
 def test_a_directory_read_whole_after_two_misses_answers_misses_until_revoked(
-    clients: tuple[Client, Client],
+    ab: tuple[Client, Client],
 ) -> None:
-    b = clients[1]
-    names, d = locked_dir(clients, "l", "there")
+    b = ab[1]
+    names, d = locked_dir(ab, "l", "there")
     assert not names.missing(d.nodeid, b"nope")  # nothing known yet
     names.missed(d.nodeid, b"/l")
     assert not names.missing(d.nodeid, b"nope")  # one miss reads nothing
@@ -164,9 +152,9 @@ def test_a_directory_read_whole_after_two_misses_answers_misses_until_revoked(
     names.close()
 
 
-def test_a_listing_read_across_a_change_is_not_kept(clients: tuple[Client, Client]) -> None:
-    a = clients[0]
-    names, d = locked_dir(clients, "m")
+def test_a_listing_read_across_a_change_is_not_kept(ab: tuple[Client, Client]) -> None:
+    a = ab[0]
+    names, d = locked_dir(ab, "m")
     names.missed(d.nodeid, b"/m")
     real = a.readdir
 
@@ -189,11 +177,11 @@ def test_a_listing_read_across_a_change_is_not_kept(clients: tuple[Client, Clien
 
 
 def test_a_directory_moved_by_another_client_is_given_up(
-    clients: tuple[Client, Client],
+    ab: tuple[Client, Client],
 ) -> None:
     """Its holders know it by its old path: the rename revokes their lock."""
-    b = clients[1]
-    names, d = locked_dir(clients, "old")
+    b = ab[1]
+    names, d = locked_dir(ab, "old")
     b.rename("/old", "/new")
     assert names.held(d.nodeid) == 0.0
     names.close()

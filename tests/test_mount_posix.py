@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Mounted, MountProcess, ServerProcess, requires_fuse
+from conftest import Mounted, ServerProcess, requires_fuse
 from pohmelfs.fuse import device
 
 pytestmark = requires_fuse
@@ -751,20 +751,10 @@ def test_device_nodes_are_refused(mnt: tuple[Path, Path]) -> None:
 @pytest.fixture(scope="module")
 def device_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A mount of a server that lets clients create device nodes (--allow-devices)."""
-    root = tmp_path_factory.mktemp("devices")
-    export, mnt = root / "export", root / "mnt"
-    export.mkdir()
-    mnt.mkdir()
-    os.chmod(export, 0o777)
-    server = ServerProcess(export, "--allow-devices")
-    try:
-        mount = MountProcess(server.address, mnt, "allow_other")
-        try:
-            yield mnt, export
-        finally:
-            mount.stop()
-    finally:
-        server.stop()
+    m = Mounted(tmp_path_factory.mktemp("devices"), "allow_other",
+                server_args=("--allow-devices",))  # fmt: skip
+    yield m.mnt, m.export
+    m.stop()
 
 
 def test_device_nodes_with_allow_devices(device_mount: tuple[Path, Path]) -> None:
@@ -987,22 +977,13 @@ def test_long_path(mnt: tuple[Path, Path]) -> None:
 
 @pytest.fixture
 def readonly_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    export, mnt = tmp_path / "export", tmp_path / "mnt"
-    export.mkdir()
-    mnt.mkdir()
-    (export / "file").write_bytes(b"read only\n")
-    (export / "dir").mkdir()
-    (export / "dir" / "inner").write_bytes(b"inner")
-    os.symlink("file", export / "link")
-    server = ServerProcess(export, "--read-only")
-    try:
-        mount = MountProcess(server.address, mnt, "allow_other")
-        try:
-            yield mnt, export
-        finally:
-            mount.stop()
-    finally:
-        server.stop()
+    m = Mounted(tmp_path, "allow_other", server_args=("--read-only",))
+    (m.export / "file").write_bytes(b"read only\n")
+    (m.export / "dir").mkdir()
+    (m.export / "dir" / "inner").write_bytes(b"inner")
+    os.symlink("file", m.export / "link")
+    yield m.mnt, m.export
+    m.stop()
 
 
 def test_read_only_export_gives_erofs(readonly_mount: tuple[Path, Path]) -> None:
