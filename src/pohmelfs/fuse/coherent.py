@@ -22,6 +22,7 @@ GETATTR waits for the revocation to end.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -89,7 +90,11 @@ class CacheState:
                 grant = via.granted_at_open(exclusive) or via.cache_lock(
                     exclusive=exclusive, abandon=revoking if page_io else None
                 )
-            except ValueError:  # that handle was closed meanwhile: take it through ours
+            except (ValueError, OSError) as e:
+                # That handle was closed meanwhile (here: ValueError; its CLOSE went
+                # first: EBADF from the server): take the lock through ours.
+                if via is f or (isinstance(e, OSError) and e.errno != errno.EBADF):
+                    raise
                 with self._cond:
                     if self._via.get(nodeid) is via:
                         self._via[nodeid] = f
