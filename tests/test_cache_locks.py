@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -554,3 +555,94 @@ def test_a_write_back_never_overtakes_an_older_write_queued_on_its_file(
     finally:
         for client in (a, b, c):
             client.close()
+
+
+class RawSession:
+    """A client speaking the protocol by hand: its files' handles, and how it
+    answers a revocation (after writing back, as the mount does)."""
+
+    def __init__(self, server: Server, notices: int) -> None:
+        from pohmelfs.client.connection import Connection
+
+        self.oids: dict[bytes, int] = {}
+        self.conn = Connection(address_of(server), timeout=30, connect_timeout=5,
+                               notices=notices, on_notify=self.notified)  # fmt: skip
+        self.cred = Cred(os.geteuid(), os.getegid(), ())
+
+    def open(self, path: bytes) -> int:
+        r = self.conn.call(Command.OPEN, cred=self.cred, path=path, flags=os.O_RDWR, mode=0,
+                           cache=2, fid=ANY_FILE)  # fmt: skip
+        self.oids[path] = r.oid
+        return r.oid
+
+    def notified(self, conn: Any, msg: Any) -> None:
+        def answer() -> None:
+            if msg.cmd == Command.REVOKE:  # write back what it held, then answer
+                conn.wait(conn.start(Command.WRITE, behind=True, oid=msg.oid, offset=100,
+                                     data=b"held"))  # fmt: skip
+            conn.answer(msg)
+
+        threading.Thread(target=answer, daemon=True).start()
+
+
+@pytest.mark.parametrize("notices", [0, 1])
+def test_write_backs_are_not_queued_behind_what_waits_for_their_answer(
+    quick_lease_server: Server, export_dir: Path, notices: int
+) -> None:
+    """Two clients, two files: each holds one exclusively and writes the other
+    behind. Each write waits for the other's revocation, whose answer waits for its
+    write-back: the write-back must not wait behind the session's own queued write,
+    also when it must tell other mounts of a new size (RESIZE: it used to, and both
+    waited for the lease)."""
+    for name in ("F", "G"):
+        (export_dir / name).write_bytes(b"a" * 100)
+    s1, s2 = RawSession(quick_lease_server, notices), RawSession(quick_lease_server, notices)
+    try:
+        for s in (s1, s2):
+            s.open(b"F"), s.open(b"G")
+        s1.conn.call(Command.CACHE, oid=s1.oids[b"F"], type=1)
+        s2.conn.call(Command.CACHE, oid=s2.oids[b"G"], type=1)
+        started = time.monotonic()
+        one = s1.conn.start(Command.WRITE, behind=True, oid=s1.oids[b"G"], offset=200, data=b"x")
+        two = s2.conn.start(Command.WRITE, behind=True, oid=s2.oids[b"F"], offset=200, data=b"y")
+        s1.conn.wait(one), s2.conn.wait(two)
+        assert time.monotonic() - started < quick_lease_server.cache.lease
+        assert not any(quick_lease_server.cache.lapsed(s.sid) for s in quick_lease_server.sessions)
+    finally:
+        s1.conn.close()
+        s2.conn.close()
+
+
+def test_a_change_that_waited_is_refused_if_its_lock_was_lost_meanwhile(
+    ab: tuple[Client, Client], server: Server, export_dir: Path
+) -> None:
+    """The fence is checked when a write is applied, not only when it arrived: one
+    that waited (for another client's revocation) while its own lease ran out is
+    refused with EIO, and the file keeps the data it had."""
+    a, b = ab
+    (export_dir / "f").write_bytes(b"newer")
+    release = threading.Event()
+    fb = b.open("/f", "rb", buffering=0)
+    fb.on_revoke = lambda *_: release.wait(10)  # a slow holder
+    fb.cache_lock()
+    fa = a.open("/f", "r+b", buffering=0)
+    conn, oid = fa.handle()
+    late = conn.start(Command.WRITE, behind=True, oid=oid, offset=0, data=b"older")
+    deadline = time.monotonic() + 5
+    while not server.cache.waiting(_key(export_dir / "f")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    here = conn.sock.getsockname()[:2]
+    (sid,) = [s.sid for s in server.sessions if s.sock.getpeername()[:2] == here]
+    server.cache.fenced.add((sid, oid))  # as if its lease ran out meanwhile
+    release.set()
+    with pytest.raises(OSError) as e:
+        conn.wait(late)
+    assert e.value.errno == errno.EIO
+    assert (export_dir / "f").read_bytes() == b"newer"
+    for f in (fa, fb):
+        f.close()
+
+
+def _key(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import time
 from typing import Any
 
 from pohmelfs.client.file import CacheGrant
-from pohmelfs.fuse.coherent import CacheState
+from pohmelfs.fuse.coherent import LOCKED, UNCOVERED, CacheState
 from pohmelfs.fuse.nodes import Node
 from pohmelfs.protocol import Attr
 
@@ -47,6 +48,25 @@ def test_a_lock_is_taken_through_this_open_when_the_last_ones_handle_went() -> N
     state.ensure(node, first, exclusive=False)  # the lock goes through the first
     state._state.clear()  # (revoked since: it must be taken again)
     first.closed_on_server = True  # its RELEASE and CLOSE went meanwhile
-    assert state.read_started(node, second) is True
+    assert state.read_started(node, second) == LOCKED
     assert (first.asked, second.asked) == (2, 1)
     assert state._via[2] is second
+
+
+def test_a_read_that_never_got_a_lock_has_its_pages_dropped_after() -> None:
+    """A page-cache READ whose lock was taken back each time it was granted, with no
+    revocation under way to drop what it fills, is read without one: its pages are
+    dropped once the kernel has them (no lock would ever make them go)."""
+    dropped: list[tuple[Any, ...]] = []
+    state = CacheState(lambda *args: dropped.append(args), lambda nodeid: [])
+    node = Node(2, None, b"f", 7)
+    revoked = StandIn()
+    revoked.cache_lock = lambda exclusive=False, abandon=None: (  # type: ignore[method-assign]
+        state._revokes.__setitem__(2, state._revokes.get(2, 0) + 1) or CacheGrant(ATTR, 0, 0)
+    )
+    assert state.read_started(node, revoked) == UNCOVERED
+    state.read_done(2, UNCOVERED, 5000, 3000)
+    deadline = time.monotonic() + 5
+    while not dropped and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert dropped == [(2, True, 4096, 3904)]

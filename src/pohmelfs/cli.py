@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-devices",
         action="store_true",
         help="let clients create device nodes (for root file systems of containers and "
-        "virtual machines, and conformance suites); the server never opens them",
+        "virtual machines, and conformance suites); the server never opens them, but "
+        "local users of this machine could, so keep the export's parent closed to them",
     )
     serve.add_argument(
         "--max-payload",

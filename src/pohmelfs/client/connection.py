@@ -176,6 +176,11 @@ class Connection:
                 parts = msg.encode()
             except ProtocolError as e:
                 raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
+            size = sum(memoryview(part).nbytes for part in parts) - p.HEADER_SIZE
+            if size > self.max_payload:  # the server would have to drop the connection
+                code = errno.ENAMETOOLONG if "path" in fields else errno.E2BIG
+                raise OSError(code, f"{cmd.name} of {size} bytes is more than the server "
+                              f"takes ({self.max_payload})")  # fmt: skip
         tx = Transaction(xid, cmd, into, sink, callback)
         # ``forever``: a request that may rightly wait (a blocking lock); it still fails
         # if the connection dies. Otherwise each PENDING for it moves the deadline.

@@ -111,7 +111,10 @@ class RemoteFile(io.RawIOBase):
                     flags = self._flags & REOPEN_MASK
                     got = self._client._open(self._path, flags, 0, self._cred, fid=self._fid,
                                              shown=self.name)  # fmt: skip
-                except (FileNotFoundError, NotADirectoryError):
+                except OSError as e:
+                    if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
+                        raise
+                    # Gone, or its name is now a directory or a symlink: not that file.
                     raise OSError(errno.ESTALE, "the file was removed", self.name) from None
                 self._pair = (got.conn, got.oid)
                 self._client.opened(self, got.conn, got.oid)

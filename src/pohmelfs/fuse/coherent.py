@@ -37,6 +37,12 @@ NONE, SHARED, EXCLUSIVE = -1, 0, 1
 RELEASE = 2
 # Seconds after a revocation during which a file (or directory) counts as shared.
 CONTENDED = 2.0
+PAGE = 4096
+# How a page-cache READ goes (read_started): under the node's lock; without one while
+# the lock is being revoked (the revocation drops its pages); without one and no
+# revocation under way (the lock was taken back each time it was granted: its pages
+# are dropped once it is answered).
+LOCKED, BORROWED, UNCOVERED = 0, 1, 2
 # Passes of dropping pages in one revocation, each after READs sent without a lock
 # came during the last: they end when a pass saw none (only a program faulting in
 # pages of a mapping the whole time keeps them going).
@@ -44,7 +50,7 @@ DROP_PASSES = 16
 
 
 class CacheState:
-    def __init__(self, invalidate: Callable[[int, bool], None],
+    def __init__(self, invalidate: Callable[..., None],
                  handles: Callable[[int], list[RemoteFile]]) -> None:  # fmt: skip
         self._invalidate = invalidate
         self._handles = handles  # a node's open files
@@ -167,33 +173,37 @@ class CacheState:
             self._valid.add(nodeid)
             return keep
 
-    def read_started(self, node: Node, f: RemoteFile, exclusive: bool = False) -> bool:
-        """A page-cache READ of the node begins: under its lock (True), taken first if
-        need be, or, while the lock is being revoked, without one (False: the
-        revocation drops the pages it fills). Pass the answer to ``read_done``."""
+    def read_started(self, node: Node, f: RemoteFile, exclusive: bool = False) -> int:
+        """A page-cache READ of the node begins: LOCKED (under its lock, taken first if
+        need be), BORROWED (while the lock is being revoked: the revocation drops the
+        pages it fills) or UNCOVERED (see LOCKED). Pass it to ``read_done``."""
         nodeid = node.nodeid
         want = EXCLUSIVE if exclusive else SHARED
         for _ in range(5):
             with self._cond:
                 if self._state.get(nodeid, NONE) >= want:
                     _count(self._reads, nodeid, 1)
-                    return True
+                    return LOCKED
                 if self._revoking.get(nodeid):
                     _count(self._borrowed, nodeid, 1)
-                    return False
+                    return BORROWED
             self.ensure(node, f, exclusive, page_io=True)
-        with self._cond:  # (taken back each time: read it as the revocations would)
-            _count(self._borrowed, nodeid, 1)
-        return False
+        return UNCOVERED
 
-    def read_done(self, nodeid: int, locked: bool) -> None:
+    def read_done(self, nodeid: int, how: int, offset: int, size: int) -> None:
+        """The kernel has the READ's answer (on the receive thread: never blocks)."""
         with self._cond:
-            if locked:
+            if how == LOCKED:
                 _count(self._reads, nodeid, -1)
-            else:
+            elif how == BORROWED:
                 _count(self._borrowed, nodeid, -1)
                 _count(self._borrow_done, nodeid, 1)
             self._cond.notify_all()
+        if how == UNCOVERED:  # no lock covers what it filled: it goes again
+            start = offset - offset % PAGE
+            drop = (nodeid, True, start, offset + size - start)
+            threading.Thread(target=self._invalidate, args=drop, daemon=True,
+                             name="pohmelfs-uncovered").start()  # fmt: skip
 
     def lost_all(self) -> None:
         """The connection went, and every lock with it: nothing cached is ours now."""

@@ -473,8 +473,9 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         # read(2) calls are direct), whose pages may be dirtied without our knowing:
         # it takes the exclusive lock, so another client's read has them written back.
         node, cache = self.node(req.nodeid), self.cache
-        locked = cache.read_started(node, f, f.writable())
-        self.reads.start(f, a.offset, a.size, reply, lambda: cache.read_done(node.nodeid, locked))
+        how = cache.read_started(node, f, f.writable())
+        done = lambda: cache.read_done(node.nodeid, how, a.offset, a.size)  # noqa: E731
+        self.reads.start(f, a.offset, a.size, reply, done)
 
     def op_write(self, req: k.Request, reply: Replier) -> None:
         # Under the exclusive lock a small write is held back (client/held.py): no
@@ -575,7 +576,7 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         if self.notify is None:
             return
         notify = self.notify
-        if last == EMPTY or not attr.size:
+        if not 0 <= last < EMPTY or not attr.size:
             self._invalidate(nodeid, False)  # shrunk: the next stat or read asks
             return
         page = (attr.size - 1) & ~(PAGE - 1)
@@ -590,10 +591,14 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
         t.start()
         t.join(RESIZE_WAIT)
 
-    def _invalidate(self, nodeid: int, pages: bool = True) -> None:
-        """Drop the kernel's cached attributes of a node, and its data unless told not to."""
+    def _invalidate(self, nodeid: int, pages: bool = True, offset: int = 0,
+                    length: int = -1) -> None:  # fmt: skip
+        """Drop the kernel's cached attributes of a node, and its data (of the range;
+        length -1: to the end) unless told not to."""
         if self.notify is not None:
-            self.notify(k.notify_inval_inode(nodeid, 0 if pages else -1, -1 if pages else 0))
+            if not pages:
+                offset, length = -1, 0
+            self.notify(k.notify_inval_inode(nodeid, offset, length))
 
     # --- advisory locks (fcntl, flock) -------------------------------------------------------
 

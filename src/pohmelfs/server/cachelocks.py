@@ -37,7 +37,7 @@ SHARED, EXCLUSIVE, RELEASE = 0, 1, 2
 # What a waiting request wants: a lock (GRANT), other sessions' exclusive holders to
 # write back before a plain read (SETTLE), every other holder gone for a change (CHANGE).
 GRANT, SETTLE, CHANGE = 0, 1, 2
-POLL = 0.1  # a waiter looks again this often even if nobody wakes it (a safety net)
+POLL = 1.0  # a waiter looks again this often even if nobody wakes it (a safety net)
 
 
 @dataclass(eq=False)
@@ -98,7 +98,12 @@ Revoker = Callable[[Holder, int, Callable[[], None]], None]
 class CacheLocks:
     def __init__(self, lease: float = 5.0) -> None:
         self.lease = lease
-        self._cond = threading.Condition()
+        self._mutex = threading.RLock()  # guards everything here
+        self._cond = threading.Condition(self._mutex)  # the lease thread waits on it
+        # key -> the condition its waiting requests sleep on (same lock): a change of
+        # one file wakes only the requests waiting for that file.
+        self._wakers: dict[object, threading.Condition] = {}
+        self._closed = False
         self._held: dict[object, list[Holder]] = {}
         self._queues: dict[object, list[Waiter]] = {}  # key -> waiting requests, oldest first
         # Exclusive holders of directory locks anywhere (read without the lock): only
@@ -164,15 +169,25 @@ class CacheLocks:
         """``w`` waits in the queue of each key (with the lock held)."""
         for key in keys:
             self._queues.setdefault(key, []).append(w)
+            if key not in self._wakers:
+                self._wakers[key] = threading.Condition(self._mutex)
         try:
             yield
         finally:
             for key in keys:
                 queue = self._queues[key]
                 queue.remove(w)
+                self._wake(key)
                 if not queue:
                     del self._queues[key]
+                    del self._wakers[key]
             self._cond.notify_all()
+
+    def _wake(self, key: object) -> None:
+        """(With the lock.) Something changed for ``key``: its waiters look again."""
+        waker = self._wakers.get(key)
+        if waker is not None:
+            waker.notify_all()
 
     def _take_turn(self, key: object, w: Waiter, conflicts_now: Callable[[], list[Holder]],
                    keep: int, revoke: Revoker,
@@ -195,7 +210,7 @@ class CacheLocks:
                     finally:
                         self._cond.acquire()
                     continue
-            self._cond.wait(POLL)
+            self._wakers[key].wait(POLL)
 
     # --- grants ----------------------------------------------------------------
 
@@ -307,6 +322,7 @@ class CacheLocks:
                 del busy[session]
             if not busy:
                 del self._busy[key]
+            self._wake(key)
         self._cond.notify_all()
 
     # --- revocation and leases --------------------------------------------------
@@ -361,9 +377,15 @@ class CacheLocks:
         self._lapsed[h.owner[0]] += 1
         self._cond.notify_all()
 
+    def close(self) -> None:
+        """The server stops: the lease thread ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def _lease_loop(self) -> None:
         with self._cond:
-            while True:
+            while not self._closed:
                 now = time.monotonic()
                 while self._leases and (self._leases[0][2].answered or self._leases[0][0] <= now):
                     _, _, asked = heapq.heappop(self._leases)
@@ -375,6 +397,19 @@ class CacheLocks:
     def lapsed(self, session: int) -> bool:
         """Has ``session`` let a revocation run out and not answered it since?"""
         return bool(self._lapsed.get(session))
+
+    def lapse(self, session: int) -> None:
+        """``session`` let another notification run out (RESIZE): nobody waits for it
+        until it answers (``unlapse``)."""
+        with self._cond:
+            self._lapsed[session] += 1
+
+    def unlapse(self, session: int) -> None:
+        with self._cond:
+            if self._lapsed.get(session, 0) > 1:
+                self._lapsed[session] -= 1
+            else:
+                self._lapsed.pop(session, None)
 
     # --- the table --------------------------------------------------------------
 
@@ -390,6 +425,7 @@ class CacheLocks:
         else:
             self._held.pop(key, None)
             self._dir_keys.discard(key)
+        self._wake(key)
 
     def _give_up(self, key: object, h: Holder, keep: int) -> None:
         ranges = list(self._held.get(key, ()))
@@ -431,6 +467,9 @@ class CacheLocks:
                 self._store(key, [h for h in self._held[key] if h.owner[0] != session])
             self.fenced = {o for o in self.fenced if o[0] != session}
             self._lapsed.pop(session, None)
+            for _, _, asked in self._leases:  # its revocations are over (nobody to fence)
+                if asked.holder.owner[0] == session:
+                    asked.answered = True
             self._cond.notify_all()
 
     def held(self, key: object) -> list[Holder]:

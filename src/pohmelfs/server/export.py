@@ -54,6 +54,7 @@ RENAME_FLAGS_ALLOWED = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
 # (4,096) per call, a tree may be deeper than that from the export's root.
 PATH_STEP = 4000
 XATTR_FLAGS = os.XATTR_CREATE | os.XATTR_REPLACE
+TREE_FDS = 64  # directories RMTREE keeps open at once, however deep the tree
 # With less room than this (and at most SPACE_CHECK seconds ago), writes reserve their
 # blocks first: well above the largest write (8 MiB) times the writers at once.
 ROOMY = 1 << 30
@@ -96,43 +97,6 @@ def split_path(path: bytes) -> list[bytes]:
         else:
             parts.append(comp)
     return parts
-
-
-def _remove_tree(dfd: int, name: bytes) -> None:
-    """Remove directory ``name`` of ``dfd`` and everything below it, never following
-    a symlink, with a stack of descriptors instead of recursion: any depth a local
-    file system allows (shutil.rmtree stops at Python's recursion limit)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-    def emptied(parent: int, dname: bytes) -> tuple[int, bytes, int, list[bytes]]:
-        """Open a directory, remove what is not a directory in it, list the rest."""
-        fd = os.open(dname, flags, dir_fd=parent)
-        subdirs = []
-        try:
-            with os.scandir(fd) as it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(os.fsencode(entry.name))
-                    else:
-                        os.unlink(entry.name, dir_fd=fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return parent, dname, fd, subdirs
-
-    stack = [emptied(dfd, name)]
-    try:
-        while stack:
-            parent, dname, fd, subdirs = stack[-1]
-            if subdirs:
-                stack.append(emptied(fd, subdirs.pop()))
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(dname, dir_fd=parent)
-    finally:
-        for _, _, fd, _ in stack:
-            os.close(fd)
 
 
 def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -426,9 +390,26 @@ class LocalExport:
                     done += os.pwrite(fd, data[done:], offset + done)
         except OSError:
             if done and end > st.st_size:
-                os.ftruncate(fd, st.st_size)  # what it added goes again
+                self._cut_back(fd, st.st_size, start, start + done)
             raise
         return done, (os.lseek(fd, 0, os.SEEK_CUR) if offset is None else end)
+
+    @staticmethod
+    def _cut_back(fd: int, old_end: int, start: int, written_to: int) -> None:
+        """A write that grew the file failed part-way: what it added past the old end
+        goes again, unless another client wrote past it meanwhile (only our range
+        was locked), nor what another client wrote between the old end and ours."""
+        if os.fstat(fd).st_size > written_to:
+            return
+        keep = old_end
+        if start > old_end:
+            try:
+                first_data = os.lseek(fd, old_end, os.SEEK_DATA)
+            except OSError:
+                first_data = start
+            if first_data < start:
+                keep = start
+        os.ftruncate(fd, keep)
 
     def _tight(self, fd: int, dev: int) -> bool:
         """Is the file system short of space (a write could run out part-way)? Asked
@@ -520,7 +501,59 @@ class LocalExport:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise _err(errno.ENOTDIR, path)
-            _remove_tree(dfd, name)
+            self._remove_tree(split_path(path)[:-1], dfd, name)
+
+    def _remove_tree(self, above: list[bytes], dfd: int, name: bytes) -> None:
+        """Remove directory ``name`` of ``dfd`` (which is ``above`` below the root) and
+        everything below it, never following a symlink, with a stack instead of
+        recursion (any depth: shutil.rmtree stops at Python's recursion limit) that
+        keeps at most TREE_FDS directories open: a shallower one is let go, and
+        walked to again from the root, confined, when the walk comes back to it."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        stack: list[list[Any]] = []  # [name, descriptor or None, subdirectories left]
+
+        def fd_of(level: int) -> int:
+            if level < 0:
+                return dfd
+            entry = stack[level]
+            if entry[1] is None:  # let go: walk to it again
+                entry[1] = self._directory([*above, *(e[0] for e in stack[: level + 1])])
+            return int(entry[1])
+
+        def push(child: bytes) -> None:
+            fd = os.open(child, flags, dir_fd=fd_of(len(stack) - 1))
+            subdirs: list[bytes] = []
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            subdirs.append(os.fsencode(entry.name))
+                        else:
+                            os.unlink(entry.name, dir_fd=fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            stack.append([child, fd, subdirs])
+            opened = [e for e in stack if e[1] is not None]
+            if len(opened) > TREE_FDS:
+                os.close(opened[0][1])
+                opened[0][1] = None
+
+        try:
+            push(name)
+            while stack:
+                entry = stack[-1]
+                if entry[2]:
+                    push(entry[2].pop())
+                    continue
+                stack.pop()
+                if entry[1] is not None:
+                    os.close(entry[1])
+                os.rmdir(entry[0], dir_fd=fd_of(len(stack) - 1))
+        finally:
+            for entry in stack:
+                if entry[1] is not None:
+                    os.close(entry[1])
 
     @_mutating
     def unlink(self, path: bytes) -> Attr:

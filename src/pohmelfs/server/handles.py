@@ -101,6 +101,9 @@ class Handles:
 
     def _open(self, m: Message) -> Message | None:
         path, flags, mode = m["path"], m["flags"], m["mode"]
+        if m["fid"] != ANY_FILE and flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
+            # A reopen of a file it had: it must change nothing before the check.
+            raise OSError(errno.EINVAL, "a file id is for reopening: no O_CREAT, O_EXCL, O_TRUNC")
         if flags & os.O_CREAT:  # creating a name changes its directory; opening one does not
             try:
                 if flags & os.O_EXCL:

@@ -38,6 +38,7 @@ class Keepalive:
         self._cond = threading.Condition()
         self._waiting: dict[tuple[int, int], _Waiting] = {}  # (session id, xid) -> request
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def waiting(self, sid: int, sock: socket.socket, send_lock: threading.Lock, cmd: int,
                 xid: int, interval: float) -> None:  # fmt: skip
@@ -60,8 +61,14 @@ class Keepalive:
             for key in [k for k in self._waiting if k[0] == sid]:
                 del self._waiting[key]
 
+    def close(self) -> None:
+        """The server stops: the thread ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
     def _loop(self) -> None:
-        while True:
+        while not self._closed:
             with self._cond:
                 now = time.monotonic()
                 due = [w for w in self._waiting.values() if w.due <= now]
@@ -71,25 +78,51 @@ class Keepalive:
             for w in due:
                 _send_pending(w)
             with self._cond:
-                if not due:
+                if not due and not self._closed:
                     self._cond.wait(None if nearest is None else max(nearest - now, 0.001))
 
 
 def _send_pending(w: _Waiting) -> None:
     """Send one PENDING frame without ever waiting for the client: if another reply
-    is being sent, or the client's buffer is full, it is skipped this time."""
+    is being sent, or the client's buffer is full, it is skipped this time. A frame
+    that went only in part is finished by a thread of its own, which keeps the
+    connection's send lock until then (a frame must never be cut), so this thread
+    goes on with everyone else."""
     if not w.send_lock.acquire(blocking=False):
         return
+    handed_on = False
     try:
         frame = p.HEADER.pack(p.MAGIC, w.cmd, p.FLAG_REPLY | p.FLAG_PENDING, 0, 0, 0, w.xid,
                               0, 0, 0)  # fmt: skip
         sent = w.sock.send(frame, socket.MSG_DONTWAIT)
-        if sent < len(frame):  # a frame must never be cut: finish it
-            send_parts(w.sock, [memoryview(frame)[sent:]])
+        if sent < len(frame):
+            threading.Thread(target=_finish, args=(w, memoryview(frame)[sent:]), daemon=True,
+                             name="pohmelfs-keepalive-rest").start()  # fmt: skip
+            handed_on = True
     except BlockingIOError:
         pass
     except OSError as e:
-        if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
-            log.debug("cannot send a keep-alive: %s", e)
+        _log_send_error(e)
+    finally:
+        if not handed_on:
+            w.send_lock.release()
+
+
+def _finish(w: _Waiting, rest: memoryview) -> None:
+    """The rest of a PENDING frame (with the send lock, which it lets go): at most the
+    connection's send time-out, after which a client that takes nothing is cut off."""
+    try:
+        send_parts(w.sock, [rest])
+    except OSError as e:
+        _log_send_error(e)
+        try:
+            w.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     finally:
         w.send_lock.release()
+
+
+def _log_send_error(e: OSError) -> None:
+    if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+        log.debug("cannot send a keep-alive: %s", e)

@@ -22,6 +22,10 @@ from .locks import UNLCK, Lock
 
 log = logging.getLogger("pohmelfs.server")
 
+MAX_UNANSWERED = 4096  # notifications a session may leave unanswered at once
+MAX_WAITING = 1024  # requests of a session that wait for other clients at once
+MAX_WAITING_BYTES = 256 << 20  # and the data they keep
+
 if TYPE_CHECKING:
     from .export import LocalExport
     from .handles import Handle
@@ -52,15 +56,42 @@ class LockRequests:
     _queue_lock: threading.Lock
     _queued: int
     _queued_keys: collections.Counter[object]  # files of the requests queued now
+    _parked: int  # requests waiting for other clients (see _park)
+    _parked_bytes: int
+    _parked_lock: threading.Lock
     _queue_thread: threading.Thread | None
+    _lane: ThreadPoolExecutor  # one thread: write-backs that had to wait (see _to_lane)
+    _lane_thread: threading.Thread | None
     sock: socket.socket
     send_lock: threading.Lock
     keepalive: float
 
-    def _waits(self, m: Message) -> None:
-        """``m`` waits for other clients: its requester hears PENDING meanwhile."""
+    def _park(self, m: Message, h: Handle | None) -> None:
+        """``m`` is to wait for other clients: it keeps its data (the reader's buffer
+        is reused), its requester hears PENDING meanwhile, and it counts against the
+        session's bounds (MAX_WAITING requests, MAX_WAITING_BYTES of data): beyond
+        them it fails with EAGAIN instead, and ``h`` is let go. ``_reply_to`` ends it."""
+        data = m.fields.get("data")
+        size = len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
+        with self._parked_lock:
+            if self._parked >= MAX_WAITING or self._parked_bytes + size > MAX_WAITING_BYTES:
+                if h is not None:
+                    self._release(h)
+                raise OSError(errno.EAGAIN, "too many requests of this connection wait for "
+                              "other clients")  # fmt: skip
+            self._parked += 1
+            self._parked_bytes += size
+        if isinstance(data, memoryview):
+            m.fields["data"] = bytes(data)
         self.server.keepalive.waiting(self.sid, self.sock, self.send_lock, m.cmd, m.xid,
                                       self.keepalive)  # fmt: skip
+
+    def _unpark(self, m: Message) -> None:
+        self.server.keepalive.done(self.sid, m.xid)
+        data = m.fields.get("data")
+        with self._parked_lock:
+            self._parked -= 1
+            self._parked_bytes -= len(data) if isinstance(data, bytes | bytearray) else 0
 
     def _wanted_lock(self, m: Message, h: Handle) -> Lock:
         if m["type"] > UNLCK or m["flags"] & ~(p.LOCK_WAIT | p.LOCK_FLOCK):
@@ -103,8 +134,12 @@ class LockRequests:
     # --- cache locks -------------------------------------------------------------
 
     def notify(self, msg: Message, answered: Callable[[], None], key: object = None) -> None:
-        """Send a server-initiated message; ``answered`` runs when the client replies.
-        ``key``: a revocation of this session's lock on that file (see ``answering``)."""
+        """Send a server-initiated message; ``answered`` runs when the client replies
+        (or its connection ends). ``key``: a revocation of this session's lock on that
+        file (see ``answering``). A client that leaves MAX_UNANSWERED unanswered gets
+        no more: ENOBUFS, and whoever would have waited for it goes on."""
+        if len(self._notified) >= MAX_UNANSWERED:
+            raise OSError(errno.ENOBUFS, "too many notifications unanswered")
         if key is not None:
             with self._revoked_lock:
                 self._revoked_keys[key] += 1
@@ -247,28 +282,39 @@ class LockRequests:
         if self._in_queue():  # queued again, it would overtake nothing but be overtaken
             return wait_and_run()
         held = None if h is None else self._hold(h)
-        if m.flags & p.FLAG_BEHIND:
+        if self.answering(m):  # a write-back a revocation waits for: ahead of the queue
+            self._to_lane(m, held, wait_and_run)
+        elif m.flags & p.FLAG_BEHIND:
             self._enqueue(m, held, wait_and_run)
         else:
             self._answer_later(m, held, wait_and_run)
         return None
 
     def _in_queue(self) -> bool:
-        """Is this the session's queue thread?"""
-        return threading.current_thread() is self._queue_thread
+        """Is this the session's queue thread, or its lane for write-backs?"""
+        me = threading.current_thread()
+        return me is self._queue_thread or me is self._lane_thread
+
+    def _to_lane(self, m: Message, h: Handle | None,
+                 work: Callable[[], Message | None]) -> None:  # fmt: skip
+        """Run a write-back that a revocation of this session's lock waits for, and
+        that must wait itself (for RESIZE answers): on the session's lane, one
+        thread, so write-backs stay in the order sent, past the queue (whose
+        requests may wait for the very client that waits for this answer)."""
+        self._park(m, h)
+        self._lane.submit(self._reply_to, m, h, work)
 
     def _enqueue(self, m: Message, h: Handle | None,
                  work: Callable[[], Message | None]) -> None:  # fmt: skip
         """Run work after everything already queued for this session, then reply;
         while anything is queued, the reader queues every request behind it."""
-        _own_data(m)
+        self._park(m, h)
         target = h if h is not None else self.handles.get(m.oid) if m.oid else None
         key = None if target is None else target.key
         with self._queue_lock:
             self._queued += 1
             if key is not None:
                 self._queued_keys[key] += 1
-        self._waits(m)
         self._queue.submit(self._reply_to, m, h, work, True, key)
 
     def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
@@ -284,7 +330,7 @@ class LockRequests:
             log.exception("%s: %s failed", self.peer, m.cmd.name)
             out = p.reply(m, status=errno.EIO, data=f"internal server error: {e}".encode())
         finally:
-            self.server.keepalive.done(self.sid, m.xid)
+            self._unpark(m)
             if h is not None:
                 self._release(h)
             if queued:
@@ -306,17 +352,14 @@ class LockRequests:
         connection's reader: the answers it waits for arrive there), then reply."""
 
         name = f"pohmelfs-{m.cmd.name.lower()}-{self.peer}"
-        _own_data(m)
-        self._waits(m)
+        self._park(m, h)
         threading.Thread(target=self._reply_to, args=(m, h, work), name=name, daemon=True).start()
 
     def _check_not_fenced(self, m: Message) -> None:
+        """A change through a handle whose lock was taken back unasked is refused:
+        checked when it arrives, and again under its range lock just before it is
+        applied (it may have waited meanwhile; a later change of another client
+        that the lost lock made wait is then ordered after this one by that range
+        lock, so the older data never lands on top)."""
         if (self.sid, m.oid) in self.server.cache.fenced:
             raise OSError(errno.EIO, "cache lock lost (did not answer a revoke in time)")
-
-
-def _own_data(m: Message) -> None:
-    """A request that runs later keeps its data: the reader's buffer is reused."""
-    data = m.fields.get("data")
-    if isinstance(data, memoryview):
-        m.fields["data"] = bytes(data)

@@ -82,10 +82,15 @@ class Session(LockRequests, Handles):
         self._wbuf: memoryview | None = None
         self._scratch = threading.local()
         self._queue_thread: threading.Thread | None = None
+        self._lane_thread: threading.Thread | None = None
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pohmelfs-lane-{peer}",
+                                        initializer=self._lane_started)  # fmt: skip
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pohmelfs-queue-{peer}",
                                          initializer=self._queue_started)  # fmt: skip
         self._queue_lock = threading.Lock()
         self._queued = 0
+        self._parked = self._parked_bytes = 0
+        self._parked_lock = threading.Lock()
         self._queued_keys = collections.Counter[object]()
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
@@ -176,6 +181,10 @@ class Session(LockRequests, Handles):
     def _queue_started(self) -> None:
         linux.private_umask_zero()
         self._queue_thread = threading.current_thread()
+
+    def _lane_started(self) -> None:
+        linux.private_umask_zero()
+        self._lane_thread = threading.current_thread()
 
     # --- the connection loop ------------------------------------------------
 
@@ -342,12 +351,17 @@ class Session(LockRequests, Handles):
         self.closed = True
         self.server.keepalive.forget_session(self.sid)
         self._queue.shutdown(wait=False)  # what is queued runs, skips its work, frees handles
+        self._lane.shutdown(wait=False)
         self.server.locks.drop_session(self.sid)
         self.server.cache.drop_session(self.sid)
         try:
             self.sock.close()
         except OSError:
             pass
+        # Nobody will answer what we asked of it: whoever waits for that goes on now.
+        for answered in list(self._notified.values()):
+            answered()
+        self._notified.clear()
         with self.handles_lock:
             handles, self.handles = list(self.handles.items()), {}
         for oid, h in handles:
@@ -419,6 +433,7 @@ class Session(LockRequests, Handles):
         def truncate(h: Handle) -> Message:
             before = os.fstat(h.fd).st_size
             with self.server.ranges.hold(h.key, min(m.offset, before), END, True):
+                self._check_not_fenced(m)
                 os.ftruncate(h.fd, m.offset)
             if self.server.sizes.elsewhere(h.key, self.sid):
                 self._resized(h.key, os.fstat(h.fd), before, 0)  # (new bytes are zeros)
@@ -436,6 +451,7 @@ class Session(LockRequests, Handles):
             watched = self.server.sizes.elsewhere(h.key, self.sid)
             before = os.fstat(h.fd).st_size if watched else 0
             with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, True):
+                self._check_not_fenced(m)
                 linux.fallocate(h.fd, m["mode"], m.offset, m.length)
             if watched:
                 self._resized(h.key, os.fstat(h.fd), before, 0)
@@ -457,9 +473,11 @@ class Session(LockRequests, Handles):
             before = os.fstat(h.fd).st_size if watched or h.append else 0
             if h.append:  # where it lands is known only once written: lock the tail
                 with self.server.ranges.hold(h.key, before, END, True):
+                    self._check_not_fenced(m)
                     done, end = self.export.write(h.fd, data, None)
             else:
                 with self.server.ranges.hold(h.key, m.offset, m.offset + len(data), True):
+                    self._check_not_fenced(m)
                     done, end = self.export.write(h.fd, data, m.offset)
             if watched:
                 st = os.fstat(h.fd)
@@ -518,7 +536,8 @@ class Server:
         self.locks = AdvisoryLocks()
         self.cache = cachelocks.CacheLocks(lease)
         self.keepalive = Keepalive()
-        self.sizes = SizeWatchers(lease, self.session_by_id, self.cache.lapsed)
+        self.sizes = SizeWatchers(lease, self.session_by_id, self.cache.lapsed, self.cache.lapse,
+                                  self.cache.unlapse)  # fmt: skip
         self.session_ids = itertools.count(1)
         self.writers = collections.Counter[tuple[int, int]]()  # files open for writing
         self._session_writers = collections.Counter[tuple[tuple[int, int], int]]()
@@ -621,5 +640,7 @@ class Server:
         for t in threads:
             t.join(timeout)
         self.pool.shutdown(wait=True)
+        self.cache.close()
+        self.keepalive.close()
         self._accept_thread.join(timeout)
         log.info("stopped")

@@ -32,11 +32,17 @@ class Notifiable(Protocol):
 
 
 class SizeWatchers:
+    """``lapsed``, ``lapse``, ``unlapse``: the sessions nobody waits for (CacheLocks),
+    which a session that lets a RESIZE run out joins until it answers."""
+
     def __init__(self, lease: float, session_by_id: Callable[[int], Notifiable | None],
-                 lapsed: Callable[[int], bool]) -> None:  # fmt: skip
+                 lapsed: Callable[[int], bool], lapse: Callable[[int], None],
+                 unlapse: Callable[[int], None]) -> None:  # fmt: skip
         self.lease = lease
         self._session_by_id = session_by_id
         self._lapsed = lapsed
+        self._lapse = lapse
+        self._unlapse = unlapse
         self._lock = threading.Lock()
         self._open: dict[object, dict[int, set[int]]] = {}  # key -> session -> its handles
 
@@ -57,14 +63,14 @@ class SizeWatchers:
 
     def count_elsewhere(self, key: object, sid: int) -> int:
         """How many other watching sessions have the file open."""
-        sessions = self._open.get(key)
-        return sum(s != sid for s in sessions) if sessions else 0
+        if key not in self._open:  # the common case, without the lock
+            return 0
+        with self._lock:
+            return sum(s != sid for s in self._open.get(key, ()))
 
     def elsewhere(self, key: object, sid: int) -> bool:
-        """Does another watching session have the file open? (Read without the lock:
-        a file opened just now is told of the next change.)"""
-        sessions = self._open.get(key)
-        return bool(sessions) and any(s != sid for s in sessions)
+        """Does another watching session have the file open?"""
+        return self.count_elsewhere(key, sid) > 0
 
     def resized(self, key: object, sid: int, attr: p.Attr, last: int) -> None:
         """The file's size changed (to ``attr.size``; ``last``: its last byte, EMPTY if
@@ -72,19 +78,46 @@ class SizeWatchers:
         with self._lock:
             targets = [(s, next(iter(oids))) for s, oids in self._open.get(key, {}).items()
                        if s != sid and oids]  # fmt: skip
-        answers = []
+        told = []
         for other, oid in targets:
             session = self._session_by_id(other)
             if session is None or session.closed or self._lapsed(other):
                 continue
-            answered = threading.Event()
+            notice = _Told(other, self._unlapse)
             msg = p.Message(Command.RESIZE, next(session._notify_xids), p.FLAG_NOTIFY, 0, oid, 0,
                             0, {"attr": attr, "last": last})  # fmt: skip
             try:
-                session.notify(msg, answered.set)
+                session.notify(msg, notice.answered)
             except OSError:
-                continue  # its connection is gone, and its open files with it
-            answers.append(answered)
+                continue  # its connection is gone (or has too much unanswered)
+            told.append(notice)
         deadline = time.monotonic() + self.lease
-        for answered in answers:
-            answered.wait(max(0.0, deadline - time.monotonic()))
+        for notice in told:
+            if not notice.done.wait(max(0.0, deadline - time.monotonic())):
+                notice.ran_out(self._lapse)
+
+
+class _Told:
+    """One RESIZE sent: answered in time, or run out (its session is then lapsed
+    until the late answer comes)."""
+
+    def __init__(self, session: int, unlapse: Callable[[int], None]) -> None:
+        self.session = session
+        self.done = threading.Event()
+        self._unlapse = unlapse
+        self._lock = threading.Lock()
+        self._late = False
+
+    def answered(self) -> None:
+        with self._lock:
+            self.done.set()
+            late, self._late = self._late, False
+        if late:
+            self._unlapse(self.session)
+
+    def ran_out(self, lapse: Callable[[int], None]) -> None:
+        with self._lock:
+            if self.done.is_set():
+                return
+            self._late = True
+        lapse(self.session)
