@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from bench_mount import MiB, free_port, read_file, write_file
+from benchkeys import MOUNT_OPTION, SECRET_FILE, SERVE_ARGS
 
 RECORD = 4096
 POHMELFS = [sys.executable, "-m", "pohmelfs"]
@@ -55,7 +56,7 @@ class Setup:
         self.address = f"127.0.0.1:{port}"
         subprocess.run([*POHMELFS, "serve", str(self.export), "--listen", self.address,
                         "--daemon", "--pid-file", str(pidfile), "--log-file",
-                        str(tmp / "server.log")], check=True)  # fmt: skip
+                        str(tmp / "server.log"), *SERVE_ARGS], check=True)  # fmt: skip
         self.server_pid = int(pidfile.read_text())
         self.mounts: list[Path] = []
 
@@ -64,7 +65,7 @@ class Setup:
         path.mkdir()
         argv = [*POHMELFS, "mount", self.address, str(path), "--log-file",
                 str(self.tmp / f"{name}.log")]  # fmt: skip
-        for opt in options:
+        for opt in (*options, MOUNT_OPTION):
             argv += ["-o", opt]
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
         self.mounts.append(path)
@@ -161,13 +162,13 @@ def small_writes(path: Path, size: int) -> float:
 # library client (which opens /handoff.rec).
 HANDOFF = r"""
 import os, sys, time
-target, me, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+target, me, seconds, secret = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 if target.startswith("/"):
     fd = os.open(target, os.O_RDWR)
     pread, pwrite = (lambda: os.pread(fd, 4096, 0)), (lambda d: os.pwrite(fd, d, 0))
 else:
     from pohmelfs import Client
-    f = Client([target]).open("/handoff.rec", "r+b", buffering=0)
+    f = Client([target], secret_file=secret).open("/handoff.rec", "r+b", buffering=0)
     pread, pwrite = (lambda: f.pread(4096, 0)), (lambda d: f.pwrite(d, 0))
 turns = 0
 deadline = time.monotonic() + seconds
@@ -194,7 +195,7 @@ def handoffs(setup: Setup, a: Path | None, b: Path | None, seconds: float) -> fl
         targets = [str(a / "handoff.rec"), str(b / "handoff.rec")]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", HANDOFF, target, str(i), str(seconds)],
+            [sys.executable, "-c", HANDOFF, target, str(i), str(seconds), SECRET_FILE],
             stdout=subprocess.PIPE,
             text=True,
         )

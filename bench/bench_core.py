@@ -26,11 +26,21 @@ import threading
 import time
 
 import pohmelfs
+from benchkeys import SECRET_FILE, SERVE_ARGS
 
 
 def start_server(root: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pohmelfs.cli", "serve", root, "--listen", "127.0.0.1:0"],
+        [
+            sys.executable,
+            "-m",
+            "pohmelfs.cli",
+            "serve",
+            root,
+            "--listen",
+            "127.0.0.1:0",
+            *SERVE_ARGS,
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -169,7 +179,7 @@ def main() -> None:
         make_file(small, max(size // 4, 1 << 20))
         proc, address = start_server(root)
         try:
-            client = pohmelfs.Client([address])
+            client = pohmelfs.Client([address], secret_file=SECRET_FILE)
             buf = memoryview(bytearray(size))
             for i in range(0, size, 4096):
                 buf[i] = 1  # fault the buffer in so both runs see the same memory state

@@ -64,6 +64,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchkeys import MOUNT_OPTION, SERVE_ARGS
+
 MiB = 1 << 20
 MB = 1_000_000
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server")
@@ -322,12 +324,21 @@ class PohmelfsTarget(Target):
         tmp, export, mnt = self.tmp, self.export, self.mnt
         self.server = Child(
             "pohmelfs server",
-            [sys.executable, "-m", "pohmelfs.cli", "serve", export, "--listen", "127.0.0.1:0"],
+            [
+                sys.executable,
+                "-m",
+                "pohmelfs.cli",
+                "serve",
+                export,
+                "--listen",
+                "127.0.0.1:0",
+                *SERVE_ARGS,
+            ],
             os.path.join(tmp, "logs", "pohmelfs-serve.log"),
         )
         m = self.server.wait_for_line(r"serving .* on (127\.0\.0\.1:\d+)", 30)
         self.address = m.group(1)
-        opts = ",".join(filter(None, ["allow_other", self.extra_opts]))
+        opts = ",".join(filter(None, ["allow_other", self.extra_opts, MOUNT_OPTION]))
         self.daemon = Child(
             "pohmelfs mount",
             [

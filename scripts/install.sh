@@ -25,6 +25,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
 fi
+# The command on the PATH: ours unless another checkout's is there (several copies may
+# be installed side by side); POHMELFS_LINK=force takes it over.
+link=/usr/local/bin/pohmelfs
+ours="$PWD/.venv/bin/pohmelfs"
 if [ -w /usr/local/bin ]; then
-    ln -sf "$PWD/.venv/bin/pohmelfs" /usr/local/bin/pohmelfs
+    current=$(readlink "$link" 2>/dev/null || true)
+    if [ ! -e "$link" ] && [ ! -L "$link" ] || [ "$current" = "$ours" ] \
+            || [ "${POHMELFS_LINK:-}" = force ]; then
+        ln -sfn "$ours" "$link"
+    else
+        echo "pohmelfs: $link belongs to ${current:-another install}; left alone" \
+             "(POHMELFS_LINK=force to take it over; this one is $ours)" >&2
+    fi
 fi

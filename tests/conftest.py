@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,23 @@ from typing import Any
 import pytest
 
 from pohmelfs import Client
+from pohmelfs.security.config import ClientSecurity, ServerSecurity
+from pohmelfs.security.keys import write_secret
+from pohmelfs.security.policy import ClientPolicy
 from pohmelfs.server.export import LocalExport
 from pohmelfs.server.service import Server
+
+# Every test server requires a key, as a real one does: this one, for the whole run.
+# Its key believes a claimed root (no_root_squash), like the embedded default's own
+# mount, so tests run as root see root's rights; the squashing tests make their own.
+_KEYS = tempfile.mkdtemp(prefix="pohmelfs-test-keys-")
+SECRET_FILE = os.path.join(_KEYS, "secret")
+write_secret(SECRET_FILE)
+TRUSTED = ServerSecurity.from_options(
+    secret_file=SECRET_FILE, policy=ClientPolicy(squash="no_root_squash")
+)
+CLIENT_KEY = ClientSecurity.from_options(secret_file=SECRET_FILE)  # for raw Connections
+SERVE_KEY = ("--secret-file", SECRET_FILE, "--squash", "no_root_squash")
 
 
 @pytest.fixture
@@ -30,8 +46,16 @@ def export_dir(tmp_path: Path) -> Path:
 
 
 def start_server(root: Path, read_only: bool = False, **kw: object) -> Server:
+    """An in-process server on 127.0.0.1 that takes the test key (``security``: others)."""
     export = LocalExport(str(root), read_only=read_only)
+    kw.setdefault("security", TRUSTED)
     return Server(export, "127.0.0.1", 0, **kw).start()  # type: ignore[arg-type]
+
+
+def make_client(*args: Any, **kw: Any) -> Client:
+    """A library client with the test key."""
+    kw.setdefault("secret_file", SECRET_FILE)
+    return Client(*args, **kw)
 
 
 def address_of(server: Server) -> str:
@@ -48,7 +72,7 @@ def server(export_dir: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def client(server: Server) -> Iterator[Client]:
-    c = Client([address_of(server)], timeout=10, umask=0o022)
+    c = make_client([address_of(server)], timeout=10, umask=0o022)
     yield c
     c.close()
 
@@ -56,7 +80,7 @@ def client(server: Server) -> Iterator[Client]:
 @pytest.fixture
 def ab(server: Server) -> Iterator[tuple[Client, Client]]:
     """Two library clients of one server, as two machines would be."""
-    a, b = Client([address_of(server)]), Client([address_of(server)])
+    a, b = make_client([address_of(server)]), make_client([address_of(server)])
     yield a, b
     a.close()
     b.close()
@@ -79,7 +103,7 @@ class ServerProcess:
             with open(self.log, "a") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "pohmelfs.cli", "--log-level", "info", "serve",
-                     str(root), "--listen", listen, *extra],
+                     str(root), "--listen", listen, *_with_key(extra)],
                     stdout=subprocess.PIPE, stderr=log, text=True,
                 )  # fmt: skip
             self.pid = self.proc.pid
@@ -95,6 +119,12 @@ class ServerProcess:
 
     def stop(self) -> int:
         return terminate(self.proc, 10)
+
+
+def _with_key(extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Server arguments: the test key unless they name their own security."""
+    own = {"--secret-file", "--exports", "--insecure"}
+    return extra if own & set(extra) else (*SERVE_KEY, *extra)
 
 
 @pytest.fixture
@@ -138,6 +168,8 @@ class MountProcess:
 
     def __init__(self, servers: str, mountpoint: Path, *options: str) -> None:
         self.mountpoint = Path(mountpoint)
+        if not any("secret_file=" in o for o in options):
+            options = (*options, f"secret_file={SECRET_FILE}")
         opts = [a for o in options for a in ("-o", o)]
         self.log = self.mountpoint.parent / f"mount-{self.mountpoint.name}.log"
         with open(self.log, "a") as log:

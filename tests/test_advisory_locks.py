@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of
+from conftest import address_of, make_client
 from pohmelfs import Client
 from pohmelfs.server.locks import END, RDLCK, UNLCK, WRLCK, AdvisoryLocks, Lock
 from pohmelfs.server.service import Server
@@ -21,58 +21,71 @@ def lk(owner: int, type_: int, start: int, end: int, flock: bool = False) -> Loc
 
 def test_shared_coexist_exclusive_conflicts() -> None:
     t = AdvisoryLocks()
-    t.set("f", lk(1, RDLCK, 0, 100), wait=False)
-    t.set("f", lk(2, RDLCK, 50, 150), wait=False)
+    t.set("f", lk(1, RDLCK, 0, 100))
+    t.set("f", lk(2, RDLCK, 50, 150))
     assert t.conflict("f", lk(3, WRLCK, 90, 95)) is not None
     assert t.conflict("f", lk(3, WRLCK, 150, 200)) is None
     with pytest.raises(OSError) as e:
-        t.set("f", lk(3, WRLCK, 0, 10), wait=False)
+        t.set("f", lk(3, WRLCK, 0, 10))
     assert e.value.errno == errno.EAGAIN
 
 
 def test_own_locks_are_replaced_and_split() -> None:
     t = AdvisoryLocks()
-    t.set("f", lk(1, WRLCK, 0, 100), wait=False)
-    t.set("f", lk(1, UNLCK, 40, 60), wait=False)  # a hole in the middle
+    t.set("f", lk(1, WRLCK, 0, 100))
+    t.set("f", lk(1, UNLCK, 40, 60))  # a hole in the middle
     assert sorted((x.start, x.end) for x in t.held("f")) == [(0, 40), (60, 100)]
     assert t.conflict("f", lk(2, WRLCK, 45, 55)) is None
-    t.set("f", lk(1, RDLCK, 0, END), wait=False)  # downgrade everything
+    t.set("f", lk(1, RDLCK, 0, END))  # downgrade everything
     assert [(x.type, x.start, x.end) for x in t.held("f")] == [(RDLCK, 0, END)]
     assert t.conflict("f", lk(2, RDLCK, 10, 20)) is None
 
 
 def test_flock_and_posix_locks_are_separate() -> None:
     t = AdvisoryLocks()
-    t.set("f", lk(1, WRLCK, 0, END, flock=True), wait=False)
+    t.set("f", lk(1, WRLCK, 0, END, flock=True))
     assert t.conflict("f", lk(2, WRLCK, 0, END, flock=False)) is None
     assert t.conflict("f", lk(2, RDLCK, 0, END, flock=True)) is not None
 
 
+def sl(session: int, type_: int) -> Lock:
+    """A whole-file lock of session ``session``'s owner 1."""
+    return Lock((session, 1), type_, 0, END, session, False)
+
+
 def test_waiter_gets_the_lock_when_it_goes_and_sessions_drop_theirs() -> None:
     t = AdvisoryLocks()
-    t.set("f", lk(1, WRLCK, 0, END), wait=False)
-    got = threading.Event()
-
-    def waiter() -> None:
-        t.set("f", Lock((2, 7), WRLCK, 0, END, 0, False), wait=True)
-        got.set()
-
-    th = threading.Thread(target=waiter)
-    th.start()
-    assert not got.wait(0.2)
+    t.set("f", sl(1, WRLCK))
+    results: list[OSError | None] = []
+    # A waiting request is an entry, not a thread: granted by the change that lets it in.
+    assert not t.wait_for("f", sl(2, WRLCK), results.append)
+    assert t.waiting(2) == 1 and results == []
     t.drop_session(1)  # the holder's client disconnected
-    assert got.wait(5)
-    th.join(5)
-    cancelled = threading.Event()
-    with pytest.raises(OSError) as e:
-        threading.Timer(0.1, cancelled.set).start()
-        t.set("f", lk(3, RDLCK, 0, 1), wait=True, cancelled=cancelled.is_set)
-    assert e.value.errno == errno.EINTR
+    assert results == [None] and t.waiting(2) == 0
+    assert t.held("f")[0].owner == (2, 1)
+    assert not t.wait_for("f", sl(3, RDLCK), results.append)
+    t.drop_session(3)  # the waiter's own connection ends: its wait ends
+    assert isinstance(results[-1], OSError) and results[-1].errno == errno.EINTR
+    assert t.wait_for("f", sl(2, RDLCK), results.append)  # its own lock: no conflict
+    assert results[-1] is not None and len(results) == 2
+
+
+def test_waiting_writer_is_not_overtaken_by_later_readers() -> None:
+    t = AdvisoryLocks()
+    t.set("f", sl(1, RDLCK))
+    order: list[int] = []
+    assert not t.wait_for("f", sl(2, WRLCK), lambda e: order.append(2))
+    assert not t.wait_for("f", sl(3, RDLCK), lambda e: order.append(3))  # behind the writer
+    assert t.wait_for("f", sl(1, WRLCK), lambda e: order.append(1))  # an upgrade: not behind
+    t.set("f", sl(1, UNLCK))
+    assert order == [2]  # the writer first; the reader after it
+    t.set("f", sl(2, UNLCK))
+    assert order == [2, 3]
 
 
 def test_library_locks_between_clients(server: Server, export_dir: Path) -> None:
     (export_dir / "db").write_bytes(b"0" * 100)
-    a, b = Client([address_of(server)]), Client([address_of(server)])
+    a, b = make_client([address_of(server)]), make_client([address_of(server)])
     try:
         a.lock("/db", 0, 10)
         with pytest.raises(BlockingIOError):
@@ -100,7 +113,7 @@ def test_library_locks_between_clients(server: Server, export_dir: Path) -> None
 
 def test_locks_go_with_the_connection(server: Server, export_dir: Path) -> None:
     (export_dir / "f").write_bytes(b"x")
-    a, b = Client([address_of(server)]), Client([address_of(server)])
+    a, b = make_client([address_of(server)]), make_client([address_of(server)])
     try:
         a.lock("/f")
         with pytest.raises(BlockingIOError):
@@ -137,7 +150,7 @@ def test_locking_many_files_keeps_few_handles_and_every_lock(
 
     for i in range(3 * LOCK_FILES):
         (export_dir / f"f{i}").write_bytes(b"")
-    a, b = Client([address_of(server)]), Client([address_of(server)])
+    a, b = make_client([address_of(server)]), make_client([address_of(server)])
     try:
         for i in range(3 * LOCK_FILES):
             a.lock(f"/f{i}", exclusive=True, wait=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of, start_server
+from conftest import CLIENT_KEY, address_of, make_client, start_server
 from pohmelfs import Client
 from pohmelfs.client.client import ANY_FILE
 from pohmelfs.protocol import Command, Cred
@@ -95,7 +95,7 @@ def test_revoke_reaches_the_holder_and_writes_back_first(ab: tuple[Client, Clien
 
 def test_silent_holder_loses_the_lock_and_its_writes_fail(quick_lease_server: Server) -> None:
     address = address_of(quick_lease_server)
-    a, b = Client([address]), Client([address])
+    a, b = make_client([address]), make_client([address])
     try:
         fa = a.open("/f", "w+b", buffering=0)
         fa.cache_lock(exclusive=True)
@@ -417,7 +417,7 @@ def test_a_holder_that_never_answers_costs_the_others_one_lease_once(
     time-out (the server says it is still at work), the others do not wait for the
     holder at all (it is lapsed until it answers)."""
     (export_dir / "f").write_bytes(b"-" * 16)
-    hostile = Client([address_of(server)], timeout=30)
+    hostile = make_client([address_of(server)], timeout=30)
     stop = threading.Event()
     try:
         fh = hostile.open("/f", "r+b", buffering=0)
@@ -433,7 +433,7 @@ def test_a_holder_that_never_answers_costs_the_others_one_lease_once(
 
         threading.Thread(target=retake, daemon=True).start()
         took = []
-        with Client([address_of(server)]) as writer:  # timeout 5, like the lease
+        with make_client([address_of(server)]) as writer:  # timeout 5, like the lease
             for i in range(6):
                 started = time.monotonic()
                 with writer.open("/f", "r+b", buffering=0) as f:
@@ -526,7 +526,7 @@ def test_a_write_back_never_overtakes_an_older_write_queued_on_its_file(
     directory lock, a write to f behind it). Then C wants f: A's write-back of f
     must not jump the queue past the older write of f, or the older data would land
     on top of the newer."""
-    a, b, c = (Client([address_of(server)]) for _ in range(3))
+    a, b, c = (make_client([address_of(server)]) for _ in range(3))
     try:
         b.mkdir("/q")
         (export_dir / "f").write_bytes(b"---")
@@ -565,8 +565,9 @@ class RawSession:
         from pohmelfs.client.connection import Connection
 
         self.oids: dict[bytes, int] = {}
-        self.conn = Connection(address_of(server), timeout=30, connect_timeout=5,
-                               notices=notices, on_notify=self.notified)  # fmt: skip
+        self.conn = Connection(address_of(server), security=CLIENT_KEY, timeout=30,
+                               connect_timeout=5, notices=notices,
+                               on_notify=self.notified)  # fmt: skip
         self.cred = Cred(os.geteuid(), os.getegid(), ())
 
     def open(self, path: bytes) -> int:

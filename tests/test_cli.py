@@ -13,14 +13,27 @@ from pathlib import Path
 import pytest
 
 import pohmelfs
-from conftest import ServerProcess
+from conftest import SECRET_FILE, SERVE_KEY, ServerProcess
 
 TIMEOUT = 20
+CLIENT_COMMANDS = ("ls", "cat", "put", "get", "df")
+OWN_SECURITY = ("--secret-file", "--exports", "--insecure", "--help")
+
+
+def with_key(args: tuple[str, ...]) -> list[str]:
+    """The test key added, as a user would give it, unless the test names its own."""
+    if not args or set(args) & set(OWN_SECURITY):
+        return list(args)
+    if args[0] == "serve":
+        return [*args, *SERVE_KEY]
+    if args[0] in CLIENT_COMMANDS:
+        return [*args, "--secret-file", SECRET_FILE]
+    return list(args)
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pohmelfs.cli", *args],
+        [sys.executable, "-m", "pohmelfs.cli", *with_key(args)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -158,6 +171,7 @@ def test_serve_prints_address_and_stops_on_sigterm(export_dir: Path) -> None:
             "--listen",
             f"127.0.0.1:{port}",
             "--read-only",
+            *SERVE_KEY,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -166,7 +180,9 @@ def test_serve_prints_address_and_stops_on_sigterm(export_dir: Path) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.strip() == f"pohmelfs: serving {export_dir} on 127.0.0.1:{port} (read-only)"
+        assert line.strip() == (
+            f"pohmelfs: serving {export_dir} on 127.0.0.1:{port} (read-only) (1 client key(s))"
+        )
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         try:
@@ -210,7 +226,16 @@ def test_put_get_cat_roundtrip(
     assert back.read_bytes() == data
     (export_dir / "hello.txt").write_bytes(b"hello\nworld\n")
     r = subprocess.run(
-        [sys.executable, "-m", "pohmelfs.cli", "cat", server_proc.address, "/hello.txt"],
+        [
+            sys.executable,
+            "-m",
+            "pohmelfs.cli",
+            "cat",
+            server_proc.address,
+            "/hello.txt",
+            "--secret-file",
+            SECRET_FILE,
+        ],
         capture_output=True,
         timeout=TIMEOUT,
     )
@@ -381,3 +406,50 @@ def test_serve_daemon_failed_start_leaves_no_pid_file(export_dir: Path, tmp_path
         )  # fmt: skip
     assert r.returncode == 2
     assert not pid_file.exists(), "a server that never started left a stale pid file"
+
+
+# --- security: one-line errors that name the missing piece ------------------------------
+
+
+def test_serve_needs_a_key_or_insecure(export_dir: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "pohmelfs.cli", "serve", str(export_dir),
+                        "--listen", "127.0.0.1:0"], capture_output=True, text=True,
+                       timeout=TIMEOUT)  # fmt: skip
+    assert_one_line_error(r, "no client key", "--secret-file", "--insecure")
+    assert r.returncode == 2
+
+
+def test_insecure_serves_loopback_only(export_dir: Path) -> None:
+    r = cli("serve", str(export_dir), "--listen", "0.0.0.0:0", "--insecure")
+    assert_one_line_error(r, "loopback only", "0.0.0.0")
+
+
+def test_secret_file_readable_by_others_is_refused(export_dir: Path, tmp_path: Path) -> None:
+    loose = tmp_path / "loose.secret"
+    loose.write_text("x" * 64)
+    loose.chmod(0o644)
+    r = cli("serve", str(export_dir), "--listen", "127.0.0.1:0", "--secret-file", str(loose))
+    assert_one_line_error(r, "readable by others", "chmod 600")
+
+
+def test_keygen_writes_a_private_secret_and_never_overwrites(tmp_path: Path) -> None:
+    path = tmp_path / "k.secret"
+    r = cli("keygen", "--secret", str(path))
+    assert r.returncode == 0, r.stderr
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text().strip()) == 64
+    before = path.read_text()
+    assert_one_line_error(cli("keygen", "--secret", str(path)), "exists")
+    assert path.read_text() == before
+
+
+def test_client_without_the_key_and_with_a_wrong_one(
+    server_proc: ServerProcess, tmp_path: Path
+) -> None:
+    r = subprocess.run([sys.executable, "-m", "pohmelfs.cli", "ls", server_proc.address],
+                       capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert_one_line_error(r, "requires a key", "secret_file")
+    wrong = tmp_path / "wrong.secret"
+    assert cli("keygen", "--secret", str(wrong)).returncode == 0
+    r = cli("ls", server_proc.address, "--secret-file", str(wrong))
+    line = assert_one_line_error(r, "authentication failed")
+    assert SECRET_FILE not in line and "wrong.secret" not in line

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of
+from conftest import address_of, make_client
 from pohmelfs import Client, RemoteFile
 from pohmelfs import protocol as proto
 from pohmelfs.client.connection import Connection
@@ -315,7 +315,7 @@ def test_listdir_long_names_with_small_max_payload(server: Server, export_dir: P
     names = {f"{i:04d}-" + "n" * 240 for i in range(600)}
     for n in names:
         os.close(os.open(d / n, os.O_CREAT | os.O_WRONLY, 0o644))
-    with Client([address_of(server)], timeout=10, umask=0o022, max_payload=64 << 10) as c:
+    with make_client([address_of(server)], timeout=10, umask=0o022, max_payload=64 << 10) as c:
         assert set(c.listdir("long")) == names
         assert c.stat("/").st_ino == os.lstat(export_dir).st_ino  # connection still fine
 
@@ -343,7 +343,7 @@ def test_mkdir_mode_honours_umask(client: Client, export_dir: Path, server: Serv
     assert perm(export_dir / "d" / "private") == 0o700
     assert perm(export_dir / "sticky") == 0o1755
     assert stat.S_ISDIR(os.lstat(os.fsencode(export_dir) + b"/bytes\xff").st_mode)
-    with Client([address_of(server)], timeout=10, umask=0o077) as c:
+    with make_client([address_of(server)], timeout=10, umask=0o077) as c:
         c.mkdir("strict")
         c.mkdir("strict2", 0o750)
     assert perm(export_dir / "strict") == 0o700
@@ -381,7 +381,7 @@ def test_makedirs_one_request(
     client.makedirs("a/b/x/y")
     assert sent == [Command.MAKEDIRS]
     assert (export_dir / "a/b/x/y").is_dir()
-    with Client([address_of(server)], timeout=10, umask=0o027) as c:
+    with make_client([address_of(server)], timeout=10, umask=0o027) as c:
         c.makedirs("m/n")
     assert perm(export_dir / "m") == 0o750 and perm(export_dir / "m/n") == 0o750
 
@@ -1319,7 +1319,7 @@ def test_large_append_keeps_order(client: Client, export_dir: Path) -> None:
 
 def test_small_negotiated_payload_round_trip(server: Server, export_dir: Path) -> None:
     data = os.urandom((1 << 20) + 4321)
-    with Client([address_of(server)], timeout=10, umask=0o022, max_payload=64 << 10) as c:
+    with make_client([address_of(server)], timeout=10, umask=0o022, max_payload=64 << 10) as c:
         assert c.server_info()["max_payload"] == 64 << 10
         with c.open("f", "wb", buffering=0) as f:
             assert f.write(data) == len(data)

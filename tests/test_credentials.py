@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of
+from conftest import address_of, make_client
 from pohmelfs import Client, Cred
 from pohmelfs.server.service import Server
 
@@ -36,7 +36,7 @@ def connect(server: Server) -> Iterator[Connect]:
     made: list[Client] = []
 
     def make(cred: Cred) -> Client:
-        c = Client(address_of(server), timeout=10, cred=cred, umask=0o022)
+        c = make_client(address_of(server), timeout=10, cred=cred, umask=0o022)
         made.append(c)
         return c
 

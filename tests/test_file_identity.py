@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, make_client
 from pohmelfs import Client
 
 
@@ -99,7 +99,7 @@ def test_the_same_file_reopens_after_a_server_restart(export_dir: Path) -> None:
     address = first.address
     (export_dir / "kept").write_bytes(b"kept")
     (export_dir / "swapped").write_bytes(b"old")
-    c = Client([address], timeout=5)
+    c = make_client([address], timeout=5)
     try:
         kept = c.open("/kept", "r+b", buffering=0)
         swapped = c.open("/swapped", "r+b", buffering=0)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of, start_server
+from conftest import address_of, make_client, start_server
 from pohmelfs import Client
 from pohmelfs import errors as perrors
 from pohmelfs.fuse import kernel as k
@@ -232,7 +232,7 @@ def same_attr(a: SimpleNamespace, path: Path) -> None:
 
 
 def _operations(server: Server) -> tuple[Client, Operations]:
-    client = Client([address_of(server)], timeout=10, umask=0)
+    client = make_client([address_of(server)], timeout=10, umask=0)
     return client, Operations(client)
 
 

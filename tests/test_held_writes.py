@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TwoMounts, address_of, requires_fuse
+from conftest import TwoMounts, address_of, make_client, requires_fuse
 from pohmelfs import Client
 from pohmelfs.client.held import HeldWrites
 from pohmelfs.server.service import Server
@@ -79,14 +79,14 @@ def test_a_revocation_sends_held_writes_before_another_client_reads(
     (export_dir / "f").write_bytes(b"." * 10)
     f = _held_file(client, "/f")
     f.hold(b"held", 3)
-    with Client([address_of(server)]) as other, other.open("/f", "rb", buffering=0) as g:
+    with make_client([address_of(server)]) as other, other.open("/f", "rb", buffering=0) as g:
         assert g.pread(10, 0) == b"...held..."
     f.close()
 
 
 def test_held_writes_go_out_after_the_dirty_timeout(server: Server, export_dir: Path) -> None:
     (export_dir / "f").write_bytes(b"." * 4)
-    with Client([address_of(server)], dirty_timeout=0.5) as c:
+    with make_client([address_of(server)], dirty_timeout=0.5) as c:
         f = _held_file(c, "/f")
         f.hold(b"x", 0)
         assert (export_dir / "f").read_bytes() == b"...."
@@ -100,7 +100,7 @@ def test_held_writes_go_out_after_the_dirty_timeout(server: Server, export_dir: 
 def test_held_bytes_are_bounded(server: Server, export_dir: Path) -> None:
     for name in "ab":
         (export_dir / name).write_bytes(b"")
-    with Client([address_of(server)], held_limit=100 << 10, dirty_timeout=60) as c:
+    with make_client([address_of(server)], held_limit=100 << 10, dirty_timeout=60) as c:
         fa, fb = _held_file(c, "/a"), _held_file(c, "/b")
         fa.hold(b"a" * (60 << 10), 0)
         fa.push_if_due()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TwoMounts, address_of, requires_fuse
+from conftest import TwoMounts, address_of, make_client, requires_fuse
 from pohmelfs import Client
 from pohmelfs.server.service import Server
 
@@ -41,7 +41,7 @@ def test_a_lease_is_granted_for_a_file_and_revoked_before_another_client_writes(
     assert attr.size == 5 and oid
     assert len(_held_by(server, export_dir / "f")) == 1
     assert client.lease("/d", None, Holder())[2] == 0  # directories: no lease
-    with Client([address_of(server)]) as other, other.open("/f", "r+b", buffering=0) as f:
+    with make_client([address_of(server)]) as other, other.open("/f", "r+b", buffering=0) as f:
         f.pwrite(b"more", 5)  # the holder is asked first
         assert holder.revokes == [2]
     client.unlease(conn, oid)
@@ -55,7 +55,7 @@ def test_attribute_changes_elsewhere_revoke_leases(
     (export_dir / "f").write_bytes(b"12345")
     holder = Holder()
     client.lease("/f", None, holder)
-    with Client([address_of(server)]) as other:
+    with make_client([address_of(server)]) as other:
         getattr(other, change)("/f", *{"chmod": (0o600,), "truncate": (1,), "utime": ((1, 2),)}[
             change
         ])  # fmt: skip
@@ -65,7 +65,7 @@ def test_attribute_changes_elsewhere_revoke_leases(
 def test_no_lease_while_another_client_writes_and_its_data_is_seen(
     server: Server, client: Client, export_dir: Path
 ) -> None:
-    with Client([address_of(server)]) as other, other.open("/f", "w+b", buffering=0) as f:
+    with make_client([address_of(server)]) as other, other.open("/f", "w+b", buffering=0) as f:
         f.cache_lock(exclusive=True)
         f.write_behind(b"behind", 0)
         attr, _conn, oid = client.lease("/f", None, Holder())

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TwoMounts, requires_fuse
-from pohmelfs import Client
+from conftest import SECRET_FILE, TwoMounts, make_client, requires_fuse
 
 pytestmark = requires_fuse
 
@@ -123,7 +122,7 @@ def run_torn_checker(mounts: TwoMounts, seconds: float) -> list[dict[str, object
         ["write", str(mounts.dirs[0] / "slots"), str(seconds), "0"],
         ["write", str(mounts.dirs[1] / "slots"), str(seconds), "1"],
         ["read", str(mounts.dirs[2] / "slots"), str(seconds)],
-        ["libread", mounts.server.address, "/slots", str(seconds)],
+        ["libread", mounts.server.address, "/slots", str(seconds), SECRET_FILE],
     ]
     procs = []
     try:
@@ -205,10 +204,9 @@ def test_stat_by_name_sees_size_of_a_write_that_returned(cm: TwoMounts) -> None:
 
 
 def test_three_clients_two_mounts_and_a_library_client(cm: TwoMounts) -> None:
-    from pohmelfs import Client
 
     (cm.a / "shared").write_bytes(b"\0" * 64)
-    with Client([cm.server.address]) as lib, lib.open("/shared", "r+b", buffering=0) as f:
+    with make_client([cm.server.address]) as lib, lib.open("/shared", "r+b", buffering=0) as f:
         wa = os.open(cm.a / "shared", os.O_RDWR)
         rb = os.open(cm.b / "shared", os.O_RDONLY)
         try:
@@ -377,7 +375,7 @@ def test_unlink_under_an_exclusive_directory_lock_is_sent_ahead(cm: TwoMounts) -
     finally:
         os.kill(cm.server.pid, signal.SIGCONT)
     os.unlink(d / "f3")
-    client = Client([cm.server.address])
+    client = make_client([cm.server.address])
     try:
         assert sorted(client.listdir("/ahead")) == ["f4"]  # a library client: revokes
     finally:

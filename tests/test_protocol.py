@@ -107,8 +107,11 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
                 "keepalive_ms": 1000,
                 "notices": 1,
                 "client": b"host-\xff\xfe",
+                "key": b"laptop",
+                "nonce": bytes(range(32)),
             },
         ),
+        c.AUTH: ({}, {"proof": bytes(range(32, 64))}),
         c.PING: ({}, {}),
         c.STATFS: ({}, {"cred": ROOT}),
         c.LOOKUP: ({}, path),
@@ -177,14 +180,16 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
     out: dict[Command, tuple[dict[str, Any], dict[str, Any]]] = {cmd: ({}, {}) for cmd in c}
     out.update(
         {
-            c.HELLO: (
+            c.HELLO: ({}, {"version": p.VERSION, "auth": p.AUTH_SECRET, "nonce": bytes(32)}),
+            c.AUTH: (
                 {},
                 {
-                    "version": p.VERSION,
                     "max_payload": 4 << 20,
+                    "idle_ms": 600_000,
                     "caps": int(Cap.READ_ONLY | Cap.XATTR),
                     "fsid": 0xDEAD_BEEF_CAFE_F00D,
                     "statfs": STATFS,
+                    "proof": b"\xff" * 32,
                 },
             ),
             c.STATFS: ({}, {"statfs": STATFS}),
@@ -435,7 +440,7 @@ def test_decoded_structures_have_their_types() -> None:
     assert got["entries"][2].name == b"\xff\xfe"
     assert got["entries"][2].attr.atime_ns == ATTR_FILE.atime_ns
 
-    got = decode_one(sample_reply(Command.HELLO).to_bytes())
+    got = decode_one(sample_reply(Command.AUTH).to_bytes())
     assert type(got["statfs"]) is StatFs
     assert got["statfs"].files == U64_MAX
 
@@ -815,8 +820,15 @@ def test_inconsistent_flags_set_skip(flags: int, status: int) -> None:
 
 @pytest.mark.parametrize("tag_len", [1, 16, 0xFFFF])
 def test_nonzero_tag_len(tag_len: int) -> None:
+    # 16 is a tag's length, but a tag is checked by a socket reader holding the keys
     e = expect_error(raw_header(tag_len=tag_len))
     assert e.skip is None  # the trailer length is unknown: framing is lost
+
+
+def test_a_header_with_a_tag_is_read_with_its_length() -> None:
+    assert Header.unpack(raw_header(tag_len=p.TAG_SIZE), 1 << 20).tag_len == p.TAG_SIZE
+    with pytest.raises(ProtocolError, match="tag of 1 bytes"):
+        Header.unpack(raw_header(tag_len=1), 1 << 20)
 
 
 def test_payload_at_limit_is_accepted() -> None:

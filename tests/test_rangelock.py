@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from conftest import address_of
-from pohmelfs import Client
+from conftest import address_of, make_client
 from pohmelfs.server.rangelock import END, RangeLocks
 
 
@@ -75,7 +74,7 @@ def test_no_torn_reads_between_clients(server: object) -> None:
     """Writers on two clients rewrite whole slots with one byte value each;
     readers on two other clients must only ever see uniform slots."""
     address = address_of(server)  # type: ignore[arg-type]
-    setup = Client([address])
+    setup = make_client([address])
     with setup.open("/shared", "wb") as f:
         f.write(b"\0" * (OFFSET + SLOT * SLOTS))
     setup.close()
@@ -86,7 +85,7 @@ def test_no_torn_reads_between_clients(server: object) -> None:
 
     def writer(seed: int) -> None:
         rnd = random.Random(seed)
-        with Client([address]) as c, c.open("/shared", "r+b", buffering=0) as f:
+        with make_client([address]) as c, c.open("/shared", "r+b", buffering=0) as f:
             while time.monotonic() < stop:
                 slot = rnd.randrange(SLOTS)
                 f.pwrite(bytes([rnd.randrange(1, 256)]) * SLOT, OFFSET + slot * SLOT)
@@ -96,7 +95,7 @@ def test_no_torn_reads_between_clients(server: object) -> None:
     def reader(seed: int) -> None:
         rnd = random.Random(seed)
         buf = bytearray(SLOT)
-        with Client([address]) as c, c.open("/shared", "rb", buffering=0) as f:
+        with make_client([address]) as c, c.open("/shared", "rb", buffering=0) as f:
             while time.monotonic() < stop:
                 slot = rnd.randrange(SLOTS)
                 assert f.preadinto(buf, OFFSET + slot * SLOT) == SLOT

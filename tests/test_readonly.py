@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of, start_server, tree_snapshot
+from conftest import address_of, make_client, start_server, tree_snapshot
 from pohmelfs import Client
 
 
@@ -34,7 +34,7 @@ def ro(export_dir: Path) -> Iterator[tuple[Client, str]]:
     srv = start_server(export_dir, read_only=True)
     try:
         addr = address_of(srv)
-        c = Client([addr], timeout=10, umask=0o022)
+        c = make_client([addr], timeout=10, umask=0o022)
         try:
             yield c, addr
         finally:
@@ -186,7 +186,7 @@ def test_writable_server_on_same_dir_is_not_read_only(
     c, addr = ro
     srv = start_server(export_dir)
     try:
-        with Client([address_of(srv)], timeout=10, umask=0o022) as w:
+        with make_client([address_of(srv)], timeout=10, umask=0o022) as w:
             assert w.server_info()["read_only"] is False
             assert not w.statvfs().f_flag & os.ST_RDONLY
             with w.open("from-writer", "wb") as f:

@@ -15,16 +15,21 @@ import struct
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, address_of
+from conftest import SECRET_FILE, ServerProcess, address_of, make_client
 from pohmelfs import Client, Cred
 from pohmelfs import protocol as p
 from pohmelfs.protocol import Command, Flag, Header, Message
+from pohmelfs.security import handshake as hs
+from pohmelfs.security.keys import load_secret
+from pohmelfs.security.tags import Sealer, Verifier
 from pohmelfs.server.service import Server
+from rawwire import recv_exact, split_address
 
 # --- helpers -------------------------------------------------------------------
 
@@ -84,43 +89,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host, int(port)
-
-
 def raw_connect(address: str) -> socket.socket:
     sock = socket.create_connection(split_address(address), timeout=5)
     sock.settimeout(5)
     return sock
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    for _ in range(n + 1):  # every recv returns at least one byte or ends the loop
-        if len(buf) >= n:
-            break
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
+# The session keys of raw sockets that did the handshake: their frames are tagged.
+_KEYS: weakref.WeakKeyDictionary[socket.socket, tuple[Sealer, Verifier]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def recv_raw_frame(sock: socket.socket) -> tuple[tuple[int, ...], bytes]:
-    """One frame as raw header numbers plus payload (works for unknown commands)."""
-    fields = p.HEADER.unpack(recv_exact(sock, p.HEADER_SIZE))
-    return fields, recv_exact(sock, fields[5])
+    """One frame as raw header numbers plus payload (works for unknown commands);
+    its tag checked if the socket has keys."""
+    raw = recv_exact(sock, p.HEADER_SIZE)
+    fields = p.HEADER.unpack(raw)
+    payload = recv_exact(sock, fields[5])
+    if sock in _KEYS:
+        verifier = _KEYS[sock][1]
+        verifier.begin(raw, fields[5])
+        verifier.update(payload)
+        verifier.finish(recv_exact(sock, p.TAG_SIZE))
+    return fields, payload
 
 
 def recv_message(sock: socket.socket) -> Message:
-    hdr = recv_exact(sock, p.HEADER_SIZE)
-    header = Header.unpack(hdr, p.U32_MAX)
-    return p.decode_payload(header, recv_exact(sock, header.payload_len))
+    fields, payload = recv_raw_frame(sock)
+    header = Header.unpack(p.HEADER.pack(*fields[:3], 0, *fields[4:]), p.U32_MAX)
+    return p.decode_payload(header, payload)
+
+
+def sealed(sock: socket.socket, frame: bytes) -> bytes:
+    """A whole frame's bytes as this socket's session sends them (tagged, with keys)."""
+    if sock not in _KEYS:
+        return frame
+    parts = _KEYS[sock][0].seal([frame[: p.HEADER_SIZE], frame[p.HEADER_SIZE :]])
+    return b"".join(bytes(x) for x in parts)
+
+
+def send_frame(sock: socket.socket, frame: bytes) -> None:
+    sock.sendall(sealed(sock, frame))
 
 
 def send_msg(sock: socket.socket, msg: Message) -> None:
-    sock.sendall(msg.to_bytes())
+    send_frame(sock, msg.to_bytes())
 
 
 def raw_frame(
@@ -140,19 +154,30 @@ def raw_frame(
     return p.HEADER.pack(magic, cmd, flags, 0, status, n, xid, oid, offset, length) + payload
 
 
+def hello_request(xid: int = 0, version: int = p.VERSION, **fields: object) -> Message:
+    base: dict[str, object] = dict(version=version, max_payload=p.DEFAULT_MAX_PAYLOAD,
+                                   keepalive_ms=1000, notices=0, client=b"raw",
+                                   key=b"default", nonce=hs.nonce())  # fmt: skip
+    base.update(fields)
+    return p.request(Command.HELLO, xid, **base)
+
+
 def hello(sock: socket.socket, version: int = p.VERSION) -> Message:
-    send_msg(
-        sock,
-        p.request(
-            Command.HELLO,
-            0,
-            version=version,
-            max_payload=p.DEFAULT_MAX_PAYLOAD,
-            keepalive_ms=1000,
-            notices=0,
-            client=b"raw",
-        ),
-    )
+    """The handshake with the test key; returns the welcome (or the refusal)."""
+    parts = hello_request(version=version).encode()
+    sock.sendall(b"".join(bytes(x) for x in parts))
+    challenge_raw = recv_exact(sock, p.HEADER_SIZE)
+    header = Header.unpack(challenge_raw, p.U32_MAX)
+    challenge_payload = recv_exact(sock, header.payload_len)
+    challenge = p.decode_payload(header, challenge_payload)
+    if challenge.status:
+        return challenge
+    th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
+    secret = load_secret(SECRET_FILE)
+    proof = hs.client_proof(secret, th)
+    sock.sendall(p.request(Command.AUTH, 1, proof=proof).to_bytes())
+    keys = hs.session_keys(secret, th)
+    _KEYS[sock] = (Sealer(keys.to_server), Verifier(keys.to_client))
     return recv_message(sock)
 
 
@@ -188,7 +213,7 @@ def ping(sock: socket.socket, xid: int) -> None:
 def assert_server_healthy(address: str, proc: subprocess.Popen[str] | None = None) -> None:
     if proc is not None:
         assert proc.poll() is None, f"server process died with status {proc.returncode}"
-    with Client(address, timeout=5) as c:
+    with make_client(address, timeout=5) as c:
         c.mkdir("/health-check")
         assert c.isdir("/health-check")
         c.rmdir("/health-check")
@@ -203,7 +228,7 @@ def test_32_concurrent_clients_each_with_own_files(server: Server, export_dir: P
 
     def worker(t: int) -> None:
         rng = random.Random(t)
-        with Client(address, timeout=10, umask=0o022) as c:
+        with make_client(address, timeout=10, umask=0o022) as c:
             d = f"/client{t}"
             c.mkdir(d)
             for i in range(iterations):
@@ -258,7 +283,7 @@ def test_pread_past_end_of_file_returns_short(client: Client, export_dir: Path) 
 
 
 def test_stopped_server_times_out_then_recovers(server_proc: ServerProcess) -> None:
-    c = Client(server_proc.address, timeout=1.0)
+    c = make_client(server_proc.address, timeout=1.0)
     try:
         c.stat("/")
         stop_process(server_proc.pid)
@@ -286,7 +311,7 @@ def test_stopped_server_read_times_out_promptly(
     """A multi-chunk read must also give up after about ``timeout`` seconds."""
     data = os.urandom(4 << 20)
     (export_dir / "f").write_bytes(data)
-    c = Client(server_proc.address, timeout=1.0)
+    c = make_client(server_proc.address, timeout=1.0)
     try:
         with c.open("/f", "rb", buffering=0) as f:
             assert f.pread(10, 0) == data[:10]
@@ -327,7 +352,7 @@ def test_client_reconnects_after_server_restart(
     port_server: Callable[[], ServerProcess], export_dir: Path
 ) -> None:
     first = port_server()
-    c = Client(first.address, timeout=5)
+    c = make_client(first.address, timeout=5)
     try:
         with c.open("/kept", "wb") as f:
             f.write(b"0123456789")
@@ -359,7 +384,7 @@ def test_open_file_survives_restart_without_other_calls(
 ) -> None:
     first = port_server()
     (export_dir / "f").write_bytes(b"hello world")
-    c = Client(first.address, timeout=5)
+    c = make_client(first.address, timeout=5)
     try:
         with c.open("/f", "rb", buffering=0) as raw:
             assert raw.read(5) == b"hello"
@@ -431,11 +456,17 @@ def _first_frame_lookup(sock: socket.socket) -> None:
         assert p.HEADER.unpack_from(got)[4] != 0, "the server answered before HELLO"
 
 
-def _tag_len_set(sock: socket.socket) -> None:
+def _bad_tag(sock: socket.socket) -> None:
     assert hello(sock).status == 0
     hdr = bytearray(raw_frame(Command.PING, 3))
-    struct.pack_into("!H", hdr, 6, 16)  # tag_len: unknown to version 1
-    sock.sendall(bytes(hdr))
+    struct.pack_into("!H", hdr, 6, p.TAG_SIZE)
+    sock.sendall(bytes(hdr) + b"\0" * p.TAG_SIZE)  # a tag, but not the frame's
+    expect_closed(sock)
+
+
+def _untagged_after_hello(sock: socket.socket) -> None:
+    assert hello(sock).status == 0
+    sock.sendall(raw_frame(Command.PING, 3))
     expect_closed(sock)
 
 
@@ -449,7 +480,8 @@ MALFORMED = {
     "half-header-then-close": _half_header_then_close,
     "first-frame-not-hello": _first_frame_not_hello,
     "first-frame-lookup": _first_frame_lookup,
-    "tag-len-set": _tag_len_set,
+    "bad-tag": _bad_tag,
+    "untagged-after-hello": _untagged_after_hello,
 }
 
 
@@ -485,7 +517,7 @@ BAD_FRAMES = {
 def test_bad_frame_gets_eproto_for_its_xid(server_proc: ServerProcess, case: str) -> None:
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0
-        sock.sendall(BAD_FRAMES[case])
+        send_frame(sock, BAD_FRAMES[case])
         fields, payload = recv_raw_frame(sock)
         magic, cmd, flags, _tag, status, _plen, xid = fields[:7]
         sent = p.HEADER.unpack_from(BAD_FRAMES[case])
@@ -529,7 +561,7 @@ def test_undecodable_payload_gets_eproto_and_connection_stays(
     cmd, payload = UNDECODABLE[case]
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0
-        sock.sendall(raw_frame(cmd, 4242, payload))
+        send_frame(sock, raw_frame(cmd, 4242, payload))
         reply = recv_message(sock)
         assert reply.is_reply
         assert (reply.cmd, reply.xid) == (cmd, 4242)
@@ -551,8 +583,7 @@ def test_requests_that_are_not_requests_here_get_eproto_or_einval(
     (export_dir / "f").write_bytes(b"")
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0
-        again = p.request(Command.HELLO, 61, version=p.VERSION, max_payload=1 << 20,
-                          keepalive_ms=1000, notices=0, client=b"again")  # fmt: skip
+        again = hello_request(61, client=b"again")
         send_msg(sock, again)
         send_msg(sock, p.request(Command.REVOKE, 62, oid=1))
         for flags in (1 << 31, 4, 0xFFFFFFFF):
@@ -571,8 +602,8 @@ def test_requests_that_are_not_requests_here_get_eproto_or_einval(
 def test_reply_frame_from_client_is_ignored(server_proc: ServerProcess) -> None:
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0
-        sock.sendall(raw_frame(Command.PING, 50, flags=int(Flag.REPLY), payload=b""))
-        sock.sendall(raw_frame(Command.LOOKUP, 51, flags=int(Flag.REPLY), payload=b"12345"))
+        send_frame(sock, raw_frame(Command.PING, 50, flags=int(Flag.REPLY), payload=b""))
+        send_frame(sock, raw_frame(Command.LOOKUP, 51, flags=int(Flag.REPLY), payload=b"12345"))
         ping(sock, 52)  # the next frame back answers the PING: nothing was sent for 50/51
     assert_server_healthy(server_proc.address, server_proc.proc)
 
@@ -592,23 +623,11 @@ def test_hello_with_wrong_version_gets_eprotonosupport(server_proc: ServerProces
 
 def test_hello_xid_is_echoed(server_proc: ServerProcess) -> None:
     with raw_connect(server_proc.address) as sock:
-        send_msg(
-            sock,
-            p.request(
-                Command.HELLO,
-                31337,
-                version=p.VERSION,
-                max_payload=1 << 20,
-                keepalive_ms=1000,
-                notices=0,
-                client=b"r",
-            ),
-        )
+        send_msg(sock, hello_request(31337))
         reply = recv_message(sock)
         assert (reply.cmd, reply.xid, reply.status) == (Command.HELLO, 31337, 0)
-        assert reply["version"] == p.VERSION
-        assert 64 << 10 <= reply["max_payload"] <= 1 << 20
-        ping(sock, 1)
+        assert reply["version"] == p.VERSION and reply["auth"] == p.AUTH_SECRET
+        assert reply["nonce"] != bytes(p.NONCE_SIZE)
 
 
 # --- a WRITE cut in half is never applied ------------------------------------------
@@ -650,7 +669,7 @@ def test_half_write_frame_is_not_applied(server: Server, export_dir: Path, size:
         assert target.read_bytes() == original
         # ... but one whose payload never fully arrives is not.
         frame = p.request(Command.WRITE, 3, oid=oid, offset=0, data=b"B" * size).to_bytes()
-        sock.sendall(frame[: p.HEADER_SIZE + size // 2])
+        sock.sendall(sealed(sock, frame)[: p.HEADER_SIZE + size // 2])
         time.sleep(0.05)
     wait_until(lambda: not server.sessions, what="the server to end the session")
     assert target.read_bytes() == original
@@ -666,7 +685,7 @@ def test_half_write_then_close_in_child_server(
         assert hello(sock).status == 0
         oid = _open_raw(sock, b"g")
         frame = p.request(Command.WRITE, 2, oid=oid, offset=100, data=b"Y" * 3000).to_bytes()
-        sock.sendall(frame[:-1])  # all but the last byte
+        sock.sendall(sealed(sock, frame)[: len(frame) - 1])  # all but the last byte
     # Once the server closed its handle on g, the session is over.
     fd_dir = Path(f"/proc/{server_proc.pid}/fd")
 
@@ -692,7 +711,7 @@ def test_signal_shutdown_with_idle_clients(
     server_proc: ServerProcess, export_dir: Path, sig: signal.Signals
 ) -> None:
     (export_dir / "f").write_bytes(b"data")
-    clients = [Client(server_proc.address, timeout=5) for _ in range(4)]
+    clients = [make_client(server_proc.address, timeout=5) for _ in range(4)]
     raw = socket.create_connection(split_address(server_proc.address), timeout=5)
     half = socket.create_connection(split_address(server_proc.address), timeout=5)
     try:
@@ -753,7 +772,7 @@ def test_sigterm_right_after_a_burst_of_connections(export_dir: Path) -> None:
 def test_sigterm_while_requests_in_flight(server_proc: ServerProcess, export_dir: Path) -> None:
     """Shutdown lets requests already running finish; the process still exits 0."""
     (export_dir / "f").write_bytes(os.urandom(1 << 20))
-    c = Client(server_proc.address, timeout=5)
+    c = make_client(server_proc.address, timeout=5)
     stop = threading.Event()
     outcomes: list[str] = []
 
@@ -850,7 +869,7 @@ def test_raw_pipelined_burst_replies_match_xids(
             expect[xid] = (Command.LOOKUP, n)
     with raw_connect(server_proc.address) as sock:
         assert hello(sock).status == 0
-        sock.sendall(b"".join(m.to_bytes() for m in msgs))  # all in flight at once
+        sock.sendall(b"".join(sealed(sock, m.to_bytes()) for m in msgs))  # all in flight at once
         entries: dict[int, int] = {}
         done: set[int] = set()
         for _ in range(10_000):

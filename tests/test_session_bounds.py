@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of, start_server
-from pohmelfs import Client
+from conftest import CLIENT_KEY, SECRET_FILE, address_of, make_client, start_server
 from pohmelfs import protocol as p
 from pohmelfs.client.client import ANY_FILE
 from pohmelfs.client.connection import Connection
 from pohmelfs.protocol import Command, Cred
+from pohmelfs.security.keys import load_secret
 from pohmelfs.server import lockrequests
 from pohmelfs.server.service import Server
+from rawwire import RawSession
 
 CRED = Cred(os.geteuid(), os.getegid(), ())
 F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
@@ -45,7 +45,7 @@ def open_raw(conn: Connection, path: bytes, cache: int = 2, **kw: object) -> int
 
 def silent_holder(server: Server, path: bytes) -> Connection:
     """A client that takes the cache lock of ``path`` and never answers a revoke."""
-    conn = Connection(address_of(server), timeout=30, connect_timeout=5,
+    conn = Connection(address_of(server), security=CLIENT_KEY, timeout=30, connect_timeout=5,
                       on_notify=lambda c, m: None)  # fmt: skip
     open_raw(conn, path, cache=1)
     return conn
@@ -61,7 +61,7 @@ def test_waiting_requests_of_one_connection_are_bounded(
     monkeypatch.setattr(lockrequests, "MAX_WAITING_BYTES", 10_000)
     (export_dir / "f").write_bytes(b"a" * 100)
     holder = silent_holder(lease_server, b"f")
-    other = Connection(address_of(lease_server), timeout=30, connect_timeout=5)
+    other = Connection(address_of(lease_server), security=CLIENT_KEY, timeout=30, connect_timeout=5)
     try:
         oid = open_raw(other, b"f")
         small = [other.start(Command.WRITE, oid=oid, offset=i, data=b"z") for i in range(4)]
@@ -95,13 +95,14 @@ def test_a_watcher_that_never_answers_resize_costs_one_lease_not_every_write(
     heard: list[Command] = []
     watcher = Connection(
         address_of(lease_server),
+        security=CLIENT_KEY,
         timeout=30,
         connect_timeout=5,
         notices=p.NOTICE_RESIZE,
         on_notify=lambda c, m: heard.append(m.cmd),
     )
     open_raw(watcher, b"f", flags=os.O_RDONLY)
-    c = Client([address_of(lease_server)], timeout=10)
+    c = make_client([address_of(lease_server)], timeout=10)
     try:
         with c.open("/f", "r+b", buffering=0) as f:
             took = []
@@ -129,33 +130,21 @@ def test_a_client_that_reads_nothing_does_not_silence_keepalives_to_others(
     client's long wait needs to hear (its time-out is shorter than the wait)."""
     srv = start_server(export_dir, lease=30.0)
     (export_dir / "f").write_bytes(b"a" * 4096)
-    a = Connection(address_of(srv), timeout=30, connect_timeout=5)
-    hostile = socket.socket()
+    a = Connection(address_of(srv), security=CLIENT_KEY, timeout=30, connect_timeout=5)
+    hostile: RawSession | None = None
     b = None
     try:
         ao = open_raw(a, b"f")
         a.call(Command.LOCK, oid=ao, offset=0, length=0, owner=1, type=F_WRLCK, flags=0, pid=1)
-        hostile.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        hostile.connect(srv.address)
-
-        def send(msg: p.Message) -> None:
-            for part in msg.encode():
-                hostile.sendall(part)
-
-        send(p.request(Command.HELLO, 0, version=p.VERSION, max_payload=1 << 20,
-                       keepalive_ms=20, notices=0, client=b"hostile"))  # fmt: skip
-        p.Header.unpack(hostile.recv(p.HEADER.size, socket.MSG_WAITALL), 1 << 20)
-        time.sleep(0.2)
-        hostile.recv(65536)
-        send(p.request(Command.OPEN, 1, cred=CRED, path=b"f", flags=os.O_RDWR, mode=0, cache=2,
-                       fid=ANY_FILE))  # fmt: skip
-        header = p.Header.unpack(hostile.recv(p.HEADER.size, socket.MSG_WAITALL), 1 << 20)
-        hostile.recv(65536)
+        hostile = RawSession(address_of(srv), load_secret(SECRET_FILE), rcvbuf=2048,
+                             keepalive_ms=20, client=b"hostile")  # fmt: skip
+        opened = hostile.call(p.request(Command.OPEN, 1, cred=CRED, path=b"f", flags=os.O_RDWR,
+                                        mode=0, cache=2, fid=ANY_FILE))  # fmt: skip
         for xid in range(2, 2000):  # each waits for a's lock; the PENDINGs pile up
-            send(p.request(Command.LOCK, xid, oid=header.oid, offset=0, length=1, owner=2,
-                           type=F_WRLCK, flags=p.LOCK_WAIT, pid=2))  # fmt: skip
+            hostile.send(p.request(Command.LOCK, xid, oid=opened.oid, offset=0, length=1,
+                                   owner=2, type=F_WRLCK, flags=p.LOCK_WAIT, pid=2))  # fmt: skip
 
-        b = Connection(address_of(srv), timeout=1.5, connect_timeout=5)
+        b = Connection(address_of(srv), security=CLIENT_KEY, timeout=1.5, connect_timeout=5)
         bo = open_raw(b, b"f")
         threading.Timer(4.0, lambda: a.call(Command.LOCK, oid=ao, offset=0, length=0, owner=1,
                                             type=F_UNLCK, flags=0, pid=1)).start()  # fmt: skip
@@ -166,7 +155,8 @@ def test_a_client_that_reads_nothing_does_not_silence_keepalives_to_others(
     finally:
         if b is not None:
             b.close()
-        hostile.close()
+        if hostile is not None:
+            hostile.close()
         a.close()
         srv.stop()
         srv.export.close()
@@ -176,11 +166,10 @@ DEEP_RMTREE = """
 import os, resource, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from conftest import address_of, start_server
-from pohmelfs import Client
+from conftest import address_of, make_client, start_server
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 srv = start_server(Path(sys.argv[1]))
-c = Client([address_of(srv)], timeout=30)
+c = make_client([address_of(srv)], timeout=30)
 c.rmtree("/top")
 print("gone" if not os.path.exists(os.path.join(sys.argv[1], "top")) else "left")
 c.close(); srv.stop(); srv.export.close()
@@ -217,7 +206,7 @@ def test_an_open_by_file_id_never_creates_or_truncates(
     """A file id is for reopening the file a client had: with O_CREAT, O_EXCL or
     O_TRUNC a wrong id would have created or emptied another file first."""
     (export_dir / "f").write_bytes(b"precious data")
-    conn = Connection(address_of(server), timeout=10, connect_timeout=5)
+    conn = Connection(address_of(server), security=CLIENT_KEY, timeout=10, connect_timeout=5)
     try:
         for name in (b"f", b"new"):
             with pytest.raises(OSError) as e:
@@ -234,7 +223,7 @@ def test_a_frame_larger_than_the_server_takes_is_refused_before_sending(
 ) -> None:
     """The server would drop the connection (and everything in flight on it)."""
     srv = start_server(export_dir, max_payload=64 << 10)
-    client = Client([address_of(srv)], timeout=10)
+    client = make_client([address_of(srv)], timeout=10)
     try:
         conn = client.connection()
         assert conn.max_payload == 64 << 10

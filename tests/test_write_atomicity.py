@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of, start_server
-from pohmelfs import Client
+from conftest import address_of, make_client, start_server
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"), reason="mounts a tmpfs (never skipped in CI)"
@@ -49,7 +48,7 @@ def fill(path: Path, leave: int) -> None:
 def test_a_write_that_does_not_fit_changes_nothing(small: Path) -> None:
     server = start_server(small)
     try:
-        with Client([address_of(server)]) as c:
+        with make_client([address_of(server)]) as c:
             with c.open("/f", "wb") as f:
                 f.write(b"old" * 1000)
             fill(small / "filler", 300 << 10)

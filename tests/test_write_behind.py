@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of, start_server
+from conftest import address_of, make_client, start_server
 from pohmelfs import Client
 from pohmelfs.server.service import Server
 
@@ -45,7 +45,7 @@ def test_write_behind_data_is_there_after_drain(client: Client, export_dir: Path
 def test_failed_write_behind_is_reported_by_drain_once(small_export: Path) -> None:
     server: Server = start_server(small_export)
     try:
-        with Client([address_of(server)]) as c:
+        with make_client([address_of(server)]) as c:
             f = c.open("/big", "wb", buffering=0)
             f.write_behind(b"x" * (3 << 20), 0)  # more than the 1 MiB filesystem holds
             with pytest.raises(OSError) as e:
@@ -62,7 +62,7 @@ def test_failed_write_behind_is_reported_by_drain_once(small_export: Path) -> No
 def test_failed_write_behind_fails_fsync_and_close(small_export: Path) -> None:
     server: Server = start_server(small_export)
     try:
-        with Client([address_of(server)]) as c:
+        with make_client([address_of(server)]) as c:
             f = c.open("/big", "wb", buffering=0)
             f.write_behind(b"x" * (3 << 20), 0)
             with pytest.raises(OSError) as e:
@@ -85,7 +85,7 @@ def test_write_behind_across_files_stays_under_the_clients_limit(
     """Unanswered writes of all files together never pass the client's limit (one
     request always goes), and everything arrives."""
     limit = 2 << 20
-    client = Client([address_of(server)], write_behind_limit=limit)
+    client = make_client([address_of(server)], write_behind_limit=limit)
     try:
         files = [client.open(f"/w{i}", "w+b", buffering=0) for i in range(4)]
         data = os.urandom(1 << 20)

@@ -7,7 +7,7 @@ at a page boundary shows up as a slot with two values. Run one role per process:
 
     python torn_checker.py write PATH SECONDS WRITER_ID [SLOT]   (prints "open" first)
     python torn_checker.py read PATH SECONDS [SLOT]
-    python torn_checker.py libread HOST:PORT /NAME SECONDS [SLOT]   (a library client)
+    python torn_checker.py libread HOST:PORT /NAME SECONDS SECRET_FILE [SLOT]   (a library client)
 
 Each prints one JSON line: {"ops": N, "torn": T, "errors": {errno: count},
 "worst": seconds, "example": ...}. A failed operation is counted, not fatal.
@@ -104,12 +104,16 @@ def read(path: str, seconds: float, slot: int = SLOT) -> dict[str, object]:
     return tally.result()
 
 
-def libread(address: str, name: str, seconds: float, slot: int = SLOT) -> dict[str, object]:
+def libread(address: str, name: str, seconds: float, secret_file: str,
+            slot: int = SLOT) -> dict[str, object]:  # fmt: skip
     from pohmelfs import Client
 
     buf = bytearray(slot)
     tally, deadline = Tally(), time.monotonic() + seconds
-    with Client([address]) as client, client.open(name, "rb", buffering=0) as f:
+    with (
+        Client([address], secret_file=secret_file) as client,
+        client.open(name, "rb", buffering=0) as f,
+    ):
         while time.monotonic() < deadline:
             started = time.monotonic()
             try:
@@ -129,7 +133,7 @@ def main(argv: list[str]) -> None:
     elif role == "read":
         out = read(args[0], float(args[1]), *map(int, args[2:]))
     elif role == "libread":
-        out = libread(args[0], args[1], float(args[2]), *map(int, args[3:]))
+        out = libread(args[0], args[1], float(args[2]), args[3], *map(int, args[4:]))
     else:
         raise SystemExit(f"unknown role {role!r}")
     print(json.dumps(out), flush=True)

@@ -30,9 +30,18 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _server_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .security.config import ServerSecurity
+    from .security.policy import ClientPolicy
+
+    policy = ClientPolicy(args.read_only_key, args.squash, args.anonuid, args.anongid)
+    return ServerSecurity.from_options(secret_file=args.secret_file, exports=args.exports,
+                                       policy=policy, insecure=args.insecure)  # fmt: skip
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server.export import LocalExport
-    from .server.service import Server
+    from .server.service import Limits, Server
 
     root = os.path.abspath(args.dir)
     if not os.path.isdir(root):
@@ -44,12 +53,18 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError("--lease must be between 0.1 and 3600 seconds")
     if not 1 <= args.max_payload <= 256:
         raise UserError("--max-payload must be between 1 and 256 (MiB)")
+    if args.max_connections < 1 or args.max_per_peer < 1 or args.idle_timeout < 1:
+        raise UserError("--max-connections, --max-per-peer, --idle-timeout must be positive")
+    security = _server_security(args)
+    security.check_listen(host)
+    limits = Limits(args.max_connections, args.max_per_peer, idle_timeout=args.idle_timeout)
     report = _daemonize(args) if args.daemon else None
     try:
         export = LocalExport(root, read_only=args.read_only, devices=args.allow_devices)
         try:
             server = Server(export, host, port, max_payload=args.max_payload << 20,
-                            workers=args.workers, lease=args.lease)  # fmt: skip
+                            workers=args.workers, lease=args.lease, security=security,
+                            limits=limits, allow_setuid=args.allow_setuid)  # fmt: skip
         except OSError as e:
             why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise UserError(f"cannot listen on {host}:{port}: {why}") from None
@@ -65,8 +80,10 @@ def _serve(args: argparse.Namespace) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server.start()
+    how = ("no authentication, every client squashed" if args.insecure
+           else f"{len(security.keys)} client key(s)")  # fmt: skip
     line = (f"pohmelfs: serving {root} on {server.address[0]}:{server.address[1]}"
-            f"{' (read-only)' if args.read_only else ''}")  # fmt: skip
+            f"{' (read-only)' if args.read_only else ''} ({how})")  # fmt: skip
     if report is not None:
         os.write(report, f"ok {line}".encode())
         os.close(report)
@@ -159,7 +176,15 @@ def _umount(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .client.client import Client
 
-    return Client(args.server, timeout=args.timeout)
+    return Client(args.server, timeout=args.timeout, secret_file=args.secret_file, key=args.key)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .security.keys import write_secret
+
+    write_secret(args.secret)
+    print(f"pohmelfs: wrote a new secret to {args.secret} (mode 0600)")
+    return 0
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -258,6 +283,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a client may take to give back a cache lock before it loses it (default: 5)",
     )
+    sec = serve.add_argument_group(
+        "security",
+        "Clients prove a key before anything else (a shared secret: every frame is then "
+        "tagged against tampering). Without --secret-file or --exports the server does "
+        "not start, unless --insecure.",
+    )
+    sec.add_argument("--secret-file", metavar="FILE",
+                     help="the shared secret of the client key 'default' (mode 0600; make "
+                     "one with 'pohmelfs keygen --secret FILE')")  # fmt: skip
+    sec.add_argument("--exports", metavar="FILE",
+                     help="client keys, one per line: NAME secret=FILE[,ro|rw]"
+                     "[,root_squash|all_squash|no_root_squash][,anonuid=N,anongid=N]")  # fmt: skip
+    sec.add_argument("--squash", default="root_squash",
+                     choices=["root_squash", "all_squash", "no_root_squash"],
+                     help="for the --secret-file key: how claimed identities are mapped "
+                     "(default: root_squash, root acts as the anonymous ids)")  # fmt: skip
+    sec.add_argument("--anonuid", type=int, default=65534, help="anonymous uid (65534)")
+    sec.add_argument("--anongid", type=int, default=65534, help="anonymous gid (65534)")
+    sec.add_argument("--read-only-key", action="store_true",
+                     help="the --secret-file key may only read")  # fmt: skip
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no authentication: loopback only, every identity squashed",
+    )
+    sec.add_argument("--allow-setuid", action="store_true",
+                     help="keep setuid and setgid bits that clients set (off: dropped, so "
+                     "no client can make a program that gains rights on this host)")  # fmt: skip
+    sec.add_argument("--max-connections", type=int, default=256,
+                     help="connections at once (default: 256)")  # fmt: skip
+    sec.add_argument("--max-per-peer", type=int, default=64,
+                     help="connections at once from one address (default: 64)")  # fmt: skip
+    sec.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=600,
+        metavar="SECONDS",
+        help="close a connection silent this long (clients ping; default 600)",
+    )
     serve.add_argument(
         "--daemon",
         action="store_true",
@@ -275,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default: 5)"
         )
+        cmd.add_argument("--secret-file", metavar="FILE", help="the key's shared secret")
+        cmd.add_argument("--key", help="the key's name in the server's exports (default)")
         return cmd
 
     mount = sub.add_parser(
@@ -325,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     get.set_defaults(func=_get)
     df = client_cmd("df", "show the export's size, use and free space")
     df.set_defaults(func=_df)
+    keygen = sub.add_parser("keygen", help="make a key", description="Make a new key.")
+    keygen.add_argument(
+        "--secret",
+        metavar="FILE",
+        required=True,
+        help="write a new shared secret here (mode 0600, never overwritten)",
+    )
+    keygen.set_defaults(func=_keygen)
     return parser
 
 

@@ -37,3 +37,8 @@ def connection_error(address: str, why: str, path: str | bytes | None = None) ->
 
 def unreachable_error(address: str, why: str) -> OSError:
     return OSError(errno.ECONNREFUSED, f"cannot reach server {address}: {why}")
+
+
+def auth_error(address: str, why: str) -> OSError:
+    """The handshake failed for a reason retrying will not change."""
+    return PermissionError(errno.EACCES, f"server {address}: {why}")

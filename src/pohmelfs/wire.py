@@ -5,14 +5,24 @@ The reader keeps one bounded receive buffer so that small frames cost one
 read buffer on the client, a write buffer on the server) is received
 straight into that memory with ``recv_into``: at most the few bytes that were
 already buffered are copied.
+
+On a connection authenticated by a secret every frame ends in a tag: the
+reader feeds each piece of a frame to its ``verifier`` as it consumes it and
+checks the tag at ``end_frame``; the writer seals each frame under its lock,
+so frames are tagged in the order they go out.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from .protocol import HEADER_SIZE, Header
+from .protocol import HEADER_SIZE, TAG_SIZE, Header, ProtocolError
+
+if TYPE_CHECKING:
+    from .security.tags import Sealer, Verifier
 
 Buffer = bytes | bytearray | memoryview
 
@@ -28,6 +38,8 @@ class SocketReader:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self.verifier: Verifier | None = None  # set once the handshake made keys
+        self._open = False  # a frame's tag is still to be read
 
     def _fill(self, need: int) -> None:
         """Make at least ``need`` (<= buffer size) bytes available."""
@@ -45,11 +57,47 @@ class SocketReader:
                 raise ConnectionError("connection closed in the middle of a frame")
             self._end += got
 
-    def read_header(self, max_payload: int) -> Header:
+    def read_header(self, max_payload: int, untagged_ok: bool = False) -> Header:
+        """The next frame's header. With a verifier, the frame must be tagged
+        (``untagged_ok``: or not, for the handshake's refusal, sent without keys),
+        and ``end_frame`` must follow the payload (also after a ProtocolError that
+        allows skipping the frame)."""
         self._fill(HEADER_SIZE)
         start = self._start
         self._start += HEADER_SIZE
-        return Header.unpack(self._view[start : start + HEADER_SIZE], max_payload)
+        raw = self._view[start : start + HEADER_SIZE]
+        if self.verifier is None:
+            header = Header.unpack(raw, max_payload)
+            if header.tag_len:
+                raise ProtocolError("a tagged frame on a connection without keys")
+            return header
+        try:
+            header = Header.unpack(raw, max_payload)
+        except ProtocolError as e:
+            if e.skip is None:
+                raise
+            self.verifier.begin(raw, e.skip[2])
+            self._open = True
+            raise
+        if header.tag_len != TAG_SIZE:
+            if untagged_ok and not header.tag_len:
+                return header
+            raise ProtocolError("an untagged frame on an authenticated connection")
+        self.verifier.begin(raw, header.payload_len)
+        self._open = True
+        return header
+
+    def end_frame(self) -> None:
+        """Check the tag of the frame whose payload was just consumed (raises
+        TagError); nothing without a verifier, or if it was checked already."""
+        if not self._open:
+            return
+        self._open = False
+        self._fill(TAG_SIZE)
+        start = self._start
+        self._start += TAG_SIZE
+        assert self.verifier is not None
+        self.verifier.finish(self._view[start : start + TAG_SIZE])
 
     def read_into(self, dest: memoryview) -> None:
         """Fill all of ``dest`` from the stream."""
@@ -64,9 +112,13 @@ class SocketReader:
             if not got:
                 raise ConnectionError("connection closed in the middle of a frame")
             pos += got
+        if self._open:
+            self.verifier.update(dest)  # type: ignore[union-attr]
 
     def take_buffered(self, n: int) -> memoryview:
-        """Up to ``n`` bytes already received (valid until the next read)."""
+        """Up to ``n`` bytes already received (valid until the next read). Not on a
+        verified connection: the rest of the payload would bypass the verifier."""
+        assert self.verifier is None
         have = min(n, self._end - self._start)
         start = self._start
         self._start += have
@@ -74,19 +126,26 @@ class SocketReader:
 
     def read_view(self, n: int) -> memoryview:
         """The next ``n`` bytes: a view of the internal buffer when they fit
-        (valid until the next read), otherwise a fresh buffer."""
-        if n <= len(self._buf):
-            self._fill(n)
+        (valid until the next read, ``end_frame`` included), otherwise a fresh
+        buffer."""
+        # The tag is taken in with the payload, so that ``end_frame`` never moves
+        # the buffer under the view it returns.
+        tail = TAG_SIZE if self._open else 0
+        if n + tail <= len(self._buf):
+            self._fill(n + tail)
             start = self._start
             self._start += n
-            return self._view[start : start + n]
+            view = self._view[start : start + n]
+            if self._open:
+                self.verifier.update(view)  # type: ignore[union-attr]
+            return view
         out = memoryview(bytearray(n))
         self.read_into(out)
         return out
 
     def skip(self, n: int) -> None:
         while n:
-            step = min(n, len(self._buf))
+            step = min(n, len(self._buf) - TAG_SIZE)
             self.read_view(step)
             n -= step
 
@@ -104,3 +163,57 @@ def send_parts(sock: socket.socket, parts: Sequence[Buffer]) -> None:
             else:
                 views[0] = first[sent:]
                 sent = 0
+
+
+class FrameWriter:
+    """Sends whole frames on a socket shared by several threads, sealing each with
+    the connection's tag once it has one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.sealer: Sealer | None = None
+
+    def send(self, parts: Sequence[Buffer]) -> None:
+        with self.lock:
+            self.send_locked(parts)
+
+    def send_locked(self, parts: Sequence[Buffer]) -> None:
+        """``send`` for a caller that holds ``lock``. A send that fails (a send
+        time-out included) may have sent part of the frame: nothing may follow it,
+        so the connection is shut down."""
+        if self.sealer is not None:
+            parts = self.sealer.seal(parts)
+        try:
+            send_parts(self.sock, parts)
+        except OSError:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            raise
+
+    def try_send(self, parts: Sequence[Buffer]) -> memoryview | bool:
+        """Send a small frame without ever waiting: False if another frame is being
+        sent or the socket takes nothing now; True once it is sent whole; otherwise
+        the rest that is still to be sent, with ``lock`` kept for the caller, who
+        must send the rest (``send_parts``) and then release it."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.sealer is not None:
+                parts = self.sealer.seal(parts)
+            frame = b"".join(parts)
+            try:
+                sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if not sent and self.sealer is not None:
+                self.sealer.unseal()
+            if sent in (0, len(frame)):
+                self.lock.release()
+                return sent == len(frame)
+            return memoryview(frame)[sent:]
+        except BaseException:
+            self.lock.release()
+            raise

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from .. import protocol as p
 from ..protocol import Attr, Command, Cred
+from ..security.config import ClientSecurity
 from .connection import Connection
 from .file import RemoteFile
 from .held import HeldFiles
@@ -162,6 +163,13 @@ class Client:
     ``write(2)`` returned. Writes a file holds back under an exclusive cache lock
     (``RemoteFile.hold``, used by the mount) are sent within ``dirty_timeout``
     seconds, and at once when more than ``held_limit`` bytes are held.
+
+    ``secret_file`` names the file holding the key's shared secret (the server's
+    ``--secret-file``, or one line of its exports file, ``key`` names which); the
+    client then proves the key, checks the server proves it back, and tags every
+    frame. Without one it connects only to an ``--insecure`` server (as a
+    squashed identity). A wrong key raises PermissionError "authentication
+    failed"; a client with a key never falls back to an unauthenticated server.
     """
 
     def __init__(
@@ -177,7 +185,10 @@ class Client:
         dirty_timeout: float = 3.0,
         held_limit: int = 64 << 20,
         notices: int = 0,
+        secret_file: str | None = None,
+        key: str | None = None,
     ) -> None:
+        self.security = ClientSecurity.from_options(secret_file=secret_file, key=key)
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
         if not servers:
@@ -240,6 +251,7 @@ class Client:
                         notices=self.notices,
                         on_notify=self._notified,
                         on_close=self._disconnected,
+                        security=self.security,
                     )
                     # Every request but a WRITE first sends the writes held back.
                     self._conn.before_request = self.held.push_all

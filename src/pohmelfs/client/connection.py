@@ -21,7 +21,10 @@ from typing import Any
 from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message, ProtocolError
-from ..wire import PeerClosed, SocketReader, send_parts
+from ..security import handshake as hs
+from ..security.config import ClientSecurity
+from ..security.tags import Sealer, TagError, Verifier
+from ..wire import FrameWriter, PeerClosed, SocketReader, send_parts
 
 log = logging.getLogger("pohmelfs.client")
 
@@ -86,6 +89,7 @@ class Connection:
         notices: int = 0,
         on_notify: Callable[[Connection, Message], None] | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -98,7 +102,8 @@ class Connection:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.reader = SocketReader(sock)
-        self._send_lock = threading.Lock()
+        self.writer = FrameWriter(sock)
+        self._last_send = time.monotonic()
         self._lock = threading.Lock()
         self._pending: dict[int, Transaction] = {}
         self._xids = itertools.count(1)
@@ -110,8 +115,10 @@ class Connection:
         self._closing = threading.Event()
         self.closed = False
         self.close_reason = ""
+        self.idle = 0.0  # the server closes a connection silent this long (0: never)
         try:
-            self._handshake(max_payload, name, notices, connect_timeout)
+            self._handshake(max_payload, name, notices, connect_timeout,
+                            security or ClientSecurity())  # fmt: skip
         except BaseException:
             sock.close()
             raise
@@ -120,29 +127,73 @@ class Connection:
             target=self._receive_loop, daemon=True, name=f"pohmelfs-recv-{address}"
         )
         self._receiver.start()
+        if self.idle:
+            self._start_sweeper()
 
-    def _handshake(self, max_payload: int, name: bytes, notices: int, timeout: float) -> None:
+    def _handshake(self, max_payload: int, name: bytes, notices: int, timeout: float,
+                   security: ClientSecurity) -> None:  # fmt: skip
         # While a request waits for other clients, the server says so this often (PENDING),
         # well within our time-out: a time-out then means the server is silent.
         keepalive = int(min(max(self.timeout / 4, 0.05), 2.0) * 1000)
+        key = security.key.encode() if security.secret is not None else b""
         hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload,
-                          keepalive_ms=keepalive, notices=notices, client=name)  # fmt: skip
+                          keepalive_ms=keepalive, notices=notices, client=name, key=key,
+                          nonce=hs.nonce())  # fmt: skip
         try:
-            send_parts(self.sock, hello.encode())
-            header = self.reader.read_header(p.DEFAULT_MAX_PAYLOAD)
-            reply = p.decode_payload(header, self.reader.read_view(header.payload_len))
+            parts = hello.encode()
+            send_parts(self.sock, parts)
+            challenge, challenge_payload = self._handshake_reply(Command.HELLO)
+            method = challenge["auth"]
+            if method != p.AUTH_NONE and security.secret is None:
+                raise errors.auth_error(self.address, "the server requires a key: give "
+                                        "a secret file (secret_file=)")  # fmt: skip
+            if method == p.AUTH_NONE and security.secret is not None:
+                raise errors.auth_error(self.address, "the server does not authenticate "
+                                        "(--insecure): refusing to connect without it")  # fmt: skip
+            if method not in (p.AUTH_NONE, p.AUTH_SECRET):
+                raise errors.auth_error(self.address, f"unknown authentication {method}")
+            th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
+            proof = bytes(p.NONCE_SIZE)
+            if security.secret is not None:
+                proof = hs.client_proof(security.secret, th)
+                keys = hs.session_keys(security.secret, th)
+                self.reader.verifier = Verifier(keys.to_client)  # the welcome is tagged
+            send_parts(self.sock, p.request(Command.AUTH, 1, proof=proof).encode())
+            welcome, _ = self._handshake_reply(Command.AUTH)
+            if security.secret is not None:
+                expected = hs.server_proof(security.secret, th, proof)
+                if not hs.proof_matches(expected, welcome["proof"]):
+                    raise errors.auth_error(self.address, "the server did not prove the key")
+                self.writer.sealer = Sealer(keys.to_server)
         except TimeoutError:
             raise errors.timeout_error(self.address, timeout) from None
+        except TagError:
+            raise errors.auth_error(self.address, "the server did not prove the key") from None
         except (OSError, ProtocolError) as e:
+            if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPROTONOSUPPORT):
+                raise
             raise errors.unreachable_error(self.address, f"handshake failed: {e}") from None
-        if reply.cmd != Command.HELLO or not reply.is_reply:
-            raise errors.unreachable_error(self.address, "handshake failed: unexpected reply")
+        self.max_payload: int = welcome["max_payload"]
+        self.idle = welcome["idle_ms"] / 1000
+        self.caps = p.Cap(welcome["caps"])
+        self.fsid: int = welcome["fsid"]
+        self.statfs: p.StatFs = welcome["statfs"]
+
+    def _handshake_reply(self, cmd: Command) -> tuple[Message, bytes]:
+        header = self.reader.read_header(8 << 10, untagged_ok=True)
+        payload = bytes(self.reader.read_view(header.payload_len))
+        self.reader.end_frame()
+        reply = p.decode_payload(header, payload)
+        if self.reader.verifier is not None and not header.tag_len and not reply.status:
+            raise ProtocolError("an untagged welcome")  # only a refusal comes without keys
+        if reply.cmd != cmd or not reply.is_reply:
+            raise ProtocolError(f"unexpected {reply.cmd.name} in the handshake")
         if reply.status:
-            raise errors.remote_error(reply.status, self.address, bytes(reply["data"]).decode())
-        self.max_payload: int = reply["max_payload"]
-        self.caps = p.Cap(reply["caps"])
-        self.fsid: int = reply["fsid"]
-        self.statfs: p.StatFs = reply["statfs"]
+            detail = bytes(reply["data"]).decode(errors="replace")
+            if reply.status == errno.EACCES:
+                raise errors.auth_error(self.address, detail)
+            raise errors.remote_error(reply.status, self.address, detail)
+        return reply, payload
 
     # --- sending and waiting -----------------------------------------------
 
@@ -190,13 +241,10 @@ class Connection:
                 raise errors.connection_error(self.address, self.close_reason)
             self._pending[xid] = tx
             if callback is not None and self._sweeper is None:
-                self._sweeper = threading.Thread(
-                    target=self._sweep_loop, daemon=True, name=f"pohmelfs-sweep-{self.address}"
-                )
-                self._sweeper.start()
+                self._start_sweeper()
         try:
-            with self._send_lock:
-                send_parts(self.sock, parts)
+            self._last_send = time.monotonic()
+            self.writer.send(parts)
         except OSError as e:
             self._fail(f"send failed: {e}")
         return tx
@@ -248,9 +296,8 @@ class Connection:
 
     def answer(self, notification: Message) -> None:
         """Reply to a server-initiated message (e.g. once a REVOKE has been carried out)."""
-        parts = p.reply(notification).encode()
-        with self._send_lock:
-            send_parts(self.sock, parts)
+        self._last_send = time.monotonic()
+        self.writer.send(p.reply(notification).encode())
 
     def cancel(self, tx: Transaction) -> None:
         """Give up on a transaction; returns once its buffer is no longer written to."""
@@ -283,7 +330,9 @@ class Connection:
             while True:
                 header = reader.read_header(self.max_payload)
                 if header.flags & p.FLAG_NOTIFY:
-                    msg = p.decode_payload(header, bytes(reader.read_view(header.payload_len)))
+                    payload = bytes(reader.read_view(header.payload_len))
+                    reader.end_frame()
+                    msg = p.decode_payload(header, payload)
                     if self._on_notify is not None:
                         self._on_notify(self, msg)  # must not block: we are the reader
                     continue
@@ -291,6 +340,7 @@ class Connection:
                     raise ProtocolError(f"server sent a request ({header.cmd.name})")
                 if header.flags & p.FLAG_PENDING:  # still at work on it: wait on
                     reader.skip(header.payload_len)
+                    reader.end_frame()
                     waiting = self._pending.get(header.xid)
                     if waiting is not None and waiting.deadline != float("inf"):
                         waiting.deadline = time.monotonic() + self.timeout
@@ -306,6 +356,7 @@ class Connection:
                         tx.claimed = True
                 if tx is None:  # the caller gave up on it
                     reader.skip(header.payload_len)
+                    reader.end_frame()
                     continue
                 if tx.cmd != header.cmd:
                     raise ProtocolError(f"reply {header.cmd.name} to a {tx.cmd.name} request")
@@ -318,11 +369,13 @@ class Connection:
                         if header.payload_len > len(tx.into):
                             raise ProtocolError("read reply longer than requested")
                         reader.read_into(tx.into[: header.payload_len])
+                    reader.end_frame()  # (a sink checks it itself, before it hands data on)
                     tx.nbytes = header.payload_len
                     tx.reply = _READ_DONE
                     tx.into = None  # hold no reference to the caller's buffer
                 else:
                     payload = bytes(reader.read_view(header.payload_len))
+                    reader.end_frame()
                     msg = p.decode_payload(header, payload)
                     if more:
                         tx.frames.append(msg)
@@ -334,6 +387,11 @@ class Connection:
                 del tx
         except PeerClosed:
             why = "server closed the connection"
+        except TagError as e:
+            why = f"{e}: closed"
+            log.error("connection to %s: %s", self.address, why)
+            if current is not None and current.reply is None:
+                current.error = OSError(errno.EIO, f"{self.address}: reply {why}")
         except (OSError, ProtocolError) as e:
             why = str(e)
         except BaseException as e:  # never leave callers waiting
@@ -341,7 +399,8 @@ class Connection:
             why = f"receive thread failed: {e}"
         self._fail(why)
         if current is not None and current.reply is None:
-            current.error = errors.connection_error(self.address, why)
+            if current.error is None:
+                current.error = errors.connection_error(self.address, why)
             current.complete()
 
     def _fail(self, why: str) -> None:
@@ -368,11 +427,24 @@ class Connection:
             threading.Thread(target=self._on_close, args=(self,), daemon=True,
                              name=f"pohmelfs-lost-{self.address}").start()  # fmt: skip
 
+    def _start_sweeper(self) -> None:
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, daemon=True, name=f"pohmelfs-sweep-{self.address}"
+        )
+        self._sweeper.start()
+
     def _sweep_loop(self) -> None:
-        """Fail callback transactions that outlive the timeout (nobody waits on them)."""
+        """Fail callback transactions that outlive the timeout (nobody waits on them),
+        and PING a connection that has sent nothing for a third of the server's idle
+        time, so that the server keeps it."""
         period = min(max(self.timeout / 4, 0.05), 1.0)
         while not self._closing.wait(period):
             now = time.monotonic()
+            if self.idle and now - self._last_send > self.idle / 3:
+                try:
+                    self.start(Command.PING, callback=lambda tx: None)
+                except OSError:
+                    pass
             with self._lock:
                 expired = [
                     tx

@@ -7,6 +7,9 @@ network byte order followed by a payload whose layout is fixed per command
 """
 
 from .commands import (
+    AUTH_NONE,
+    AUTH_SECRET,
+    AUTH_TLS,
     DATA,
     ERROR_REPLY,
     FLAG_BEHIND,
@@ -41,6 +44,7 @@ from .fields import (
     MAX_NAME,
     MAX_PATH,
     MAX_XATTR_VALUE,
+    NONCE_SIZE,
     U32_MAX,
     U64_MAX,
     Attr,
@@ -53,6 +57,7 @@ from .frames import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    TAG_SIZE,
     VERSION,
     FrameDecoder,
     Header,
@@ -65,6 +70,9 @@ from .frames import (
 
 __all__ = [
     "ATTR_SIZE",
+    "AUTH_NONE",
+    "AUTH_SECRET",
+    "AUTH_TLS",
     "DATA",
     "DEFAULT_MAX_PAYLOAD",
     "ERROR_REPLY",
@@ -86,10 +94,12 @@ __all__ = [
     "MAX_NAME",
     "MAX_PATH",
     "MAX_XATTR_VALUE",
+    "NONCE_SIZE",
     "NOTICE_RESIZE",
     "NOTIFICATIONS",
     "REPLIES",
     "REQUESTS",
+    "TAG_SIZE",
     "U32_MAX",
     "U64_MAX",
     "UTIME_ATIME_NOW",

@@ -73,6 +73,13 @@ class Command(enum.IntEnum):
     REVOKE = 35
     LEASE = 36
     RESIZE = 37
+    AUTH = 38
+
+
+# HELLO's and AUTH's ``auth``: how the client proves its key.
+AUTH_NONE = 0  # an --insecure server on loopback: every identity squashed
+AUTH_SECRET = 1  # HMAC-SHA256 challenge-response over a shared secret; frames tagged
+AUTH_TLS = 2  # the TLS client certificate (the channel protects every frame)
 
 
 # Bits of the UTIMES "which" field.
@@ -98,13 +105,18 @@ LOCK_FLOCK = 0x2  # a whole-file flock() lock (separate from POSIX record locks)
 REQUESTS: dict[Command, Schema] = {
     # keepalive_ms: while a request waits for other clients, send PENDING this often;
     # notices: NOTICE_* bits (a mount wants RESIZE, a library client does not)
+    # key: the name of the client's key (empty: none); nonce: the client's challenge
     _C.HELLO: (
         ("version", "u32"),
         ("max_payload", "u32"),
         ("keepalive_ms", "u32"),
         ("notices", "u32"),
         ("client", "name"),
+        ("key", "name"),
+        ("nonce", "nonce"),
     ),
+    # proof: HMAC-SHA256 of the handshake under the key (all zero without a secret)
+    _C.AUTH: (("proof", "nonce"),),
     _C.PING: (),
     _C.STATFS: (("cred", "cred"),),
     _C.LOOKUP: (("cred", "cred"), ("path", "path")),
@@ -177,12 +189,17 @@ _NAMED: Schema = (("attr", "attr"), ("dir", "attr"))
 REPLIES: dict[Command, Schema] = {c: () for c in Command}
 REPLIES.update(
     {
-        _C.HELLO: (
-            ("version", "u32"),
+        # The challenge: what the server wants (auth: AUTH_*) and its own nonce.
+        _C.HELLO: (("version", "u32"), ("auth", "u32"), ("nonce", "nonce")),
+        # The welcome, once the client proved its key; proof: the server's; idle_ms: a
+        # connection silent this long is closed (clients PING well before).
+        _C.AUTH: (
             ("max_payload", "u32"),
+            ("idle_ms", "u32"),
             ("caps", "u32"),
             ("fsid", "u64"),
             ("statfs", "statfs"),
+            ("proof", "nonce"),
         ),
         _C.STATFS: (("statfs", "statfs"),),
         _C.LOOKUP: _ATTR_REPLY,

@@ -15,6 +15,7 @@ MAX_NAME = 4096  # names, symlink targets, xattr names
 # PATH_MAX (4,096) still has one; a frame's payload limit bounds them too.
 MAX_PATH = 1 << 20
 FID_SIZE = 16  # a file's identity (see server/identity.py)
+NONCE_SIZE = 32  # a handshake's fresh random value, or a proof (HMAC-SHA256)
 MAX_GROUPS = 1024
 MAX_XATTR_VALUE = 64 << 10
 U32_MAX = 0xFFFFFFFF
@@ -221,15 +222,19 @@ def _dec_entries(buf: memoryview, pos: int) -> tuple[tuple[DirEntry, ...], int]:
 _U32_CODEC = _int_codec(_U32, 0, U32_MAX)
 
 
-def _enc_fid(v: Any) -> bytes:
-    if not isinstance(v, bytes | bytearray) or len(v) != FID_SIZE:
-        raise ProtocolError(f"a file id is {FID_SIZE} bytes")
-    return bytes(v)
+def _fixed_codec(size: int, what: str) -> tuple[Any, Any]:
+    """Exactly ``size`` raw bytes."""
 
+    def enc(v: Any) -> bytes:
+        if not isinstance(v, bytes | bytearray) or len(v) != size:
+            raise ProtocolError(f"{what} is {size} bytes")
+        return bytes(v)
 
-def _dec_fid(buf: memoryview, pos: int) -> tuple[bytes, int]:
-    _need(buf, pos, FID_SIZE)
-    return bytes(buf[pos : pos + FID_SIZE]), pos + FID_SIZE
+    def dec(buf: memoryview, pos: int) -> tuple[bytes, int]:
+        _need(buf, pos, size)
+        return bytes(buf[pos : pos + size]), pos + size
+
+    return enc, dec
 
 
 FIELD_TYPES: dict[str, tuple[Any, Any]] = {
@@ -238,7 +243,8 @@ FIELD_TYPES: dict[str, tuple[Any, Any]] = {
     "i64": _int_codec(_I64, -(1 << 63), (1 << 63) - 1),
     "name": _NAME,
     "path": _PATH,
-    "fid": (_enc_fid, _dec_fid),
+    "fid": _fixed_codec(FID_SIZE, "a file id"),
+    "nonce": _fixed_codec(NONCE_SIZE, "a nonce or proof"),
     "blob": _BLOB,
     "cred": (_enc_cred, _dec_cred),
     "attr": _ATTR_CODEC,

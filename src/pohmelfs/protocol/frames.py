@@ -20,8 +20,9 @@ from .commands import (
 from .fields import DEFAULT_MAX_PAYLOAD, FIELD_TYPES, U32_MAX, U64_MAX, ProtocolError
 
 MAGIC = 0x504F  # "PO"
-VERSION = 5  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
-# 4: LEASE; 5: PENDING, paths longer than 4,096 bytes, file ids in OPEN
+VERSION = 6  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
+# 4: LEASE; 5: PENDING, paths longer than 4,096 bytes, file ids in OPEN; 6: AUTH, tags
+TAG_SIZE = 16  # the trailer of every frame of a connection authenticated by a secret
 HEADER = struct.Struct("!HHHHIIQQQQ")
 HEADER_SIZE = HEADER.size  # 48
 
@@ -38,6 +39,7 @@ class Header:
     oid: int = 0
     offset: int = 0
     length: int = 0
+    tag_len: int = 0
 
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, max_payload: int) -> Header:
@@ -48,8 +50,8 @@ class Header:
             raise ProtocolError(f"bad magic {magic:#06x}")
         if plen > max_payload:
             raise ProtocolError(f"payload of {plen} bytes exceeds limit {max_payload}")
-        if tag_len:  # the trailer's length is unknown to version 1: cannot resync
-            raise ProtocolError("authentication tags are not supported by version 1")
+        if tag_len not in (0, TAG_SIZE):  # the frame's end is unknown: cannot resync
+            raise ProtocolError(f"tag of {tag_len} bytes (a tag is {TAG_SIZE} or absent)")
         skip = (cmd, xid, plen)
         problem = _flag_problem(flags, status)
         if problem:
@@ -58,14 +60,14 @@ class Header:
             command = Command(cmd)
         except ValueError:
             raise ProtocolError(f"unknown command {cmd}", skip) from None
-        return cls(command, flags, status, plen, xid, oid, off, length)
+        return cls(command, flags, status, plen, xid, oid, off, length, tag_len)
 
     def pack(self) -> bytes:
         return HEADER.pack(
             MAGIC,
             self.cmd,
             self.flags,
-            0,
+            self.tag_len,
             self.status,
             self.payload_len,
             self.xid,
@@ -263,7 +265,10 @@ class FrameDecoder:
             if self._header is None:
                 if len(self._buf) < HEADER_SIZE:
                     return
-                self._header = Header.unpack(self._buf, self.max_payload)
+                header = Header.unpack(self._buf, self.max_payload)
+                if header.tag_len:  # checking tags needs the session's keys: a reader's job
+                    raise ProtocolError("a tagged frame (this decoder takes untagged ones)")
+                self._header = header
                 del self._buf[:HEADER_SIZE]
             need = self._header.payload_len
             if len(self._buf) < need:

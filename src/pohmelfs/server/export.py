@@ -603,13 +603,19 @@ class LocalExport:
     # With ``fd`` (an open handle) these act on that file, whatever names it has now.
 
     @_mutating
-    def chmod(self, path: bytes, mode: int, fd: int | None = None) -> None:
+    def chmod(self, path: bytes, mode: int, fd: int | None = None,
+              allowed: Callable[[int, int], int] | None = None) -> None:  # fmt: skip
+        """``allowed(mode, st_mode)``: the mode to set instead, given the file's type."""
         if fd is not None:
+            if allowed is not None:
+                mode = allowed(mode, os.fstat(fd).st_mode)
             os.chmod(fd, mode & 0o7777)
             return
         with self._object(path) as (fd, st):
             if stat.S_ISLNK(st.st_mode):
                 raise _err(errno.EOPNOTSUPP, path, "symlinks have no mode")
+            if allowed is not None:
+                mode = allowed(mode, st.st_mode)
             os.chmod(self._proc(fd), mode & 0o7777)
 
     @_mutating

@@ -18,15 +18,14 @@ import time
 from dataclasses import dataclass
 
 from .. import protocol as p
-from ..wire import send_parts
+from ..wire import FrameWriter, send_parts
 
 log = logging.getLogger("pohmelfs.server")
 
 
 @dataclass(eq=False)
 class _Waiting:
-    sock: socket.socket
-    send_lock: threading.Lock
+    writer: FrameWriter
     cmd: int
     xid: int
     interval: float
@@ -40,10 +39,10 @@ class Keepalive:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def waiting(self, sid: int, sock: socket.socket, send_lock: threading.Lock, cmd: int,
-                xid: int, interval: float) -> None:  # fmt: skip
+    def waiting(self, sid: int, writer: FrameWriter, cmd: int, xid: int,
+                interval: float) -> None:  # fmt: skip
         """Request ``xid`` of session ``sid`` waits from now on (until ``done``)."""
-        entry = _Waiting(sock, send_lock, cmd, xid, interval, time.monotonic() + interval)
+        entry = _Waiting(writer, cmd, xid, interval, time.monotonic() + interval)
         with self._cond:
             self._waiting[sid, xid] = entry
             if self._thread is None:
@@ -88,39 +87,31 @@ def _send_pending(w: _Waiting) -> None:
     that went only in part is finished by a thread of its own, which keeps the
     connection's send lock until then (a frame must never be cut), so this thread
     goes on with everyone else."""
-    if not w.send_lock.acquire(blocking=False):
-        return
-    handed_on = False
+    frame = p.HEADER.pack(p.MAGIC, w.cmd, p.FLAG_REPLY | p.FLAG_PENDING, 0, 0, 0, w.xid,
+                          0, 0, 0)  # fmt: skip
     try:
-        frame = p.HEADER.pack(p.MAGIC, w.cmd, p.FLAG_REPLY | p.FLAG_PENDING, 0, 0, 0, w.xid,
-                              0, 0, 0)  # fmt: skip
-        sent = w.sock.send(frame, socket.MSG_DONTWAIT)
-        if sent < len(frame):
-            threading.Thread(target=_finish, args=(w, memoryview(frame)[sent:]), daemon=True,
-                             name="pohmelfs-keepalive-rest").start()  # fmt: skip
-            handed_on = True
-    except BlockingIOError:
-        pass
+        rest = w.writer.try_send([frame])
     except OSError as e:
         _log_send_error(e)
-    finally:
-        if not handed_on:
-            w.send_lock.release()
+        return
+    if isinstance(rest, memoryview):
+        threading.Thread(target=_finish, args=(w, rest), daemon=True,
+                         name="pohmelfs-keepalive-rest").start()  # fmt: skip
 
 
 def _finish(w: _Waiting, rest: memoryview) -> None:
     """The rest of a PENDING frame (with the send lock, which it lets go): at most the
     connection's send time-out, after which a client that takes nothing is cut off."""
     try:
-        send_parts(w.sock, [rest])
+        send_parts(w.writer.sock, [rest])
     except OSError as e:
         _log_send_error(e)
         try:
-            w.sock.shutdown(socket.SHUT_RDWR)
+            w.writer.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
     finally:
-        w.send_lock.release()
+        w.writer.lock.release()
 
 
 def _log_send_error(e: OSError) -> None:

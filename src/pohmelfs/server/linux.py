@@ -11,12 +11,15 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import socket
+import struct
+from typing import Any
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 _SYSCALLS = {
-    "x86_64": {"setgroups": 116, "renameat2": 316, "openat2": 437},
-    "aarch64": {"setgroups": 159, "renameat2": 276, "openat2": 437},
+    "x86_64": {"setgroups": 116, "renameat2": 316, "openat2": 437, "capget": 125, "capset": 126},
+    "aarch64": {"setgroups": 159, "renameat2": 276, "openat2": 437, "capget": 90, "capset": 91},
 }
 _NR = _SYSCALLS.get(platform.machine(), _SYSCALLS["x86_64"])
 
@@ -104,14 +107,50 @@ def utimensat(
     _check(ret, name)
 
 
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]  # fmt: skip
+
+
+def _capabilities() -> tuple[_CapHeader, Any]:
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.syscall(ctypes.c_long(_NR["capget"]), ctypes.byref(header), data))
+    return header, data
+
+
+def set_thread_capabilities(all_permitted: bool) -> None:
+    """The calling thread's effective capabilities: every permitted one, or none
+    (the permitted set stays, so they can be raised again). Capabilities are per
+    thread in Linux, so the other threads of the server are not touched."""
+    header, data = _capabilities()
+    for half in data:
+        half.effective = half.permitted if all_permitted else 0
+    _check(_libc.syscall(ctypes.c_long(_NR["capset"]), ctypes.byref(header), data))
+
+
+def effective_capabilities() -> int:
+    _header, data = _capabilities()
+    return int(data[0].effective) | int(data[1].effective) << 32
+
+
 def set_thread_creds(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     """Make the calling thread's file-system identity (uid, gid, groups).
 
     Only the fs ids change, so the thread keeps its real and effective root
-    ids and can switch back. Leaving fsuid 0 drops the file capabilities
-    (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER...), so the kernel applies POSIX
-    permission and ownership rules exactly as it would for that user.
+    ids and can switch back. Leaving fsuid 0 drops only the file capabilities
+    (CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER...), not CAP_SETFCAP, CAP_SYS_ADMIN
+    or CAP_MKNOD: so for any uid but 0 the thread also gives up every effective
+    capability, and the kernel treats it as exactly that user would be treated.
     """
+    set_thread_capabilities(True)  # CAP_SETUID, CAP_SETGID: to switch at all
     arr = (ctypes.c_uint * max(len(groups), 1))(*groups)
     ret = _libc.syscall(ctypes.c_long(_NR["setgroups"]), ctypes.c_size_t(len(groups)), arr)
     _check(ret)
@@ -123,6 +162,8 @@ def set_thread_creds(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         or _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid
     ):
         raise PermissionError(1, "cannot switch to the caller's credentials")
+    if uid != 0:
+        set_thread_capabilities(False)
 
 
 MAX_HANDLE_SZ = 128
@@ -159,6 +200,14 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
         ctypes.c_int(fd), ctypes.c_int(mode), ctypes.c_long(offset), ctypes.c_long(length)
     )
     _check(ret)
+
+
+def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """A blocking receive on ``sock`` fails with EAGAIN after ``seconds`` of silence
+    (0: never). Unlike ``settimeout``, the socket stays blocking for its senders."""
+    whole = int(seconds)
+    tv = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
 
 
 CLONE_FS = 0x200

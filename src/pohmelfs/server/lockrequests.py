@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
 from ..protocol import Command, Message
+from ..wire import FrameWriter
 from . import cachelocks, locks
 from .export import attr_of
 from .locks import UNLCK, Lock
@@ -62,8 +63,9 @@ class LockRequests:
     _queue_thread: threading.Thread | None
     _lane: ThreadPoolExecutor  # one thread: write-backs that had to wait (see _to_lane)
     _lane_thread: threading.Thread | None
+    _replies: ThreadPoolExecutor  # one thread: answers to lock waits granted elsewhere
     sock: socket.socket
-    send_lock: threading.Lock
+    writer: FrameWriter
     keepalive: float
 
     def _park(self, m: Message, h: Handle | None) -> None:
@@ -83,8 +85,7 @@ class LockRequests:
             self._parked_bytes += size
         if isinstance(data, memoryview):
             m.fields["data"] = bytes(data)
-        self.server.keepalive.waiting(self.sid, self.sock, self.send_lock, m.cmd, m.xid,
-                                      self.keepalive)  # fmt: skip
+        self.server.keepalive.waiting(self.sid, self.writer, m.cmd, m.xid, self.keepalive)
 
     def _unpark(self, m: Message) -> None:
         self.server.keepalive.done(self.sid, m.xid)
@@ -109,17 +110,42 @@ class LockRequests:
             raise
         if not m["flags"] & p.LOCK_WAIT or want.type == UNLCK:
             try:
-                self.server.locks.set(h.key, want, wait=False)
+                self.server.locks.set(h.key, want)
             finally:
                 self._release(h)
             return p.reply(m)
+        # A wait may last as long as the holder likes: it is an entry in the lock
+        # table (no thread), bounded with the session's other waiting requests.
+        self._park(m, h)
 
-        def wait() -> Message:  # may last as long as the holder likes
-            self.server.locks.set(h.key, want, wait=True, cancelled=lambda: self.closed)
-            return p.reply(m)
+        def granted(error: OSError | None) -> None:
+            self._unpark(m)
+            self._release(h)
+            if self.closed:
+                return
+            out = p.reply(m) if error is None else p.reply(
+                m, status=error.errno or errno.EINTR, data=str(error).encode())  # fmt: skip
+            # Sent by this session's own thread: the granter (another session's) must
+            # not wait for a client that does not read, nor the shared pool either.
+            self._replies.submit(self._send_quietly, out)
 
-        self._answer_later(m, h, wait)
-        return None
+        try:
+            taken = self.server.locks.wait_for(h.key, want, granted)
+        except BaseException:
+            self._unpark(m)
+            self._release(h)
+            raise
+        if not taken:
+            return None
+        self._unpark(m)
+        self._release(h)
+        return p.reply(m)
+
+    def _send_quietly(self, out: Message) -> None:
+        try:
+            self.send(out)
+        except OSError as e:
+            log.debug("%s: cannot send reply: %s", self.peer, e)
 
     def _getlk(self, m: Message) -> Message | None:
         def test(h: Handle) -> Message:

@@ -56,10 +56,20 @@ class Lock(NamedTuple):
     flock: bool
 
 
+class _Waiter(NamedTuple):
+    want: Lock
+    granted: Callable[[OSError | None], None]
+
+
 class AdvisoryLocks:
+    """The lock table, and the requests waiting for a lock: a waiting request is
+    an entry here, not a thread, and is granted (in the order they came, as far
+    as conflicts allow) by whichever change lets it in."""
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._locks: dict[object, list[Lock]] = {}
+        self._waiting: dict[object, list[_Waiter]] = {}
 
     def conflict(self, key: object, want: Lock) -> Lock | None:
         """The first lock of another owner that ``want`` would conflict with."""
@@ -68,33 +78,62 @@ class AdvisoryLocks:
 
     def _conflict(self, key: object, want: Lock) -> Lock | None:
         for held in self._locks.get(key, ()):
-            if (
-                held.owner != want.owner
-                and held.flock == want.flock
-                and held.start < want.end
-                and want.start < held.end
-                and (held.type == WRLCK or want.type == WRLCK)
-            ):
+            if _overlap(held, want):
                 return held
         return None
 
-    def set(self, key: object, want: Lock, wait: bool,
-            cancelled: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
-        """Take, change or (type UNLCK) release a lock.
+    def set(self, key: object, want: Lock) -> None:
+        """Take, change or (type UNLCK) release a lock; EAGAIN on a conflict."""
+        with self._cond:
+            if want.type != UNLCK and self._conflict(key, want) is not None:
+                raise OSError(errno.EAGAIN, "lock held by another client")
+            self._replace(key, want)
+            woken = self._wake(key)
+        _run(woken)
 
-        Raises EAGAIN on a conflict unless ``wait``; a wait ends when the lock
-        is granted or ``cancelled()`` turns true (then EINTR).
+    def wait_for(self, key: object, want: Lock,
+                 granted: Callable[[OSError | None], None]) -> bool:  # fmt: skip
+        """Take ``want`` now (True), or else (False) wait for it: ``granted(None)``
+        runs once it is taken, on the thread whose change let it in, or
+        ``granted(OSError)`` if the wait ends without it (``drop_session``). It must
+        not block. A new request waits behind an earlier waiting one it conflicts
+        with (so readers do not starve a waiting writer), unless its owner holds a
+        lock on the file already (an upgrade must not wait for whoever waits for it).
         """
         with self._cond:
-            if want.type != UNLCK:
-                while self._conflict(key, want) is not None:
-                    if not wait:
-                        raise OSError(errno.EAGAIN, "lock held by another client")
-                    if cancelled():
-                        raise OSError(errno.EINTR, "lock wait cancelled")
-                    self._cond.wait(0.5)
-            self._replace(key, want)
-            self._cond.notify_all()
+            waiters = self._waiting.setdefault(key, [])
+            if self._conflict(key, want) is None and not self._behind(key, want, waiters):
+                self._replace(key, want)
+                taken = True
+            else:
+                waiters.append(_Waiter(want, granted))
+                taken = False
+            if not waiters:
+                del self._waiting[key]
+        return taken
+
+    def _behind(self, key: object, want: Lock, earlier: Iterable[_Waiter]) -> bool:
+        if any(lk.owner == want.owner for lk in self._locks.get(key, ())):
+            return False
+        return any(_overlap(w.want, want) for w in earlier)
+
+    def _wake(self, key: object) -> list[tuple[Callable[[OSError | None], None], None]]:
+        waiters = self._waiting.get(key)
+        if not waiters:
+            return []
+        woken: list[tuple[Callable[[OSError | None], None], None]] = []
+        still: list[_Waiter] = []
+        for w in waiters:
+            if self._conflict(key, w.want) is None and not self._behind(key, w.want, still):
+                self._replace(key, w.want)
+                woken.append((w.granted, None))
+            else:
+                still.append(w)
+        if still:
+            self._waiting[key] = still
+        else:
+            del self._waiting[key]
+        return woken
 
     def _replace(self, key: object, want: Lock) -> None:
         kept = carve(
@@ -112,16 +151,45 @@ class AdvisoryLocks:
             self._locks.pop(key, None)
 
     def drop_session(self, session: int) -> None:
-        """A client went away: every lock it held goes with it."""
+        """A client went away: every lock it held goes with it, and its waits end."""
+        ended = OSError(errno.EINTR, "lock wait cancelled: the connection ended")
+        woken: list[tuple[Callable[[OSError | None], None], OSError | None]] = []
         with self._cond:
+            for key in list(self._waiting):
+                for w in [w for w in self._waiting[key] if w.want.owner[0] == session]:
+                    self._waiting[key].remove(w)
+                    woken.append((w.granted, ended))
+                if not self._waiting[key]:
+                    del self._waiting[key]
             for key in list(self._locks):
                 kept = [lk for lk in self._locks[key] if lk.owner[0] != session]
                 if kept:
                     self._locks[key] = kept
                 else:
                     del self._locks[key]
-            self._cond.notify_all()
+                woken += self._wake(key)
+        _run(woken)
+
+    def waiting(self, session: int) -> int:
+        with self._cond:
+            return sum(w.want.owner[0] == session for ws in self._waiting.values() for w in ws)
 
     def held(self, key: object) -> list[Lock]:
         with self._cond:
             return list(self._locks.get(key, ()))
+
+
+def _run(woken: Iterable[tuple[Callable[[OSError | None], None], OSError | None]]) -> None:
+    for granted, error in woken:
+        granted(error)
+
+
+def _overlap(a: Lock, b: Lock) -> bool:
+    """Two locks of different owners that cannot both be held."""
+    return (
+        a.owner != b.owner
+        and a.flock == b.flock
+        and a.start < b.end
+        and b.start < a.end
+        and (a.type == WRLCK or b.type == WRLCK)
+    )

@@ -15,6 +15,7 @@ import collections
 import errno
 import itertools
 import logging
+import mmap
 import os
 import random
 import socket
@@ -22,13 +23,17 @@ import struct
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
-from ..wire import PeerClosed, SocketReader, send_parts
-from . import cachelocks, linux
+from ..security.config import ServerSecurity
+from ..security.policy import INSECURE
+from ..wire import FrameWriter, PeerClosed, SocketReader
+from . import admission, cachelocks, linux
 from .export import LocalExport, attr_of
+from .guard import RequestGuard
 from .handles import Handle, Handles
 from .keepalive import Keepalive
 from .lockrequests import LockRequests
@@ -39,6 +44,7 @@ from .sizes import EMPTY, SizeWatchers
 log = logging.getLogger("pohmelfs.server")
 
 READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
+KEEP_RESIDENT = 1 << 20  # of a connection's write buffer, between large writes
 SEND_TIMEOUT = struct.pack("ll", 20, 0)  # struct timeval: 20 s
 SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
 # Requests that use a name without changing its directory: a client holding the
@@ -71,14 +77,17 @@ class Session(LockRequests, Handles):
         self._revoked_lock = threading.Lock()
         self.export = server.export
         self.reader = SocketReader(sock)
+        self.writer = FrameWriter(sock)
         self.max_payload = server.max_payload
         self.keepalive = 1.0  # seconds between PENDING frames of a waiting request (HELLO)
         self.notices = 0  # the notifications it wants beyond REVOKE (HELLO)
-        self.send_lock = threading.Lock()
+        self.key = ""  # the name of the client's key, once admitted
+        self.guard = RequestGuard(INSECURE)  # replaced by the key's, once admitted
         self.handles: dict[int, Handle] = {}
         self.handles_lock = threading.Lock()
         self.leases: dict[int, tuple[int, int]] = {}  # lease id -> the file's key
         self.next_handle = 1
+        self._wmap: mmap.mmap | None = None  # pages are used only as data arrives
         self._wbuf: memoryview | None = None
         self._scratch = threading.local()
         self._queue_thread: threading.Thread | None = None
@@ -87,6 +96,7 @@ class Session(LockRequests, Handles):
                                         initializer=self._lane_started)  # fmt: skip
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pohmelfs-queue-{peer}",
                                          initializer=self._queue_started)  # fmt: skip
+        self._replies = ThreadPoolExecutor(1, thread_name_prefix=f"pohmelfs-replies-{peer}")
         self._queue_lock = threading.Lock()
         self._queued = 0
         self._parked = self._parked_bytes = 0
@@ -198,37 +208,31 @@ class Session(LockRequests, Handles):
             log.debug("%s: closed", self.peer)
         except ProtocolError as e:
             log.warning("%s: protocol error, dropping connection: %s", self.peer, e)
+        except BlockingIOError:
+            log.info("%s: silent for %.0f s, closed", self.peer, self.server.idle_timeout)
         except OSError as e:
             log.debug("%s: connection ended: %s", self.peer, e)
         finally:
             self.close()
 
     def _handshake(self) -> None:
-        header = self.reader.read_header(p.DEFAULT_MAX_PAYLOAD)
-        if header.cmd != Command.HELLO or header.flags:
-            raise ProtocolError("first frame must be HELLO")
-        hello = p.decode_payload(header, self.reader.read_view(header.payload_len))
-        if hello["version"] != p.VERSION:
-            msg = f"protocol version {hello['version']} not supported (server speaks {p.VERSION})"
-            self.send(p.reply(hello, status=errno.EPROTONOSUPPORT, data=msg.encode()))
-            raise ProtocolError(msg)
-        self.max_payload = max(64 << 10, min(self.server.max_payload, hello["max_payload"]))
-        self.keepalive = min(max(hello["keepalive_ms"], 50), 10_000) / 1000
-        self.notices = hello["notices"]
-        caps = (p.Cap.READ_ONLY if self.export.read_only else 0) | (
-            p.Cap.XATTR if self.export.xattrs else 0
-        )
-        self.send(
-            p.reply(
-                hello,
-                version=p.VERSION,
-                max_payload=self.max_payload,
-                caps=int(caps),
-                fsid=self.server.fsid,
-                statfs=self.export.statfs(),
-            )
-        )
-        log.debug("%s: hello from %r", self.peer, hello["client"])
+        server = self.server
+        caps = p.Cap.READ_ONLY if self.export.read_only else 0
+        caps |= p.Cap.XATTR if self.export.xattrs else 0
+        welcome = admission.Welcome(server.max_payload, int(server.idle_timeout * 1000),
+                                    int(caps), server.fsid, self.export.statfs)  # fmt: skip
+        linux.set_receive_timeout(self.sock, server.handshake_timeout)
+        try:
+            admitted = admission.admit(self.reader, self.writer, server.security, welcome,
+                                       self.peer)  # fmt: skip
+        except TimeoutError:
+            raise ProtocolError("no handshake within the time allowed") from None
+        linux.set_receive_timeout(self.sock, server.idle_timeout)
+        self.key = admitted.key
+        self.guard = RequestGuard(admitted.policy, server.allow_setuid)
+        self.max_payload = admitted.max_payload
+        self.keepalive = admitted.keepalive
+        self.notices = admitted.notices
 
     def _serve_one(self) -> None:
         try:
@@ -238,25 +242,34 @@ class Session(LockRequests, Handles):
                 raise
             cmd, xid, plen = e.skip
             self.reader.skip(plen)
+            self.reader.end_frame()
             self._send_raw_error(cmd, xid, errno.EPROTO, str(e))
             return
         if header.flags == p.FLAG_REPLY and header.cmd in p.NOTIFICATIONS:
             self.reader.skip(header.payload_len)  # a client answering our notification
+            self.reader.end_frame()
             answered = self._notified.pop(header.xid, None)
             if answered is not None:
                 answered()
             return
         if header.flags & ~p.FLAG_BEHIND:  # otherwise clients send only requests
             self.reader.skip(header.payload_len)
+            self.reader.end_frame()
             log.warning(
                 "%s: ignoring %s frame with flags %#x", self.peer, header.cmd.name, header.flags
             )
             return
         payload = self._read_payload(header)
+        self.reader.end_frame()  # nothing of a frame is used before its tag is checked
         try:
             msg = p.decode_payload(header, payload)
         except ProtocolError as e:
             self.send(p.reply(header, status=errno.EPROTO, data=str(e).encode()))
+            return
+        try:
+            self.guard.admit(msg)
+        except OSError as e:
+            self.send(p.reply(msg, status=e.errno or errno.EPERM, data=str(e).encode()))
             return
         if self._queued and not self.answering(msg):
             # A request sent behind waits for others' caches: stay behind it.
@@ -271,13 +284,18 @@ class Session(LockRequests, Handles):
             self.server.pool.submit(self.execute, msg)
         else:
             self.execute(msg)
+            if header.payload_len > KEEP_RESIDENT and self._wmap is not None:
+                # Give back what a large write used (its data was applied or copied).
+                self._wmap.madvise(mmap.MADV_DONTNEED, KEEP_RESIDENT,
+                                   header.payload_len - KEEP_RESIDENT)  # fmt: skip
 
     def _read_payload(self, header: Header) -> memoryview:
         n = header.payload_len
         if n <= 256 << 10:
             return self.reader.read_view(n)
         if self._wbuf is None or len(self._wbuf) < n:
-            self._wbuf = memoryview(bytearray(self.max_payload))
+            self._wmap = mmap.mmap(-1, self.max_payload)
+            self._wbuf = memoryview(self._wmap)
         view = self._wbuf[:n]
         self.reader.read_into(view)
         return view
@@ -337,21 +355,25 @@ class Session(LockRequests, Handles):
         return self._handle(msg)
 
     def send(self, msg: Message) -> None:
-        parts = msg.encode()
-        with self.send_lock:
-            send_parts(self.sock, parts)
+        self.writer.send(msg.encode())
 
     def _send_raw_error(self, cmd: int, xid: int, code: int, text: str) -> None:
         data = text.encode()
         hdr = p.HEADER.pack(p.MAGIC, cmd, p.FLAG_REPLY, 0, code, len(data), xid, 0, 0, 0)
-        with self.send_lock:
-            send_parts(self.sock, [hdr, data])
+        self.writer.send([hdr, data])
 
     def close(self) -> None:
         self.closed = True
+        self._wbuf = None
+        if self._wmap is not None:
+            try:
+                self._wmap.close()  # its memory goes back now, not at some collection
+            except BufferError:
+                pass  # still being received into (a close from another thread)
         self.server.keepalive.forget_session(self.sid)
         self._queue.shutdown(wait=False)  # what is queued runs, skips its work, frees handles
         self._lane.shutdown(wait=False)
+        self._replies.shutdown(wait=False)
         self.server.locks.drop_session(self.sid)
         self.server.cache.drop_session(self.sid)
         try:
@@ -513,8 +535,17 @@ class Session(LockRequests, Handles):
         with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
             got = os.preadv(h.fd, [buf[: m.length]], m.offset)
         hdr = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
-        with self.send_lock:
-            send_parts(self.sock, [hdr, buf[:got]])
+        self.writer.send([hdr, buf[:got]])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server gives its clients at most."""
+
+    connections: int = 256
+    per_peer: int = 64  # connections from one address
+    handshake_timeout: float = 10.0  # from accept to the end of the handshake
+    idle_timeout: float = 600.0  # a connection silent this long is closed
 
 
 class Server:
@@ -528,9 +559,20 @@ class Server:
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
         workers: int = 16,
         lease: float = 5.0,
+        *,
+        security: ServerSecurity,
+        limits: Limits | None = None,
+        allow_setuid: bool = False,
     ) -> None:
+        security.check_listen(host)
         self.export = export
         self.max_payload = max_payload
+        self.security = security
+        self.limits = limits = limits or Limits()
+        self.handshake_timeout = limits.handshake_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.allow_setuid = allow_setuid
+        self._per_peer = collections.Counter[str]()
         self.fsid = random.getrandbits(63) | 1
         self.ranges = RangeLocks()
         self.locks = AdvisoryLocks()
@@ -578,11 +620,21 @@ class Server:
             # A client that does not take its replies for this long is cut off
             # (a blocked send would otherwise hold a range lock indefinitely).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, SEND_TIMEOUT)
-            session = Session(self, sock, "%s:%d" % addr[:2])
+            host = addr[0]
             with self._lock:
                 if self._stopping:
                     sock.close()
                     return
+                full = len(self.sessions) >= self.limits.connections
+                if full or self._per_peer[host] >= self.limits.per_peer:
+                    sock.close()
+                    log.warning("%s:%d: refused, %s", host, addr[1],
+                                f"{len(self.sessions)} connections already" if full
+                                else f"{self._per_peer[host]} connections from {host} "
+                                "already")  # fmt: skip
+                    continue
+                session = Session(self, sock, "%s:%d" % addr[:2])
+                self._per_peer[host] += 1
                 self.sessions.add(session)
                 t = threading.Thread(
                     target=session.run, name=f"pohmelfs-conn-{session.peer}", daemon=True
@@ -617,7 +669,12 @@ class Server:
 
     def forget(self, session: Session) -> None:
         with self._lock:
-            self.sessions.discard(session)
+            if session in self.sessions:
+                self.sessions.discard(session)
+                host = session.peer.rpartition(":")[0]
+                self._per_peer[host] -= 1
+                if self._per_peer[host] <= 0:
+                    del self._per_peer[host]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in progress finish, then close everything."""

@@ -1,0 +1,79 @@
+"""What a session's key may ask: applied to every request before it runs.
+
+The storage (``export.py``) does what it is told; this decides what a client
+may tell it. The identity a request claims is mapped by the key's policy
+(root squashed by default), so every later step, and the kernel's own
+permission checks under that identity, see only the mapped one. A read-only
+key gets EROFS for every change. Extended attributes in the ``security.``
+and ``trusted.`` namespaces (file capabilities, LSM labels) are refused
+unless the request acts as an unsquashed root, and the setuid and setgid bits
+of files are dropped from every mode a client sets, unless the server runs
+with ``allow_setuid``: a client must not be able to make a program that runs
+with more rights on the server host than its user has there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ..protocol import Command, Message
+from ..security.policy import ClientPolicy
+
+CHANGES = frozenset({
+    Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,
+    Command.MAKEDIRS, Command.RMDIR, Command.RMTREE, Command.UNLINK, Command.RENAME,
+    Command.LINK, Command.SYMLINK, Command.MKNOD, Command.CHMOD, Command.CHOWN,
+    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR,
+})  # fmt: skip
+PRIVILEGED_XATTRS = (b"security.", b"trusted.")
+SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def _writes(fields: dict[str, object]) -> bool:
+    flags = int(fields["flags"])  # type: ignore[call-overload]
+    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & (os.O_CREAT | os.O_TRUNC))
+
+
+def _refused(code: int, what: str) -> OSError:
+    return OSError(code, f"{os.strerror(code)}: {what}")
+
+
+class RequestGuard:
+    def __init__(self, policy: ClientPolicy, allow_setuid: bool = False) -> None:
+        self.policy = policy
+        self.allow_setuid = allow_setuid
+
+    def admit(self, m: Message) -> None:
+        """Map ``m``'s identity and modes in place, or raise the OSError it gets."""
+        fields = m.fields
+        cred = fields.get("cred")
+        if cred is not None:
+            fields["cred"] = cred = self.policy.map(cred)
+        cmd = m.cmd
+        if self.policy.read_only and (cmd in CHANGES or (cmd is Command.OPEN and _writes(fields))):
+            raise _refused(errno.EROFS, "this client's key is read-only")
+        if cmd in (Command.SETXATTR, Command.REMOVEXATTR):
+            name = bytes(fields["name"])
+            if name.startswith(PRIVILEGED_XATTRS) and not (
+                self.policy.trusts_root and cred is not None and cred.uid == 0
+            ):
+                raise _refused(errno.EPERM, f"{name.decode(errors='replace')} is for the "
+                               "server's root only")  # fmt: skip
+        if self.allow_setuid:
+            return
+        if cmd is Command.OPEN or cmd is Command.MKNOD:
+            fields["mode"] &= ~SETID
+        elif cmd is Command.MKDIR:
+            fields["mode"] &= ~stat.S_ISUID
+        elif cmd is Command.MAKEDIRS:
+            fields["mode"] &= ~stat.S_ISUID
+            fields["parent_mode"] &= ~stat.S_ISUID
+
+    def chmod_mode(self, mode: int, st_mode: int) -> int:
+        """The mode a CHMOD sets on a file of ``st_mode``: setgid stays on directories
+        (it only makes new names inherit the group)."""
+        if self.allow_setuid:
+            return mode
+        return mode & ~(stat.S_ISUID if stat.S_ISDIR(st_mode) else SETID)
