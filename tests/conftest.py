@@ -26,7 +26,8 @@ from pohmelfs.server.service import Server
 
 # Every test server requires a key, as a real one does: this one, for the whole run.
 # Its key believes a claimed root (no_root_squash), like the embedded default's own
-# mount, so tests run as root see root's rights; the squashing tests make their own.
+# mount, and setuid bits are kept, so tests run as root see POSIX as a local root does;
+# tests/test_security.py makes servers with the defaults.
 _KEYS = tempfile.mkdtemp(prefix="pohmelfs-test-keys-")
 SECRET_FILE = os.path.join(_KEYS, "secret")
 write_secret(SECRET_FILE)
@@ -34,7 +35,7 @@ TRUSTED = ServerSecurity.from_options(
     secret_file=SECRET_FILE, policy=ClientPolicy(squash="no_root_squash")
 )
 CLIENT_KEY = ClientSecurity.from_options(secret_file=SECRET_FILE)  # for raw Connections
-SERVE_KEY = ("--secret-file", SECRET_FILE, "--squash", "no_root_squash")
+SERVE_KEY = ("--secret-file", SECRET_FILE, "--squash", "no_root_squash", "--allow-setuid")
 
 
 @pytest.fixture
@@ -49,6 +50,7 @@ def start_server(root: Path, read_only: bool = False, **kw: object) -> Server:
     """An in-process server on 127.0.0.1 that takes the test key (``security``: others)."""
     export = LocalExport(str(root), read_only=read_only)
     kw.setdefault("security", TRUSTED)
+    kw.setdefault("allow_setuid", True)  # POSIX as a local root sees it; test_security: not
     return Server(export, "127.0.0.1", 0, **kw).start()  # type: ignore[arg-type]
 
 

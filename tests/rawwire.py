@@ -48,7 +48,8 @@ class RawSession:
                       nonce=hs.nonce())  # fmt: skip
         fields.update(hello)
         parts = p.request(Command.HELLO, 0, **fields).encode()
-        self.sock.sendall(b"".join(parts))
+        self.handshake_sent = [b"".join(bytes(x) for x in parts)]  # for replay tests
+        self.sock.sendall(self.handshake_sent[0])
         challenge, challenge_payload = self._recv_plain()
         if challenge.status:
             raise PermissionError(challenge.status, bytes(challenge["data"]).decode())
@@ -58,7 +59,8 @@ class RawSession:
             proof = hs.client_proof(secret, th)
             keys = hs.session_keys(secret, th)
             self.verifier = Verifier(keys.to_client)
-        self.sock.sendall(p.request(Command.AUTH, 1, proof=proof).to_bytes())
+        self.handshake_sent.append(p.request(Command.AUTH, 1, proof=proof).to_bytes())
+        self.sock.sendall(self.handshake_sent[1])
         self.welcome = self.recv()
         if self.welcome.status:
             raise PermissionError(self.welcome.status, bytes(self.welcome["data"]).decode())

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 
 from .protocol import HEADER_SIZE, TAG_SIZE, Header, ProtocolError
 
+STREAM_FROM = 1 << 20  # a tagged frame this large goes out in pieces
+STREAM_PIECE = 256 << 10
+
 if TYPE_CHECKING:
     from .security.tags import Sealer, Verifier
 
@@ -107,13 +110,16 @@ class SocketReader:
             dest[:have] = self._view[self._start : self._start + have]
             self._start += have
         pos = have
+        verifier = self.verifier if self._open else None
+        if verifier is not None and have:
+            verifier.update(dest[:have])
         while pos < n:
             got = self.sock.recv_into(dest[pos:])
             if not got:
                 raise ConnectionError("connection closed in the middle of a frame")
+            if verifier is not None:  # as it arrives: while the sender tags the rest
+                verifier.update(dest[pos : pos + got])
             pos += got
-        if self._open:
-            self.verifier.update(dest)  # type: ignore[union-attr]
 
     def take_buffered(self, n: int) -> memoryview:
         """Up to ``n`` bytes already received (valid until the next read). Not on a
@@ -182,16 +188,34 @@ class FrameWriter:
         """``send`` for a caller that holds ``lock``. A send that fails (a send
         time-out included) may have sent part of the frame: nothing may follow it,
         so the connection is shut down."""
-        if self.sealer is not None:
-            parts = self.sealer.seal(parts)
         try:
-            send_parts(self.sock, parts)
+            if self.sealer is None:
+                send_parts(self.sock, parts)
+            elif sum(memoryview(x).nbytes for x in parts[1:]) < STREAM_FROM:
+                send_parts(self.sock, self.sealer.seal(parts))
+            else:
+                self._send_streamed(parts)
         except OSError:
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             raise
+
+    def _send_streamed(self, parts: Sequence[Buffer]) -> None:
+        """A large frame, tagged piece by piece as it goes out: the receiver checks
+        one piece while this side tags the next (not all of it, then all of it)."""
+        assert self.sealer is not None
+        body = [memoryview(x).cast("B") for x in parts[1:]]
+        size = sum(x.nbytes for x in body)
+        first = [self.sealer.begin(parts[0], size)]
+        for part in body:
+            for off in range(0, len(part), STREAM_PIECE):
+                piece = part[off : off + STREAM_PIECE]
+                self.sealer.update(piece)
+                send_parts(self.sock, [*first, piece])
+                first = []
+        send_parts(self.sock, [*first, self.sealer.finish()])
 
     def try_send(self, parts: Sequence[Buffer]) -> memoryview | bool:
         """Send a small frame without ever waiting: False if another frame is being

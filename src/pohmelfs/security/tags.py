@@ -47,6 +47,8 @@ class Sealer(_Tagging):
     """Tags the frames one side sends (under its send lock: the order tagged is the
     order sent)."""
 
+    _stream: Any = None
+
     def seal(self, parts: Sequence[Buffer]) -> list[Buffer]:
         """The frame with its header's tag length set and the tag appended."""
         header = bytes(parts[0])
@@ -69,6 +71,26 @@ class Sealer(_Tagging):
             enc.finalize()
             tag = enc.tag
         return [header, *body, tag]
+
+    def begin(self, header: Buffer, payload_len: int) -> bytes:
+        """Start sealing a large frame sent in pieces (``update``, then ``finish``
+        for the tag): a receiver checks each piece while the next is on its way.
+        Returns the header to send."""
+        header = bytes(header)
+        header = header[:6] + _TAG_LEN + header[8:HEADER_SIZE]
+        seq = self.seq
+        self.seq += 1
+        self._stream = Cipher(self._aes, modes.GCM(_gcm_nonce(seq))).encryptor()
+        self._stream.authenticate_additional_data(header)
+        return header
+
+    def update(self, piece: Buffer) -> None:
+        self._stream.authenticate_additional_data(piece)
+
+    def finish(self) -> bytes:
+        stream, self._stream = self._stream, None
+        stream.finalize()
+        return bytes(stream.tag)
 
     def unseal(self) -> None:
         """The frame last sealed was not sent at all: its number is used again."""

@@ -1,0 +1,103 @@
+"""A TCP proxy on 127.0.0.1 that cuts the stream into frames and, once, does to one
+frame what an attacker on the path would: change a byte, send it twice, swap it
+with the next, or drop it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from pohmelfs import protocol as p
+
+
+def _frames(buf: bytearray) -> list[bytes]:
+    out = []
+    while len(buf) >= p.HEADER_SIZE:
+        fields = p.HEADER.unpack_from(buf)
+        size = p.HEADER_SIZE + fields[5] + fields[3]
+        if len(buf) < size:
+            break
+        out.append(bytes(buf[:size]))
+        del buf[:size]
+    return out
+
+
+class TamperProxy:
+    """``direction``: "c2s" or "s2c"; ``index``: which frame of that direction (0 is
+    the first); ``how``: "alter", "replay", "reorder" or "drop". Only the first
+    connection is tampered with; later ones pass untouched."""
+
+    def __init__(self, upstream: tuple[str, int], direction: str, index: int,
+                 how: str) -> None:  # fmt: skip
+        self.upstream, self.direction, self.index, self.how = upstream, direction, index, how
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.done = threading.Event()  # the tampering happened
+        self._first = True
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        for _ in range(20):
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._socks += [client, server]
+            tamper, self._first = self._first, False
+            for src, dst, name in ((client, server, "c2s"), (server, client, "s2c")):
+                t = threading.Thread(
+                    target=self._pump,
+                    daemon=True,
+                    args=(src, dst, tamper and name == self.direction),
+                )
+                t.start()  # fmt: skip
+                self._threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, tamper: bool) -> None:
+        buf = bytearray()
+        n = 0
+        held: bytes | None = None
+        try:
+            while True:
+                chunk = src.recv(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                out = []
+                for frame in _frames(buf):
+                    if not tamper or (n != self.index and held is None):
+                        out.append(frame)
+                    elif held is not None:  # reorder: the next one first
+                        out += [frame, held]
+                        held = None
+                        self.done.set()
+                    elif self.how == "alter":
+                        bad = bytearray(frame)
+                        bad[len(bad) // 2] ^= 0x01
+                        out.append(bytes(bad))
+                        self.done.set()
+                    elif self.how == "replay":
+                        out += [frame, frame]
+                        self.done.set()
+                    elif self.how == "reorder":
+                        held = frame
+                    elif self.how == "drop":
+                        self.done.set()
+                    n += 1
+                dst.sendall(b"".join(out))
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._socks:
+            s.close()
