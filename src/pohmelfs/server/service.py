@@ -160,8 +160,10 @@ class Session(LockRequests, Handles):
             ),
             # These act on the open handle ``oid`` instead of ``path`` when it is set.
             Command.CHMOD: lambda m: self._on_object(
-                m, lambda fd: self.export.chmod(m["path"], m["mode"], fd=fd,
-                                                allowed=self.guard.chmod_mode)
+                m,
+                lambda fd: self.export.chmod(
+                    m["path"], m["mode"], fd=fd, allowed=self.guard.chmod_mode
+                ),
             ),
             Command.CHOWN: lambda m: self._on_object(
                 m, lambda fd: self.export.chown(m["path"], m["uid"], m["gid"], fd=fd)
