@@ -170,7 +170,7 @@ class MountProcess:
 
     def __init__(self, servers: str, mountpoint: Path, *options: str) -> None:
         self.mountpoint = Path(mountpoint)
-        if not any("secret_file=" in o for o in options):
+        if not any(o.startswith(("secret_file=", "tls_")) for o in options):
             options = (*options, f"secret_file={SECRET_FILE}")
         opts = [a for o in options for a in ("-o", o)]
         self.log = self.mountpoint.parent / f"mount-{self.mountpoint.name}.log"

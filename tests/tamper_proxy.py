@@ -28,8 +28,10 @@ class TamperProxy:
     connection is tampered with; later ones pass untouched."""
 
     def __init__(self, upstream: tuple[str, int], direction: str, index: int,
-                 how: str) -> None:  # fmt: skip
+                 how: str, raw: bool = False) -> None:  # fmt: skip
+        """``raw``: count what each recv returns instead of frames (TLS records)."""
         self.upstream, self.direction, self.index, self.how = upstream, direction, index, how
+        self.raw = raw
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
         self.done = threading.Event()  # the tampering happened
@@ -67,7 +69,10 @@ class TamperProxy:
                     break
                 buf += chunk
                 out = []
-                for frame in _frames(buf):
+                pieces = [bytes(buf)] if self.raw else _frames(buf)
+                if self.raw:
+                    buf.clear()
+                for frame in pieces:
                     if not tamper or (n != self.index and held is None):
                         out.append(frame)
                     elif held is not None:  # reorder: the next one first

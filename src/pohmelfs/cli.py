@@ -36,7 +36,9 @@ def _server_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     policy = ClientPolicy(args.read_only_key, args.squash, args.anonuid, args.anongid)
     return ServerSecurity.from_options(secret_file=args.secret_file, exports=args.exports,
-                                       policy=policy, insecure=args.insecure)  # fmt: skip
+                                       policy=policy, insecure=args.insecure,
+                                       tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                       tls_ca=args.tls_ca)  # fmt: skip
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -176,14 +178,22 @@ def _umount(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .client.client import Client
 
-    return Client(args.server, timeout=args.timeout, secret_file=args.secret_file, key=args.key)
+    return Client(args.server, timeout=args.timeout, secret_file=args.secret_file, key=args.key,
+                  tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)  # fmt: skip
 
 
 def _keygen(args: argparse.Namespace) -> int:
     from .security.keys import write_secret
+    from .security.tls import make_certificates
 
-    write_secret(args.secret)
-    print(f"pohmelfs: wrote a new secret to {args.secret} (mode 0600)")
+    if not args.secret and not args.tls:
+        raise UserError("give --secret FILE or --tls DIR")
+    if args.secret:
+        write_secret(args.secret)
+        print(f"pohmelfs: wrote a new secret to {args.secret} (mode 0600)")
+    if args.tls:
+        for path in make_certificates(args.tls, args.server_name or [], args.client or []):
+            print(f"pohmelfs: wrote {path}")
     return 0
 
 
@@ -303,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--anongid", type=int, default=65534, help="anonymous gid (65534)")
     sec.add_argument("--read-only-key", action="store_true",
                      help="the --secret-file key may only read")  # fmt: skip
+    sec.add_argument("--tls-cert", metavar="FILE", help="mutual TLS: this server's certificate")
+    sec.add_argument("--tls-key", metavar="FILE", help="mutual TLS: its private key")
+    sec.add_argument("--tls-ca", metavar="FILE",
+                     help="mutual TLS: the CA whose client certificates are taken (clients are "
+                     "known by common name: 'NAME tls,...' lines of --exports, or else all "
+                     "get --squash)")  # fmt: skip
     sec.add_argument(
         "--insecure",
         action="store_true",
@@ -341,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--secret-file", metavar="FILE", help="the key's shared secret")
         cmd.add_argument("--key", help="the key's name in the server's exports (default)")
+        cmd.add_argument("--tls-cert", metavar="FILE", help="mutual TLS: the client certificate")
+        cmd.add_argument("--tls-key", metavar="FILE", help="mutual TLS: its private key")
+        cmd.add_argument("--tls-ca", metavar="FILE", help="mutual TLS: the server's CA")
         return cmd
 
     mount = sub.add_parser(
@@ -352,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         "no_default_permissions, timeout=S (network), threads=N, readahead_kib=N, "
         "dirty_timeout=S (small writes kept back at most S seconds, default 3), "
         "async_close (close does not wait for the file's writes), "
+        "secret_file=F and key=NAME (the server's key), or tls_cert=F, tls_key=F, tls_ca=F "
+        "[tls_server_name=N] (mutual TLS), "
         "nocoherent (close-to-open caching instead of cached locks; then attr_timeout=S, "
         "entry_timeout=S).",
     )
@@ -395,8 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "--secret",
         metavar="FILE",
-        required=True,
         help="write a new shared secret here (mode 0600, never overwritten)",
+    )
+    keygen.add_argument("--tls", metavar="DIR",
+                        help="make a CA (once), a server certificate and client certificates "
+                        "in DIR")  # fmt: skip
+    keygen.add_argument("--server-name", action="append", metavar="NAME",
+                        help="a name or address of the server (repeat; default: localhost, "
+                        "127.0.0.1, ::1 and this host's name)")  # fmt: skip
+    keygen.add_argument(
+        "--client",
+        action="append",
+        metavar="NAME",
+        help="make a client certificate with this common name (repeat)",
     )
     keygen.set_defaults(func=_keygen)
     return parser

@@ -14,7 +14,9 @@ so frames are tagged in the order they go out.
 
 from __future__ import annotations
 
+import select
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -121,10 +123,16 @@ class SocketReader:
                 verifier.update(dest[pos : pos + got])
             pos += got
 
+    @property
+    def raw(self) -> bool:
+        """The payload bytes on the socket are the frame's as sent (no tags, no TLS):
+        they may be spliced past Python."""
+        return self.verifier is None and not isinstance(self.sock, ssl.SSLSocket)
+
     def take_buffered(self, n: int) -> memoryview:
         """Up to ``n`` bytes already received (valid until the next read). Not on a
         verified connection: the rest of the payload would bypass the verifier."""
-        assert self.verifier is None
+        assert self.raw
         have = min(n, self._end - self._start)
         start = self._start
         self._start += have
@@ -156,8 +164,26 @@ class SocketReader:
             n -= step
 
 
+def shutdown(sock: socket.socket, how: int = socket.SHUT_RDWR) -> None:
+    """Shut a connection down, never raising. On a TLS socket the plain socket's
+    method is called: ``SSLSocket.shutdown`` drops the TLS layer, after which another
+    thread's send would go out unencrypted."""
+    try:
+        socket.socket.shutdown(sock, how)
+    except OSError:
+        pass
+
+
 def send_parts(sock: socket.socket, parts: Sequence[Buffer]) -> None:
     """Send every buffer in order with gathered writes; handles partial sends."""
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg: small parts go as one record
+        small = [bytes(p) for p in parts if len(p) < 64 << 10]
+        if len(small) == len(parts):
+            sock.sendall(b"".join(small))
+        else:
+            for part in parts:
+                sock.sendall(part)
+        return
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
         sent = sock.sendmsg(views)
@@ -196,10 +222,7 @@ class FrameWriter:
             else:
                 self._send_streamed(parts)
         except OSError:
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shutdown(self.sock)
             raise
 
     def _send_streamed(self, parts: Sequence[Buffer]) -> None:
@@ -229,7 +252,14 @@ class FrameWriter:
                 parts = self.sealer.seal(parts)
             frame = b"".join(parts)
             try:
-                sent = self.sock.send(frame, socket.MSG_DONTWAIT)
+                if isinstance(self.sock, ssl.SSLSocket):
+                    # No MSG_DONTWAIT through TLS: send only if the socket has room
+                    # now (POLLOUT: a third of its buffer free), whole, else not at all.
+                    poller = select.poll()
+                    poller.register(self.sock.fileno(), select.POLLOUT)
+                    sent = self.sock.send(frame) if poller.poll(0) else 0
+                else:
+                    sent = self.sock.send(frame, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             if not sent and self.sealer is not None:

@@ -170,6 +170,8 @@ class Client:
     frame. Without one it connects only to an ``--insecure`` server (as a
     squashed identity). A wrong key raises PermissionError "authentication
     failed"; a client with a key never falls back to an unauthenticated server.
+    ``tls_cert``, ``tls_key`` and ``tls_ca`` instead: mutual TLS 1.3 (the server's
+    certificate must name the address's host, or ``tls_server_name``).
     """
 
     def __init__(
@@ -187,8 +189,14 @@ class Client:
         notices: int = 0,
         secret_file: str | None = None,
         key: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
-        self.security = ClientSecurity.from_options(secret_file=secret_file, key=key)
+        self.security = ClientSecurity.from_options(
+            secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+            tls_server_name=tls_server_name)  # fmt: skip
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s]
         if not servers:

@@ -13,6 +13,7 @@ import errno
 import itertools
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from ..protocol import Command, Message, ProtocolError
 from ..security import handshake as hs
 from ..security.config import ClientSecurity
 from ..security.tags import Sealer, TagError, Verifier
-from ..wire import FrameWriter, PeerClosed, SocketReader, send_parts
+from ..wire import FrameWriter, PeerClosed, SocketReader, send_parts, shutdown
 
 log = logging.getLogger("pohmelfs.client")
 
@@ -100,6 +101,19 @@ class Connection:
         except (OSError, ValueError) as e:
             raise errors.unreachable_error(address, str(e)) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        security = security or ClientSecurity()
+        if security.tls is not None:
+            try:
+                sock = security.tls.wrap_socket(sock, server_hostname=security.server_name
+                                                or host.strip("[]"))  # fmt: skip
+            except ssl.SSLCertVerificationError as e:
+                sock.close()
+                raise errors.auth_error(address, f"TLS: {e.verify_message}") from None
+            except (OSError, ssl.SSLError) as e:
+                sock.close()
+                why = f"TLS handshake failed: {getattr(e, 'reason', None) or e}"
+                hint = " (is the server serving TLS, with a certificate of the same CA?)"
+                raise errors.auth_error(address, why + hint) from None
         self.sock = sock
         self.reader = SocketReader(sock)
         self.writer = FrameWriter(sock)
@@ -117,8 +131,7 @@ class Connection:
         self.close_reason = ""
         self.idle = 0.0  # the server closes a connection silent this long (0: never)
         try:
-            self._handshake(max_payload, name, notices, connect_timeout,
-                            security or ClientSecurity())  # fmt: skip
+            self._handshake(max_payload, name, notices, connect_timeout, security)
         except BaseException:
             sock.close()
             raise
@@ -144,13 +157,20 @@ class Connection:
             send_parts(self.sock, parts)
             challenge, challenge_payload = self._handshake_reply(Command.HELLO)
             method = challenge["auth"]
-            if method != p.AUTH_NONE and security.secret is None:
+            if security.tls is not None:
+                if method != p.AUTH_TLS:
+                    raise errors.auth_error(self.address, "TLS was accepted but the server "
+                                            "does not authenticate by certificate")  # fmt: skip
+            elif method == p.AUTH_TLS:
+                raise errors.auth_error(self.address, "the server requires TLS: give "
+                                        "tls_cert, tls_key and tls_ca")  # fmt: skip
+            elif method != p.AUTH_NONE and security.secret is None:
                 raise errors.auth_error(self.address, "the server requires a key: give "
                                         "a secret file (secret_file=)")  # fmt: skip
             if method == p.AUTH_NONE and security.secret is not None:
                 raise errors.auth_error(self.address, "the server does not authenticate "
                                         "(--insecure): refusing to connect without it")  # fmt: skip
-            if method not in (p.AUTH_NONE, p.AUTH_SECRET):
+            if method not in (p.AUTH_NONE, p.AUTH_SECRET, p.AUTH_TLS):
                 raise errors.auth_error(self.address, f"unknown authentication {method}")
             th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
             proof = bytes(p.NONCE_SIZE)
@@ -169,6 +189,9 @@ class Connection:
             raise errors.timeout_error(self.address, timeout) from None
         except TagError:
             raise errors.auth_error(self.address, "the server did not prove the key") from None
+        except ssl.SSLError as e:  # TLS 1.3: a refused certificate shows at the first read
+            raise errors.auth_error(self.address, "authentication failed: the server "
+                                    f"refused this certificate ({e.reason})") from None  # fmt: skip
         except (OSError, ProtocolError) as e:
             if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPROTONOSUPPORT):
                 raise
@@ -413,10 +436,7 @@ class Connection:
                 log.info("connection to %s lost: %s", self.address, why)
             pending, self._pending = list(self._pending.values()), {}
         self._closing.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shutdown(self.sock)
         for tx in pending:
             tx.error = errors.connection_error(self.address, why)
             tx.complete()

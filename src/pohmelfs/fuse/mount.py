@@ -37,6 +37,10 @@ class MountConfig:
     async_close: bool = False  # close(2) does not wait for the file's writes
     secret_file: str | None = None  # the key's shared secret
     key: str | None = None  # the key's name in the server's exports
+    tls_cert: str | None = None  # mutual TLS instead
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_server_name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -60,10 +64,12 @@ class MountConfig:
                     cfg.coherent = key == "coherent"
                 elif key in ("threads", "readahead_kib"):
                     setattr(cfg, key, _number(key, value, int))
-                elif key in ("secret_file", "key"):
+                elif key in ("secret_file", "key", "tls_cert", "tls_key", "tls_ca",
+                             "tls_server_name"):  # fmt: skip
                     if not value:
                         raise ValueError(f"mount option {key} needs a value")
-                    setattr(cfg, key, os.path.abspath(value) if key == "secret_file" else value)
+                    is_file = key in ("secret_file", "tls_cert", "tls_key", "tls_ca")
+                    setattr(cfg, key, os.path.abspath(value) if is_file else value)
                 elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
                              "noauto", "user", "nouser", "_netdev"):  # fmt: skip
                     continue  # fstab words that mean nothing here
@@ -114,8 +120,9 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     pidf = pid_file(cfg.mountpoint)
     # RESIZE: the kernel's size of a file another client grows must grow too (mmap).
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0, dirty_timeout=cfg.dirty_timeout,
-                    notices=p.NOTICE_RESIZE, secret_file=cfg.secret_file,
-                    key=cfg.key)  # fmt: skip
+                    notices=p.NOTICE_RESIZE, secret_file=cfg.secret_file, key=cfg.key,
+                    tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, tls_ca=cfg.tls_ca,
+                    tls_server_name=cfg.tls_server_name)  # fmt: skip
     opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
                    cfg.coherent, kernel_checks=cfg.default_permissions,
                    async_close=cfg.async_close)  # fmt: skip

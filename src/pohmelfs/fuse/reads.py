@@ -51,9 +51,9 @@ class DirectReads:
         def sink(header: p.Header, reader: SocketReader) -> None:
             nonlocal replied
             n = header.payload_len
-            if (self.splice and reader.verifier is None and SPLICE_MIN <= n <= self._pipe_room()
-                    and reply.fd >= 0):  # fmt: skip
-                # (A tagged frame is checked before the kernel gets any of it: copied.)
+            # (A tagged or TLS frame is checked before the kernel gets any: copied.)
+            fits = SPLICE_MIN <= n <= self._pipe_room()
+            if self.splice and reader.raw and fits and reply.fd >= 0:
                 self._splice_reply(reply, n, reader)
                 replied = True
                 finished()

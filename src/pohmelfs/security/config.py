@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass, field
 
 from .. import protocol as p
 from .keys import SecurityConfigError, load_secret
 from .policy import INSECURE, ClientKey, ClientPolicy, load_exports
+from .tls import client_context, server_context
 
 DEFAULT_KEY = "default"
 
@@ -19,18 +21,31 @@ class ServerSecurity:
 
     keys: dict[str, ClientKey] = field(default_factory=dict)
     insecure: bool = False
+    tls: ssl.SSLContext | None = None  # every connection is TLS; clients known by certificate
+    tls_policy: ClientPolicy | None = None  # for any certificate of the CA (no exports file)
 
     @classmethod
     def from_options(cls, *, secret_file: str | None = None, exports: str | None = None,
-                     policy: ClientPolicy | None = None,
-                     insecure: bool = False) -> ServerSecurity:  # fmt: skip
+                     policy: ClientPolicy | None = None, insecure: bool = False,
+                     tls_cert: str | None = None, tls_key: str | None = None,
+                     tls_ca: str | None = None) -> ServerSecurity:  # fmt: skip
+        tls_given = [x for x in (tls_cert, tls_key, tls_ca) if x]
         if insecure:
-            if secret_file or exports:
+            if secret_file or exports or tls_given:
                 raise SecurityConfigError("--insecure cannot be given with keys")
             return cls({}, insecure=True)
         keys: dict[str, ClientKey] = {}
         if exports:
             keys.update(load_exports(exports))
+        if tls_given:
+            if len(tls_given) != 3:
+                raise SecurityConfigError("TLS needs all of --tls-cert, --tls-key and --tls-ca")
+            if secret_file or any(k.secret for k in keys.values()):
+                raise SecurityConfigError("a TLS server knows clients by certificate: "
+                                          "give no secrets")  # fmt: skip
+            assert tls_cert and tls_key and tls_ca
+            ctx = server_context(tls_cert, tls_key, tls_ca)
+            return cls(keys, tls=ctx, tls_policy=None if exports else policy or ClientPolicy())
         if secret_file:
             if DEFAULT_KEY in keys:
                 raise SecurityConfigError(f"key {DEFAULT_KEY!r} is both in {exports} "
@@ -46,11 +61,22 @@ class ServerSecurity:
 
     @property
     def method(self) -> int:
+        if self.tls is not None:
+            return p.AUTH_TLS
         return p.AUTH_NONE if self.insecure else p.AUTH_SECRET
 
     def key(self, name: str) -> ClientKey | None:
         found = self.keys.get(name)
         return found if found is not None and found.secret is not None else None
+
+    def certificate_key(self, name: str) -> ClientKey | None:
+        """The key of a TLS client whose certificate (from the CA) names ``name``."""
+        found = self.keys.get(name)
+        if found is not None and found.secret is None:
+            return found
+        if self.tls_policy is not None and name:
+            return ClientKey(name, None, self.tls_policy)
+        return None
 
     def check_listen(self, host: str) -> None:
         """An insecure server listens on loopback only."""
@@ -76,10 +102,25 @@ class ClientSecurity:
 
     key: str = DEFAULT_KEY
     secret: bytes | None = None
+    tls: ssl.SSLContext | None = None
+    server_name: str | None = None  # the name to check in the server's certificate
 
     @classmethod
-    def from_options(cls, *, secret_file: str | None = None,
-                     key: str | None = None) -> ClientSecurity:  # fmt: skip
+    def from_options(cls, *, secret_file: str | None = None, key: str | None = None,
+                     tls_cert: str | None = None, tls_key: str | None = None,
+                     tls_ca: str | None = None,
+                     tls_server_name: str | None = None) -> ClientSecurity:  # fmt: skip
+        tls_given = {n: v for n, v in (("tls_cert", tls_cert), ("tls_key", tls_key),
+                                       ("tls_ca", tls_ca)) if v}  # fmt: skip
+        if tls_given:
+            missing = {"tls_cert", "tls_key", "tls_ca"} - set(tls_given)
+            if missing:
+                raise SecurityConfigError(f"TLS needs {', '.join(sorted(missing))} too")
+            if secret_file:
+                raise SecurityConfigError("give a secret file or TLS files, not both")
+            assert tls_cert and tls_key and tls_ca
+            return cls(DEFAULT_KEY, None, client_context(tls_cert, tls_key, tls_ca),
+                       tls_server_name)  # fmt: skip
         if secret_file is None:
             if key is not None:
                 raise SecurityConfigError(f"key {key!r} given without a secret file")

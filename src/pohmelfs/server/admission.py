@@ -73,8 +73,9 @@ def _refuse(writer: FrameWriter, m: Message, code: int, text: str) -> Refused:
 
 
 def admit(reader: SocketReader, writer: FrameWriter, security: ServerSecurity,
-          welcome: Welcome, peer: str) -> Admitted:  # fmt: skip
-    """Run the handshake; raises ProtocolError (Refused: the client was told why)."""
+          welcome: Welcome, peer: str, certificate: str = "") -> Admitted:  # fmt: skip
+    """Run the handshake; raises ProtocolError (Refused: the client was told why).
+    ``certificate``: the common name of a TLS client's verified certificate."""
     hello, hello_payload = _read(reader, Command.HELLO)
     if hello["version"] != p.VERSION:
         raise _refuse(writer, hello, errno.EPROTONOSUPPORT,
@@ -103,6 +104,13 @@ def admit(reader: SocketReader, writer: FrameWriter, security: ServerSecurity,
         reader.verifier = Verifier(keys.to_server)
         writer.sealer = Sealer(keys.to_client)
         server_proof = hs.server_proof(secret, th, proof)
+    elif method == p.AUTH_TLS:
+        entry = security.certificate_key(certificate)
+        if entry is None:
+            log.warning("%s: authentication failed (certificate %r not exported)", peer,
+                        certificate)  # fmt: skip
+            raise _refuse(writer, auth, errno.EACCES, "authentication failed")
+        policy, name, server_proof = entry.policy, certificate, ZERO_PROOF
     else:
         policy, name, server_proof = security.insecure_policy(), "", ZERO_PROOF
     max_payload = max(64 << 10, min(welcome.max_payload, hello["max_payload"]))

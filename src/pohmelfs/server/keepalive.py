@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
 
 from .. import protocol as p
-from ..wire import FrameWriter, send_parts
+from ..wire import FrameWriter, send_parts, shutdown
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -106,10 +105,7 @@ def _finish(w: _Waiting, rest: memoryview) -> None:
         send_parts(w.writer.sock, [rest])
     except OSError as e:
         _log_send_error(e)
-        try:
-            w.writer.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shutdown(w.writer.sock)
     finally:
         w.writer.lock.release()
 

@@ -19,6 +19,7 @@ import mmap
 import os
 import random
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
 from ..security.config import ServerSecurity
 from ..security.policy import INSECURE
-from ..wire import FrameWriter, PeerClosed, SocketReader
+from ..security.tls import peer_name
+from ..wire import FrameWriter, PeerClosed, SocketReader, shutdown
 from . import admission, cachelocks, linux
 from .export import LocalExport, attr_of
 from .guard import RequestGuard
@@ -226,9 +228,10 @@ class Session(LockRequests, Handles):
                                     int(caps), server.fsid, self.export.statfs)  # fmt: skip
         linux.set_receive_timeout(self.sock, server.handshake_timeout)
         try:
+            certificate = self._tls_handshake() if server.security.tls is not None else ""
             admitted = admission.admit(self.reader, self.writer, server.security, welcome,
-                                       self.peer)  # fmt: skip
-        except TimeoutError:
+                                       self.peer, certificate)  # fmt: skip
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             raise ProtocolError("no handshake within the time allowed") from None
         linux.set_receive_timeout(self.sock, server.idle_timeout)
         self.key = admitted.key
@@ -236,6 +239,27 @@ class Session(LockRequests, Handles):
         self.max_payload = admitted.max_payload
         self.keepalive = admitted.keepalive
         self.notices = admitted.notices
+
+    def _tls_handshake(self) -> str:
+        """Turn the connection into TLS; the client certificate's common name. A
+        client that starts with a plain pohmelfs frame is told what it lacks."""
+        tls = self.server.security.tls
+        assert tls is not None
+        if self.sock.recv(2, socket.MSG_PEEK) == p.MAGIC.to_bytes(2, "big"):
+            text = b"this server requires TLS: give the client tls_cert, tls_key and tls_ca"
+            hdr = p.HEADER.pack(p.MAGIC, Command.HELLO, p.FLAG_REPLY, 0, errno.EACCES,
+                                len(text), 0, 0, 0, 0)  # fmt: skip
+            self.writer.send([hdr, text])
+            raise admission.Refused("a plain client on a TLS server")
+        try:
+            sock = tls.wrap_socket(self.sock, server_side=True)
+        except ssl.SSLError as e:
+            log.warning("%s: TLS handshake failed: %s", self.peer, e.reason or e)
+            raise admission.Refused("TLS handshake failed") from None
+        self.sock = sock
+        self.reader = SocketReader(sock)
+        self.writer = FrameWriter(sock)
+        return peer_name(sock)
 
     def _serve_one(self) -> None:
         try:
@@ -693,10 +717,7 @@ class Server:
             pass
         self.listener.close()
         for s in sessions:  # end each reader at its next frame boundary
-            try:
-                s.sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
+            shutdown(s.sock, socket.SHUT_RD)
         for t in threads:
             t.join(timeout)
         self.pool.shutdown(wait=True)
