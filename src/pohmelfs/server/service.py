@@ -22,6 +22,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from .sizes import EMPTY, SizeWatchers
 log = logging.getLogger("pohmelfs.server")
 
 READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
+TRIM_EVERY = 2.0  # seconds: memory of closed connections goes back at most this often
 KEEP_RESIDENT = 1 << 20  # of a connection's write buffer, between large writes
 SEND_TIMEOUT = struct.pack("ll", 20, 0)  # struct timeval: 20 s
 SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
@@ -600,6 +602,7 @@ class Server:
         self.idle_timeout = limits.idle_timeout
         self.allow_setuid = allow_setuid
         self._per_peer = collections.Counter[str]()
+        self._trimmed = 0.0  # when memory was last given back (see forget)
         self.fsid = random.getrandbits(63) | 1
         self.ranges = RangeLocks()
         self.locks = AdvisoryLocks()
@@ -695,6 +698,10 @@ class Server:
             return self.writers[key] - self._session_writers[key, sid]
 
     def forget(self, session: Session) -> None:
+        now = time.monotonic()
+        if now - self._trimmed > TRIM_EVERY:  # at most this often: it walks the heap
+            self._trimmed = now
+            linux.give_back_memory()
         with self._lock:
             if session in self.sessions:
                 self.sessions.discard(session)
