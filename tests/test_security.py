@@ -406,3 +406,48 @@ def test_what_a_write_header_announces_is_not_allocated(server: Server, export_d
     finally:
         for r in raws:
             r.close()
+
+
+def test_open_files_per_connection_are_bounded(
+    server: Server, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pohmelfs.server import handles
+
+    monkeypatch.setattr(handles, "MAX_HANDLES", 10)
+    (export_dir / "f").write_bytes(b"x")
+    with make_client([address_of(server)]) as c:
+        files = [c.open("/f", "rb", buffering=0) for _ in range(10)]
+        with pytest.raises(OSError) as e:
+            c.open("/f", "rb", buffering=0)
+        assert e.value.errno == errno.EMFILE
+        files.pop().close()
+        c.open("/f", "rb", buffering=0).close()  # one went: one may come
+        for f in files:
+            f.close()
+    assert_server_healthy(server)
+
+
+def test_slow_requests_per_connection_are_bounded(
+    server: Server, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READDIR, FSYNC... go to a pool shared by every client: one connection may have
+    only so many there; the rest get EAGAIN at once, and every one is answered."""
+    from pohmelfs.server import service
+
+    monkeypatch.setattr(service, "MAX_SLOW", 2)
+    for i in range(300):
+        (export_dir / f"n{i:04}").touch()
+    me = Cred(os.geteuid(), os.getegid(), ())
+    with RawSession(address_of(server), load_secret(SECRET_FILE), timeout=10) as raw:
+        for xid in range(1, 201):
+            raw.send(p.request(Command.READDIR, xid, cred=me, path=b""))
+        answered: dict[int, int] = {}
+        for _ in range(10_000):
+            if len(answered) == 200:
+                break
+            m = raw.recv()
+            if not m.flags & p.FLAG_MORE:
+                answered[m.xid] = m.status
+    assert sorted(answered) == list(range(1, 201))
+    assert set(answered.values()) == {0, errno.EAGAIN}
+    assert_server_healthy(server)

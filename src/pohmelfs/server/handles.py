@@ -19,6 +19,7 @@ from .export import attr_of
 from .rangelock import END
 
 MAX_LEASES = 1 << 17  # per session: beyond, LEASE is a LOOKUP
+MAX_HANDLES = 16384  # open files per session: each holds a descriptor of the server
 NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when nothing was made
 ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
 
@@ -101,6 +102,8 @@ class Handles:
 
     def _open(self, m: Message) -> Message | None:
         path, flags, mode = m["path"], m["flags"], m["mode"]
+        if len(self.handles) >= MAX_HANDLES:  # one client must not take every descriptor
+            raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} files open on this connection")
         if m["fid"] != ANY_FILE and flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
             # A reopen of a file it had: it must change nothing before the check.
             raise OSError(errno.EINVAL, "a file id is for reopening: no O_CREAT, O_EXCL, O_TRUNC")

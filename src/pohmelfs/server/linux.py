@@ -210,6 +210,18 @@ def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
 
 
+def raise_descriptor_limit() -> None:
+    """Open files up to the hard limit: every client handle holds a descriptor."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def give_back_memory() -> None:
     """Return the C heap's free pages to the system (glibc ``malloc_trim``): what a
     closed connection used is freed, but stays mapped in the process without it."""

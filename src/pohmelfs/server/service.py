@@ -47,6 +47,7 @@ from .sizes import EMPTY, SizeWatchers
 log = logging.getLogger("pohmelfs.server")
 
 READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
+MAX_SLOW = 64  # a session's requests queued for or running in the shared pool
 TRIM_EVERY = 2.0  # seconds: memory of closed connections goes back at most this often
 KEEP_RESIDENT = 1 << 20  # of a connection's write buffer, between large writes
 SEND_TIMEOUT = struct.pack("ll", 20, 0)  # struct timeval: 20 s
@@ -104,6 +105,7 @@ class Session(LockRequests, Handles):
         self._queue_lock = threading.Lock()
         self._queued = 0
         self._parked = self._parked_bytes = 0
+        self._slow = 0  # FSYNC, READDIR... of this session in the shared pool (MAX_SLOW)
         self._parked_lock = threading.Lock()
         self._queued_keys = collections.Counter[object]()
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
@@ -310,7 +312,19 @@ class Session(LockRequests, Handles):
             else:
                 self._answer_later(msg, None, settle)
         elif header.cmd in SLOW_COMMANDS:
-            self.server.pool.submit(self.execute, msg)
+            with self._parked_lock:
+                full = self._slow >= MAX_SLOW
+                self._slow += not full
+            if full:  # the shared pool's queue must not grow on one client's word
+                self.send(
+                    p.reply(
+                        msg,
+                        status=errno.EAGAIN,
+                        data=b"too many slow requests of this connection at once",
+                    )
+                )
+                return
+            self.server.pool.submit(self._execute_slow, msg)
         else:
             self.execute(msg)
             if header.payload_len > KEEP_RESIDENT and self._wmap is not None:
@@ -328,6 +342,13 @@ class Session(LockRequests, Handles):
         view = self._wbuf[:n]
         self.reader.read_into(view)
         return view
+
+    def _execute_slow(self, msg: Message) -> None:
+        try:
+            self.execute(msg)
+        finally:
+            with self._parked_lock:
+                self._slow -= 1
 
     def execute(self, msg: Message) -> None:
         """Run one request and send its reply; never raises for the request's faults."""
@@ -594,6 +615,7 @@ class Server:
         allow_setuid: bool = False,
     ) -> None:
         security.check_listen(host)
+        linux.raise_descriptor_limit()
         self.export = export
         self.max_payload = max_payload
         self.security = security
