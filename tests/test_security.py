@@ -451,3 +451,106 @@ def test_slow_requests_per_connection_are_bounded(
     assert sorted(answered) == list(range(1, 201))
     assert set(answered.values()) == {0, errno.EAGAIN}
     assert_server_healthy(server)
+
+
+# --- found by a hostile review of the above ----------------------------------------------
+
+
+def test_an_identity_the_kernel_refuses_leaves_no_privilege_behind(
+    squashing: Server, export_dir: Path
+) -> None:
+    """A cred the switch cannot apply (a group or uid of (u32)-1) once left the thread
+    with every capability and the last caller's identity: that caller's next request
+    then read root's files. Now it is refused, and the thread keeps nothing."""
+    (export_dir / "secret").write_bytes(b"root only")
+    os.chmod(export_dir / "secret", 0o600)
+    (export_dir / "rootdir").mkdir(mode=0o700)
+    user = Cred(1000, 1000, ())
+
+    def open_as(raw: RawSession, xid: int, cred: Cred, path: bytes, flags: int) -> int:
+        reply = raw.call(p.request(Command.OPEN, xid, cred=cred, path=path, flags=flags,
+                                   mode=0o644, cache=2, fid=bytes(p.FID_SIZE)))  # fmt: skip
+        return reply.status
+
+    with RawSession(address_of(squashing), load_secret(SECRET_FILE)) as raw:
+        assert open_as(raw, 1, user, b"secret", os.O_RDONLY) == errno.EACCES
+        for bad in (Cred(1000, 1000, (0xFFFFFFFF,)), Cred(0xFFFFFFFF, 1000, ()),
+                    Cred(1000, 0xFFFFFFFF, ())):  # fmt: skip
+            assert open_as(raw, 2, bad, b"secret", os.O_RDONLY) == errno.EINVAL
+            assert open_as(raw, 3, user, b"secret", os.O_RDONLY) == errno.EACCES
+            assert open_as(raw, 4, user, b"rootdir/x", os.O_WRONLY | os.O_CREAT) == errno.EACCES
+    assert not (export_dir / "rootdir" / "x").exists()
+
+
+def test_a_handshake_trickled_byte_by_byte_is_cut_off(export_dir: Path) -> None:
+    """The handshake has its time as a whole, not per byte received."""
+    srv = start_server(export_dir, limits=Limits(handshake_timeout=1.0))
+    hello = b"".join(bytes(x) for x in p.request(
+        Command.HELLO, 0, version=p.VERSION, max_payload=1 << 20, keepalive_ms=1000, notices=0,
+        client=b"x", key=b"default", nonce=bytes(32)).encode())  # fmt: skip
+    socks = [socket.create_connection(srv.address) for _ in range(10)]
+    try:
+        cut = 0
+        for pos in range(8):  # a byte every 0.4 s: well within any per-receive time-out
+            for s in socks:
+                try:
+                    s.send(hello[pos : pos + 1])
+                except OSError:
+                    cut += 1
+            time.sleep(0.4)
+        assert not srv.sessions and cut >= 10, (len(srv.sessions), cut)
+        assert_server_healthy(srv)
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+        srv.export.close()
+
+
+def test_connections_that_never_prove_a_key_cannot_keep_a_client_out(export_dir: Path) -> None:
+    srv = start_server(export_dir, limits=Limits(handshakes=5, handshake_timeout=30.0))
+    socks = [socket.create_connection(srv.address) for _ in range(20)]
+    try:
+        time.sleep(0.3)
+        assert len(srv._handshaking) <= 5
+        started = time.monotonic()
+        assert_server_healthy(srv)  # its handshake takes the oldest one's place
+        assert time.monotonic() - started < 5
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+        srv.export.close()
+
+
+def test_a_read_only_key_takes_no_exclusive_lock(export_dir: Path) -> None:
+    (export_dir / "f").write_bytes(b"x")
+    srv = secured(export_dir, ClientPolicy(read_only=True))
+    try:
+        with make_client([address_of(srv)]) as c:
+            with pytest.raises(OSError) as e:
+                c.lock("/f", 0, 0, exclusive=True, wait=False)
+            assert e.value.errno == errno.EBADF
+            c.lock("/f", 0, 0, exclusive=False, wait=False)  # a shared one it may
+    finally:
+        srv.stop()
+        srv.export.close()
+
+
+def test_locks_held_per_connection_are_bounded(
+    server: Server, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pohmelfs.server import locks
+
+    monkeypatch.setattr(locks, "MAX_LOCKS", 50)
+    (export_dir / "f").write_bytes(b"x")
+    with make_client([address_of(server)]) as c:
+        for i in range(50):
+            c.lock("/f", 2 * i, 1, wait=False)  # disjoint ranges: one lock each
+        with pytest.raises(OSError) as e:
+            c.lock("/f", 1000, 1, wait=False)
+        assert e.value.errno == errno.ENOLCK
+        c.unlock("/f", 0, 2)
+        c.lock("/f", 1000, 1, wait=False)  # one went: one may come
+    with make_client([address_of(server)]) as other:  # the bound is per connection
+        other.lock("/f", 5000, 1, wait=False)

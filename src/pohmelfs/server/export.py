@@ -137,6 +137,7 @@ class LocalExport:
         """Give this thread the caller's file-system identity (root servers only)."""
         if not self.as_root or getattr(self._local, "cred", None) == cred:
             return
+        self._local.cred = None  # a switch that fails leaves nobody's identity remembered
         linux.set_thread_creds(cred.uid, cred.gid, tuple(cred.groups))
         self._local.cred = cred
 

@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 
-from ..protocol import Command, Message
+from ..protocol import LOCK_FLOCK, Command, Message
 from ..security.policy import ClientPolicy
 
 CHANGES = frozenset({
@@ -29,6 +29,8 @@ CHANGES = frozenset({
 })  # fmt: skip
 PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 SETID = stat.S_ISUID | stat.S_ISGID
+NO_ID = 0xFFFFFFFF  # what setfsuid(-1) means: "tell me", never an identity
+WRLCK = 1
 
 
 def _writes(fields: dict[str, object]) -> bool:
@@ -50,8 +52,15 @@ class RequestGuard:
         fields = m.fields
         cred = fields.get("cred")
         if cred is not None:
+            if NO_ID in (cred.uid, cred.gid) or NO_ID in cred.groups:
+                raise _refused(errno.EINVAL, "(u32)-1 is no one's id")
             fields["cred"] = cred = self.policy.map(cred)
         cmd = m.cmd
+        if (self.policy.read_only and cmd is Command.LOCK and fields["type"] == WRLCK
+                and not fields["flags"] & LOCK_FLOCK):  # fmt: skip
+            # POSIX: an exclusive record lock needs a descriptor open for writing,
+            # which a read-only key never has; it must not hold up the writers.
+            raise _refused(errno.EBADF, "an exclusive lock needs a file open for writing")
         if self.policy.read_only and (cmd in CHANGES or (cmd is Command.OPEN and _writes(fields))):
             raise _refused(errno.EROFS, "this client's key is read-only")
         if cmd in (Command.SETXATTR, Command.REMOVEXATTR):

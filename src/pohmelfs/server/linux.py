@@ -126,13 +126,21 @@ def _capabilities() -> tuple[_CapHeader, Any]:
     return header, data
 
 
-def set_thread_capabilities(all_permitted: bool) -> None:
-    """The calling thread's effective capabilities: every permitted one, or none
-    (the permitted set stays, so they can be raised again). Capabilities are per
-    thread in Linux, so the other threads of the server are not touched."""
+CAP_SETGID, CAP_SETUID = 6, 7
+SWITCH_CAPS = 1 << CAP_SETGID | 1 << CAP_SETUID
+
+
+def set_thread_capabilities(all_permitted: bool, only: int = 0) -> None:
+    """The calling thread's effective capabilities: every permitted one, or none, or
+    (``only``) those of the mask that are permitted. The permitted set stays, so they
+    can be raised again. Capabilities are per thread in Linux: the other threads of
+    the server are not touched."""
     header, data = _capabilities()
-    for half in data:
-        half.effective = half.permitted if all_permitted else 0
+    for i, half in enumerate(data):
+        if all_permitted:
+            half.effective = half.permitted
+        else:
+            half.effective = half.permitted & (only >> (32 * i)) & 0xFFFFFFFF
     _check(_libc.syscall(ctypes.c_long(_NR["capset"]), ctypes.byref(header), data))
 
 
@@ -150,20 +158,26 @@ def set_thread_creds(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     or CAP_MKNOD: so for any uid but 0 the thread also gives up every effective
     capability, and the kernel treats it as exactly that user would be treated.
     """
-    set_thread_capabilities(True)  # CAP_SETUID, CAP_SETGID: to switch at all
-    arr = (ctypes.c_uint * max(len(groups), 1))(*groups)
-    ret = _libc.syscall(ctypes.c_long(_NR["setgroups"]), ctypes.c_size_t(len(groups)), arr)
-    _check(ret)
-    _libc.setfsgid(ctypes.c_uint(gid))
-    _libc.setfsuid(ctypes.c_uint(uid))
-    # setfs*id return the previous id and no error: read back to verify.
-    if (
-        _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF)) != uid
-        or _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid
-    ):
-        raise PermissionError(1, "cannot switch to the caller's credentials")
-    if uid != 0:
+    # Only what switching needs is raised for it, and a switch that fails part-way
+    # leaves the thread with no capability at all (never with root's and the last
+    # caller's identity: a later request of that caller would inherit them).
+    set_thread_capabilities(False, only=SWITCH_CAPS)
+    try:
+        arr = (ctypes.c_uint * max(len(groups), 1))(*groups)
+        ret = _libc.syscall(ctypes.c_long(_NR["setgroups"]), ctypes.c_size_t(len(groups)), arr)
+        _check(ret)
+        _libc.setfsgid(ctypes.c_uint(gid))
+        _libc.setfsuid(ctypes.c_uint(uid))
+        # setfs*id return the previous id and no error: read back to verify.
+        if (
+            _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF)) != uid
+            or _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) != gid
+        ):
+            raise PermissionError(1, "cannot switch to the caller's credentials")
+    except BaseException:
         set_thread_capabilities(False)
+        raise
+    set_thread_capabilities(uid == 0)
 
 
 MAX_HANDLE_SZ = 128

@@ -10,12 +10,14 @@ disconnects (:meth:`AdvisoryLocks.drop_session`).
 
 from __future__ import annotations
 
+import collections
 import errno
 import threading
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol, TypeVar
 
 END = 1 << 63  # "to the end of the file, whatever it becomes"
+MAX_LOCKS = 4096  # held by one session (each is scanned by every request on its file)
 
 RDLCK, WRLCK, UNLCK = 0, 1, 2  # as in the protocol (not the host's fcntl values)
 
@@ -70,6 +72,7 @@ class AdvisoryLocks:
         self._cond = threading.Condition()
         self._locks: dict[object, list[Lock]] = {}
         self._waiting: dict[object, list[_Waiter]] = {}
+        self._held = collections.Counter[int]()  # locks held, by session
 
     def conflict(self, key: object, want: Lock) -> Lock | None:
         """The first lock of another owner that ``want`` would conflict with."""
@@ -117,15 +120,19 @@ class AdvisoryLocks:
             return False
         return any(_overlap(w.want, want) for w in earlier)
 
-    def _wake(self, key: object) -> list[tuple[Callable[[OSError | None], None], None]]:
+    def _wake(self, key: object) -> list[tuple[Callable[[OSError | None], None], OSError | None]]:
         waiters = self._waiting.get(key)
         if not waiters:
             return []
-        woken: list[tuple[Callable[[OSError | None], None], None]] = []
+        woken: list[tuple[Callable[[OSError | None], None], OSError | None]] = []
         still: list[_Waiter] = []
         for w in waiters:
             if self._conflict(key, w.want) is None and not self._behind(key, w.want, still):
-                self._replace(key, w.want)
+                try:
+                    self._replace(key, w.want)
+                except OSError as e:  # its session holds too many: the wait ends so
+                    woken.append((w.granted, e))
+                    continue
                 woken.append((w.granted, None))
             else:
                 still.append(w)
@@ -136,6 +143,8 @@ class AdvisoryLocks:
         return woken
 
     def _replace(self, key: object, want: Lock) -> None:
+        sid = want.owner[0]
+        before = sum(lk.owner[0] == sid for lk in self._locks.get(key, ()))
         kept = carve(
             self._locks.get(key, ()),
             lambda held: held.owner == want.owner and held.flock == want.flock,
@@ -145,10 +154,14 @@ class AdvisoryLocks:
         )
         if want.type != UNLCK:
             kept.append(want)
+        grown = sum(lk.owner[0] == sid for lk in kept) - before
+        if grown > 0 and self._held[sid] + grown > MAX_LOCKS:  # (a split, or a new range)
+            raise OSError(errno.ENOLCK, f"more than {MAX_LOCKS} locks held by this connection")
         if kept:
             self._locks[key] = kept
         else:
             self._locks.pop(key, None)
+        self._held[sid] += grown
 
     def drop_session(self, session: int) -> None:
         """A client went away: every lock it held goes with it, and its waits end."""
@@ -161,6 +174,7 @@ class AdvisoryLocks:
                     woken.append((w.granted, ended))
                 if not self._waiting[key]:
                     del self._waiting[key]
+            self._held.pop(session, None)
             for key in list(self._locks):
                 kept = [lk for lk in self._locks[key] if lk.owner[0] != session]
                 if kept:

@@ -238,6 +238,7 @@ class Session(LockRequests, Handles):
         except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
             raise ProtocolError("no handshake within the time allowed") from None
         linux.set_receive_timeout(self.sock, server.idle_timeout)
+        server.admitted(self)
         self.key = admitted.key
         self.guard = RequestGuard(admitted.policy, server.allow_setuid)
         self.max_payload = admitted.max_payload
@@ -255,12 +256,15 @@ class Session(LockRequests, Handles):
                                 len(text), 0, 0, 0, 0)  # fmt: skip
             self.writer.send([hdr, text])
             raise admission.Refused("a plain client on a TLS server")
+        # Wrapped first and shaken after, so that the handshake reaper can cut off
+        # a handshake that dawdles (it shuts down ``self.sock``).
+        self.sock = sock = tls.wrap_socket(self.sock, server_side=True,
+                                           do_handshake_on_connect=False)  # fmt: skip
         try:
-            sock = tls.wrap_socket(self.sock, server_side=True)
+            sock.do_handshake()
         except ssl.SSLError as e:
             log.warning("%s: TLS handshake failed: %s", self.peer, e.reason or e)
             raise admission.Refused("TLS handshake failed") from None
-        self.sock = sock
         self.reader = SocketReader(sock)
         self.writer = FrameWriter(sock)
         return peer_name(sock)
@@ -595,6 +599,7 @@ class Limits:
     connections: int = 256
     per_peer: int = 64  # connections from one address
     handshake_timeout: float = 10.0  # from accept to the end of the handshake
+    handshakes: int = 64  # connections in their handshake at once (the oldest goes)
     idle_timeout: float = 600.0  # a connection silent this long is closed
 
 
@@ -625,6 +630,8 @@ class Server:
         self.allow_setuid = allow_setuid
         self._per_peer = collections.Counter[str]()
         self._trimmed = 0.0  # when memory was last given back (see forget)
+        self._handshaking: dict[Session, float] = {}  # not yet admitted -> deadline
+        self._reaper: threading.Thread | None = None
         self.fsid = random.getrandbits(63) | 1
         self.ranges = RangeLocks()
         self.locks = AdvisoryLocks()
@@ -688,12 +695,45 @@ class Server:
                 session = Session(self, sock, "%s:%d" % addr[:2])
                 self._per_peer[host] += 1
                 self.sessions.add(session)
+                self._handshake_started(session)
                 t = threading.Thread(
                     target=session.run, name=f"pohmelfs-conn-{session.peer}", daemon=True
                 )
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
                 t.start()  # under the lock: stop() must never join an unstarted thread
+
+    def _handshake_started(self, session: Session) -> None:
+        """(Under ``_lock``.) The whole handshake has ``handshake_timeout``, however
+        slowly its bytes come, and at most ``limits.handshakes`` run at once: the
+        oldest is cut off for a new one, so connections that never prove a key cannot
+        keep a client that has one out."""
+        if len(self._handshaking) >= self.limits.handshakes:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            shutdown(oldest.sock)
+        self._handshaking[session] = time.monotonic() + self.handshake_timeout
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap_handshakes, daemon=True,
+                                            name="pohmelfs-handshakes")  # fmt: skip
+            self._reaper.start()
+
+    def admitted(self, session: Session) -> None:
+        with self._lock:
+            self._handshaking.pop(session, None)
+
+    def _reap_handshakes(self) -> None:
+        while not self._stopping:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self._lock:
+                late = [s for s, deadline in self._handshaking.items() if deadline <= now]
+                for s in late:
+                    del self._handshaking[s]
+            for s in late:
+                log.info("%s: no handshake within %.0f s, closed", s.peer,
+                         self.handshake_timeout)  # fmt: skip
+                shutdown(s.sock)
 
     def session_by_id(self, sid: int) -> Session | None:
         with self._lock:
@@ -725,6 +765,7 @@ class Server:
             self._trimmed = now
             linux.give_back_memory()
         with self._lock:
+            self._handshaking.pop(session, None)
             if session in self.sessions:
                 self.sessions.discard(session)
                 host = session.peer.rpartition(":")[0]
