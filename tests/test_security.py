@@ -554,3 +554,44 @@ def test_locks_held_per_connection_are_bounded(
         c.lock("/f", 1000, 1, wait=False)  # one went: one may come
     with make_client([address_of(server)]) as other:  # the bound is per connection
         other.lock("/f", 5000, 1, wait=False)
+
+
+def test_requests_waiting_on_the_whole_server_are_bounded(export_dir: Path) -> None:
+    """Most waits hold a thread: the server as a whole takes only so many, whatever
+    the number of connections (each is bounded on its own too)."""
+    srv = start_server(export_dir, limits=Limits(waiting=3))
+    (export_dir / "f").write_bytes(b"x")
+    holder = make_client([address_of(srv)])
+    holder.lock("/f", 0, 0)
+    me = Cred(os.geteuid(), os.getegid(), ())
+    raws = [RawSession(address_of(srv), load_secret(SECRET_FILE)) for _ in range(5)]
+    try:
+        refused = 0
+        for i, raw in enumerate(raws):
+            opened = raw.call(p.request(Command.OPEN, 1, cred=me, path=b"f", flags=os.O_RDWR,
+                                        mode=0, cache=2, fid=bytes(p.FID_SIZE)))  # fmt: skip
+            raw.send(p.request(Command.LOCK, 2, oid=opened.oid, offset=0, length=1, owner=i,
+                               type=1, flags=p.LOCK_WAIT, pid=i))  # fmt: skip
+            raw.send(p.request(Command.PING, 3))
+            for _ in range(100):  # until the PING's reply: a refusal comes before it
+                m = raw.recv()
+                if m.cmd == Command.LOCK and not m.flags & p.FLAG_PENDING:
+                    refused += m.status == errno.EAGAIN
+                if m.cmd == Command.PING:
+                    break
+        assert refused == 2 and srv.waiting.used == 3, (refused, srv.waiting.used)
+        holder.unlock("/f", 0, 0)  # one of the three is granted: its wait ends
+        deadline = time.monotonic() + 5
+        while srv.waiting.used != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.waiting.used == 2
+    finally:
+        for raw in raws:
+            raw.close()
+        holder.close()
+    deadline = time.monotonic() + 5
+    while srv.waiting.used and time.monotonic() < deadline:  # closed: every wait ended
+        time.sleep(0.05)
+    assert srv.waiting.used == 0
+    srv.stop()
+    srv.export.close()

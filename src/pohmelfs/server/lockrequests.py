@@ -76,11 +76,13 @@ class LockRequests:
         data = m.fields.get("data")
         size = len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
         with self._parked_lock:
-            if self._parked >= MAX_WAITING or self._parked_bytes + size > MAX_WAITING_BYTES:
+            mine = self._parked >= MAX_WAITING or self._parked_bytes + size > MAX_WAITING_BYTES
+            if mine or not self.server.waiting.take():
                 if h is not None:
                     self._release(h)
-                raise OSError(errno.EAGAIN, "too many requests of this connection wait for "
-                              "other clients")  # fmt: skip
+                whose = "of this connection" if mine else "on this server"
+                raise OSError(errno.EAGAIN, f"too many requests {whose} wait for other "
+                              "clients")  # fmt: skip
             self._parked += 1
             self._parked_bytes += size
         if isinstance(data, memoryview):
@@ -90,6 +92,7 @@ class LockRequests:
     def _unpark(self, m: Message) -> None:
         self.server.keepalive.done(self.sid, m.xid)
         data = m.fields.get("data")
+        self.server.waiting.give()
         with self._parked_lock:
             self._parked -= 1
             self._parked_bytes -= len(data) if isinstance(data, bytes | bytearray) else 0

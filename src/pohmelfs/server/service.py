@@ -592,6 +592,26 @@ class Session(LockRequests, Handles):
         self.writer.send([hdr, buf[:got]])
 
 
+class Budget:
+    """A count that may not pass ``limit`` (the requests waiting on the whole server:
+    most wait on a thread of their own)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one server gives its clients at most."""
@@ -600,6 +620,7 @@ class Limits:
     per_peer: int = 64  # connections from one address
     handshake_timeout: float = 10.0  # from accept to the end of the handshake
     handshakes: int = 64  # connections in their handshake at once (the oldest goes)
+    waiting: int = 4096  # requests waiting for other clients, on the whole server
     idle_timeout: float = 600.0  # a connection silent this long is closed
 
 
@@ -629,6 +650,7 @@ class Server:
         self.idle_timeout = limits.idle_timeout
         self.allow_setuid = allow_setuid
         self._per_peer = collections.Counter[str]()
+        self.waiting = Budget(limits.waiting)  # see LockRequests._park
         self._trimmed = 0.0  # when memory was last given back (see forget)
         self._handshaking: dict[Session, float] = {}  # not yet admitted -> deadline
         self._reaper: threading.Thread | None = None
