@@ -21,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .protocol import HEADER_SIZE, TAG_SIZE, Header, ProtocolError
+from .protocol import HEADER_SIZE, TAG_SIZE, Header, ProtocolError, packed_payload_len
 
 STREAM_FROM = 1 << 20  # a tagged frame this large goes out in pieces
 STREAM_PIECE = 256 << 10
@@ -217,7 +217,7 @@ class FrameWriter:
         try:
             if self.sealer is None:
                 send_parts(self.sock, parts)
-            elif sum(memoryview(x).nbytes for x in parts[1:]) < STREAM_FROM:
+            elif packed_payload_len(parts[0]) < STREAM_FROM:
                 send_parts(self.sock, self.sealer.seal(parts))
             else:
                 self._send_streamed(parts)
@@ -230,8 +230,7 @@ class FrameWriter:
         one piece while this side tags the next (not all of it, then all of it)."""
         assert self.sealer is not None
         body = [memoryview(x).cast("B") for x in parts[1:]]
-        size = sum(x.nbytes for x in body)
-        first = [self.sealer.begin(parts[0], size)]
+        first = [self.sealer.begin(parts[0])]
         for part in body:
             for off in range(0, len(part), STREAM_PIECE):
                 piece = part[off : off + STREAM_PIECE]

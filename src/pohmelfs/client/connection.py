@@ -156,22 +156,9 @@ class Connection:
             parts = hello.encode()
             send_parts(self.sock, parts)
             challenge, challenge_payload = self._handshake_reply(Command.HELLO)
-            method = challenge["auth"]
-            if security.tls is not None:
-                if method != p.AUTH_TLS:
-                    raise errors.auth_error(self.address, "TLS was accepted but the server "
-                                            "does not authenticate by certificate")  # fmt: skip
-            elif method == p.AUTH_TLS:
-                raise errors.auth_error(self.address, "the server requires TLS: give "
-                                        "tls_cert, tls_key and tls_ca")  # fmt: skip
-            elif method != p.AUTH_NONE and security.secret is None:
-                raise errors.auth_error(self.address, "the server requires a key: give "
-                                        "a secret file (secret_file=)")  # fmt: skip
-            if method == p.AUTH_NONE and security.secret is not None:
-                raise errors.auth_error(self.address, "the server does not authenticate "
-                                        "(--insecure): refusing to connect without it")  # fmt: skip
-            if method not in (p.AUTH_NONE, p.AUTH_SECRET, p.AUTH_TLS):
-                raise errors.auth_error(self.address, f"unknown authentication {method}")
+            mismatch = security.mismatch(challenge["auth"])
+            if mismatch:
+                raise errors.auth_error(self.address, mismatch)
             th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
             proof = bytes(p.NONCE_SIZE)
             if security.secret is not None:
@@ -250,7 +237,7 @@ class Connection:
                 parts = msg.encode()
             except ProtocolError as e:
                 raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
-            size = sum(memoryview(part).nbytes for part in parts) - p.HEADER_SIZE
+            size = p.packed_payload_len(parts[0])
             if size > self.max_payload:  # the server would have to drop the connection
                 code = errno.ENAMETOOLONG if "path" in fields else errno.E2BIG
                 raise OSError(code, f"{cmd.name} of {size} bytes is more than the server "

@@ -27,6 +27,11 @@ HEADER = struct.Struct("!HHHHIIQQQQ")
 HEADER_SIZE = HEADER.size  # 48
 
 
+def packed_payload_len(header: bytes | bytearray | memoryview) -> int:
+    """The payload length a packed header announces (offset 12, u32)."""
+    return int.from_bytes(bytes(header[12:16]), "big")
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     """A validated frame header."""

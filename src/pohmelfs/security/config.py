@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .. import protocol as p
 from .keys import SecurityConfigError, load_secret
-from .policy import INSECURE, ClientKey, ClientPolicy, load_exports
+from .policy import ClientKey, ClientPolicy, load_exports
 from .tls import client_context, server_context
 
 DEFAULT_KEY = "default"
@@ -91,9 +91,6 @@ class ServerSecurity:
                 f"--insecure serves loopback only, not {host} (give --secret-file instead)"
             )
 
-    def insecure_policy(self) -> ClientPolicy:
-        return INSECURE
-
 
 @dataclass(frozen=True)
 class ClientSecurity:
@@ -126,3 +123,24 @@ class ClientSecurity:
                 raise SecurityConfigError(f"key {key!r} given without a secret file")
             return cls(DEFAULT_KEY, None)
         return cls(key or DEFAULT_KEY, load_secret(secret_file))
+
+    @property
+    def method(self) -> int:
+        if self.tls is not None:
+            return p.AUTH_TLS
+        return p.AUTH_NONE if self.secret is None else p.AUTH_SECRET
+
+    def mismatch(self, method: int) -> str:
+        """What is wrong when the server asks for ``method`` ("" if nothing): a client
+        never falls back to less than it was given."""
+        if method == self.method:
+            return ""
+        if self.tls is not None:
+            return "TLS was accepted but the server does not authenticate by certificate"
+        if method == p.AUTH_NONE:
+            return "the server does not authenticate (--insecure): refusing to connect without it"
+        if method == p.AUTH_SECRET:
+            return "the server requires a key: give a secret file (secret_file=)"
+        if method == p.AUTH_TLS:
+            return "the server requires TLS: give tls_cert, tls_key and tls_ca"
+        return f"unknown authentication {method}"

@@ -17,10 +17,9 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..protocol import HEADER_SIZE, TAG_SIZE, ProtocolError
+from ..protocol import HEADER_SIZE, TAG_SIZE, ProtocolError, packed_payload_len
 from .handshake import DirectionKeys
 
 Buffer = bytes | bytearray | memoryview
@@ -37,81 +36,22 @@ def _gcm_nonce(seq: int) -> bytes:
 
 
 class _Tagging:
+    """One direction's running tag: begun with a frame's header, fed its payload in
+    pieces, ended with the tag. Sealing and checking compute the same thing."""
+
     def __init__(self, keys: DirectionKeys) -> None:
         self._small = keys.small
         self._aes = algorithms.AES(keys.large)
         self.seq = 0
-
-
-class Sealer(_Tagging):
-    """Tags the frames one side sends (under its send lock: the order tagged is the
-    order sent)."""
-
-    _stream: Any = None
-
-    def seal(self, parts: Sequence[Buffer]) -> list[Buffer]:
-        """The frame with its header's tag length set and the tag appended."""
-        header = bytes(parts[0])
-        header = header[:6] + _TAG_LEN + header[8:HEADER_SIZE]
-        body = parts[1:]
-        size = sum(memoryview(p).nbytes for p in body)
-        seq = self.seq
-        self.seq += 1
-        if size < LARGE:
-            h = hashlib.blake2b(seq.to_bytes(8, "big"), key=self._small, digest_size=TAG_SIZE)
-            h.update(header)
-            for part in body:
-                h.update(part)
-            tag = h.digest()
-        else:
-            enc = Cipher(self._aes, modes.GCM(_gcm_nonce(seq))).encryptor()
-            enc.authenticate_additional_data(header)
-            for part in body:
-                enc.authenticate_additional_data(part)
-            enc.finalize()
-            tag = enc.tag
-        return [header, *body, tag]
-
-    def begin(self, header: Buffer, payload_len: int) -> bytes:
-        """Start sealing a large frame sent in pieces (``update``, then ``finish``
-        for the tag): a receiver checks each piece while the next is on its way.
-        Returns the header to send."""
-        header = bytes(header)
-        header = header[:6] + _TAG_LEN + header[8:HEADER_SIZE]
-        seq = self.seq
-        self.seq += 1
-        self._stream = Cipher(self._aes, modes.GCM(_gcm_nonce(seq))).encryptor()
-        self._stream.authenticate_additional_data(header)
-        return header
-
-    def update(self, piece: Buffer) -> None:
-        self._stream.authenticate_additional_data(piece)
-
-    def finish(self) -> bytes:
-        stream, self._stream = self._stream, None
-        stream.finalize()
-        return bytes(stream.tag)
-
-    def unseal(self) -> None:
-        """The frame last sealed was not sent at all: its number is used again."""
-        self.seq -= 1
-
-
-class Verifier(_Tagging):
-    """Checks the frames one side receives, fed in the pieces they arrive in (each
-    piece is taken in at once: it may be a view of a buffer that is reused)."""
-
-    def __init__(self, keys: DirectionKeys) -> None:
-        super().__init__(keys)
         self._blake: Any = None
         self._gmac: Any = None
 
-    def begin(self, header: Buffer, payload_len: int) -> None:
+    def _begin(self, header: Buffer, payload_len: int) -> None:
         seq = self.seq
         self.seq += 1
         if payload_len >= LARGE:
             self._blake = None
-            self._gmac = Cipher(self._aes, modes.GCM(_gcm_nonce(seq))).decryptor()
+            self._gmac = Cipher(self._aes, modes.GCM(_gcm_nonce(seq))).encryptor()
             self._gmac.authenticate_additional_data(header)
         else:
             self._gmac = None
@@ -126,14 +66,51 @@ class Verifier(_Tagging):
         else:
             self._blake.update(piece)
 
+    def _tag(self) -> bytes:
+        if self._gmac is None:
+            return bytes(self._blake.digest())
+        gmac, self._gmac = self._gmac, None
+        gmac.finalize()
+        return bytes(gmac.tag)
+
+
+class Sealer(_Tagging):
+    """Tags the frames one side sends (under its send lock: the order tagged is the
+    order sent)."""
+
+    def seal(self, parts: Sequence[Buffer]) -> list[Buffer]:
+        """The frame with its header's tag length set and the tag appended."""
+        header = self.begin(parts[0])
+        body = parts[1:]
+        for part in body:
+            self.update(part)
+        return [header, *body, self.finish()]
+
+    def begin(self, header: Buffer) -> bytes:
+        """Start sealing a frame (then ``update`` with each piece of its payload, and
+        ``finish`` for the tag): a large frame may so go out in pieces, each checked
+        by the receiver while the next is on its way. Returns the header to send."""
+        raw = bytes(header)
+        tagged = raw[:6] + _TAG_LEN + raw[8:HEADER_SIZE]
+        self._begin(tagged, packed_payload_len(tagged))
+        return tagged
+
+    def finish(self) -> bytes:
+        return self._tag()
+
+    def unseal(self) -> None:
+        """The frame last sealed was not sent at all: its number is used again."""
+        self.seq -= 1
+
+
+class Verifier(_Tagging):
+    """Checks the frames one side receives, fed in the pieces they arrive in (each
+    piece is taken in at once: it may be a view of a buffer that is reused)."""
+
+    def begin(self, header: Buffer, payload_len: int) -> None:
+        self._begin(header, payload_len)
+
     def finish(self, tag: Buffer) -> None:
         """Raises TagError unless ``tag`` is the frame's."""
-        if self._gmac is not None:
-            gmac, self._gmac = self._gmac, None
-            try:
-                gmac.finalize_with_tag(bytes(tag))
-            except (InvalidTag, ValueError):
-                raise TagError("frame failed its integrity check") from None
-            return
-        if not hmac.compare_digest(self._blake.digest(), bytes(tag)):
+        if not hmac.compare_digest(self._tag(), bytes(tag)):
             raise TagError("frame failed its integrity check")

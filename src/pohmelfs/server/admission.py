@@ -20,7 +20,7 @@ from .. import protocol as p
 from ..protocol import Command, Message, ProtocolError
 from ..security import handshake as hs
 from ..security.config import ServerSecurity
-from ..security.policy import ClientPolicy
+from ..security.policy import INSECURE, ClientPolicy
 from ..security.tags import Sealer, Verifier
 from ..wire import FrameWriter, SocketReader
 
@@ -112,7 +112,7 @@ def admit(reader: SocketReader, writer: FrameWriter, security: ServerSecurity,
             raise _refuse(writer, auth, errno.EACCES, "authentication failed")
         policy, name, server_proof = entry.policy, certificate, ZERO_PROOF
     else:
-        policy, name, server_proof = security.insecure_policy(), "", ZERO_PROOF
+        policy, name, server_proof = INSECURE, "", ZERO_PROOF
     max_payload = max(64 << 10, min(welcome.max_payload, hello["max_payload"]))
     caps = welcome.caps | (p.Cap.READ_ONLY if policy.read_only else 0)
     writer.send(p.reply(auth, max_payload=max_payload, idle_ms=welcome.idle_ms, caps=int(caps),

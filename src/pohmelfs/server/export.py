@@ -99,6 +99,11 @@ def split_path(path: bytes) -> list[bytes]:
     return parts
 
 
+def opens_for_writing(flags: int) -> bool:
+    """An open with these flags may change the file (O_CREAT and O_TRUNC count)."""
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & (os.O_CREAT | os.O_TRUNC))
+
+
 def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: LocalExport, *args: Any, **kwargs: Any) -> Any:
         if self.read_only:
@@ -311,8 +316,7 @@ class LocalExport:
             raise _err(
                 errno.EINVAL, path, f"unsupported open flags {flags & ~OPEN_FLAGS_ALLOWED:#o}"
             )
-        writes = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & (os.O_CREAT | os.O_TRUNC)
-        if self.read_only and writes:
+        if self.read_only and opens_for_writing(flags):
             raise _err(errno.EROFS, path)
 
     def _open_at(self, dfd: int, name: bytes, flags: int, mode: int,

@@ -20,6 +20,7 @@ import stat
 
 from ..protocol import LOCK_FLOCK, Command, Message
 from ..security.policy import ClientPolicy
+from .export import opens_for_writing
 
 CHANGES = frozenset({
     Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,
@@ -31,11 +32,6 @@ PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 SETID = stat.S_ISUID | stat.S_ISGID
 NO_ID = 0xFFFFFFFF  # what setfsuid(-1) means: "tell me", never an identity
 WRLCK = 1
-
-
-def _writes(fields: dict[str, object]) -> bool:
-    flags = int(fields["flags"])  # type: ignore[call-overload]
-    return flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & (os.O_CREAT | os.O_TRUNC))
 
 
 def _refused(code: int, what: str) -> OSError:
@@ -61,7 +57,9 @@ class RequestGuard:
             # POSIX: an exclusive record lock needs a descriptor open for writing,
             # which a read-only key never has; it must not hold up the writers.
             raise _refused(errno.EBADF, "an exclusive lock needs a file open for writing")
-        if self.policy.read_only and (cmd in CHANGES or (cmd is Command.OPEN and _writes(fields))):
+        if self.policy.read_only and (
+            cmd in CHANGES or (cmd is Command.OPEN and opens_for_writing(fields["flags"]))
+        ):
             raise _refused(errno.EROFS, "this client's key is read-only")
         if cmd in (Command.SETXATTR, Command.REMOVEXATTR):
             name = bytes(fields["name"])
