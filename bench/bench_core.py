@@ -97,6 +97,17 @@ def _sender(path: str, port_box: list[int], ready: threading.Event) -> None:
     proc.wait()
 
 
+def recv_all_into(sock: socket.socket, buf: memoryview) -> int:
+    """Fill ``buf`` from ``sock`` until it is full or the peer is done; bytes got."""
+    pos = 0
+    while pos < len(buf):
+        got = sock.recv_into(buf[pos:])
+        if not got:
+            break
+        pos += got
+    return pos
+
+
 def bench_socket_ceiling(path: str, buf: memoryview) -> float:
     port: list[int] = []
     ready = threading.Event()
@@ -105,12 +116,7 @@ def bench_socket_ceiling(path: str, buf: memoryview) -> float:
     ready.wait(30)
     sock = socket.create_connection(("127.0.0.1", port[0]))
     start = time.perf_counter()
-    pos = 0
-    while pos < len(buf):
-        got = sock.recv_into(buf[pos:])
-        if not got:
-            break
-        pos += got
+    pos = recv_all_into(sock, buf)
     dt = time.perf_counter() - start
     sock.close()
     t.join()

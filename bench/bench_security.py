@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+from bench_core import recv_all_into
 from benchkeys import SECRET_FILE
 from pohmelfs import Client
 from pohmelfs.security.tls import make_certificates
@@ -93,12 +94,7 @@ def tls_ceiling(pki: str, path: str, buf: memoryview) -> float:
     sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
                            server_hostname="localhost")  # fmt: skip
     start = time.perf_counter()
-    got = 0
-    while got < len(buf):
-        n = sock.recv_into(buf[got:])
-        if not n:
-            break
-        got += n
+    got = recv_all_into(sock, buf)
     elapsed = time.perf_counter() - start
     sock.close()
     proc.wait(30)

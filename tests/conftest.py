@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,16 @@ def start_server(root: Path, read_only: bool = False, **kw: object) -> Server:
     return Server(export, "127.0.0.1", 0, **kw).start()  # type: ignore[arg-type]
 
 
+@contextmanager
+def stopping(srv: Server) -> Iterator[Server]:
+    """``srv`` for a ``with`` block: stopped, its export closed, pass or fail."""
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.export.close()
+
+
 def make_client(*args: Any, **kw: Any) -> Client:
     """A library client with the test key."""
     kw.setdefault("secret_file", SECRET_FILE)
@@ -66,10 +77,8 @@ def address_of(server: Server) -> str:
 
 @pytest.fixture
 def server(export_dir: Path) -> Iterator[Server]:
-    srv = start_server(export_dir)
-    yield srv
-    srv.stop()
-    srv.export.close()
+    with stopping(start_server(export_dir)) as srv:
+        yield srv
 
 
 @pytest.fixture

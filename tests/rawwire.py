@@ -31,16 +31,28 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class Refused(PermissionError):
+    """The server turned the handshake down; ``reply`` says how."""
+
+    def __init__(self, reply: Message) -> None:
+        super().__init__(reply.status, bytes(reply["data"]).decode(errors="replace"))
+        self.reply = reply
+
+
 class RawSession:
-    """``secret`` None: the server must be --insecure. ``hello``: extra HELLO fields."""
+    """``secret`` None: the server must be --insecure. ``hello``: extra HELLO fields.
+    ``sock``: a connected socket to use instead of connecting to ``address``."""
 
     def __init__(self, address: str, secret: bytes | None, key: str = "default",
-                 timeout: float = 5.0, rcvbuf: int = 0, **hello: Any) -> None:  # fmt: skip
-        self.sock = socket.socket()
-        if rcvbuf:  # before connecting: the window is set then
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(split_address(address))
+                 timeout: float = 5.0, rcvbuf: int = 0, sock: socket.socket | None = None,
+                 **hello: Any) -> None:  # fmt: skip
+        if sock is None:
+            sock = socket.socket()
+            if rcvbuf:  # before connecting: the window is set then
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(timeout)
+            sock.connect(split_address(address))
+        self.sock = sock
         self.sealer: Sealer | None = None
         self.verifier: Verifier | None = None
         fields = dict(version=p.VERSION, max_payload=p.DEFAULT_MAX_PAYLOAD, keepalive_ms=1000,
@@ -52,7 +64,7 @@ class RawSession:
         self.sock.sendall(self.handshake_sent[0])
         challenge, challenge_payload = self._recv_plain()
         if challenge.status:
-            raise PermissionError(challenge.status, bytes(challenge["data"]).decode())
+            raise Refused(challenge)
         th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
         proof = bytes(p.NONCE_SIZE)
         if secret is not None:
@@ -63,7 +75,7 @@ class RawSession:
         self.sock.sendall(self.handshake_sent[1])
         self.welcome = self.recv()
         if self.welcome.status:
-            raise PermissionError(self.welcome.status, bytes(self.welcome["data"]).decode())
+            raise Refused(self.welcome)
         if secret is not None:
             self.sealer = Sealer(keys.to_server)
 
@@ -86,14 +98,21 @@ class RawSession:
         """Bytes as they are: no tag (a frame the server must refuse)."""
         self.sock.sendall(data)
 
-    def recv(self) -> Message:
+    def recv_frame(self) -> tuple[tuple[int, ...], bytes]:
+        """One frame as raw header numbers and payload (an unknown command too), its
+        tag checked when the session has keys."""
         raw = recv_exact(self.sock, p.HEADER_SIZE)
-        header = Header.unpack(raw, p.U32_MAX)
-        payload = recv_exact(self.sock, header.payload_len)
+        fields = p.HEADER.unpack(raw)
+        payload = recv_exact(self.sock, fields[5])
         if self.verifier is not None:
-            self.verifier.begin(raw, header.payload_len)
+            self.verifier.begin(raw, fields[5])
             self.verifier.update(payload)
             self.verifier.finish(recv_exact(self.sock, p.TAG_SIZE))
+        return fields, payload
+
+    def recv(self) -> Message:
+        fields, payload = self.recv_frame()
+        header = Header.unpack(p.HEADER.pack(*fields[:3], 0, *fields[4:]), p.U32_MAX)
         return p.decode_payload(header, payload)
 
     def call(self, msg: Message) -> Message:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import CLIENT_KEY, address_of, make_client, start_server
+from conftest import CLIENT_KEY, address_of, make_client, start_server, stopping
 from pohmelfs import Client
 from pohmelfs.client.client import ANY_FILE
 from pohmelfs.protocol import Command, Cred
@@ -71,10 +71,8 @@ def test_table_lease_expiry_fences_the_silent_holder() -> None:
 
 @pytest.fixture
 def quick_lease_server(export_dir: Path) -> Iterator[Server]:
-    srv = start_server(export_dir, lease=0.5)
-    yield srv
-    srv.stop()
-    srv.export.close()
+    with stopping(start_server(export_dir, lease=0.5)) as srv:
+        yield srv
 
 
 def test_revoke_reaches_the_holder_and_writes_back_first(ab: tuple[Client, Client]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_FILE, address_of, make_client, start_server
+from conftest import SECRET_FILE, address_of, make_client, start_server, stopping
 from pohmelfs import Client, Cred
 from pohmelfs import protocol as p
 from pohmelfs.protocol import Command
@@ -38,10 +38,8 @@ def secured(export_dir: Path, policy: ClientPolicy, **kw: object) -> Server:
 
 @pytest.fixture
 def squashing(export_dir: Path) -> Iterator[Server]:
-    srv = secured(export_dir, ClientPolicy())  # root_squash, the default
-    yield srv
-    srv.stop()
-    srv.export.close()
+    with stopping(secured(export_dir, ClientPolicy())) as srv:  # root_squash, the default
+        yield srv
 
 
 def test_no_key_and_a_wrong_key_are_refused(server: Server, tmp_path: Path) -> None:
@@ -58,13 +56,11 @@ def test_no_key_and_a_wrong_key_are_refused(server: Server, tmp_path: Path) -> N
 
 
 def test_a_client_with_a_key_never_talks_to_an_insecure_server(export_dir: Path) -> None:
-    srv = start_server(export_dir, security=ServerSecurity.from_options(insecure=True))
-    try:
+    with stopping(
+        start_server(export_dir, security=ServerSecurity.from_options(insecure=True))
+    ) as srv:
         with pytest.raises(PermissionError, match="does not authenticate"):
             make_client([address_of(srv)])
-    finally:
-        srv.stop()
-        srv.export.close()
 
 
 def test_a_recorded_handshake_replayed_fails(server: Server) -> None:
@@ -187,22 +183,21 @@ def test_root_squash_a_claimed_root_is_nobody(squashing: Server, export_dir: Pat
 
 
 def test_all_squash_maps_every_identity(export_dir: Path) -> None:
-    srv = secured(export_dir, ClientPolicy(squash="all_squash", anon_uid=4321, anon_gid=4322))
-    try:
+    with stopping(
+        secured(export_dir, ClientPolicy(squash="all_squash", anon_uid=4321, anon_gid=4322))
+    ) as srv:
         with make_client([address_of(srv)], cred=Cred(1000, 1000, (27,))) as c:
             c.mkdir("/d")
         st = os.stat(export_dir / "d")
         assert (st.st_uid, st.st_gid) == (4321, 4322)
-    finally:
-        srv.stop()
-        srv.export.close()
 
 
 def test_a_read_only_key_can_change_nothing(export_dir: Path) -> None:
     (export_dir / "f").write_bytes(b"keep")
     (export_dir / "d").mkdir()
-    srv = secured(export_dir, ClientPolicy(read_only=True, squash="no_root_squash"))
-    try:
+    with stopping(
+        secured(export_dir, ClientPolicy(read_only=True, squash="no_root_squash"))
+    ) as srv:
         with make_client([address_of(srv)], cred=ROOT) as c:
             assert c.server_info()["read_only"]
             assert c.open("/f", "rb").read() == b"keep"
@@ -228,9 +223,6 @@ def test_a_read_only_key_can_change_nothing(export_dir: Path) -> None:
                 assert e.value.errno == errno.EROFS, name
         assert (export_dir / "f").read_bytes() == b"keep" and (export_dir / "d").is_dir()
         assert sorted(os.listdir(export_dir)) == ["d", "f"]
-    finally:
-        srv.stop()
-        srv.export.close()
 
 
 @pytest.mark.parametrize("name", [b"security.capability", b"trusted.x", b"security.evm"])
@@ -261,16 +253,14 @@ def test_setuid_and_setgid_bits_are_dropped(export_dir: Path) -> None:
 
 
 def test_setuid_kept_with_allow_setuid(export_dir: Path) -> None:
-    srv = secured(export_dir, ClientPolicy(squash="no_root_squash"), allow_setuid=True)
-    try:
+    with stopping(
+        secured(export_dir, ClientPolicy(squash="no_root_squash"), allow_setuid=True)
+    ) as srv:
         with make_client([address_of(srv)], cred=ROOT) as c:
             with c.open("/prog", "wb") as f:
                 f.write(b"x")
             c.chmod("/prog", 0o4755)
         assert stat.S_IMODE(os.stat(export_dir / "prog").st_mode) == 0o4755
-    finally:
-        srv.stop()
-        srv.export.close()
 
 
 def test_a_user_gets_no_capability_the_user_lacks(export_dir: Path) -> None:
@@ -525,16 +515,12 @@ def test_connections_that_never_prove_a_key_cannot_keep_a_client_out(export_dir:
 
 def test_a_read_only_key_takes_no_exclusive_lock(export_dir: Path) -> None:
     (export_dir / "f").write_bytes(b"x")
-    srv = secured(export_dir, ClientPolicy(read_only=True))
-    try:
+    with stopping(secured(export_dir, ClientPolicy(read_only=True))) as srv:
         with make_client([address_of(srv)]) as c:
             with pytest.raises(OSError) as e:
                 c.lock("/f", 0, 0, exclusive=True, wait=False)
             assert e.value.errno == errno.EBADF
             c.lock("/f", 0, 0, exclusive=False, wait=False)  # a shared one it may
-    finally:
-        srv.stop()
-        srv.export.close()
 
 
 def test_locks_held_per_connection_are_bounded(

@@ -27,9 +27,8 @@ from pohmelfs import protocol as p
 from pohmelfs.protocol import Command, Flag, Header, Message
 from pohmelfs.security import handshake as hs
 from pohmelfs.security.keys import load_secret
-from pohmelfs.security.tags import Sealer, Verifier
 from pohmelfs.server.service import Server
-from rawwire import recv_exact, split_address
+from rawwire import RawSession, Refused, recv_exact, split_address
 
 # --- helpers -------------------------------------------------------------------
 
@@ -95,24 +94,18 @@ def raw_connect(address: str) -> socket.socket:
     return sock
 
 
-# The session keys of raw sockets that did the handshake: their frames are tagged.
-_KEYS: weakref.WeakKeyDictionary[socket.socket, tuple[Sealer, Verifier]] = (
-    weakref.WeakKeyDictionary()
-)
+# The sessions of raw sockets that did the handshake: their frames are tagged.
+_SESSIONS: weakref.WeakKeyDictionary[socket.socket, RawSession] = weakref.WeakKeyDictionary()
 
 
 def recv_raw_frame(sock: socket.socket) -> tuple[tuple[int, ...], bytes]:
     """One frame as raw header numbers plus payload (works for unknown commands);
-    its tag checked if the socket has keys."""
-    raw = recv_exact(sock, p.HEADER_SIZE)
-    fields = p.HEADER.unpack(raw)
-    payload = recv_exact(sock, fields[5])
-    if sock in _KEYS:
-        verifier = _KEYS[sock][1]
-        verifier.begin(raw, fields[5])
-        verifier.update(payload)
-        verifier.finish(recv_exact(sock, p.TAG_SIZE))
-    return fields, payload
+    its tag checked if the socket did the handshake."""
+    session = _SESSIONS.get(sock)
+    if session is not None:
+        return session.recv_frame()
+    fields = p.HEADER.unpack(recv_exact(sock, p.HEADER_SIZE))
+    return fields, recv_exact(sock, fields[5])
 
 
 def recv_message(sock: socket.socket) -> Message:
@@ -123,10 +116,8 @@ def recv_message(sock: socket.socket) -> Message:
 
 def sealed(sock: socket.socket, frame: bytes) -> bytes:
     """A whole frame's bytes as this socket's session sends them (tagged, with keys)."""
-    if sock not in _KEYS:
-        return frame
-    parts = _KEYS[sock][0].seal([frame[: p.HEADER_SIZE], frame[p.HEADER_SIZE :]])
-    return b"".join(bytes(x) for x in parts)
+    session = _SESSIONS.get(sock)
+    return frame if session is None else session.seal(frame)
 
 
 def send_frame(sock: socket.socket, frame: bytes) -> None:
@@ -164,21 +155,12 @@ def hello_request(xid: int = 0, version: int = p.VERSION, **fields: object) -> M
 
 def hello(sock: socket.socket, version: int = p.VERSION) -> Message:
     """The handshake with the test key; returns the welcome (or the refusal)."""
-    parts = hello_request(version=version).encode()
-    sock.sendall(b"".join(bytes(x) for x in parts))
-    challenge_raw = recv_exact(sock, p.HEADER_SIZE)
-    header = Header.unpack(challenge_raw, p.U32_MAX)
-    challenge_payload = recv_exact(sock, header.payload_len)
-    challenge = p.decode_payload(header, challenge_payload)
-    if challenge.status:
-        return challenge
-    th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
-    secret = load_secret(SECRET_FILE)
-    proof = hs.client_proof(secret, th)
-    sock.sendall(p.request(Command.AUTH, 1, proof=proof).to_bytes())
-    keys = hs.session_keys(secret, th)
-    _KEYS[sock] = (Sealer(keys.to_server), Verifier(keys.to_client))
-    return recv_message(sock)
+    try:
+        session = RawSession("", load_secret(SECRET_FILE), sock=sock, version=version)
+    except Refused as e:
+        return e.reply
+    _SESSIONS[sock] = session
+    return session.welcome
 
 
 def expect_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:

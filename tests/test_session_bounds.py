@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLIENT_KEY, SECRET_FILE, address_of, make_client, start_server
+from conftest import CLIENT_KEY, SECRET_FILE, address_of, make_client, start_server, stopping
 from pohmelfs import protocol as p
 from pohmelfs.client.client import ANY_FILE
 from pohmelfs.client.connection import Connection
@@ -31,10 +31,8 @@ F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
 
 @pytest.fixture
 def lease_server(export_dir: Path) -> Iterator[Server]:
-    srv = start_server(export_dir, lease=2.0)
-    yield srv
-    srv.stop()
-    srv.export.close()
+    with stopping(start_server(export_dir, lease=2.0)) as srv:
+        yield srv
 
 
 def open_raw(conn: Connection, path: bytes, cache: int = 2, **kw: object) -> int:

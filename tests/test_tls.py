@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_FILE, MountProcess, address_of, requires_fuse, start_server
+from conftest import SECRET_FILE, MountProcess, address_of, requires_fuse, start_server, stopping
 from pohmelfs import Client, Cred
 from pohmelfs.security.config import ServerSecurity
 from pohmelfs.security.policy import ClientPolicy
@@ -43,10 +43,8 @@ def tls_client(server: Server, pki: Path, name: str = "laptop", ca: Path | None 
 
 @pytest.fixture
 def served(export_dir: Path, pki: Path) -> Iterator[Server]:
-    srv = tls_server(export_dir, pki, policy=ClientPolicy(squash="no_root_squash"))
-    yield srv
-    srv.stop()
-    srv.export.close()
+    with stopping(tls_server(export_dir, pki, policy=ClientPolicy(squash="no_root_squash"))) as srv:
+        yield srv
 
 
 def test_a_client_with_a_certificate_of_the_ca_reads_and_writes(
@@ -89,8 +87,7 @@ def test_clients_known_by_certificate_name_in_the_exports_file(export_dir: Path,
     exports = tmp_path / "exports"
     exports.write_text("laptop tls,rw,no_root_squash\nbackup tls,ro,all_squash\n")
     (export_dir / "f").write_bytes(b"data")
-    srv = tls_server(export_dir, pki, exports=str(exports))
-    try:
+    with stopping(tls_server(export_dir, pki, exports=str(exports))) as srv:
         with tls_client(srv, pki, "backup", cred=Cred(0, 0, ())) as c:
             assert c.open("/f", "rb").read() == b"data"
             with pytest.raises(OSError, match="Read-only"):
@@ -101,9 +98,6 @@ def test_clients_known_by_certificate_name_in_the_exports_file(export_dir: Path,
         make_certificates(str(pki), [], ["stranger"])  # the same CA, not in the exports
         with pytest.raises(PermissionError, match="authentication failed"):
             tls_client(srv, pki, "stranger")
-    finally:
-        srv.stop()
-        srv.export.close()
 
 
 @pytest.mark.parametrize("how", ["alter", "replay", "drop"])
