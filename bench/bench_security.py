@@ -203,8 +203,9 @@ def main() -> None:
     for name in setups:
         print(f"(c) connection set-up  {name:7}: {setup_times[name]:7.2f} ms")
     # The ceiling of a tagged read: what a plain read costs per MiB, plus tagging and
-    # checking that MiB once each (GMAC holds the GIL: it overlaps nothing in its
-    # process), within the server's own chain and within the cores both processes share.
+    # checking that MiB once each, within the server's own chain (one session is served
+    # by one thread: spreading its READs over two measured slower, docs/benchmarks.md)
+    # and within the cores both processes share.
     gmac = gmac_rate()
     server_ms = min(server_cpu["plain"]) / args.size_mib * 1e3
     client_ms = min(client_cpu["plain"]) / args.size_mib * 1e3
@@ -217,7 +218,8 @@ def main() -> None:
           f"read cost {server_ms:.2f} ms of server CPU and {client_ms:.2f} ms of client CPU "
           f"per MiB; so a tagged read can go at most {chain:.0f} MiB/s (the server's chain) "
           f"and {shared:.0f} MiB/s ({cores} cores for both): {ceiling:.0f} MiB/s = "
-          f"{ceiling * MiB / best['plain']['read']:.2f} of plain")  # fmt: skip
+          f"{ceiling * MiB / best['plain']['read']:.2f} of plain; pohmelfs with tags reads "
+          f"at {best['secret']['read'] / MiB / ceiling:.2f} of it")  # fmt: skip
     print(f"(e) ceiling for TLS, plain Python TLS sockets moving the file: {tls_ceil / MiB:7.0f} "
           f"MiB/s = {tls_ceil / best['plain']['read']:4.2f} of plain; pohmelfs over TLS reads at "
           f"{best['tls']['read'] / tls_ceil:4.2f} of it")  # fmt: skip

@@ -127,3 +127,51 @@ def test_a_view_of_the_payload_survives_the_tag_check() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_frame_sealed_in_one_buffer_is_tagged_as_one_sealed_in_parts() -> None:
+    """``seal_frame`` (the server's READ replies) and ``seal`` put the same frame on
+    the wire: receivers cannot tell, and the sequence numbers stay in step."""
+    k = keys()
+    in_parts, in_place = Sealer(k.to_client), Sealer(k.to_client)
+    verifier = Verifier(k.to_client)
+    for f in frames([*SIZES, 0, LARGE]):
+        expected = b"".join(bytes(x) for x in in_parts.seal([f[:48], f[48:]]))
+        frame = memoryview(bytearray(len(f) + p.TAG_SIZE))
+        frame[: len(f)] = f
+        frame[len(f) :] = in_place.seal_frame(frame[: len(f)])
+        assert bytes(frame) == expected
+        check(verifier, bytes(frame))
+
+
+@pytest.mark.parametrize("size", [100, LARGE, 1 << 20])
+def test_a_payload_checked_later_is_checked_against_its_own_tag(size: int) -> None:
+    """Placed with ``check=False``, a payload is checked by whoever uses it while the
+    reader goes on to the next frames: a changed byte still fails, and only that
+    frame's check."""
+    k = keys()
+    sent = seal_all(Sealer(k.to_client), frames([size, size, 30]))
+    altered = bytearray(sent[1])
+    altered[48 + size // 2] ^= 0x80
+    a, b = socket.socketpair()
+    try:
+        reader = SocketReader(b)
+        reader.verifier = Verifier(k.to_client)
+        threading.Thread(target=a.sendall, args=(sent[0] + bytes(altered) + sent[2],)).start()
+        checks = []
+        for _ in range(2):
+            h = reader.read_header(1 << 30)
+            dest = memoryview(bytearray(h.payload_len))
+            reader.read_into(dest, check=False)
+            checks.append(reader.end_frame_later(dest))
+        h = reader.read_header(1 << 30)  # the frame after them is read (and its own)
+        reader.read_view(h.payload_len)
+        reader.end_frame()
+        first, second = checks
+        assert first is not None and second is not None
+        first()
+        with pytest.raises(TagError):
+            second()
+    finally:
+        a.close()
+        b.close()

@@ -50,7 +50,7 @@ class Transaction:
     """
 
     __slots__ = ("xid", "cmd", "done", "into", "sink", "callback", "deadline", "nbytes",
-                 "reply", "frames", "error", "claimed")  # fmt: skip
+                 "reply", "frames", "error", "claimed", "check")  # fmt: skip
 
     def __init__(self, xid: int, cmd: Command, into: memoryview | None, sink: Sink | None,
                  callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
@@ -67,6 +67,7 @@ class Transaction:
         self.frames: list[Message] = []
         self.error: BaseException | None = None
         self.claimed = False  # the receive thread is filling ``into`` or running ``sink``
+        self.check: Callable[[], None] | None = None  # of the tag of what ``into`` got
 
     def complete(self) -> None:
         if self.callback is None:
@@ -281,6 +282,15 @@ class Connection:
 
     def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
         """The reply of a completed transaction; its error as an OSError naming ``path``."""
+        check, tx.check = tx.check, None
+        if check is not None and tx.error is None:
+            try:
+                check()
+            except TagError as e:
+                why = f"{e}: closed"
+                log.error("connection to %s: %s", self.address, why)
+                self._fail(why)
+                raise OSError(errno.EIO, f"{self.address}: reply {why}", path) from None
         if tx.error is not None:
             err = tx.error
             if isinstance(err, OSError) and path is not None and err.filename is None:
@@ -378,7 +388,12 @@ class Connection:
                         assert tx.into is not None
                         if header.payload_len > len(tx.into):
                             raise ProtocolError("read reply longer than requested")
-                        reader.read_into(tx.into[: header.payload_len])
+                        # Checked by the caller (``result``) while this thread
+                        # receives the next reply.
+                        placed = tx.into[: header.payload_len]
+                        reader.read_into(placed, check=False)
+                        tx.check = reader.end_frame_later(placed)
+                        del placed  # hold no view of the caller's buffer
                     reader.end_frame()  # (a sink checks it itself, before it hands data on)
                     tx.nbytes = header.payload_len
                     tx.reply = _READ_DONE

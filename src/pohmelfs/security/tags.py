@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..protocol import HEADER_SIZE, TAG_SIZE, ProtocolError, packed_payload_len
 from .handshake import DirectionKeys
@@ -35,29 +36,22 @@ def _gcm_nonce(seq: int) -> bytes:
     return b"\0\0\0\0" + seq.to_bytes(8, "big")
 
 
-class _Tagging:
-    """One direction's running tag: begun with a frame's header, fed its payload in
-    pieces, ended with the tag. Sealing and checking compute the same thing."""
+class FrameTag:
+    """The tag of one frame being computed: begun with its number and header, fed its
+    payload in pieces (on any thread, once it is detached from its direction)."""
 
-    def __init__(self, keys: DirectionKeys) -> None:
-        self._small = keys.small
-        self._aes = algorithms.AES(keys.large)
-        self.seq = 0
-        self._blake: Any = None
-        self._gmac: Any = None
+    __slots__ = ("_blake", "_gmac")
 
-    def _begin(self, header: Buffer, payload_len: int) -> None:
-        seq = self.seq
-        self.seq += 1
+    def __init__(self, aes: algorithms.AES, small: bytes, seq: int, header: Buffer,
+                 payload_len: int) -> None:  # fmt: skip
         if payload_len >= LARGE:
-            self._blake = None
-            self._gmac = Cipher(self._aes, modes.GCM(_gcm_nonce(seq))).encryptor()
+            self._blake: Any = None
+            self._gmac: Any = Cipher(aes, modes.GCM(_gcm_nonce(seq))).encryptor()
             self._gmac.authenticate_additional_data(header)
         else:
             self._gmac = None
-            self._blake = hashlib.blake2b(
-                seq.to_bytes(8, "big"), key=self._small, digest_size=TAG_SIZE
-            )
+            self._blake = hashlib.blake2b(seq.to_bytes(8, "big"), key=small,
+                                          digest_size=TAG_SIZE)  # fmt: skip
             self._blake.update(header)
 
     def update(self, piece: Buffer) -> None:
@@ -66,17 +60,52 @@ class _Tagging:
         else:
             self._blake.update(piece)
 
-    def _tag(self) -> bytes:
+    def digest(self) -> bytes:
         if self._gmac is None:
             return bytes(self._blake.digest())
-        gmac, self._gmac = self._gmac, None
-        gmac.finalize()
-        return bytes(gmac.tag)
+        self._gmac.finalize()
+        return bytes(self._gmac.tag)
+
+    def check(self, tag: Buffer) -> None:
+        """Raises TagError unless ``tag`` is the frame's."""
+        if not hmac.compare_digest(self.digest(), bytes(tag)):
+            raise TagError("frame failed its integrity check")
+
+
+class _Tagging:
+    """One direction's running tag: begun with a frame's header, fed its payload in
+    pieces, ended with the tag. Sealing and checking compute the same thing."""
+
+    def __init__(self, keys: DirectionKeys) -> None:
+        self._small = keys.small
+        self._aes = algorithms.AES(keys.large)
+        self.seq = 0
+        self._frame: FrameTag | None = None
+
+    def _begin(self, header: Buffer, payload_len: int) -> None:
+        self._frame = FrameTag(self._aes, self._small, self.seq, header, payload_len)
+        self.seq += 1
+
+    def update(self, piece: Buffer) -> None:
+        assert self._frame is not None
+        self._frame.update(piece)
+
+    def _take(self) -> FrameTag:
+        frame, self._frame = self._frame, None
+        assert frame is not None
+        return frame
+
+    def _tag(self) -> bytes:
+        return self._take().digest()
 
 
 class Sealer(_Tagging):
     """Tags the frames one side sends (under its send lock: the order tagged is the
     order sent)."""
+
+    def __init__(self, keys: DirectionKeys) -> None:
+        super().__init__(keys)
+        self._gmac_once = AESGCM(keys.large)  # GMAC: the tag of no plaintext
 
     def seal(self, parts: Sequence[Buffer]) -> list[Buffer]:
         """The frame with its header's tag length set and the tag appended."""
@@ -98,6 +127,18 @@ class Sealer(_Tagging):
     def finish(self) -> bytes:
         return self._tag()
 
+    def seal_frame(self, frame: memoryview) -> bytes:
+        """The tag of a whole frame laid out in one buffer, header first; sets the
+        header's tag length in place. (The same tag as ``seal``'s, in one call.)"""
+        frame[6:8] = _TAG_LEN
+        seq = self.seq
+        self.seq += 1
+        if packed_payload_len(frame) >= LARGE:
+            return self._gmac_once.encrypt(_gcm_nonce(seq), b"", frame)
+        blake = hashlib.blake2b(seq.to_bytes(8, "big"), key=self._small, digest_size=TAG_SIZE)
+        blake.update(frame)
+        return blake.digest()
+
     def unseal(self) -> None:
         """The frame last sealed was not sent at all: its number is used again."""
         self.seq -= 1
@@ -112,5 +153,9 @@ class Verifier(_Tagging):
 
     def finish(self, tag: Buffer) -> None:
         """Raises TagError unless ``tag`` is the frame's."""
-        if not hmac.compare_digest(self._tag(), bytes(tag)):
-            raise TagError("frame failed its integrity check")
+        self._take().check(tag)
+
+    def detach(self) -> FrameTag:
+        """The frame begun last, to be fed and checked later (and elsewhere): the
+        next frame may be begun meanwhile."""
+        return self._take()

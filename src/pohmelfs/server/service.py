@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol as p
-from ..protocol import Command, Header, Message, ProtocolError
+from ..protocol import HEADER_SIZE, TAG_SIZE, Command, Header, Message, ProtocolError
 from ..security.config import ServerSecurity
 from ..security.policy import INSECURE
 from ..security.tls import peer_name
@@ -583,13 +583,15 @@ class Session(LockRequests, Handles):
         # that a write after the lock can still change while they wait in the
         # socket queues (on loopback, until the receiver has read them), and it
         # measured no faster: the receiving client is the bottleneck.
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None or len(buf) < m.length:
-            buf = self._scratch.buf = memoryview(bytearray(max(m.length, READ_BUFFER)))
+        # The reply is laid out in one buffer, header first: see FrameWriter.send_frame.
+        frame = getattr(self._scratch, "frame", None)
+        if frame is None or len(frame) < HEADER_SIZE + m.length + TAG_SIZE:
+            size = HEADER_SIZE + max(m.length, READ_BUFFER) + TAG_SIZE
+            frame = self._scratch.frame = memoryview(bytearray(size))
         with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
-            got = os.preadv(h.fd, [buf[: m.length]], m.offset)
-        hdr = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
-        self.writer.send([hdr, buf[:got]])
+            got = os.preadv(h.fd, [frame[HEADER_SIZE : HEADER_SIZE + m.length]], m.offset)
+        frame[:HEADER_SIZE] = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
+        self.writer.send_frame(frame, HEADER_SIZE + got)
 
 
 class Budget:
