@@ -519,8 +519,40 @@ def test_a_read_only_key_takes_no_exclusive_lock(export_dir: Path) -> None:
         with make_client([address_of(srv)]) as c:
             with pytest.raises(OSError) as e:
                 c.lock("/f", 0, 0, exclusive=True, wait=False)
-            assert e.value.errno == errno.EBADF
+            assert e.value.errno == errno.EROFS  # it cannot open the file for writing
+            with c.open("/f", "rb", buffering=0) as f:  # nor lock through a read handle
+                conn, oid = f.handle()
+                with pytest.raises(OSError) as e:
+                    conn.call(Command.LOCK, oid=oid, offset=0, length=0, owner=1, type=1,
+                              flags=0, pid=1)  # fmt: skip
+                assert e.value.errno == errno.EBADF
             c.lock("/f", 0, 0, exclusive=False, wait=False)  # a shared one it may
+
+
+def test_who_may_only_read_a_file_cannot_hold_up_its_writers(export_dir: Path) -> None:
+    """POSIX: an exclusive record lock needs the file open for writing. A user with
+    read permission only gets EACCES from the library, EBADF from a raw LOCK on the
+    read handle; the file's writers are never held up by it."""
+    (export_dir / "f").write_bytes(b"x")
+    os.chmod(export_dir / "f", 0o644)
+    os.chown(export_dir / "f", 54320, 54320)
+    with stopping(secured(export_dir, ClientPolicy())) as srv:
+        stranger, mine = Cred(54321, 54321, ()), Cred(54320, 54320, ())
+        with (
+            make_client([address_of(srv)], cred=stranger) as c,
+            make_client([address_of(srv)], cred=mine) as owner,
+        ):
+            with pytest.raises(PermissionError):
+                c.lock("/f", 0, 0, exclusive=True, wait=False)
+            with c.open("/f", "rb", buffering=0) as f:
+                conn, oid = f.handle()
+                with pytest.raises(OSError) as e:
+                    conn.call(Command.LOCK, oid=oid, offset=0, length=0, owner=1, type=1,
+                              flags=0, pid=1)  # fmt: skip
+                assert e.value.errno == errno.EBADF
+            c.lock("/f", 0, 0, exclusive=False, wait=False)
+            c.unlock("/f")
+            owner.lock("/f", 0, 0, exclusive=True, wait=False)  # nothing in its way
 
 
 def test_locks_held_per_connection_are_bounded(

@@ -225,7 +225,7 @@ class Client:
         # Several: one revocation may wait (for writes, or changes sent ahead) while
         # others must go on.
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
-        self._lock_files: OrderedDict[bytes, RemoteFile] = OrderedDict()
+        self._lock_files: OrderedDict[tuple[bytes, bool], RemoteFile] = OrderedDict()
         # Open files, so that a rename made here changes the path they reopen by, and
         # by (connection, handle), for the server's notifications about them.
         self._files: weakref.WeakSet[RemoteFile] = weakref.WeakSet()
@@ -684,14 +684,17 @@ class Client:
 
     # --- advisory locks ------------------------------------------------------------
 
-    def _lock_file(self, path: PathArg) -> RemoteFile:
-        """An open handle of the file to send lock requests on. The server keeps locks
-        by file and owner, not by handle, so only the LOCK_FILES used last stay open."""
-        key = normal_path(encode_path(path))
+    def _lock_file(self, path: PathArg, writable: bool) -> RemoteFile:
+        """An open handle of the file to send lock requests on: open for writing to
+        take an exclusive lock (POSIX: one who may only read the file cannot hold up
+        its writers). The server keeps locks by file and owner, not by handle, so
+        only the LOCK_FILES used last stay open."""
+        key = (normal_path(encode_path(path)), writable)
         with self._files_lock:
             f = self._lock_files.pop(key, None)
         if f is None or f.closed:
-            f = RemoteFile(self, os.fspath(path), os.O_RDONLY, 0, "r")
+            flags, mode = (os.O_RDWR, "r+") if writable else (os.O_RDONLY, "r")
+            f = RemoteFile(self, os.fspath(path), flags, 0, mode)
         with self._files_lock:
             self._lock_files[key] = f
             full = len(self._lock_files) > LOCK_FILES
@@ -707,7 +710,7 @@ class Client:
                       cmd: Command = Command.LOCK) -> p.Message:  # fmt: skip
         if start < 0 or length < 0:
             raise OSError(errno.EINVAL, "negative lock range", path)
-        f = self._lock_file(path)
+        f = self._lock_file(path, cmd is Command.LOCK and type_ == 1)
         conn, oid = f.handle()
         fields = {"owner": self._lock_owner, "type": type_, "flags": flags, "pid": os.getpid()}
         tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)

@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 
-from ..protocol import LOCK_FLOCK, Command, Message
+from ..protocol import Command, Message
 from ..security.policy import ClientPolicy
 from .export import opens_for_writing
 
@@ -31,7 +31,6 @@ CHANGES = frozenset({
 PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 SETID = stat.S_ISUID | stat.S_ISGID
 NO_ID = 0xFFFFFFFF  # what setfsuid(-1) means: "tell me", never an identity
-WRLCK = 1
 
 
 def _refused(code: int, what: str) -> OSError:
@@ -52,11 +51,6 @@ class RequestGuard:
                 raise _refused(errno.EINVAL, "(u32)-1 is no one's id")
             fields["cred"] = cred = self.policy.map(cred)
         cmd = m.cmd
-        if (self.policy.read_only and cmd is Command.LOCK and fields["type"] == WRLCK
-                and not fields["flags"] & LOCK_FLOCK):  # fmt: skip
-            # POSIX: an exclusive record lock needs a descriptor open for writing,
-            # which a read-only key never has; it must not hold up the writers.
-            raise _refused(errno.EBADF, "an exclusive lock needs a file open for writing")
         if self.policy.read_only and (
             cmd in CHANGES or (cmd is Command.OPEN and opens_for_writing(fields["flags"]))
         ):

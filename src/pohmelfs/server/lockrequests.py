@@ -19,7 +19,7 @@ from ..protocol import Command, Message
 from ..wire import FrameWriter
 from . import cachelocks, locks
 from .export import attr_of
-from .locks import UNLCK, Lock
+from .locks import UNLCK, WRLCK, Lock
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -108,6 +108,10 @@ class LockRequests:
         h = self._acquire(m.oid)
         try:
             want = self._wanted_lock(m, h)
+            if want.type == WRLCK and not want.flock and not h.writable:
+                # POSIX: an exclusive record lock needs a descriptor open for writing
+                # (asking who holds one, GETLK, does not).
+                raise OSError(errno.EBADF, "an exclusive lock needs a file open for writing")
         except OSError:
             self._release(h)
             raise
