@@ -210,7 +210,20 @@ class MountProcess:
                 device.unmount(str(self.mountpoint), lazy=True)
             except OSError:
                 pass
+        self._remove_pid_file()
         return self.proc.returncode
+
+    def _remove_pid_file(self) -> None:
+        """A daemon that was killed leaves its pid file: removed if it names it."""
+        from pohmelfs.fuse.mount import pid_file
+
+        path = pid_file(str(self.mountpoint))
+        try:
+            with open(path) as f:
+                if f.read().strip() == str(self.pid):
+                    os.unlink(path)
+        except OSError:
+            pass
 
 
 def abort_fuse_connection(mountpoint: str) -> None:
