@@ -1,7 +1,5 @@
-"""A directory of the local filesystem, exported with every path confined.
-
-This is the server's one narrow storage interface: the network service calls
-these methods and nothing else touches the export. Confinement: a client path
+"""A directory of the local filesystem, exported with every path confined: the
+``Storage`` of ``storage.py`` (its open files: ``localfile.py``). Confinement: a client path
 is normalised lexically (``..`` may not climb above the root), its parent is
 opened with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` relative to the
 export's root descriptor, and the last component is acted on with ``*at``
@@ -12,27 +10,23 @@ followed. Device nodes can be neither created nor opened (as with ``nodev``).
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ..protocol import (
     ATTR_SIZE,
-    UTIME_ATIME_NOW,
-    UTIME_ATIME_OMIT,
-    UTIME_MTIME_NOW,
-    UTIME_MTIME_OMIT,
     Attr,
     Cred,
     DirEntry,
     StatFs,
 )
 from . import linux
+from .localfile import XATTR_FLAGS, LocalFile, Space, proc_path, utime_args
+from .storage import ModeFilter, attr_of, opens_for_writing
 
 RESOLVE = linux.RESOLVE_BENEATH | linux.RESOLVE_NO_SYMLINKS | linux.RESOLVE_NO_MAGICLINKS
 OPEN_FLAGS_ALLOWED = (
@@ -53,29 +47,7 @@ RENAME_FLAGS_ALLOWED = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
 # A path is walked in steps of at most this many bytes: the kernel takes PATH_MAX
 # (4,096) per call, a tree may be deeper than that from the export's root.
 PATH_STEP = 4000
-XATTR_FLAGS = os.XATTR_CREATE | os.XATTR_REPLACE
 TREE_FDS = 64  # directories RMTREE keeps open at once, however deep the tree
-# With less room than this (and at most SPACE_CHECK seconds ago), writes reserve their
-# blocks first: well above the largest write (8 MiB) times the writers at once.
-ROOMY = 1 << 30
-SPACE_CHECK = 0.5
-
-
-def attr_of(st: os.stat_result) -> Attr:
-    return Attr(
-        st.st_ino,
-        st.st_mode,
-        st.st_nlink,
-        st.st_uid,
-        st.st_gid,
-        st.st_rdev,
-        st.st_size,
-        st.st_blocks,
-        st.st_blksize,
-        st.st_atime_ns,
-        st.st_mtime_ns,
-        st.st_ctime_ns,
-    )
 
 
 def _err(code: int, path: bytes | None = None, detail: str | None = None) -> OSError:
@@ -99,11 +71,6 @@ def split_path(path: bytes) -> list[bytes]:
     return parts
 
 
-def opens_for_writing(flags: int) -> bool:
-    """An open with these flags may change the file (O_CREAT and O_TRUNC count)."""
-    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & (os.O_CREAT | os.O_TRUNC))
-
-
 def _mutating(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: LocalExport, *args: Any, **kwargs: Any) -> Any:
         if self.read_only:
@@ -125,8 +92,7 @@ class LocalExport:
         self.root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
         self._local = threading.local()
-        self._no_fallocate: set[int] = set()  # devices whose file systems refuse it
-        self._space: dict[int, tuple[float, bool]] = {}  # device -> (asked when, tight)
+        self._space = Space()
         try:
             os.listxattr(self.root)
             self.xattrs = True
@@ -198,17 +164,6 @@ class LocalExport:
             fd, i = step, j
         return fd
 
-    def file_id(self, fd: int) -> bytes:
-        """A file's identity across reconnects and server restarts: the file system's
-        handle (inode and generation) with the device; where the file system has no
-        handles, device and inode number only (a reused inode is then not told apart)."""
-        st = os.fstat(fd)
-        handle = linux.file_handle(fd)
-        ident = st.st_dev.to_bytes(8, "big") + (
-            handle if handle is not None else b"ino" + st.st_ino.to_bytes(8, "big")
-        )
-        return hashlib.blake2b(ident, digest_size=16).digest()
-
     @contextmanager
     def _object(self, path: bytes) -> Iterator[tuple[int, os.stat_result]]:
         """An O_PATH descriptor of the object itself (never a symlink's target)."""
@@ -218,11 +173,6 @@ class LocalExport:
             yield fd, os.fstat(fd)
         finally:
             os.close(fd)
-
-    @staticmethod
-    def _proc(fd: int, name: bytes | None = None) -> bytes:
-        base = b"/proc/self/fd/%d" % fd
-        return base if name is None else base + b"/" + name
 
     # --- reading the namespace ----------------------------------------------
 
@@ -298,18 +248,24 @@ class LocalExport:
 
     # --- open files -----------------------------------------------------------
 
-    def open(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr]:
-        """Open (or create) a file; returns its descriptor and attributes."""
+    def open(self, path: bytes, flags: int, mode: int) -> tuple[LocalFile, Attr]:
+        """Open (or create) a file; returns it and its attributes."""
         self.check_open(path, flags)
         with self._parent(path) as (dfd, name):
-            return self._open_at(dfd, name, flags, mode, path)
+            fd, attr = self._open_at(dfd, name, flags, mode, path)
+        return LocalFile(fd, self._space, self.read_only), attr
 
-    def create(self, path: bytes, flags: int, mode: int) -> tuple[int, Attr, Attr]:
+    def create(self, path: bytes, flags: int, mode: int) -> tuple[LocalFile, Attr, Attr]:
         """``open`` that may create: also the directory's attributes right after."""
         self.check_open(path, flags | os.O_CREAT)
         with self._parent(path) as (dfd, name):
             fd, attr = self._open_at(dfd, name, flags | os.O_CREAT, mode, path)
-            return fd, attr, attr_of(os.fstat(dfd))
+            try:
+                directory = attr_of(os.fstat(dfd))
+            except BaseException:
+                os.close(fd)
+                raise
+        return LocalFile(fd, self._space, self.read_only), attr, directory
 
     def check_open(self, path: bytes, flags: int) -> None:
         if flags & ~OPEN_FLAGS_ALLOWED:
@@ -355,88 +311,10 @@ class LocalExport:
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 # (Not even with ``devices``: the server's own devices are not exported.)
                 raise _err(errno.EACCES, path, "device nodes cannot be opened")
-            fd = os.open(self._proc(pfd), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
+            fd = os.open(proc_path(pfd), flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW))
             return fd, attr_of(os.fstat(fd))
         finally:
             os.close(pfd)
-
-    def truncate_open(self, fd: int, writable: bool) -> None:
-        """Empty an open file; one opened read-only (O_RDONLY | O_TRUNC) is emptied
-        through a second descriptor, opened for writing with the caller's rights."""
-        if writable:
-            os.ftruncate(fd, 0)
-            return
-        wfd = os.open(self._proc(fd), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            os.ftruncate(wfd, 0)
-        finally:
-            os.close(wfd)
-
-    def write(self, fd: int, data: memoryview, offset: int | None) -> tuple[int, int]:
-        """Write all of ``data`` at ``offset`` (None: at the end, for an O_APPEND
-        descriptor), or nothing: when its file system is short of space, a write
-        that needs new blocks reserves them first (fallocate, keeping the size), so
-        that it fails with ENOSPC before a byte is written; one that still fails
-        part-way after growing the file is cut back to the old end. Returns (bytes
-        written, end of the write). (Not covered: a device error, a user's quota
-        running out while the disk has room, copy-on-write file systems running
-        out of space while overwriting.)"""
-        st = os.fstat(fd)
-        start = st.st_size if offset is None else offset
-        end = start + len(data)
-        if (end > st.st_size or st.st_blocks * 512 < st.st_size) and self._tight(fd, st.st_dev):
-            self._reserve(fd, st.st_dev, start, len(data))  # it may need new blocks
-        done = 0
-        try:
-            while done < len(data):
-                if offset is None:
-                    done += os.write(fd, data[done:])
-                else:
-                    done += os.pwrite(fd, data[done:], offset + done)
-        except OSError:
-            if done and end > st.st_size:
-                self._cut_back(fd, st.st_size, start, start + done)
-            raise
-        return done, (os.lseek(fd, 0, os.SEEK_CUR) if offset is None else end)
-
-    @staticmethod
-    def _cut_back(fd: int, old_end: int, start: int, written_to: int) -> None:
-        """A write that grew the file failed part-way: what it added past the old end
-        goes again, unless another client wrote past it meanwhile (only our range
-        was locked), nor what another client wrote between the old end and ours."""
-        if os.fstat(fd).st_size > written_to:
-            return
-        keep = old_end
-        if start > old_end:
-            try:
-                first_data = os.lseek(fd, old_end, os.SEEK_DATA)
-            except OSError:
-                first_data = start
-            if first_data < start:
-                keep = start
-        os.ftruncate(fd, keep)
-
-    def _tight(self, fd: int, dev: int) -> bool:
-        """Is the file system short of space (a write could run out part-way)? Asked
-        at most every SPACE_CHECK seconds: reserving blocks for every write would
-        cost sequential writers a tenth of their speed."""
-        now = time.monotonic()
-        known = self._space.get(dev)
-        if known is None or now - known[0] > SPACE_CHECK:
-            s = os.fstatvfs(fd)
-            known = self._space[dev] = (now, s.f_bavail * s.f_frsize < ROOMY)
-        return known[1]
-
-    def _reserve(self, fd: int, dev: int, offset: int, length: int) -> None:
-        if dev in self._no_fallocate or not length:
-            return
-        try:
-            linux.fallocate(fd, linux.FALLOC_FL_KEEP_SIZE, offset, length)
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                self._no_fallocate.add(dev)  # this file system has no reservations
-                return
-            raise
 
     # --- changing the namespace --------------------------------------------
 
@@ -605,81 +483,51 @@ class LocalExport:
 
     # --- attributes -------------------------------------------------------------
 
-    # With ``fd`` (an open handle) these act on that file, whatever names it has now.
+    # (On an open file: ``LocalFile``'s methods of the same names.)
 
     @_mutating
-    def chmod(self, path: bytes, mode: int, fd: int | None = None,
-              allowed: Callable[[int, int], int] | None = None) -> None:  # fmt: skip
+    def chmod(self, path: bytes, mode: int, allowed: ModeFilter | None = None) -> None:
         """``allowed(mode, st_mode)``: the mode to set instead, given the file's type."""
-        if fd is not None:
-            if allowed is not None:
-                mode = allowed(mode, os.fstat(fd).st_mode)
-            os.chmod(fd, mode & 0o7777)
-            return
         with self._object(path) as (fd, st):
             if stat.S_ISLNK(st.st_mode):
                 raise _err(errno.EOPNOTSUPP, path, "symlinks have no mode")
             if allowed is not None:
                 mode = allowed(mode, st.st_mode)
-            os.chmod(self._proc(fd), mode & 0o7777)
+            os.chmod(proc_path(fd), mode & 0o7777)
 
     @_mutating
-    def chown(self, path: bytes, uid: int, gid: int, fd: int | None = None) -> None:
+    def chown(self, path: bytes, uid: int, gid: int) -> None:
         uid, gid = (uid if uid != 0xFFFFFFFF else -1), (gid if gid != 0xFFFFFFFF else -1)
-        if fd is not None:
-            os.chown(fd, uid, gid)
-            return
         with self._parent(path) as (dfd, name):
             os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
 
     @_mutating
-    def utimes(self, path: bytes, atime_ns: int, mtime_ns: int, which: int,
-               fd: int | None = None) -> None:  # fmt: skip
-        times = (
-            None if which & UTIME_ATIME_OMIT else atime_ns,
-            None if which & UTIME_MTIME_OMIT else mtime_ns,
-            bool(which & UTIME_ATIME_NOW),
-            bool(which & UTIME_MTIME_NOW),
-        )
-        if fd is not None:
-            linux.utimensat(fd, None, *times)
-            return
+    def utimes(self, path: bytes, atime_ns: int, mtime_ns: int, which: int) -> None:
         with self._parent(path) as (dfd, name):
-            linux.utimensat(dfd, name, *times)
+            linux.utimensat(dfd, name, *utime_args(atime_ns, mtime_ns, which))
 
     def _xattr_target(self, path: bytes) -> Any:
         if not self.xattrs:
             raise _err(errno.EOPNOTSUPP, path, "the export's filesystem has no xattrs")
         return self._parent(path)
 
-    def getxattr(self, path: bytes, name: bytes, fd: int | None = None) -> bytes:
-        if fd is not None:
-            return os.getxattr(fd, name)
+    def getxattr(self, path: bytes, name: bytes) -> bytes:
         with self._xattr_target(path) as (dfd, leaf):
-            return os.getxattr(self._proc(dfd, leaf), name, follow_symlinks=False)
+            return os.getxattr(proc_path(dfd, leaf), name, follow_symlinks=False)
 
-    def listxattr(self, path: bytes, fd: int | None = None) -> list[bytes]:
-        if fd is not None:
-            return [os.fsencode(n) for n in os.listxattr(fd)]
+    def listxattr(self, path: bytes) -> list[bytes]:
         with self._xattr_target(path) as (dfd, leaf):
-            names = os.listxattr(self._proc(dfd, leaf), follow_symlinks=False)
+            names = os.listxattr(proc_path(dfd, leaf), follow_symlinks=False)
             return [os.fsencode(n) for n in names]
 
     @_mutating
-    def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int,
-                 fd: int | None = None) -> None:  # fmt: skip
+    def setxattr(self, path: bytes, name: bytes, value: bytes, flags: int) -> None:
         if flags & ~XATTR_FLAGS:
             raise _err(errno.EINVAL, path, f"bad xattr flags {flags:#x}")
-        if fd is not None:
-            os.setxattr(fd, name, value, flags)
-            return
         with self._xattr_target(path) as (dfd, leaf):
-            os.setxattr(self._proc(dfd, leaf), name, value, flags, follow_symlinks=False)
+            os.setxattr(proc_path(dfd, leaf), name, value, flags, follow_symlinks=False)
 
     @_mutating
-    def removexattr(self, path: bytes, name: bytes, fd: int | None = None) -> None:
-        if fd is not None:
-            os.removexattr(fd, name)
-            return
+    def removexattr(self, path: bytes, name: bytes) -> None:
         with self._xattr_target(path) as (dfd, leaf):
-            os.removexattr(self._proc(dfd, leaf), name, follow_symlinks=False)
+            os.removexattr(proc_path(dfd, leaf), name, follow_symlinks=False)

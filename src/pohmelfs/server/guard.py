@@ -20,7 +20,7 @@ import stat
 
 from ..protocol import Command, Message
 from ..security.policy import ClientPolicy
-from .export import opens_for_writing
+from .storage import opens_for_writing
 
 CHANGES = frozenset({
     Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,

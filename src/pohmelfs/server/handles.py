@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 from .. import protocol as p
 from ..protocol import Message
 from . import cachelocks
-from .export import attr_of
 from .rangelock import END
+from .storage import OpenFile, Storage, attr_of
 
 MAX_LEASES = 1 << 17  # per session: beyond, LEASE is a LOOKUP
 MAX_HANDLES = 16384  # open files per session: each holds a descriptor of the server
@@ -24,17 +24,16 @@ NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when noth
 ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
 
 if TYPE_CHECKING:
-    from .export import LocalExport
     from .service import Server
 
 
 class Handle:
     """A file the session has open: references counted, closed at the last."""
 
-    __slots__ = ("fd", "refs", "append", "regular", "directory", "key", "writable")
+    __slots__ = ("file", "refs", "append", "regular", "directory", "key", "writable")
 
-    def __init__(self, fd: int, append: bool, st: os.stat_result, writable: bool) -> None:
-        self.fd, self.refs, self.append = fd, 1, append
+    def __init__(self, file: OpenFile, append: bool, st: os.stat_result, writable: bool) -> None:
+        self.file, self.refs, self.append = file, 1, append
         self.regular, self.directory = stat.S_ISREG(st.st_mode), stat.S_ISDIR(st.st_mode)
         self.key = st.st_dev, st.st_ino  # which file the range and cache locks apply to
         self.writable = writable
@@ -45,7 +44,7 @@ class Handles:
     and from LockRequests ``_change`` and ``_naming``."""
 
     server: Server
-    export: LocalExport
+    export: Storage
     sid: int
     closed: bool
     handles: dict[int, Handle]
@@ -73,11 +72,12 @@ class Handles:
         if last:
             if h.writable:
                 self.server.writer_closed(h.key, self.sid)
-            os.close(h.fd)
+            h.file.close()
 
-    def _on_object(self, m: Message, fn: Callable[[int | None], object],
+    def _on_object(self, m: Message, by_path: Callable[[], object],
+                   on_file: Callable[[OpenFile], object],
                    field: str | None = None) -> Message | None:  # fmt: skip
-        """Run fn on the open handle m.oid (its fd) or, without one, on m["path"].
+        """Run ``on_file`` on the open handle m.oid or, without one, ``by_path``.
         A change of attributes (no ``field`` to return) makes other clients that
         cache the object's attributes, under its cache lock, give them up first."""
 
@@ -85,7 +85,7 @@ class Handles:
             return p.reply(m, **({field: result} if field else {}))
 
         if not m.oid:
-            run = lambda: reply(fn(None))  # noqa: E731
+            run = lambda: reply(by_path())  # noqa: E731
             if field is not None:
                 return run()
             try:
@@ -95,7 +95,7 @@ class Handles:
             return self._change(m, None, ((st.st_dev, st.st_ino),), run)
 
         def on_handle(h: Handle) -> Message | None:
-            run = lambda: reply(fn(h.fd))  # noqa: E731
+            run = lambda: reply(on_file(h.file))  # noqa: E731
             return run() if field is not None else self._change(m, h, (h.key,), run)
 
         return self._with_handle(m, on_handle)
@@ -122,19 +122,19 @@ class Handles:
         # O_TRUNC changes the file (even opened read-only, as Linux has it): other
         # clients' caches of it go first (rule 5).
         self.export.check_open(path, flags)
-        fd, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
-        oid, h = self._new_handle(fd, flags)  # the session owns fd from here on
+        file, attr = self.export.open(path, flags & ~os.O_TRUNC, mode)
+        oid, h = self._new_handle(file, flags)  # the session owns the file from here on
         if not h.regular:
             return self._open_reply(m, oid, h, attr)
 
         def truncate() -> Message | None:
             try:
-                before = os.fstat(h.fd).st_size
+                before = h.file.stat().st_size
                 with self.server.ranges.hold(h.key, 0, END, True):
-                    self.export.truncate_open(h.fd, h.writable)
+                    h.file.empty()
                 if self.server.sizes.elsewhere(h.key, self.sid):
-                    self._resized(h.key, os.fstat(h.fd), before, 0)
-                return self._open_reply(m, oid, h, attr_of(os.fstat(h.fd)))
+                    self._resized(h.key, h.file.stat(), before, 0)
+                return self._open_reply(m, oid, h, attr_of(h.file.stat()))
             except BaseException:
                 self._drop_handle(oid)  # the client never learns of this handle
                 raise
@@ -145,25 +145,25 @@ class Handles:
             self._drop_handle(oid)
             raise
 
-    def _opened(self, m: Message, fd: int, attr: p.Attr) -> Message:
-        oid, h = self._new_handle(fd, m["flags"])
+    def _opened(self, m: Message, file: OpenFile, attr: p.Attr) -> Message:
+        oid, h = self._new_handle(file, m["flags"])
         return self._open_reply(m, oid, h, attr)
 
     def _created(self, m: Message, path: bytes, flags: int, mode: int) -> Message:
         """An open that may create: its reply carries the directory after it."""
-        fd, attr, directory = self.export.create(path, flags, mode)
-        oid, h = self._new_handle(fd, m["flags"])
+        file, attr, directory = self.export.create(path, flags, mode)
+        oid, h = self._new_handle(file, m["flags"])
         return self._open_reply(m, oid, h, attr, directory)
 
-    def _new_handle(self, fd: int, flags: int) -> tuple[int, Handle]:
-        """Make ``fd`` a handle of this session (closed with it from now on)."""
+    def _new_handle(self, file: OpenFile, flags: int) -> tuple[int, Handle]:
+        """Make ``file`` a handle of this session (closed with it from now on)."""
         try:
-            st = os.fstat(fd)
+            st = file.stat()
         except OSError:
-            os.close(fd)
+            file.close()
             raise
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        h = Handle(fd, bool(flags & os.O_APPEND), st, writable)
+        h = Handle(file, bool(flags & os.O_APPEND), st, writable)
         if writable:
             self.server.writer_opened(h.key, self.sid)
         with self.handles_lock:
@@ -193,7 +193,7 @@ class Handles:
 
     def _open_reply(self, m: Message, oid: int, h: Handle, attr: p.Attr,
                     directory: p.Attr = NO_ATTR) -> Message:  # fmt: skip
-        fid = self.export.file_id(h.fd)
+        fid = h.file.file_id()
         if m["fid"] != ANY_FILE and m["fid"] != fid:
             # A reopen (after a lost connection) that found another file by that name:
             # the client's handle is stale, and nothing may be done to this one.
@@ -203,7 +203,7 @@ class Handles:
         if cached > cachelocks.EXCLUSIVE:
             cached = cachelocks.RELEASE
         elif self.server.cache.try_acquire(h.key, (self.sid, oid), cached, 0, END):
-            attr = attr_of(os.fstat(h.fd))  # as it is now that the lock is ours
+            attr = attr_of(h.file.stat())  # as it is now that the lock is ours
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
         writers = self.server.writers_elsewhere(h.key, self.sid)

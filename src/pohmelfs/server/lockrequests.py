@@ -6,7 +6,6 @@ import collections
 import errno
 import itertools
 import logging
-import os
 import socket
 import stat
 import threading
@@ -18,8 +17,8 @@ from .. import protocol as p
 from ..protocol import Command, Message
 from ..wire import FrameWriter
 from . import cachelocks, locks
-from .export import attr_of
 from .locks import UNLCK, WRLCK, Lock
+from .storage import attr_of
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -28,9 +27,9 @@ MAX_WAITING = 1024  # requests of a session that wait for other clients at once
 MAX_WAITING_BYTES = 256 << 20  # and the data they keep
 
 if TYPE_CHECKING:
-    from .export import LocalExport
     from .handles import Handle
     from .service import Server
+    from .storage import Storage
 
 
 class LockRequests:
@@ -38,7 +37,7 @@ class LockRequests:
     ``send`` and the handle methods ``_acquire``/``_release``/``_with_handle``."""
 
     server: Server
-    export: LocalExport
+    export: Storage
     sid: int
     closed: bool
     peer: str
@@ -221,7 +220,7 @@ class LockRequests:
         """The file as it is now, and how many handles elsewhere write it."""
         writers = self.server.writers_elsewhere(h.key, self.sid)
         watchers = self.server.sizes.count_elsewhere(h.key, self.sid)
-        return p.reply(m, attr=attr_of(os.fstat(h.fd)), writers=writers, watchers=watchers)
+        return p.reply(m, attr=attr_of(h.file.stat()), writers=writers, watchers=watchers)
 
     def _cache(self, m: Message) -> Message | None:
         if m["type"] > cachelocks.RELEASE:

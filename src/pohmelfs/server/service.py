@@ -35,7 +35,6 @@ from ..security.policy import INSECURE
 from ..security.tls import peer_name
 from ..wire import FrameWriter, PeerClosed, SocketReader, shutdown
 from . import admission, cachelocks, linux
-from .export import LocalExport, attr_of
 from .guard import RequestGuard
 from .handles import Handle, Handles
 from .keepalive import Keepalive
@@ -43,6 +42,7 @@ from .lockrequests import LockRequests
 from .locks import AdvisoryLocks
 from .rangelock import END, RangeLocks
 from .sizes import EMPTY, SizeWatchers
+from .storage import Storage, attr_of
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -167,33 +167,40 @@ class Session(LockRequests, Handles):
             # These act on the open handle ``oid`` instead of ``path`` when it is set.
             Command.CHMOD: lambda m: self._on_object(
                 m,
-                lambda fd: self.export.chmod(
-                    m["path"], m["mode"], fd=fd, allowed=self.guard.chmod_mode
-                ),
+                lambda: self.export.chmod(m["path"], m["mode"], self.guard.chmod_mode),
+                lambda f: f.chmod(m["mode"], self.guard.chmod_mode),
             ),
             Command.CHOWN: lambda m: self._on_object(
-                m, lambda fd: self.export.chown(m["path"], m["uid"], m["gid"], fd=fd)
+                m,
+                lambda: self.export.chown(m["path"], m["uid"], m["gid"]),
+                lambda f: f.chown(m["uid"], m["gid"]),
             ),
             Command.UTIMES: lambda m: self._on_object(
                 m,
-                lambda fd: self.export.utimes(
-                    m["path"], m["atime_ns"], m["mtime_ns"], m["which"], fd=fd
-                ),
+                lambda: self.export.utimes(m["path"], m["atime_ns"], m["mtime_ns"], m["which"]),
+                lambda f: f.utimes(m["atime_ns"], m["mtime_ns"], m["which"]),
             ),
             Command.GETXATTR: lambda m: self._on_object(
-                m, lambda fd: self.export.getxattr(m["path"], m["name"], fd=fd), "value"
+                m,
+                lambda: self.export.getxattr(m["path"], m["name"]),
+                lambda f: f.getxattr(m["name"]),
+                "value",
             ),
             Command.SETXATTR: lambda m: self._on_object(
                 m,
-                lambda fd: self.export.setxattr(
-                    m["path"], m["name"], m["value"], m["flags"], fd=fd
-                ),
+                lambda: self.export.setxattr(m["path"], m["name"], m["value"], m["flags"]),
+                lambda f: f.setxattr(m["name"], m["value"], m["flags"]),
             ),
             Command.LISTXATTR: lambda m: self._on_object(
-                m, lambda fd: tuple(self.export.listxattr(m["path"], fd=fd)), "names"
+                m,
+                lambda: tuple(self.export.listxattr(m["path"])),
+                lambda f: tuple(f.listxattr()),
+                "names",
             ),
             Command.REMOVEXATTR: lambda m: self._on_object(
-                m, lambda fd: self.export.removexattr(m["path"], m["name"], fd=fd)
+                m,
+                lambda: self.export.removexattr(m["path"], m["name"]),
+                lambda f: f.removexattr(m["name"]),
             ),
         }
 
@@ -458,7 +465,7 @@ class Session(LockRequests, Handles):
 
     def _readdir(self, m: Message) -> None:
         batches = self.export.readdir(m["path"], self.max_payload - 4096)
-        batch = next(batches)
+        batch = next(batches, [])
         for following in batches:
             self.send(p.reply(m, more=True, entries=tuple(batch)))
             batch = following
@@ -496,7 +503,7 @@ class Session(LockRequests, Handles):
 
     def _fstat(self, m: Message) -> Message | None:
         def fstat(h: Handle) -> Message | None:
-            get = lambda: p.reply(m, attr=attr_of(os.fstat(h.fd)))  # noqa: E731
+            get = lambda: p.reply(m, attr=attr_of(h.file.stat()))  # noqa: E731
             return self._plain(m, h, h.key, False, 0, END, get)
 
         return self._with_handle(m, fstat)
@@ -507,12 +514,12 @@ class Session(LockRequests, Handles):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
         def truncate(h: Handle) -> Message:
-            before = os.fstat(h.fd).st_size
+            before = h.file.stat().st_size
             with self.server.ranges.hold(h.key, min(m.offset, before), END, True):
                 self._check_not_fenced(m)
-                os.ftruncate(h.fd, m.offset)
+                h.file.truncate(m.offset)
             if self.server.sizes.elsewhere(h.key, self.sid):
-                self._resized(h.key, os.fstat(h.fd), before, 0)  # (new bytes are zeros)
+                self._resized(h.key, h.file.stat(), before, 0)  # (new bytes are zeros)
             return p.reply(m)
 
         return self._with_handle(m, lambda h: self._plain(m, h, h.key, True, 0, END,
@@ -525,20 +532,19 @@ class Session(LockRequests, Handles):
 
         def allocate(h: Handle) -> Message:
             watched = self.server.sizes.elsewhere(h.key, self.sid)
-            before = os.fstat(h.fd).st_size if watched else 0
+            before = h.file.stat().st_size if watched else 0
             with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, True):
                 self._check_not_fenced(m)
-                linux.fallocate(h.fd, m["mode"], m.offset, m.length)
+                h.file.allocate(m["mode"], m.offset, m.length)
             if watched:
-                self._resized(h.key, os.fstat(h.fd), before, 0)
+                self._resized(h.key, h.file.stat(), before, 0)
             return p.reply(m)
 
         return self._with_handle(m, lambda h: self._plain(m, h, h.key, True, 0, END,
                                                           lambda: allocate(h)))  # fmt: skip
 
     def _fsync(self, m: Message) -> Message | None:
-        sync = os.fdatasync if m["datasync"] else os.fsync
-        return self._with_handle(m, lambda h: self._done(m, sync(h.fd)))
+        return self._with_handle(m, lambda h: self._done(m, h.file.sync(m["datasync"])))
 
     def _write(self, m: Message) -> Message | None:
         self._check_not_fenced(m)
@@ -546,17 +552,17 @@ class Session(LockRequests, Handles):
         def write(h: Handle) -> Message:
             data = memoryview(m["data"])
             watched = self.server.sizes.elsewhere(h.key, self.sid)
-            before = os.fstat(h.fd).st_size if watched or h.append else 0
+            before = h.file.stat().st_size if watched or h.append else 0
             if h.append:  # where it lands is known only once written: lock the tail
                 with self.server.ranges.hold(h.key, before, END, True):
                     self._check_not_fenced(m)
-                    done, end = self.export.write(h.fd, data, None)
+                    done, end = h.file.write(data, None)
             else:
                 with self.server.ranges.hold(h.key, m.offset, m.offset + len(data), True):
                     self._check_not_fenced(m)
-                    done, end = self.export.write(h.fd, data, m.offset)
+                    done, end = h.file.write(data, m.offset)
             if watched:
-                st = os.fstat(h.fd)
+                st = h.file.stat()
                 last = data[-1] if done and st.st_size == end else EMPTY
                 self._resized(h.key, st, before, last)
             return p.reply(m, length=done, offset=end)
@@ -589,7 +595,7 @@ class Session(LockRequests, Handles):
             size = HEADER_SIZE + max(m.length, READ_BUFFER) + TAG_SIZE
             frame = self._scratch.frame = memoryview(bytearray(size))
         with self.server.ranges.hold(h.key, m.offset, m.offset + m.length, False):
-            got = os.preadv(h.fd, [frame[HEADER_SIZE : HEADER_SIZE + m.length]], m.offset)
+            got = h.file.read_into(frame[HEADER_SIZE : HEADER_SIZE + m.length], m.offset)
         frame[:HEADER_SIZE] = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
         self.writer.send_frame(frame, HEADER_SIZE + got)
 
@@ -631,7 +637,7 @@ class Server:
 
     def __init__(
         self,
-        export: LocalExport,
+        export: Storage,
         host: str = "127.0.0.1",
         port: int = 0,
         max_payload: int = p.DEFAULT_MAX_PAYLOAD,
