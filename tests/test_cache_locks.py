@@ -645,3 +645,52 @@ def test_a_change_that_waited_is_refused_if_its_lock_was_lost_meanwhile(
 def _key(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def test_what_a_client_sends_after_a_write_back_that_waits_sees_it(
+    export_dir: Path,
+) -> None:
+    """A write-back that must wait (another mount maps the file: it is told the new
+    size first) runs on the session's lane; a READ the client sends after it must
+    see its data, not overtake it (it once did, and a mount read back its own
+    write's old contents)."""
+    from pohmelfs import protocol as p
+    from pohmelfs.client.connection import Connection
+
+    (export_dir / "F").write_bytes(b"a" * 100)
+    with stopping(start_server(export_dir, lease=1.0)) as srv:
+        cred = Cred(os.geteuid(), os.getegid(), ())
+        fields = {"cred": cred, "path": b"F", "mode": 0, "cache": 2, "fid": ANY_FILE}
+        seen: list[bytes] = []
+
+        def revoked(conn: Any, msg: Any) -> None:
+            def write_back_then_read() -> None:
+                if msg.cmd == Command.REVOKE:
+                    wrote = conn.start(Command.WRITE, behind=True, oid=msg.oid, offset=100,
+                                       data=b"held")  # fmt: skip
+                    read = conn.start(Command.READ, oid=msg.oid, offset=100, length=4)
+                    conn.wait(wrote)
+                    seen.append(bytes(conn.wait(read)["data"]))
+                conn.answer(msg)
+
+            threading.Thread(target=write_back_then_read, daemon=True).start()
+
+        def connect(**kw: Any) -> Connection:
+            return Connection(address_of(srv), security=CLIENT_KEY, timeout=30,
+                              connect_timeout=5, **kw)  # fmt: skip
+
+        watcher = connect(notices=p.NOTICE_RESIZE, on_notify=lambda c, m: None)  # never answers
+        a, b = connect(on_notify=revoked), connect()
+        try:
+            watcher.call(Command.OPEN, flags=os.O_RDONLY, **fields)
+            oid = a.call(Command.OPEN, flags=os.O_RDWR, **fields).oid
+            a.call(Command.CACHE, oid=oid, type=EXCLUSIVE)
+            other = b.call(Command.OPEN, flags=os.O_RDONLY, **fields).oid
+            b.call(Command.CACHE, oid=other, type=SHARED)  # revokes a's lock
+            deadline = time.monotonic() + 10
+            while not seen and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert seen == [b"held"]
+        finally:
+            for conn in (a, b, watcher):
+                conn.close()

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 
+# Requests on an open file that must follow a write-back of it still on the lane.
+AFTER_WRITE_BACKS = frozenset({Command.READ, Command.WRITE, Command.FSTAT, Command.FTRUNCATE,
+                               Command.FSYNC, Command.FALLOCATE})  # fmt: skip
+
+
 class LockRequests:
     """Mixed into the session: needs ``server``, ``sid``, ``closed``, ``peer``,
     ``send`` and the handle methods ``_acquire``/``_release``/``_with_handle``."""
@@ -61,6 +66,7 @@ class LockRequests:
     _parked_lock: threading.Lock
     _queue_thread: threading.Thread | None
     _lane: ThreadPoolExecutor  # one thread: write-backs that had to wait (see _to_lane)
+    _lane_keys: collections.Counter[object]  # files of the requests on the lane now
     _lane_thread: threading.Thread | None
     _replies: ThreadPoolExecutor  # one thread: answers to lock waits granted elsewhere
     sock: socket.socket
@@ -334,7 +340,22 @@ class LockRequests:
         thread, so write-backs stay in the order sent, past the queue (whose
         requests may wait for the very client that waits for this answer)."""
         self._park(m, h)
-        self._lane.submit(self._reply_to, m, h, work)
+        target = h if h is not None else self.handles.get(m.oid) if m.oid else None
+        key = None if target is None else target.key
+        if key is not None:
+            with self._queue_lock:
+                self._lane_keys[key] += 1
+        self._lane.submit(self._reply_to, m, h, work, False, key, True)
+
+    def behind_lane(self, m: Message) -> bool:
+        """Is ``m`` a request on an open file whose write-back waits on the lane? Sent
+        after that write-back, it must see it (a read, a stat) or land after it (a
+        write): it joins the lane, behind it."""
+        if not self._lane_keys or m.cmd not in AFTER_WRITE_BACKS:
+            return False
+        h = self.handles.get(m.oid)
+        with self._queue_lock:
+            return h is not None and self._lane_keys.get(h.key, 0) > 0
 
     def _enqueue(self, m: Message, h: Handle | None,
                  work: Callable[[], Message | None]) -> None:  # fmt: skip
@@ -350,7 +371,8 @@ class LockRequests:
         self._queue.submit(self._reply_to, m, h, work, True, key)
 
     def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
-                  queued: bool = False, key: object = None) -> None:  # fmt: skip
+                  queued: bool = False, key: object = None,
+                  laned: bool = False) -> None:  # fmt: skip
         try:
             if "cred" in m.fields:
                 self.export.act_as(m["cred"])
@@ -372,6 +394,11 @@ class LockRequests:
                         self._queued_keys[key] -= 1
                         if self._queued_keys[key] <= 0:
                             del self._queued_keys[key]
+            elif laned and key is not None:
+                with self._queue_lock:
+                    self._lane_keys[key] -= 1
+                    if self._lane_keys[key] <= 0:
+                        del self._lane_keys[key]
         try:
             if out is not None:
                 self.send(out)

@@ -108,6 +108,7 @@ class Session(LockRequests, Handles):
         self._slow = 0  # FSYNC, READDIR... of this session in the shared pool (MAX_SLOW)
         self._parked_lock = threading.Lock()
         self._queued_keys = collections.Counter[object]()
+        self._lane_keys = collections.Counter[object]()
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
@@ -316,6 +317,10 @@ class Session(LockRequests, Handles):
         if self._queued and not self.answering(msg):
             # A request sent behind waits for others' caches: stay behind it.
             self._enqueue(msg, None, lambda: self._handle(msg))
+        elif self.behind_lane(msg):
+            # A write-back of this file waits on the lane: what the client sent after
+            # it must see it (a read) or land after it (a write).
+            self._to_lane(msg, None, lambda: self._handle(msg))
         elif self.server.cache.exclusive_dirs and (key := self._names_ahead_key(msg)):
             settle = lambda: self._settle_names(msg, key)  # noqa: E731
             if msg.flags & p.FLAG_BEHIND:
