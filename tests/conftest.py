@@ -248,10 +248,29 @@ def _fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and os.geteuid() == 0
 
 
+NEEDS_FUSE = "needs /dev/fuse and root (never skipped in CI)"
 requires_fuse = pytest.mark.skipif(
-    not _fuse_available() and not os.environ.get("CI"),
-    reason="needs /dev/fuse and root (never skipped in CI)",
+    not _fuse_available() and not os.environ.get("CI"), reason=NEEDS_FUSE
 )
+
+# The tiers (pyproject.toml's markers): ``pytest -m unit``, ``-m integration``,
+# ``-m "not mount"``. Unit tests need no server; integration tests run servers
+# in-process or as child processes on 127.0.0.1 (and the FUSE layer against a fake
+# kernel); mount tests need a kernel mount (the ``requires_fuse`` ones).
+UNIT_FILES = {"test_protocol.py", "test_tags.py", "test_fuse_kernel.py",
+              "test_coherent_state.py"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        mounts = any(m.name == "skipif" and m.kwargs.get("reason") == NEEDS_FUSE
+                     for m in item.iter_markers())  # fmt: skip
+        if mounts:
+            item.add_marker(pytest.mark.mount)
+        elif item.path.name in UNIT_FILES:
+            item.add_marker(pytest.mark.unit)
+        else:
+            item.add_marker(pytest.mark.integration)
 
 
 class Mounted:
