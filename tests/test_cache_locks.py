@@ -650,10 +650,11 @@ def _key(path: Path) -> tuple[int, int]:
 def test_what_a_client_sends_after_a_write_back_that_waits_sees_it(
     export_dir: Path,
 ) -> None:
-    """A write-back that must wait (another mount maps the file: it is told the new
-    size first) runs on the session's lane; a READ the client sends after it must
-    see its data, not overtake it (it once did, and a mount read back its own
-    write's old contents)."""
+    """Write-backs that must wait (another mount maps the file: it hears of the new
+    size before the write returns; this one never answers) are not overtaken by a
+    READ the client sends after them: it sees their data. (The second waited on the
+    session's lane behind the first, and the READ once overtook it: a mount read
+    back its own write's old contents.)"""
     from pohmelfs import protocol as p
     from pohmelfs.client.connection import Connection
 
@@ -665,11 +666,13 @@ def test_what_a_client_sends_after_a_write_back_that_waits_sees_it(
 
         def revoked(conn: Any, msg: Any) -> None:
             def write_back_then_read() -> None:
-                if msg.cmd == Command.REVOKE:
-                    wrote = conn.start(Command.WRITE, behind=True, oid=msg.oid, offset=100,
-                                       data=b"held")  # fmt: skip
-                    read = conn.start(Command.READ, oid=msg.oid, offset=100, length=4)
-                    conn.wait(wrote)
+                if msg.cmd == Command.REVOKE:  # two write-backs, each growing the file
+                    wrote = [conn.start(Command.WRITE, behind=True, oid=msg.oid, offset=off,
+                                        data=data)
+                             for off, data in ((100, b"held"), (104, b"more"))]  # fmt: skip
+                    read = conn.start(Command.READ, oid=msg.oid, offset=100, length=8)
+                    for tx in wrote:
+                        conn.wait(tx)
                     seen.append(bytes(conn.wait(read)["data"]))
                 conn.answer(msg)
 
@@ -690,7 +693,7 @@ def test_what_a_client_sends_after_a_write_back_that_waits_sees_it(
             deadline = time.monotonic() + 10
             while not seen and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert seen == [b"held"]
+            assert seen == [b"heldmore"]
         finally:
             for conn in (a, b, watcher):
                 conn.close()

@@ -32,11 +32,6 @@ if TYPE_CHECKING:
     from .storage import Storage
 
 
-# Requests on an open file that must follow a write-back of it still on the lane.
-AFTER_WRITE_BACKS = frozenset({Command.READ, Command.WRITE, Command.FSTAT, Command.FTRUNCATE,
-                               Command.FSYNC, Command.FALLOCATE})  # fmt: skip
-
-
 class LockRequests:
     """Mixed into the session: needs ``server``, ``sid``, ``closed``, ``peer``,
     ``send`` and the handle methods ``_acquire``/``_release``/``_with_handle``."""
@@ -66,7 +61,7 @@ class LockRequests:
     _parked_lock: threading.Lock
     _queue_thread: threading.Thread | None
     _lane: ThreadPoolExecutor  # one thread: write-backs that had to wait (see _to_lane)
-    _lane_keys: collections.Counter[object]  # files of the requests on the lane now
+    _scratch: threading.local  # .told: RESIZE notices a reply waits for (_applied_then_told)
     _lane_thread: threading.Thread | None
     _replies: ThreadPoolExecutor  # one thread: answers to lock waits granted elsewhere
     sock: socket.socket
@@ -312,6 +307,13 @@ class LockRequests:
                 return run()
             finally:
                 cache.changed(keys, self.sid)
+        if (
+            told
+            and self.answering(m)
+            and not self._in_queue()
+            and cache.try_changing(keys, self.sid, start, end)
+        ):
+            return self._applied_then_told(m, h, keys, run)
 
         def wait_and_run() -> Message | None:
             with cache.changing(keys, self.sid, self._revoke, start, end):
@@ -328,6 +330,30 @@ class LockRequests:
             self._answer_later(m, held, wait_and_run)
         return None
 
+    def _applied_then_told(self, m: Message, h: Handle | None, keys: Sequence[object],
+                           run: Callable[[], Message | None]) -> None:  # fmt: skip
+        """A write-back that others must hear the new size of: applied here, before
+        the next request of the client is read (which must see it); only its reply
+        waits, on the lane, for their answers (they must know the size before it
+        returns), as revocations wait for it."""
+        try:
+            self._park(m, None)  # first: refused (EAGAIN), it must change nothing
+        except BaseException:
+            self.server.cache.changed(keys, self.sid)
+            raise
+        told: list[Any] = []
+        self._scratch.told = told
+        try:
+            out = run()
+        except OSError as e:
+            out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
+        finally:
+            self._scratch.told = None
+            self.server.cache.changed(keys, self.sid)
+        self._lane.submit(
+            self._reply_to, m, None, lambda: (self.server.sizes.wait_for(told), out)[1]
+        )
+
     def _in_queue(self) -> bool:
         """Is this the session's queue thread, or its lane for write-backs?"""
         me = threading.current_thread()
@@ -340,22 +366,7 @@ class LockRequests:
         thread, so write-backs stay in the order sent, past the queue (whose
         requests may wait for the very client that waits for this answer)."""
         self._park(m, h)
-        target = h if h is not None else self.handles.get(m.oid) if m.oid else None
-        key = None if target is None else target.key
-        if key is not None:
-            with self._queue_lock:
-                self._lane_keys[key] += 1
-        self._lane.submit(self._reply_to, m, h, work, False, key, True)
-
-    def behind_lane(self, m: Message) -> bool:
-        """Is ``m`` a request on an open file whose write-back waits on the lane? Sent
-        after that write-back, it must see it (a read, a stat) or land after it (a
-        write): it joins the lane, behind it."""
-        if not self._lane_keys or m.cmd not in AFTER_WRITE_BACKS:
-            return False
-        h = self.handles.get(m.oid)
-        with self._queue_lock:
-            return h is not None and self._lane_keys.get(h.key, 0) > 0
+        self._lane.submit(self._reply_to, m, h, work)
 
     def _enqueue(self, m: Message, h: Handle | None,
                  work: Callable[[], Message | None]) -> None:  # fmt: skip
@@ -371,8 +382,7 @@ class LockRequests:
         self._queue.submit(self._reply_to, m, h, work, True, key)
 
     def _reply_to(self, m: Message, h: Handle | None, work: Callable[[], Message | None],
-                  queued: bool = False, key: object = None,
-                  laned: bool = False) -> None:  # fmt: skip
+                  queued: bool = False, key: object = None) -> None:  # fmt: skip
         try:
             if "cred" in m.fields:
                 self.export.act_as(m["cred"])
@@ -394,11 +404,6 @@ class LockRequests:
                         self._queued_keys[key] -= 1
                         if self._queued_keys[key] <= 0:
                             del self._queued_keys[key]
-            elif laned and key is not None:
-                with self._queue_lock:
-                    self._lane_keys[key] -= 1
-                    if self._lane_keys[key] <= 0:
-                        del self._lane_keys[key]
         try:
             if out is not None:
                 self.send(out)

@@ -108,7 +108,6 @@ class Session(LockRequests, Handles):
         self._slow = 0  # FSYNC, READDIR... of this session in the shared pool (MAX_SLOW)
         self._parked_lock = threading.Lock()
         self._queued_keys = collections.Counter[object]()
-        self._lane_keys = collections.Counter[object]()
         self.handlers: dict[Command, Callable[[Message], Message | None]] = {
             Command.PING: lambda m: p.reply(m),
             Command.STATFS: self._statfs,
@@ -317,10 +316,6 @@ class Session(LockRequests, Handles):
         if self._queued and not self.answering(msg):
             # A request sent behind waits for others' caches: stay behind it.
             self._enqueue(msg, None, lambda: self._handle(msg))
-        elif self.behind_lane(msg):
-            # A write-back of this file waits on the lane: what the client sent after
-            # it must see it (a read) or land after it (a write).
-            self._to_lane(msg, None, lambda: self._handle(msg))
         elif self.server.cache.exclusive_dirs and (key := self._names_ahead_key(msg)):
             settle = lambda: self._settle_names(msg, key)  # noqa: E731
             if msg.flags & p.FLAG_BEHIND:
@@ -504,7 +499,12 @@ class Session(LockRequests, Handles):
         that have it open hear of it (``last``: the file's last byte, if it grew)."""
         if st.st_size != before:
             grew = st.st_size > before
-            self.server.sizes.resized(key, self.sid, attr_of(st), last if grew else EMPTY)
+            args = key, self.sid, attr_of(st), last if grew else EMPTY
+            deferred = getattr(self._scratch, "told", None)
+            if deferred is not None:  # the reply waits for them (LockRequests._change)
+                deferred.extend(self.server.sizes.announce(*args))
+            else:
+                self.server.sizes.resized(*args)
 
     def _fstat(self, m: Message) -> Message | None:
         def fstat(h: Handle) -> Message | None:

@@ -75,6 +75,10 @@ class SizeWatchers:
     def resized(self, key: object, sid: int, attr: p.Attr, last: int) -> None:
         """The file's size changed (to ``attr.size``; ``last``: its last byte, EMPTY if
         unknown): tell the other sessions that have it open, and wait for them."""
+        self.wait_for(self.announce(key, sid, attr, last))
+
+    def announce(self, key: object, sid: int, attr: p.Attr, last: int) -> list[_Told]:
+        """``resized`` without the wait: what to wait for (``wait_for``)."""
         with self._lock:
             targets = [(s, next(iter(oids))) for s, oids in self._open.get(key, {}).items()
                        if s != sid and oids]  # fmt: skip
@@ -91,6 +95,10 @@ class SizeWatchers:
             except OSError:
                 continue  # its connection is gone (or has too much unanswered)
             told.append(notice)
+        return told
+
+    def wait_for(self, told: list[_Told]) -> None:
+        """Until every session told has answered, or a lease has run out."""
         deadline = time.monotonic() + self.lease
         for notice in told:
             if not notice.done.wait(max(0.0, deadline - time.monotonic())):
