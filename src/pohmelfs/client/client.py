@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
 from .. import protocol as p
-from ..protocol import Attr, Command, Cred
+from ..protocol import Attr, CacheMode, Command, Cred, LockType
 from ..security.config import ClientSecurity
 from .connection import Connection
 from .file import RemoteFile
@@ -393,8 +393,9 @@ class Client:
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 
-    def _open(self, path: PathArg, flags: int, perm: int, cred: Cred, cache: int = 2,
-              fid: bytes = ANY_FILE, shown: Any = None) -> Opened:  # fmt: skip
+    def _open(self, path: PathArg, flags: int, perm: int, cred: Cred,
+              cache: int = CacheMode.RELEASE, fid: bytes = ANY_FILE,
+              shown: Any = None) -> Opened:  # fmt: skip
         """Open on the server (``cache`` asks for a cache lock with it: 0 shared, 1
         exclusive; 2: none). ``fid``: only the file of that identity will do (a
         reopen); another one there fails with ESTALE."""
@@ -710,7 +711,7 @@ class Client:
                       cmd: Command = Command.LOCK) -> p.Message:  # fmt: skip
         if start < 0 or length < 0:
             raise OSError(errno.EINVAL, "negative lock range", path)
-        f = self._lock_file(path, cmd is Command.LOCK and type_ == 1)
+        f = self._lock_file(path, cmd is Command.LOCK and type_ == LockType.WRLCK)
         conn, oid = f.handle()
         fields = {"owner": self._lock_owner, "type": type_, "flags": flags, "pid": os.getpid()}
         tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)
@@ -726,20 +727,23 @@ class Client:
         (EAGAIN). Locks go with :meth:`unlock`, :meth:`close` or a lost connection.
         """
         flags = p.LOCK_WAIT if wait else 0
-        self._lock_request(path, start, length, 1 if exclusive else 0, flags)
+        self._lock_request(
+            path, start, length, LockType.WRLCK if exclusive else LockType.RDLCK, flags
+        )
 
     def unlock(self, path: PathArg, start: int = 0, length: int = 0) -> None:
         """Release this client's locks on the range (0: to the end)."""
-        self._lock_request(path, start, length, 2, 0)
+        self._lock_request(path, start, length, LockType.UNLCK, 0)
 
     def lock_holder(self, path: PathArg, start: int = 0, length: int = 0,
                     exclusive: bool = True) -> tuple[int, int, int, bool] | None:  # fmt: skip
         """Like F_GETLK: a lock of another client that the lock asked for would conflict
         with, as (start, length, pid, exclusive), or None."""
-        reply = self._lock_request(path, start, length, 1 if exclusive else 0, 0, Command.GETLK)
-        if reply["type"] == 2:
+        want = LockType.WRLCK if exclusive else LockType.RDLCK
+        reply = self._lock_request(path, start, length, want, 0, Command.GETLK)
+        if reply["type"] == LockType.UNLCK:
             return None
-        return reply.offset, reply.length, reply["pid"], reply["type"] == 1
+        return reply.offset, reply.length, reply["pid"], reply["type"] == LockType.WRLCK
 
     # --- files ------------------------------------------------------------------
 

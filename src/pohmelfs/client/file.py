@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..protocol import Attr, Command, Cred
+from ..protocol import Attr, CacheMode, Command, Cred
 from .connection import Connection, Transaction
 from .held import MAX_EXTENTS, PUSH_BYTES, HeldWrites
 from .paths import encode_path, normal_path
@@ -49,7 +49,7 @@ class RemoteFile(io.RawIOBase):
         perm: int,
         mode: str,
         cred: Cred | None = None,
-        cache: int = 2,
+        cache: int = CacheMode.RELEASE,
     ) -> None:
         """``cache``: a cache lock to take with the open if nothing conflicts (0
         shared, 1 exclusive; 2 none): see :meth:`cache_lock`."""
@@ -454,7 +454,7 @@ class RemoteFile(io.RawIOBase):
         conn, oid = self.handle()
         self._client._register_cached(conn, oid, self)
         tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
-                        type=1 if exclusive else 0)  # fmt: skip
+                        type=CacheMode.EXCLUSIVE if exclusive else CacheMode.SHARED)  # fmt: skip
         if abandon is None:
             reply = conn.wait(tx, self.name, forever=True)
         else:
@@ -469,13 +469,15 @@ class RemoteFile(io.RawIOBase):
         """The lock granted with the open, if it is enough and still ours (once)."""
         with self._lock:
             granted, self._granted = self._granted, 2
-        if granted == 2 or (exclusive and granted == 0):
+        if granted == CacheMode.RELEASE or (exclusive and granted == CacheMode.SHARED):
             return None
         return CacheGrant(self.attr, self.writers_elsewhere, self.watchers_elsewhere)
 
     def cache_release(self, start: int = 0, length: int = 0) -> None:
         conn, oid = self.handle()
-        conn.call(Command.CACHE, self.name, oid=oid, offset=start, length=length, type=2)
+        conn.call(
+            Command.CACHE, self.name, oid=oid, offset=start, length=length, type=CacheMode.RELEASE
+        )
 
     def revoked(self, keep: int, start: int, length: int) -> None:
         """The server takes (part of) our cache lock back: write back, then tell the

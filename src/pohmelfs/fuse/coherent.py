@@ -29,12 +29,13 @@ import time
 from collections.abc import Callable
 
 from ..client.file import RemoteFile
+from ..protocol import CacheMode
 from .nodes import Node
 
 log = logging.getLogger("pohmelfs.fuse")
 
-NONE, SHARED, EXCLUSIVE = -1, 0, 1
-RELEASE = 2
+NONE = -1  # (no lock: this mount's own state, never on the wire)
+SHARED, EXCLUSIVE, RELEASE = CacheMode
 # Seconds after a revocation during which a file (or directory) counts as shared.
 CONTENDED = 2.0
 PAGE = 4096

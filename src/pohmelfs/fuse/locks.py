@@ -18,12 +18,12 @@ from collections.abc import Callable
 from .. import protocol as p
 from ..client.connection import Transaction
 from ..client.file import RemoteFile
-from ..protocol import Command
+from ..protocol import Command, LockType
 from . import kernel as k
 from .reply import Replier, tx_errno
 
 OFFSET_MAX = 0x7FFFFFFFFFFFFFFF  # the kernel's "to the end of the file"
-UNLCK = 2
+UNLCK = LockType.UNLCK
 
 
 def _ignore(_tx: Transaction) -> None:

@@ -31,6 +31,22 @@ class Cap(enum.IntFlag):
     XATTR = 0x2
 
 
+class CacheMode(enum.IntEnum):
+    """A cache lock's mode: OPEN's and CACHE's ``cache``/``type``, REVOKE's ``keep``."""
+
+    SHARED = 0
+    EXCLUSIVE = 1
+    RELEASE = 2  # none (asked for: give it up; kept: nothing)
+
+
+class LockType(enum.IntEnum):
+    """An advisory lock's ``type`` (LOCK, GETLK): the protocol's, not the host's fcntl."""
+
+    RDLCK = 0
+    WRLCK = 1
+    UNLCK = 2
+
+
 # HELLO's ``notices``: the notifications a client wants beyond REVOKE.
 NOTICE_RESIZE = 0x1
 

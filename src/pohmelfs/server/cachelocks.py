@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..protocol import CacheMode
 from .locks import END, carve
 
 log = logging.getLogger("pohmelfs.server")
 
 __all__ = ["END", "EXCLUSIVE", "RELEASE", "SHARED", "CacheLocks", "Holder", "Revoker"]
-SHARED, EXCLUSIVE, RELEASE = 0, 1, 2
+SHARED, EXCLUSIVE, RELEASE = CacheMode
 # What a waiting request wants: a lock (GRANT), other sessions' exclusive holders to
 # write back before a plain read (SETTLE), every other holder gone for a change (CHANGE).
 GRANT, SETTLE, CHANGE = 0, 1, 2

@@ -16,10 +16,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol, TypeVar
 
+from ..protocol import LockType
+
 END = 1 << 63  # "to the end of the file, whatever it becomes"
 MAX_LOCKS = 4096  # held by one session (each is scanned by every request on its file)
 
-RDLCK, WRLCK, UNLCK = 0, 1, 2  # as in the protocol (not the host's fcntl values)
+RDLCK, WRLCK, UNLCK = LockType  # the protocol's (not the host's fcntl values)
 
 
 class _Range(Protocol):
