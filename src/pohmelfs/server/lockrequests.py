@@ -18,6 +18,7 @@ from ..protocol import Command, Message
 from ..wire import FrameWriter
 from . import cachelocks, locks
 from .locks import UNLCK, WRLCK, Lock
+from .replies import reply_for
 from .storage import attr_of
 
 log = logging.getLogger("pohmelfs.server")
@@ -130,8 +131,7 @@ class LockRequests:
             self._release(h)
             if self.closed:
                 return
-            out = p.reply(m) if error is None else p.reply(
-                m, status=error.errno or errno.EINTR, data=str(error).encode())  # fmt: skip
+            out = p.reply(m) if error is None else reply_for(m, error)
             # Sent by this session's own thread: the granter (another session's) must
             # not wait for a client that does not read, nor the shared pool either.
             self._replies.submit(self._send_quietly, out)
@@ -346,7 +346,7 @@ class LockRequests:
         try:
             out = run()
         except OSError as e:
-            out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
+            out = reply_for(m, e)
         finally:
             self._scratch.told = None
             self.server.cache.changed(keys, self.sid)
@@ -388,11 +388,8 @@ class LockRequests:
                 self.export.act_as(m["cred"])
             # A connection gone meanwhile: nobody to answer (handles still released).
             out = None if queued and self.closed else work()
-        except OSError as e:
-            out = p.reply(m, status=e.errno or errno.EIO, data=str(e).encode())
         except Exception as e:  # a bug must cost one request, not the session
-            log.exception("%s: %s failed", self.peer, m.cmd.name)
-            out = p.reply(m, status=errno.EIO, data=f"internal server error: {e}".encode())
+            out = reply_for(m, e, self.peer)
         finally:
             self._unpark(m)
             if h is not None:

@@ -41,6 +41,7 @@ from .keepalive import Keepalive
 from .lockrequests import LockRequests
 from .locks import AdvisoryLocks
 from .rangelock import END, RangeLocks
+from .replies import reply_for
 from .sizes import EMPTY, SizeWatchers
 from .storage import Storage, attr_of
 
@@ -306,12 +307,12 @@ class Session(LockRequests, Handles):
         try:
             msg = p.decode_payload(header, payload)
         except ProtocolError as e:
-            self.send(p.reply(header, status=errno.EPROTO, data=str(e).encode()))
+            self.send(reply_for(header, e))
             return
         try:
             self.guard.admit(msg)
         except OSError as e:
-            self.send(p.reply(msg, status=e.errno or errno.EPERM, data=str(e).encode()))
+            self.send(reply_for(msg, e))
             return
         if self._queued and not self.answering(msg):
             # A request sent behind waits for others' caches: stay behind it.
@@ -327,13 +328,8 @@ class Session(LockRequests, Handles):
                 full = self._slow >= MAX_SLOW
                 self._slow += not full
             if full:  # the shared pool's queue must not grow on one client's word
-                self.send(
-                    p.reply(
-                        msg,
-                        status=errno.EAGAIN,
-                        data=b"too many slow requests of this connection at once",
-                    )
-                )
+                why = "too many slow requests of this connection at once"
+                self.send(reply_for(msg, OSError(errno.EAGAIN, why)))
                 return
             self.server.pool.submit(self._execute_slow, msg)
         else:
@@ -369,12 +365,8 @@ class Session(LockRequests, Handles):
             out = self._handle(msg)
         except ConnectionError:
             raise  # the connection broke in the middle of a reply: end the session
-        except OSError as e:
-            code = e.errno or errno.EIO
-            out = p.reply(msg, status=code, data=(e.strerror or "").encode(errors="replace"))
         except Exception as e:  # a bug must cost one request, not the server
-            log.exception("%s: %s failed", self.peer, msg.cmd.name)
-            out = p.reply(msg, status=errno.EIO, data=f"internal server error: {e}".encode())
+            out = reply_for(msg, e, self.peer)
         if out is not None:
             try:
                 self.send(out)
