@@ -10,6 +10,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -239,15 +240,14 @@ def test_privileged_xattrs_are_refused_unless_unsquashed_root(
 
 
 def test_setuid_and_setgid_bits_are_dropped(export_dir: Path) -> None:
-    srv = secured(export_dir, ClientPolicy(squash="no_root_squash"), allow_setuid=False)
-    with make_client([address_of(srv)], cred=ROOT) as c:
-        with c.open("/prog", "wb") as f:
-            f.write(b"#!/bin/sh\n")
-        c.chmod("/prog", 0o6755)
-        c.mkdir("/shared")
-        c.chmod("/shared", 0o2775)  # setgid on a directory only makes names inherit
-    srv.stop()
-    srv.export.close()
+    policy = ClientPolicy(squash="no_root_squash")
+    with stopping(secured(export_dir, policy, allow_setuid=False)) as srv:
+        with make_client([address_of(srv)], cred=ROOT) as c:
+            with c.open("/prog", "wb") as f:
+                f.write(b"#!/bin/sh\n")
+            c.chmod("/prog", 0o6755)
+            c.mkdir("/shared")
+            c.chmod("/shared", 0o2775)  # setgid on a directory only makes names inherit
     assert stat.S_IMODE(os.stat(export_dir / "prog").st_mode) == 0o755
     assert stat.S_IMODE(os.stat(export_dir / "shared").st_mode) == 0o2775
 
@@ -272,20 +272,26 @@ def test_a_user_gets_no_capability_the_user_lacks(export_dir: Path) -> None:
     from pohmelfs.server.export import LocalExport
 
     export = LocalExport(str(export_dir), devices=True)
-    srv = Server(export, "127.0.0.1", 0, security=security).start()
-    try:
+    with stopping(Server(export, "127.0.0.1", 0, security=security).start()) as srv:
         with make_client([address_of(srv)], cred=Cred(1000, 1000, ())) as c:
             with pytest.raises(PermissionError):
                 c.mknod("/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         with make_client([address_of(srv)], cred=ROOT) as c:
             c.mknod("/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # root may
         assert stat.S_ISCHR(os.stat(export_dir / "null").st_mode)
-    finally:
-        srv.stop()
-        export.close()
 
 
 # --- bounded resources -------------------------------------------------------------------
+
+
+@contextmanager
+def closing_all(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
+    """``socks`` (filled in the block or before it), every one closed after it."""
+    try:
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _threads() -> int:
@@ -293,14 +299,12 @@ def _threads() -> int:
 
 
 def test_a_connection_flood_is_bounded_and_others_still_get_in(export_dir: Path) -> None:
-    srv = start_server(export_dir, limits=Limits(connections=40, per_peer=30,
-                                                  handshake_timeout=1.0))  # fmt: skip
-    socks = []
-    try:
+    limits = Limits(connections=40, per_peer=30, handshake_timeout=1.0)
+    with stopping(start_server(export_dir, limits=limits)) as srv, closing_all([]) as socks:
         for _ in range(100):  # silent connections, never a HELLO
             s = socket.socket()
-            s.connect(srv.address)
             socks.append(s)
+            s.connect(srv.address)
         time.sleep(0.3)
         assert len(srv.sessions) <= 30
         # They are closed once their handshake time runs out; then a client gets in.
@@ -309,11 +313,6 @@ def test_a_connection_flood_is_bounded_and_others_still_get_in(export_dir: Path)
             time.sleep(0.1)
         assert not srv.sessions
         assert_server_healthy(srv)
-    finally:
-        for s in socks:
-            s.close()
-        srv.stop()
-        srv.export.close()
 
 
 def test_a_header_alone_costs_nothing_before_the_handshake(server: Server) -> None:
@@ -474,12 +473,13 @@ def test_an_identity_the_kernel_refuses_leaves_no_privilege_behind(
 
 def test_a_handshake_trickled_byte_by_byte_is_cut_off(export_dir: Path) -> None:
     """The handshake has its time as a whole, not per byte received."""
-    srv = start_server(export_dir, limits=Limits(handshake_timeout=1.0))
     hello = b"".join(bytes(x) for x in p.request(
         Command.HELLO, 0, version=p.VERSION, max_payload=1 << 20, keepalive_ms=1000, notices=0,
         client=b"x", key=b"default", nonce=bytes(32)).encode())  # fmt: skip
-    socks = [socket.create_connection(srv.address) for _ in range(10)]
-    try:
+    with (
+        stopping(start_server(export_dir, limits=Limits(handshake_timeout=1.0))) as srv,
+        closing_all([socket.create_connection(srv.address) for _ in range(10)]) as socks,
+    ):
         cut = 0
         for pos in range(8):  # a byte every 0.4 s: well within any per-receive time-out
             for s in socks:
@@ -490,27 +490,19 @@ def test_a_handshake_trickled_byte_by_byte_is_cut_off(export_dir: Path) -> None:
             time.sleep(0.4)
         assert not srv.sessions and cut >= 10, (len(srv.sessions), cut)
         assert_server_healthy(srv)
-    finally:
-        for s in socks:
-            s.close()
-        srv.stop()
-        srv.export.close()
 
 
 def test_connections_that_never_prove_a_key_cannot_keep_a_client_out(export_dir: Path) -> None:
-    srv = start_server(export_dir, limits=Limits(handshakes=5, handshake_timeout=30.0))
-    socks = [socket.create_connection(srv.address) for _ in range(20)]
-    try:
+    limits = Limits(handshakes=5, handshake_timeout=30.0)
+    with (
+        stopping(start_server(export_dir, limits=limits)) as srv,
+        closing_all([socket.create_connection(srv.address) for _ in range(20)]),
+    ):
         time.sleep(0.3)
         assert len(srv._handshaking) <= 5
         started = time.monotonic()
         assert_server_healthy(srv)  # its handshake takes the oldest one's place
         assert time.monotonic() - started < 5
-    finally:
-        for s in socks:
-            s.close()
-        srv.stop()
-        srv.export.close()
 
 
 def test_a_read_only_key_takes_no_exclusive_lock(export_dir: Path) -> None:
@@ -577,39 +569,37 @@ def test_locks_held_per_connection_are_bounded(
 def test_requests_waiting_on_the_whole_server_are_bounded(export_dir: Path) -> None:
     """Most waits hold a thread: the server as a whole takes only so many, whatever
     the number of connections (each is bounded on its own too)."""
-    srv = start_server(export_dir, limits=Limits(waiting=3))
-    (export_dir / "f").write_bytes(b"x")
-    holder = make_client([address_of(srv)])
-    holder.lock("/f", 0, 0)
-    me = Cred(os.geteuid(), os.getegid(), ())
-    raws = [RawSession(address_of(srv), load_secret(SECRET_FILE)) for _ in range(5)]
-    try:
-        refused = 0
-        for i, raw in enumerate(raws):
-            opened = raw.call(p.request(Command.OPEN, 1, cred=me, path=b"f", flags=os.O_RDWR,
-                                        mode=0, cache=2, fid=bytes(p.FID_SIZE)))  # fmt: skip
-            raw.send(p.request(Command.LOCK, 2, oid=opened.oid, offset=0, length=1, owner=i,
-                               type=1, flags=p.LOCK_WAIT, pid=i))  # fmt: skip
-            raw.send(p.request(Command.PING, 3))
-            for _ in range(100):  # until the PING's reply: a refusal comes before it
-                m = raw.recv()
-                if m.cmd == Command.LOCK and not m.flags & p.FLAG_PENDING:
-                    refused += m.status == errno.EAGAIN
-                if m.cmd == Command.PING:
-                    break
-        assert refused == 2 and srv.waiting.used == 3, (refused, srv.waiting.used)
-        holder.unlock("/f", 0, 0)  # one of the three is granted: its wait ends
+    with stopping(start_server(export_dir, limits=Limits(waiting=3))) as srv:
+        (export_dir / "f").write_bytes(b"x")
+        holder = make_client([address_of(srv)])
+        holder.lock("/f", 0, 0)
+        me = Cred(os.geteuid(), os.getegid(), ())
+        raws = [RawSession(address_of(srv), load_secret(SECRET_FILE)) for _ in range(5)]
+        try:
+            refused = 0
+            for i, raw in enumerate(raws):
+                opened = raw.call(p.request(Command.OPEN, 1, cred=me, path=b"f", flags=os.O_RDWR,
+                                            mode=0, cache=2, fid=bytes(p.FID_SIZE)))  # fmt: skip
+                raw.send(p.request(Command.LOCK, 2, oid=opened.oid, offset=0, length=1, owner=i,
+                                   type=1, flags=p.LOCK_WAIT, pid=i))  # fmt: skip
+                raw.send(p.request(Command.PING, 3))
+                for _ in range(100):  # until the PING's reply: a refusal comes before it
+                    m = raw.recv()
+                    if m.cmd == Command.LOCK and not m.flags & p.FLAG_PENDING:
+                        refused += m.status == errno.EAGAIN
+                    if m.cmd == Command.PING:
+                        break
+            assert refused == 2 and srv.waiting.used == 3, (refused, srv.waiting.used)
+            holder.unlock("/f", 0, 0)  # one of the three is granted: its wait ends
+            deadline = time.monotonic() + 5
+            while srv.waiting.used != 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert srv.waiting.used == 2
+        finally:
+            for raw in raws:
+                raw.close()
+            holder.close()
         deadline = time.monotonic() + 5
-        while srv.waiting.used != 2 and time.monotonic() < deadline:
+        while srv.waiting.used and time.monotonic() < deadline:  # closed: every wait ended
             time.sleep(0.05)
-        assert srv.waiting.used == 2
-    finally:
-        for raw in raws:
-            raw.close()
-        holder.close()
-    deadline = time.monotonic() + 5
-    while srv.waiting.used and time.monotonic() < deadline:  # closed: every wait ended
-        time.sleep(0.05)
-    assert srv.waiting.used == 0
-    srv.stop()
-    srv.export.close()
+        assert srv.waiting.used == 0
