@@ -97,12 +97,16 @@ class SocketReader:
         TagError); nothing without a verifier, or if it was checked already."""
         if not self._open:
             return
+        assert self.verifier is not None
+        self.verifier.finish(self._take_tag())
+
+    def _take_tag(self) -> memoryview:
+        """The tag that ends the open frame (valid until the next read)."""
         self._open = False
         self._fill(TAG_SIZE)
         start = self._start
         self._start += TAG_SIZE
-        assert self.verifier is not None
-        self.verifier.finish(self._view[start : start + TAG_SIZE])
+        return self._view[start : start + TAG_SIZE]
 
     def end_frame_later(self, payload: memoryview) -> Callable[[], None] | None:
         """``end_frame`` for a payload read with ``check=False``: takes the tag in and
@@ -111,11 +115,8 @@ class SocketReader:
         verifier."""
         if not self._open:
             return None
-        self._open = False
-        self._fill(TAG_SIZE)
-        tag = bytes(self._view[self._start : self._start + TAG_SIZE])
-        self._start += TAG_SIZE
         assert self.verifier is not None
+        tag = bytes(self._take_tag())
         frame = self.verifier.detach()
 
         def check() -> None:

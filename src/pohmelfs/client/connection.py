@@ -287,10 +287,9 @@ class Connection:
             try:
                 check()
             except TagError as e:
-                why = f"{e}: closed"
-                log.error("connection to %s: %s", self.address, why)
-                self._fail(why)
-                raise OSError(errno.EIO, f"{self.address}: reply {why}", path) from None
+                error = self._tag_failed(e)
+                self._fail(f"{e}: closed")
+                raise OSError(error.errno, error.strerror, path) from None
         if tx.error is not None:
             err = tx.error
             if isinstance(err, OSError) and path is not None and err.filename is None:
@@ -414,9 +413,8 @@ class Connection:
             why = "server closed the connection"
         except TagError as e:
             why = f"{e}: closed"
-            log.error("connection to %s: %s", self.address, why)
             if current is not None and current.reply is None:
-                current.error = OSError(errno.EIO, f"{self.address}: reply {why}")
+                current.error = self._tag_failed(e)
         except (OSError, ProtocolError) as e:
             why = str(e)
         except BaseException as e:  # never leave callers waiting
@@ -427,6 +425,11 @@ class Connection:
             if current.error is None:
                 current.error = errors.connection_error(self.address, why)
             current.complete()
+
+    def _tag_failed(self, e: TagError) -> OSError:
+        """Logged; the error of the call whose reply failed its tag."""
+        log.error("connection to %s: %s: closed", self.address, e)
+        return OSError(errno.EIO, f"{self.address}: reply {e}: closed")
 
     def _fail(self, why: str) -> None:
         """Mark the connection dead and fail every transaction in flight."""

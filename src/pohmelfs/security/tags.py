@@ -133,11 +133,10 @@ class Sealer(_Tagging):
         frame[6:8] = _TAG_LEN
         seq = self.seq
         self.seq += 1
-        if packed_payload_len(frame) >= LARGE:
+        payload_len = packed_payload_len(frame)
+        if payload_len >= LARGE:  # one call: a GMAC context costs more than a small frame
             return self._gmac_once.encrypt(_gcm_nonce(seq), b"", frame)
-        blake = hashlib.blake2b(seq.to_bytes(8, "big"), key=self._small, digest_size=TAG_SIZE)
-        blake.update(frame)
-        return blake.digest()
+        return FrameTag(self._aes, self._small, seq, frame, payload_len).digest()
 
     def unseal(self) -> None:
         """The frame last sealed was not sent at all: its number is used again."""

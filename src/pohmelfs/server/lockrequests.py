@@ -350,9 +350,11 @@ class LockRequests:
         finally:
             self._scratch.told = None
             self.server.cache.changed(keys, self.sid)
-        self._lane.submit(
-            self._reply_to, m, None, lambda: (self.server.sizes.wait_for(told), out)[1]
-        )
+        self._lane.submit(self._reply_to, m, None, lambda: self._once_told(told, out))
+
+    def _once_told(self, told: list[Any], out: Message | None) -> Message | None:
+        self.server.sizes.wait_for(told)
+        return out
 
     def _in_queue(self) -> bool:
         """Is this the session's queue thread, or its lane for write-backs?"""
