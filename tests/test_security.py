@@ -421,9 +421,9 @@ def test_slow_requests_per_connection_are_bounded(
 ) -> None:
     """READDIR, FSYNC... go to a pool shared by every client: one connection may have
     only so many there; the rest get EAGAIN at once, and every one is answered."""
-    from pohmelfs.server import service
+    from pohmelfs.server import dispatch
 
-    monkeypatch.setattr(service, "MAX_SLOW", 2)
+    monkeypatch.setattr(dispatch, "MAX_SLOW", 2)
     for i in range(300):
         (export_dir / f"n{i:04}").touch()
     me = Cred(os.geteuid(), os.getegid(), ())

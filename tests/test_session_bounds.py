@@ -21,7 +21,7 @@ from pohmelfs.client.client import ANY_FILE
 from pohmelfs.client.connection import Connection
 from pohmelfs.protocol import Command, Cred
 from pohmelfs.security.keys import load_secret
-from pohmelfs.server import lockrequests
+from pohmelfs.server import waits
 from pohmelfs.server.service import Server
 from rawwire import RawSession
 
@@ -55,8 +55,8 @@ def test_waiting_requests_of_one_connection_are_bounded(
     """Beyond MAX_WAITING requests (or MAX_WAITING_BYTES of their data) waiting for
     other clients, a connection's next one fails at once with EAGAIN; those that
     waited go through when the wait ends."""
-    monkeypatch.setattr(lockrequests, "MAX_WAITING", 4)
-    monkeypatch.setattr(lockrequests, "MAX_WAITING_BYTES", 10_000)
+    monkeypatch.setattr(waits, "MAX_WAITING", 4)
+    monkeypatch.setattr(waits, "MAX_WAITING_BYTES", 10_000)
     (export_dir / "f").write_bytes(b"a" * 100)
     holder = silent_holder(lease_server, b"f")
     other = Connection(address_of(lease_server), security=CLIENT_KEY, timeout=30, connect_timeout=5)

@@ -12,34 +12,26 @@ for at all).
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from .. import protocol as p
 from ..protocol import Command
+from .notifier import Notifier
 
 EMPTY = 256  # RESIZE's ``last`` for an empty file
-
-
-class Notifiable(Protocol):
-    closed: bool
-    _notify_xids: itertools.count[int]
-
-    def notify(self, msg: p.Message, answered: Callable[[], None]) -> None: ...
 
 
 class SizeWatchers:
     """``lapsed``, ``lapse``, ``unlapse``: the sessions nobody waits for (CacheLocks),
     which a session that lets a RESIZE run out joins until it answers."""
 
-    def __init__(self, lease: float, session_by_id: Callable[[int], Notifiable | None],
+    def __init__(self, lease: float, notifier_of: Callable[[int], Notifier | None],
                  lapsed: Callable[[int], bool], lapse: Callable[[int], None],
                  unlapse: Callable[[int], None]) -> None:  # fmt: skip
         self.lease = lease
-        self._session_by_id = session_by_id
+        self._notifier_of = notifier_of
         self._lapsed = lapsed
         self._lapse = lapse
         self._unlapse = unlapse
@@ -84,14 +76,13 @@ class SizeWatchers:
                        if s != sid and oids]  # fmt: skip
         told = []
         for other, oid in targets:
-            session = self._session_by_id(other)
-            if session is None or session.closed or self._lapsed(other):
+            notifier = self._notifier_of(other)
+            if notifier is None or notifier.closed or self._lapsed(other):
                 continue
             notice = _Told(other, self._unlapse)
-            msg = p.Message(Command.RESIZE, next(session._notify_xids), p.FLAG_NOTIFY, 0, oid, 0,
-                            0, {"attr": attr, "last": last})  # fmt: skip
             try:
-                session.notify(msg, notice.answered)
+                notifier.notify(Command.RESIZE, oid, 0, 0, {"attr": attr, "last": last},
+                                notice.answered)  # fmt: skip
             except OSError:
                 continue  # its connection is gone (or has too much unanswered)
             told.append(notice)

@@ -1,0 +1,117 @@
+"""Notifications a session sends its client, and the answers it waits for.
+
+The server speaks first only with notifications (REVOKE, RESIZE): each gets an id
+of the session's own, and whoever waits for its answer is called back when the
+client replies to that id, or when the connection ends (nobody will answer then).
+``Notifiers`` finds a session's notifier by session id, for the revocations and
+size notices that one client's request makes the server send to another.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol as p
+from ..protocol import Command, Message
+from .cachelocks import END, Holder
+
+MAX_UNANSWERED = 4096  # notifications a session may leave unanswered at once
+
+
+class Notifier:
+    """One session's notifications. ``send`` puts a frame on its connection;
+    ``key_of`` names the file of one of its handles or leases (None once gone)."""
+
+    def __init__(self, send: Callable[[Message], None], key_of: Callable[[int], object]) -> None:
+        self._send = send
+        self._key_of = key_of
+        self._xids = itertools.count(1)
+        self._waiting: dict[int, Callable[[], None]] = {}  # xid -> run on the answer
+        self._revoked = collections.Counter[object]()  # files whose locks it is asked back
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def notify(self, cmd: Command, oid: int, offset: int, length: int, fields: dict[str, Any],
+               answered: Callable[[], None], key: object = None) -> None:  # fmt: skip
+        """Send a notification; ``answered`` runs when the client replies (or its
+        connection ends). ``key``: a revocation of this session's lock on that
+        file (see ``revoking``). A client that leaves MAX_UNANSWERED unanswered
+        gets no more: ENOBUFS, and whoever would have waited for it goes on."""
+        if len(self._waiting) >= MAX_UNANSWERED:
+            raise OSError(errno.ENOBUFS, "too many notifications unanswered")
+        msg = Message(cmd, next(self._xids), p.FLAG_NOTIFY, 0, oid, offset, length, fields)
+        if key is not None:
+            with self._lock:
+                self._revoked[key] += 1
+
+            def answered_revocation() -> None:
+                with self._lock:
+                    self._revoked[key] -= 1
+                    if self._revoked[key] <= 0:
+                        del self._revoked[key]
+                answered()
+
+            self._waiting[msg.xid] = answered_revocation
+        else:
+            self._waiting[msg.xid] = answered
+        try:
+            self._send(msg)
+        except OSError:
+            self._waiting.pop(msg.xid, None)
+            raise
+
+    def revoke(self, holder: Holder, keep: int, done: Callable[[], None]) -> None:
+        """Ask the client to give up ``holder``'s cache lock (keeping ``keep``)."""
+        oid = holder.owner[1]
+        length = 0 if holder.end >= END else holder.end - holder.start
+        self.notify(Command.REVOKE, oid, holder.start, length, {"keep": keep}, done,
+                    self._key_of(oid))  # fmt: skip
+
+    def answered(self, xid: int) -> None:
+        """The client replied to notification ``xid`` (unknown ids are ignored)."""
+        then = self._waiting.pop(xid, None)
+        if then is not None:
+            then()
+
+    def revoking(self, key: object) -> bool:
+        """Is the client being asked to give up a lock on file ``key``?"""
+        return bool(self._revoked) and key in self._revoked
+
+    def close(self) -> None:
+        """Nobody will answer what we asked: whoever waits for that goes on now."""
+        self.closed = True
+        for then in list(self._waiting.values()):
+            then()
+        self._waiting.clear()
+
+
+class Notifiers:
+    """The notifiers of a server's admitted sessions, by session id."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[int, Notifier] = {}
+        self._lock = threading.Lock()
+
+    def add(self, sid: int, notifier: Notifier) -> None:
+        with self._lock:
+            self._by_session[sid] = notifier
+
+    def remove(self, sid: int) -> None:
+        with self._lock:
+            self._by_session.pop(sid, None)
+
+    def get(self, sid: int) -> Notifier | None:
+        with self._lock:
+            return self._by_session.get(sid)
+
+    def revoke(self, holder: Holder, keep: int, done: Callable[[], None]) -> None:
+        """A ``cachelocks.Revoker``: the holder's session is asked to give it up."""
+        notifier = self.get(holder.owner[0])
+        if notifier is None or notifier.closed:
+            raise OSError(errno.ENOTCONN, "holder gone")
+        notifier.revoke(holder, keep, done)

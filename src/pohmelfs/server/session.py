@@ -1,0 +1,120 @@
+"""One client connection: its handshake (TLS first if the server has it), then
+its requests (``dispatch.Dispatch``) until it ends, then everything it held."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import protocol as p
+from ..protocol import Command, ProtocolError
+from ..security.config import ServerSecurity
+from ..security.tls import peer_name
+from ..wire import FrameWriter, PeerClosed, SocketReader
+from . import admission, linux
+from .dispatch import Dispatch
+from .shared import Shared
+
+log = logging.getLogger("pohmelfs.server")
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What a server offers each connection."""
+
+    security: ServerSecurity
+    max_payload: int
+    fsid: int  # this server's, for clients to tell servers apart
+    handshake_timeout: float
+    idle_timeout: float
+
+
+class Session:
+    """``admitted`` and ``ended`` tell the server (by this session) when the
+    handshake is over and when the connection is."""
+
+    def __init__(self, sid: int, sock: socket.socket, peer: str, shared: Shared, terms: Terms,
+                 admitted: Callable[[Session], None],
+                 ended: Callable[[Session], None]) -> None:  # fmt: skip
+        self.sid, self.sock, self.peer = sid, sock, peer
+        self._shared, self._terms = shared, terms
+        self._admitted, self._ended = admitted, ended
+        self.reader = SocketReader(sock)
+        self.writer = FrameWriter(sock)
+        self.dispatch: Dispatch | None = None
+        self.closed = False
+
+    def run(self) -> None:
+        try:
+            linux.private_umask_zero()
+            dispatch = self.dispatch = self._handshake()
+            while True:
+                dispatch.serve_one()
+        except PeerClosed:
+            log.debug("%s: closed", self.peer)
+        except ProtocolError as e:
+            log.warning("%s: protocol error, dropping connection: %s", self.peer, e)
+        except BlockingIOError:
+            log.info("%s: silent for %.0f s, closed", self.peer, self._terms.idle_timeout)
+        except OSError as e:
+            log.debug("%s: connection ended: %s", self.peer, e)
+        finally:
+            self.close()
+
+    def _handshake(self) -> Dispatch:
+        terms, export = self._terms, self._shared.export
+        caps = p.Cap.READ_ONLY if export.read_only else 0
+        caps |= p.Cap.XATTR if export.xattrs else 0
+        welcome = admission.Welcome(terms.max_payload, int(terms.idle_timeout * 1000),
+                                    int(caps), terms.fsid, export.statfs)  # fmt: skip
+        linux.set_receive_timeout(self.sock, terms.handshake_timeout)
+        try:
+            certificate = self._tls_handshake() if terms.security.tls is not None else ""
+            admitted = admission.admit(self.reader, self.writer, terms.security, welcome,
+                                       self.peer, certificate)  # fmt: skip
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+            raise ProtocolError("no handshake within the time allowed") from None
+        linux.set_receive_timeout(self.sock, terms.idle_timeout)
+        self._admitted(self)
+        return Dispatch(self.sid, self.peer, self._shared, self.reader, self.writer, admitted)
+
+    def _tls_handshake(self) -> str:
+        """Turn the connection into TLS; the client certificate's common name. A
+        client that starts with a plain pohmelfs frame is told what it lacks."""
+        tls = self._terms.security.tls
+        assert tls is not None
+        if self.sock.recv(2, socket.MSG_PEEK) == p.MAGIC.to_bytes(2, "big"):
+            text = b"this server requires TLS: give the client tls_cert, tls_key and tls_ca"
+            hdr = p.HEADER.pack(p.MAGIC, Command.HELLO, p.FLAG_REPLY, 0, errno.EACCES,
+                                len(text), 0, 0, 0, 0)  # fmt: skip
+            self.writer.send([hdr, text])
+            raise admission.Refused("a plain client on a TLS server")
+        # Wrapped first and shaken after, so that the handshake reaper can cut off
+        # a handshake that dawdles (it shuts down ``self.sock``).
+        self.sock = sock = tls.wrap_socket(self.sock, server_side=True,
+                                           do_handshake_on_connect=False)  # fmt: skip
+        try:
+            sock.do_handshake()
+        except ssl.SSLError as e:
+            log.warning("%s: TLS handshake failed: %s", self.peer, e.reason or e)
+            raise admission.Refused("TLS handshake failed") from None
+        self.reader = SocketReader(sock)
+        self.writer = FrameWriter(sock)
+        return peer_name(sock)
+
+    def close(self) -> None:
+        self.closed = True
+        dispatch = self.dispatch
+        if dispatch is not None:
+            dispatch.close_work()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if dispatch is not None:
+            dispatch.close_files()
+        self._ended(self)
