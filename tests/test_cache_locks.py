@@ -14,7 +14,7 @@ import pytest
 
 from conftest import CLIENT_KEY, address_of, make_client, start_server, stopping
 from pohmelfs import Client
-from pohmelfs.client.client import ANY_FILE
+from pohmelfs.client.services import ANY_FILE
 from pohmelfs.protocol import Command, Cred
 from pohmelfs.server.cachelocks import (
     END,
@@ -393,7 +393,7 @@ def test_open_read_only_with_o_trunc_revokes_other_caches(
     revokes: list[int] = []
     fa.on_revoke = lambda keep, _s, _l: revokes.append(keep)
     assert fa.cache_lock().attr.size == 1000
-    got = b._open("/f", os.O_RDONLY | os.O_TRUNC, 0, b.cred)
+    got = b.services.open("/f", os.O_RDONLY | os.O_TRUNC, 0, b.cred)
     assert revokes == [RELEASE]
     assert got.attr.size == 0 and (export_dir / "f").stat().st_size == 0
     got.conn.call(Command.CLOSE, oid=got.oid)
@@ -401,7 +401,7 @@ def test_open_read_only_with_o_trunc_revokes_other_caches(
     os.chmod(export_dir / "f", 0o644)
     if os.geteuid() == 0:  # without write permission it is refused, and nothing changes
         with pytest.raises(PermissionError):
-            b._open("/f", os.O_RDONLY | os.O_TRUNC, 0, Cred(65534, 65534, ()))
+            b.services.open("/f", os.O_RDONLY | os.O_TRUNC, 0, Cred(65534, 65534, ()))
         assert (export_dir / "f").read_bytes() == b"kept"
     fa.close()
 

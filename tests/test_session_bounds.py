@@ -17,8 +17,8 @@ import pytest
 
 from conftest import CLIENT_KEY, SECRET_FILE, address_of, make_client, start_server, stopping
 from pohmelfs import protocol as p
-from pohmelfs.client.client import ANY_FILE
 from pohmelfs.client.connection import Connection
+from pohmelfs.client.services import ANY_FILE
 from pohmelfs.protocol import Command, Cred
 from pohmelfs.security.keys import load_secret
 from pohmelfs.server import waits

@@ -5,24 +5,26 @@ from __future__ import annotations
 import errno
 import io
 import logging
-import math
 import os
 import random
 import stat as stat_mod
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from .. import protocol as p
-from ..protocol import Attr, CacheMode, Command, Cred, LockType
+from ..protocol import Attr, Command, Cred, LockType
 from ..security.config import ClientSecurity
 from .connection import Connection
 from .file import RemoteFile
+from .grants import Grants, Revocable
 from .held import HeldFiles
+from .oslike import ScanEntry, float_to_ns, mode_flags, process_umask, stat_result
 from .paths import PathArg, encode_path, normal_path
+from .registry import FileRegistry
+from .services import FileServices, WriteBudget
 
 log = logging.getLogger("pohmelfs.client")
 T = TypeVar("T")
@@ -41,112 +43,6 @@ IDEMPOTENT = frozenset(
 
 
 LOCK_FILES = 64  # files kept open for advisory lock requests (least recently used go)
-ANY_FILE = bytes(p.FID_SIZE)
-
-
-class Opened(NamedTuple):
-    """What an OPEN gave: the connection and handle, the file's attributes, how many
-    handles of other clients have it open for writing, the cache lock granted with
-    it, the directory after it (if it may have created the file) and its identity."""
-
-    conn: Connection
-    oid: int
-    attr: Attr
-    writers: int
-    cached: int
-    directory: Attr | None
-    fid: bytes
-    watchers: int  # other clients that would hear of a change of its size (mounts)
-
-
-def _float_to_ns(t: float) -> int:
-    """Seconds as nanoseconds, rounded the way os.utime rounds (towards -inf)."""
-    frac, whole = math.modf(t)
-    ns = math.floor(frac * 1e9)
-    return int(whole) * 1_000_000_000 + ns
-
-
-def _process_umask() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-def _mode_flags(mode: str) -> int:
-    kinds = set(mode) - {"b", "t"}
-    if not kinds <= set("rwax+") or len(mode) != len(set(mode)) or ("b" in mode and "t" in mode):
-        raise ValueError(f"invalid mode: {mode!r}")
-    main = kinds & set("rwax")
-    if len(main) != 1:
-        raise ValueError(f"mode must have exactly one of r, w, a, x: {mode!r}")
-    plus = "+" in mode
-    acc = os.O_RDWR if plus else (os.O_RDONLY if "r" in main else os.O_WRONLY)
-    extra = {
-        "r": 0,
-        "w": os.O_CREAT | os.O_TRUNC,
-        "a": os.O_CREAT | os.O_APPEND,
-        "x": os.O_CREAT | os.O_EXCL,
-    }[main.pop()]
-    return acc | extra
-
-
-class ScanEntry:
-    """Like ``os.DirEntry``; attributes come with the listing (lstat semantics)."""
-
-    __slots__ = ("name", "path", "_attr", "_client")
-
-    def __init__(self, name: str | bytes, path: str | bytes, attr: Attr, client: Client) -> None:
-        self.name, self.path, self._attr, self._client = name, path, attr, client
-
-    def inode(self) -> int:
-        return self._attr.ino
-
-    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
-        return stat_mod.S_ISDIR(self._attr.mode)
-
-    def is_file(self, *, follow_symlinks: bool = True) -> bool:
-        return stat_mod.S_ISREG(self._attr.mode)
-
-    def is_symlink(self) -> bool:
-        return stat_mod.S_ISLNK(self._attr.mode)
-
-    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
-        return self._client._stat_result(self._attr)
-
-    def __repr__(self) -> str:
-        return f"<ScanEntry {self.name!r}>"
-
-
-class WriteBudget:
-    """Bytes sent behind and not yet answered, bounded: a writer waits for answers
-    before it goes past ``limit`` (one request always goes, however large)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self._cond = threading.Condition()
-
-    def take(self, n: int, timeout: float) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: not self.used or self.used + n <= self.limit, timeout)
-            self.used += n
-            self.peak = max(self.peak, self.used)
-
-    def drained(self, timeout: float) -> bool:
-        """Wait until nothing written behind is unanswered; False on time-out."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self.used, timeout)
-
-    def give(self, n: int) -> None:
-        with self._cond:
-            self.used -= n
-            self._cond.notify_all()
 
 
 class Client:
@@ -209,30 +105,27 @@ class Client:
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.cred = cred or Cred(os.geteuid(), os.getegid(), tuple(os.getgroups()))
-        self.umask = _process_umask() if umask is None else umask
+        self.umask = process_umask() if umask is None else umask
         self.max_payload = max_payload
         self.write_budget = WriteBudget(write_behind_limit)
         self.held = HeldFiles(held_limit, dirty_timeout)
+        # Holders of cache locks (open files, the mount's leases and name locks) by
+        # (connection, handle), which the server's REVOKEs name; open files by
+        # handle, for its RESIZEs, and for renames made here (the path a file
+        # reopens by after a lost connection).
+        self.grants = Grants()
+        self.files = FileRegistry()
+        self.services = FileServices(self.connection, self.cred, self.grants, self.files,
+                                     self.held, self.write_budget, self._stat_result)  # fmt: skip
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
         self._lock_owner = random.getrandbits(63)  # this client's advisory locks
-        # Files holding cache locks, by (connection, handle): the server's REVOKEs
-        # name the handle. Revocations run on their own thread, never the reader's.
-        self._cached: dict[tuple[int, int], RemoteFile] = {}
-        self._early_revokes: dict[tuple[int, int], None] = {}  # oldest first, bounded
-        self._revokes_lock = threading.Lock()
-        # Several: one revocation may wait (for writes, or changes sent ahead) while
-        # others must go on.
+        # Notifications run on threads of their own, never the reader's; several: one
+        # revocation may wait (for writes, or changes sent ahead) while others go on.
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: OrderedDict[tuple[bytes, bool], RemoteFile] = OrderedDict()
-        # Open files, so that a rename made here changes the path they reopen by, and
-        # by (connection, handle), for the server's notifications about them.
-        self._files: weakref.WeakSet[RemoteFile] = weakref.WeakSet()
-        self._by_handle: weakref.WeakValueDictionary[tuple[int, int], RemoteFile] = (
-            weakref.WeakValueDictionary()
-        )
-        self._files_lock = threading.Lock()
+        self._lock_files_lock = threading.Lock()
         # Run when a connection is lost (with it, every cache lock it held).
         self.on_disconnect: list[Callable[[], None]] = []
         self.connection()  # fail early when no server can be reached
@@ -305,65 +198,23 @@ class Client:
         """Receive thread: the server asks for something back (a cache lock) or tells
         of another client's change of a file open here (its size)."""
         if msg.cmd == Command.REVOKE:
-            self._revoker.submit(self._revoke, conn, msg)
+            self._revoker.submit(self.grants.revoke, conn, msg)
         elif msg.cmd == Command.RESIZE:
-            self._revoker.submit(self._resized, conn, msg)
-
-    def _resized(self, conn: Connection, msg: p.Message) -> None:
-        f = self._by_handle.get((conn.serial, msg.oid))
-        try:
-            if f is not None and f.on_resize is not None:
-                f.on_resize(msg["attr"], msg["last"])
-        except Exception:
-            log.exception("taking in a new size failed")
-        try:
-            conn.answer(msg)
-        except OSError:
-            pass
+            self._revoker.submit(self.files.resized, conn, msg)
 
     def _disconnected(self, conn: Connection) -> None:
         for f in self.held.files():
             f.drop_held(conn)
-        with self._revokes_lock:  # its handles (and their locks) are gone
-            for key in [k for k in self._cached if k[0] == conn.serial]:
-                del self._cached[key]
+        self.grants.connection_lost(conn)
         for callback in list(self.on_disconnect):
             try:
                 callback()
             except Exception:
                 log.exception("disconnect callback failed")
 
-    def _revoke(self, conn: Connection, msg: p.Message) -> None:
-        key = (conn.serial, msg.oid)
-        with self._revokes_lock:  # against a file registering (``_register_cached``)
-            f = self._cached.get(key)
-            if f is None:  # granted with an open whose file is not registered yet (or closed)
-                self._early_revokes[key] = None
-                if len(self._early_revokes) > 4096:
-                    del self._early_revokes[next(iter(self._early_revokes))]
-        try:
-            if f is not None:
-                f.revoked(msg["keep"], msg.offset, msg.length)
-        except Exception:
-            log.exception("revoking a cache lock failed")
-        try:
-            conn.answer(msg)
-        except OSError:
-            pass  # the connection is gone, and the server dropped our locks with it
-
-    def _register_cached(self, conn: Connection, oid: int, f: RemoteFile) -> bool:
-        """Route the server's revocations of handle ``oid`` to ``f``. False if one came
-        already (for a lock granted with the open): that lock is not ours."""
-        key = (conn.serial, oid)
-        with self._revokes_lock:
-            self._cached[key] = f
-            return self._early_revokes.pop(key, 0) is not None
-
-    def _unregister_cached(self, conn: Connection, oid: int) -> None:
-        with self._revokes_lock:
-            self._cached.pop((conn.serial, oid), None)
-
-    def lease(self, path: PathArg, cred: Cred | None, holder: Any) -> tuple[Attr, Connection, int]:
+    def lease(
+        self, path: PathArg, cred: Cred | None, holder: Revocable
+    ) -> tuple[Attr, Connection, int]:
         """A path's attributes and, for a regular file nobody writes, a lease on them
         (a shared cache lock with no handle): its id, 0 if none. The server's
         revocation calls ``holder.revoked(keep, start, length)``; give it back with
@@ -375,14 +226,14 @@ class Client:
 
         conn, reply = self._on_connection(ask, True)  # (a lookup: sent again if need be)
         oid = reply.oid if reply["cached"] == 0 else 0
-        if oid and not self._register_cached(conn, oid, holder):
+        if oid and not self.grants.register(conn, oid, holder):
             self.unlease(conn, oid)  # revoked before we could register it: not ours
             oid = 0
         return reply["attr"], conn, oid
 
     def unlease(self, conn: Connection, oid: int) -> None:
         """Give a lease back (without waiting)."""
-        self._unregister_cached(conn, oid)
+        self.grants.unregister(conn, oid)
         if conn.closed:
             return
         try:
@@ -393,39 +244,11 @@ class Client:
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
         return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 
-    def _open(self, path: PathArg, flags: int, perm: int, cred: Cred,
-              cache: int = CacheMode.RELEASE, fid: bytes = ANY_FILE,
-              shown: Any = None) -> Opened:  # fmt: skip
-        """Open on the server (``cache`` asks for a cache lock with it: 0 shared, 1
-        exclusive; 2: none). ``fid``: only the file of that identity will do (a
-        reopen); another one there fails with ESTALE."""
-        conn = self.connection()
-        reply = conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
-                          path=encode_path(path), flags=flags, mode=perm, cache=cache,
-                          fid=fid)  # fmt: skip
-        directory = reply["dir"] if reply["dir"].ino else None
-        return Opened(conn, reply.oid, reply["attr"], reply["writers"], reply["cached"],
-                      directory, reply["fid"], reply["watchers"])  # fmt: skip
-
-    def opened(self, f: RemoteFile, conn: Connection, oid: int) -> None:
-        """``f`` is open as handle ``oid`` of ``conn`` (also after a reopen)."""
-        with self._files_lock:
-            self._files.add(f)
-            self._by_handle[conn.serial, oid] = f
-
-    def closed(self, conn: Connection, oid: int) -> None:
-        with self._files_lock:
-            self._by_handle.pop((conn.serial, oid), None)
-
     def renamed(self, old: PathArg, new: PathArg, exchange: bool = False) -> None:
         """``old`` is now ``new`` (a rename made through this client; ``exchange``: and
         ``new`` is ``old``): open files at or below it reopen by their new path after
         a lost connection."""
-        src, dst = normal_path(encode_path(old)), normal_path(encode_path(new))
-        with self._files_lock:
-            files = list(self._files)
-        for f in files:
-            f.moved(src, dst, exchange)
+        self.files.renamed(old, new, exchange)
 
     def close(self) -> None:
         self.held.close()
@@ -470,30 +293,7 @@ class Client:
     # --- attributes -------------------------------------------------------------
 
     def _stat_result(self, a: Attr) -> os.stat_result:
-        dev = (self._conn.fsid if self._conn else 0) & 0xFFFFFFFF
-        return os.stat_result(
-            (
-                a.mode,
-                a.ino,
-                dev,
-                a.nlink,
-                a.uid,
-                a.gid,
-                a.size,
-                a.atime_ns // 10**9,
-                a.mtime_ns // 10**9,
-                a.ctime_ns // 10**9,
-                a.atime_ns / 1e9,
-                a.mtime_ns / 1e9,
-                a.ctime_ns / 1e9,
-                a.atime_ns,
-                a.mtime_ns,
-                a.ctime_ns,
-                a.blksize,
-                a.blocks,
-                a.rdev,
-            )
-        )
+        return stat_result(a, self._conn.fsid if self._conn else 0)
 
     def stat(self, path: PathArg) -> os.stat_result:
         """Attributes of ``path`` (the server never follows symlinks: lstat)."""
@@ -569,7 +369,7 @@ class Client:
             which, ns = p.UTIME_ATIME_NOW | p.UTIME_MTIME_NOW, (0, 0)
         elif ns is None:
             assert times is not None
-            ns = (_float_to_ns(times[0]), _float_to_ns(times[1]))
+            ns = (float_to_ns(times[0]), float_to_ns(times[1]))
         self._path_call(Command.UTIMES, path, atime_ns=ns[0], mtime_ns=ns[1], which=which)
 
     def truncate(self, path: PathArg, length: int) -> None:
@@ -587,9 +387,9 @@ class Client:
         for e in entries:
             full = base + b"/" + e.name
             if as_str:
-                yield ScanEntry(os.fsdecode(e.name), os.fsdecode(full), e.attr, self)
+                yield ScanEntry(os.fsdecode(e.name), os.fsdecode(full), e.attr, self._stat_result)
             else:
-                yield ScanEntry(e.name, full, e.attr, self)
+                yield ScanEntry(e.name, full, e.attr, self._stat_result)
 
     def listdir(self, path: PathArg = "/") -> list[Any]:
         return [e.name for e in self.scandir(path)]
@@ -691,12 +491,12 @@ class Client:
         its writers). The server keeps locks by file and owner, not by handle, so
         only the LOCK_FILES used last stay open."""
         key = (normal_path(encode_path(path)), writable)
-        with self._files_lock:
+        with self._lock_files_lock:
             f = self._lock_files.pop(key, None)
         if f is None or f.closed:
             flags, mode = (os.O_RDWR, "r+") if writable else (os.O_RDONLY, "r")
-            f = RemoteFile(self, os.fspath(path), flags, 0, mode)
-        with self._files_lock:
+            f = RemoteFile(self.services, os.fspath(path), flags, 0, mode)
+        with self._lock_files_lock:
             self._lock_files[key] = f
             full = len(self._lock_files) > LOCK_FILES
             old = self._lock_files.popitem(last=False)[1] if full else None
@@ -761,13 +561,13 @@ class Client:
         ``buffering=0`` (binary only) returns the raw :class:`RemoteFile`,
         whose ``readinto`` places data straight into the caller's buffer.
         """
-        flags = _mode_flags(mode)
+        flags = mode_flags(mode)
         binary = "b" in mode
         if binary and (encoding or errors or newline):
             raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
         if buffering == 0 and not binary:
             raise ValueError("can't have unbuffered text I/O")
-        raw = RemoteFile(self, os.fspath(path), flags, 0o666 & ~self.umask, mode)
+        raw = RemoteFile(self.services, os.fspath(path), flags, 0o666 & ~self.umask, mode)
         if buffering == 0:
             return raw
         size = buffering if buffering > 1 else 256 << 10

@@ -15,15 +15,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from ..protocol import Attr, CacheMode, Command, Cred
 from .connection import Connection, Transaction
 from .held import MAX_EXTENTS, PUSH_BYTES, HeldWrites
 from .paths import encode_path, normal_path
-
-if TYPE_CHECKING:
-    from .client import Client
+from .services import FileServices
 
 CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
 WINDOW = 16  # requests of one transfer in flight at once
@@ -43,7 +41,7 @@ class CacheGrant(NamedTuple):
 class RemoteFile(io.RawIOBase):
     def __init__(
         self,
-        client: Client,
+        services: FileServices,
         path: str | bytes,
         flags: int,
         perm: int,
@@ -54,11 +52,11 @@ class RemoteFile(io.RawIOBase):
         """``cache``: a cache lock to take with the open if nothing conflicts (0
         shared, 1 exclusive; 2 none): see :meth:`cache_lock`."""
         super().__init__()
-        self._client = client
+        self._services = services
         self.name = path
         self.mode = mode
         self._flags = flags
-        self._cred = cred or client.cred
+        self._cred = cred or services.cred
         self._lock = threading.Lock()
         self._behind = threading.Condition()  # write-behind accounting
         self._behind_bytes = 0
@@ -70,7 +68,7 @@ class RemoteFile(io.RawIOBase):
         self.on_revoke: Callable[[int, int, int], None] | None = None
         # on_resize(attr, last byte): another client changed the file's size (RESIZE).
         self.on_resize: Callable[[Attr, int], None] | None = None
-        got = client._open(path, flags, perm, self._cred, cache)
+        got = services.open(path, flags, perm, self._cred, cache)
         conn, oid, attr, writers, cached, directory = got[:6]
         # What a reopen after a lost connection opens: this path (which a rename made
         # through this client changes), and only if it is still this very file.
@@ -89,11 +87,11 @@ class RemoteFile(io.RawIOBase):
         # The lock granted with the open, until used or revoked (set before the file
         # can be found by a revocation, which resets it).
         self._granted: int = cached
-        if cached < 2 and not client._register_cached(conn, oid, self):
+        if cached < 2 and not services.grants.register(conn, oid, self):
             with self._lock:
                 self._granted = 2  # taken back before we registered
         self._pos = attr.size if flags & os.O_APPEND else 0
-        client.opened(self, conn, oid)
+        services.files.opened(self, conn, oid)
 
     # --- the handle, reopened after a reconnect ------------------------------
 
@@ -109,7 +107,7 @@ class RemoteFile(io.RawIOBase):
             if self._pair[0].closed:
                 try:
                     flags = self._flags & REOPEN_MASK
-                    got = self._client._open(self._path, flags, 0, self._cred, fid=self._fid,
+                    got = self._services.open(self._path, flags, 0, self._cred, fid=self._fid,
                                              shown=self.name)  # fmt: skip
                 except OSError as e:
                     if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):
@@ -117,7 +115,7 @@ class RemoteFile(io.RawIOBase):
                     # Gone, or its name is now a directory or a symlink: not that file.
                     raise OSError(errno.ESTALE, "the file was removed", self.name) from None
                 self._pair = (got.conn, got.oid)
-                self._client.opened(self, got.conn, got.oid)
+                self._services.files.opened(self, got.conn, got.oid)
             return self._pair
 
     def moved(self, src: bytes, dst: bytes, exchange: bool = False) -> None:
@@ -187,7 +185,7 @@ class RemoteFile(io.RawIOBase):
     def pwrite(self, data: Any, offset: int) -> int:
         """Write all of ``data`` at ``offset`` (at the end in append mode)."""
         mv = memoryview(data).cast("B")
-        self._client.held.push_all()  # held writes (of any handle) are older: first
+        self._services.held.push_all()  # held writes (of any handle) are older: first
         written, _end = self._retrying(lambda c, o: self._pwrite(c, o, mv, offset))
         return int(written)
 
@@ -243,7 +241,7 @@ class RemoteFile(io.RawIOBase):
         if not self.writable():
             raise io.UnsupportedOperation("file not open for writing")
         mv = memoryview(data).cast("B")
-        self._client.held.push_all()  # held writes (of any handle) are older: first
+        self._services.held.push_all()  # held writes (of any handle) are older: first
         written, end = self._retrying(lambda c, o: self._pwrite(c, o, mv, self._pos))
         self._pos = end
         return int(written)
@@ -275,7 +273,7 @@ class RemoteFile(io.RawIOBase):
         return reply["attr"]  # type: ignore[no-any-return]
 
     def stat(self) -> os.stat_result:
-        return self._client._stat_result(self.fstat())
+        return self._services.stat_result(self.fstat())
 
     def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
         """Allocate (mode 0) or, with Linux FALLOC_FL_* flags, punch or keep size."""
@@ -298,7 +296,7 @@ class RemoteFile(io.RawIOBase):
         ``WRITE_BEHIND_BYTES`` of this file, and the client's
         ``write_behind_limit`` of all its files, are unanswered at a time.
         """
-        self._client.held.push_all()  # held writes (of any handle) are older: first
+        self._services.held.push_all()  # held writes (of any handle) are older: first
         return self._send_behind(*self.handle(), memoryview(data).cast("B"), offset)
 
     def _send_behind(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> int:
@@ -312,7 +310,7 @@ class RemoteFile(io.RawIOBase):
                     self._behind.wait(0.1)
                 self._behind_bytes += n
                 self._behind_count += 1
-            self._client.write_budget.take(n, 2 * conn.timeout)
+            self._services.write_budget.take(n, 2 * conn.timeout)
             try:
                 conn.start(Command.WRITE, callback=lambda tx, n=n: self._written(tx, n),
                            behind=True, oid=oid, offset=offset + pos, data=piece)  # fmt: skip
@@ -335,7 +333,7 @@ class RemoteFile(io.RawIOBase):
         self._settle(n, error)
 
     def _settle(self, n: int, error: OSError | None) -> None:
-        self._client.write_budget.give(n)
+        self._services.write_budget.give(n)
         with self._behind:
             self._behind_bytes -= n
             self._behind_count -= 1
@@ -361,7 +359,7 @@ class RemoteFile(io.RawIOBase):
                 self._held_on = pair
             elif self._held_on != pair:
                 return False  # reopened since: what is held goes with the old one
-            self._client.held.added(self, self._held.add(offset, data))
+            self._services.held.added(self, self._held.add(offset, data))
         return True
 
     def push_if_due(self) -> None:
@@ -370,7 +368,7 @@ class RemoteFile(io.RawIOBase):
             due = self._held.bytes >= PUSH_BYTES or len(self._held) > MAX_EXTENTS
         if due:
             self.push()
-        held = self._client.held
+        held = self._services.held
         if held.bytes > held.limit:
             held.push_all()
 
@@ -393,7 +391,7 @@ class RemoteFile(io.RawIOBase):
                 self._failed(OSError(errno.EIO, f"held writes lost: {e}", self.name))
             finally:
                 with self._held_lock:  # only now: until sent, others must wait for them
-                    self._client.held.taken(self, n, bool(self._held.bytes))
+                    self._services.held.taken(self, n, bool(self._held.bytes))
 
     def _take_held(self) -> tuple[int, list[tuple[int, bytearray]], tuple[Connection, int]]:
         """(bytes, extents, where they were made); nothing is held after. Under
@@ -407,7 +405,7 @@ class RemoteFile(io.RawIOBase):
             if self._held_on is None or self._held_on[0] is not conn:
                 return
             n, _, _ = self._take_held()
-            self._client.held.taken(self, n, False)
+            self._services.held.taken(self, n, False)
         why = f"connection to {conn.address} lost"
         self._failed(OSError(errno.EIO, f"held writes lost: {why}", self.name))
 
@@ -452,7 +450,7 @@ class RemoteFile(io.RawIOBase):
         still be granted later (and is then revoked like any other).
         """
         conn, oid = self.handle()
-        self._client._register_cached(conn, oid, self)
+        self._services.grants.register(conn, oid, self)
         tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
                         type=CacheMode.EXCLUSIVE if exclusive else CacheMode.SHARED)  # fmt: skip
         if abandon is None:
@@ -509,8 +507,8 @@ class RemoteFile(io.RawIOBase):
         # Revocations reach this file until the server has closed the handle: one
         # that comes first must still wait for the writes sent behind.
         def closed(_tx: Transaction | None) -> None:
-            self._client._unregister_cached(conn, oid)
-            self._client.closed(conn, oid)
+            self._services.grants.unregister(conn, oid)
+            self._services.files.closed(conn, oid)
             if self._behind_error is not None:  # nobody is left to report it to
                 log.warning("%s: a write after close failed: %s", self.name, self._behind_error)
 
@@ -539,6 +537,6 @@ class RemoteFile(io.RawIOBase):
                 pass  # the server dropped the handle with the connection
             finally:
                 # Only now: a revocation during the drain must still write back first.
-                self._client._unregister_cached(*self._pair)
-                self._client.closed(*self._pair)
+                self._services.grants.unregister(*self._pair)
+                self._services.files.closed(*self._pair)
                 super().close()

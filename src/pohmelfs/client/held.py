@@ -23,10 +23,13 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_right
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .file import RemoteFile
+
+class Pushable(Protocol):
+    def push(self) -> None:
+        """Send the file's held writes."""
+
 
 PUSH_BYTES = 1 << 20  # a file's held bytes sent as soon as they reach this
 MAX_EXTENTS = 64  # separate ranges held per file before they are sent
@@ -94,7 +97,7 @@ class HeldFiles:
         self.timeout = timeout
         self.bytes = 0
         self._lock = threading.Lock()
-        self._since: dict[RemoteFile, float] = {}  # file -> when it began holding
+        self._since: dict[Pushable, float] = {}  # file -> when it began holding
         self._pushing = threading.local()
         self._closed = threading.Event()
         self._timer: threading.Thread | None = None
@@ -102,7 +105,7 @@ class HeldFiles:
     def __bool__(self) -> bool:
         return bool(self._since)
 
-    def added(self, f: RemoteFile, n: int) -> None:
+    def added(self, f: Pushable, n: int) -> None:
         """``f`` holds ``n`` bytes more."""
         with self._lock:
             self._since.setdefault(f, time.monotonic())
@@ -112,7 +115,7 @@ class HeldFiles:
                                                name="pohmelfs-held")  # fmt: skip
                 self._timer.start()
 
-    def taken(self, f: RemoteFile, n: int, more: bool) -> None:
+    def taken(self, f: Pushable, n: int, more: bool) -> None:
         """``f`` sent (or dropped) ``n`` held bytes; ``more``: it held others since."""
         with self._lock:
             if more:
@@ -121,7 +124,7 @@ class HeldFiles:
                 self._since.pop(f, None)
             self.bytes -= n
 
-    def files(self) -> list[RemoteFile]:
+    def files(self) -> list[Pushable]:
         with self._lock:
             return list(self._since)
 

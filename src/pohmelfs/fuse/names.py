@@ -201,7 +201,7 @@ class NameLocks:
             if len(self._dirs) >= self._limit:
                 return None
         try:  # the handle only names the directory to lock: the mount's own identity
-            d = RemoteFile(self._client, node.path(), os.O_RDONLY, 0, "")
+            d = RemoteFile(self._client.services, node.path(), os.O_RDONLY, 0, "")
         except OSError:
             return None
         if not stat.S_ISDIR(d.attr.mode) or d.attr.ino != node.ino:  # renamed elsewhere

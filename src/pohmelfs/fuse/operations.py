@@ -401,13 +401,13 @@ class Operations(NamespaceOps, DirectoryOps, ExtendedAttributeOps):
             flags &= ~os.O_APPEND
             if flags & os.O_ACCMODE == os.O_WRONLY:
                 try:
-                    return RemoteFile(self.client, path, (flags & ~os.O_ACCMODE) | os.O_RDWR,
-                                      perm, "", self.cred(req))  # fmt: skip
+                    rw = (flags & ~os.O_ACCMODE) | os.O_RDWR
+                    return RemoteFile(self.client.services, path, rw, perm, "", self.cred(req))
                 except PermissionError:
                     pass
         # Coherent: a shared cache lock comes with the open when nothing conflicts.
         cache = 0 if self.cache is not None else 2
-        return RemoteFile(self.client, path, flags, perm, "", self.cred(req), cache)
+        return RemoteFile(self.client.services, path, flags, perm, "", self.cred(req), cache)
 
     def op_open(self, req: k.Request, reply: Replier) -> None:
         flags = req.args.flags & OPEN_FLAGS_PASSED & ~(os.O_CREAT | os.O_EXCL)

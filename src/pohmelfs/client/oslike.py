@@ -1,0 +1,103 @@
+"""Where the library mirrors Python's ``os``: open modes, stat results, directory
+entries, times."""
+
+from __future__ import annotations
+
+import math
+import os
+import stat as stat_mod
+from collections.abc import Callable
+
+from ..protocol import Attr
+
+
+def float_to_ns(t: float) -> int:
+    """Seconds as nanoseconds, rounded the way os.utime rounds (towards -inf)."""
+    frac, whole = math.modf(t)
+    ns = math.floor(frac * 1e9)
+    return int(whole) * 1_000_000_000 + ns
+
+
+def process_umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def mode_flags(mode: str) -> int:
+    kinds = set(mode) - {"b", "t"}
+    if not kinds <= set("rwax+") or len(mode) != len(set(mode)) or ("b" in mode and "t" in mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    main = kinds & set("rwax")
+    if len(main) != 1:
+        raise ValueError(f"mode must have exactly one of r, w, a, x: {mode!r}")
+    plus = "+" in mode
+    acc = os.O_RDWR if plus else (os.O_RDONLY if "r" in main else os.O_WRONLY)
+    extra = {
+        "r": 0,
+        "w": os.O_CREAT | os.O_TRUNC,
+        "a": os.O_CREAT | os.O_APPEND,
+        "x": os.O_CREAT | os.O_EXCL,
+    }[main.pop()]
+    return acc | extra
+
+
+class ScanEntry:
+    """Like ``os.DirEntry``; attributes come with the listing (lstat semantics)."""
+
+    __slots__ = ("name", "path", "_attr", "_stat_result")
+
+    def __init__(self, name: str | bytes, path: str | bytes, attr: Attr,
+                 stat_result: Callable[[Attr], os.stat_result]) -> None:  # fmt: skip
+        self.name, self.path, self._attr, self._stat_result = name, path, attr, stat_result
+
+    def inode(self) -> int:
+        return self._attr.ino
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return stat_mod.S_ISDIR(self._attr.mode)
+
+    def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        return stat_mod.S_ISREG(self._attr.mode)
+
+    def is_symlink(self) -> bool:
+        return stat_mod.S_ISLNK(self._attr.mode)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        return self._stat_result(self._attr)
+
+    def __repr__(self) -> str:
+        return f"<ScanEntry {self.name!r}>"
+
+
+def stat_result(a: Attr, fsid: int) -> os.stat_result:
+    """An ``os.stat_result`` of the server's attributes (``st_dev``: the server's id)."""
+    dev = fsid & 0xFFFFFFFF
+    return os.stat_result(
+        (
+            a.mode,
+            a.ino,
+            dev,
+            a.nlink,
+            a.uid,
+            a.gid,
+            a.size,
+            a.atime_ns // 10**9,
+            a.mtime_ns // 10**9,
+            a.ctime_ns // 10**9,
+            a.atime_ns / 1e9,
+            a.mtime_ns / 1e9,
+            a.ctime_ns / 1e9,
+            a.atime_ns,
+            a.mtime_ns,
+            a.ctime_ns,
+            a.blksize,
+            a.blocks,
+            a.rdev,
+        )
+    )
