@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from .. import protocol as p
 from ..client.client import Client
 from . import device
-from .operations import Operations, Options
+from .operations import Operations
+from .options import Options
 from .session import MAX_WRITE, FuseSession
 
 log = logging.getLogger("pohmelfs.fuse")

@@ -12,11 +12,10 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
-from typing import Any
 
 from . import device
 from . import kernel as k
+from .channel import writer
 from .operations import Operations, Replier
 
 log = logging.getLogger("pohmelfs.fuse")
@@ -35,28 +34,12 @@ class FuseSession:
     def __init__(self, fd: int, ops: Operations, threads: int = 4) -> None:
         self.fd = fd
         self.ops = ops
-        ops.notify = self.write
         self.threads = max(1, threads)
         self.minor = 0
         self.flags = 0
         self.stopped = threading.Event()
         self._fds: list[int] = []
         self._workers: list[threading.Thread] = []
-
-    def _writer(self, fd: int) -> Callable[[list[Any]], None]:
-        def write(parts: list[Any]) -> None:
-            try:
-                os.writev(fd, parts)
-            except OSError as e:
-                # ENOENT: the request was interrupted and is gone; ENODEV: unmounted.
-                if e.errno not in (errno.ENOENT, errno.ENODEV):
-                    log.warning("cannot reply to the kernel: %s", e)
-
-        return write
-
-    def write(self, parts: list[Any]) -> None:
-        """Send a notification (any descriptor of the connection will do)."""
-        self._writer(self.fd)(parts)
 
     def init(self) -> None:
         """Read and answer INIT; after this the mount is usable."""
@@ -72,7 +55,7 @@ class FuseSession:
             break
         major, minor, max_readahead, flags, flags2 = k.parse_init(req)
         flags |= flags2 << 32
-        write = self._writer(self.fd)
+        write = writer(self.fd)
         if major != k.KERNEL_MAJOR:
             # Tell the kernel our major; it will retry or give up.
             write(k.reply_parts(req.unique, 0, k.pack_init(k.OUR_MINOR, 0, 0, 0, 0, 0, 0, 0)))
@@ -82,11 +65,10 @@ class FuseSession:
         if self.minor < 39:
             wanted &= ~k.DIRECT_IO_ALLOW_MMAP
         self.flags = flags & wanted
-        self.ops.kernel_flags = self.flags
         out = k.pack_init(self.minor, max(max_readahead, MAX_WRITE), self.flags, 64, 48,
                           MAX_WRITE, 1, MAX_PAGES, self.flags >> 32)  # fmt: skip
         write(k.reply_parts(req.unique, 0, out))
-        self.ops.epochs = self._probe_epochs()
+        self.ops.kernel.started(self.fd, self.flags, self._probe_epochs())
         log.debug("INIT: kernel 7.%d flags %#x, negotiated 7.%d flags %#x", minor, flags,
                   self.minor, self.flags)  # fmt: skip
 
@@ -133,7 +115,7 @@ class FuseSession:
     def _loop(self, fd: int) -> None:
         buf = bytearray(MAX_WRITE + 64 * 1024)
         view = memoryview(buf)
-        write = self._writer(fd)
+        write = writer(fd)
         setxattr_ext = bool(self.flags & k.SETXATTR_EXT)
         try:
             while not self.stopped.is_set():
