@@ -22,6 +22,7 @@ from typing import Any
 from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message, ProtocolError
+from ..protocol.exchange import ClientExchange, DataFor, Notified, Replied, StillWorking
 from ..security import handshake as hs
 from ..security.config import ClientSecurity
 from ..security.tags import Sealer, TagError, Verifier
@@ -50,7 +51,7 @@ class Transaction:
     """
 
     __slots__ = ("xid", "cmd", "done", "into", "sink", "callback", "deadline", "nbytes",
-                 "reply", "frames", "error", "claimed", "check")  # fmt: skip
+                 "reply", "frames", "error", "check")  # fmt: skip
 
     def __init__(self, xid: int, cmd: Command, into: memoryview | None, sink: Sink | None,
                  callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
@@ -66,7 +67,6 @@ class Transaction:
         self.reply: Message | None = None
         self.frames: list[Message] = []
         self.error: BaseException | None = None
-        self.claimed = False  # the receive thread is filling ``into`` or running ``sink``
         self.check: Callable[[], None] | None = None  # of the tag of what ``into`` got
 
     def complete(self) -> None:
@@ -119,9 +119,8 @@ class Connection:
         self.reader = SocketReader(sock)
         self.writer = FrameWriter(sock)
         self._last_send = time.monotonic()
-        self._lock = threading.Lock()
-        self._pending: dict[int, Transaction] = {}
-        self._xids = itertools.count(1)
+        self._lock = threading.Lock()  # around the exchange
+        self._exchange = ClientExchange[Transaction](max_payload)
         self._on_notify = on_notify
         self._on_close = on_close
         # Run before sending any request but a WRITE (the client's held writes).
@@ -185,6 +184,7 @@ class Connection:
                 raise
             raise errors.unreachable_error(self.address, f"handshake failed: {e}") from None
         self.max_payload: int = welcome["max_payload"]
+        self._exchange.max_payload = self.max_payload
         self.idle = welcome["idle_ms"] / 1000
         self.caps = p.Cap(welcome["caps"])
         self.fsid: int = welcome["fsid"]
@@ -228,21 +228,14 @@ class Connection:
         if (cmd is not Command.WRITE and self.before_request is not None
                 and threading.current_thread() is not self._receiver):  # fmt: skip
             self.before_request()  # (never on the receiver: it must not wait)
-        xid = next(self._xids)
-        if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
-            parts: list[Any] = [p.HEADER.pack(p.MAGIC, cmd, 0, 0, 0, 0, xid, oid, offset, length)]
-        else:
-            try:
-                msg = p.request(cmd, xid, oid=oid, offset=offset, length=length, behind=behind,
-                                **fields)  # fmt: skip
-                parts = msg.encode()
-            except ProtocolError as e:
-                raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
-            size = p.packed_payload_len(parts[0])
-            if size > self.max_payload:  # the server would have to drop the connection
-                code = errno.ENAMETOOLONG if "path" in fields else errno.E2BIG
-                raise OSError(code, f"{cmd.name} of {size} bytes is more than the server "
-                              f"takes ({self.max_payload})")  # fmt: skip
+        xid = self._exchange.next_xid()
+        try:
+            parts = self._exchange.encode(cmd, xid, oid=oid, offset=offset, length=length,
+                                          behind=behind, **fields)  # fmt: skip
+        except ProtocolError as e:
+            raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
+        except ValueError as e:  # the server would have to drop the connection
+            raise OSError(errno.ENAMETOOLONG if "path" in fields else errno.E2BIG, str(e)) from None
         tx = Transaction(xid, cmd, into, sink, callback)
         # ``forever``: a request that may rightly wait (a blocking lock); it still fails
         # if the connection dies. Otherwise each PENDING for it moves the deadline.
@@ -250,7 +243,7 @@ class Connection:
         with self._lock:
             if self.closed:
                 raise errors.connection_error(self.address, self.close_reason)
-            self._pending[xid] = tx
+            self._exchange.sent(xid, cmd, tx, into is not None or sink is not None)
             if callback is not None and self._sweeper is None:
                 self._start_sweeper()
         try:
@@ -259,6 +252,10 @@ class Connection:
         except OSError as e:
             self._fail(f"send failed: {e}")
         return tx
+
+    def in_flight(self) -> int:
+        """How many requests await their replies."""
+        return len(self._exchange)
 
     def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
              forever: bool = False) -> Message:  # fmt: skip
@@ -270,7 +267,7 @@ class Connection:
             tx.done.acquire()
         elif not self._wait_deadline(tx):
             with self._lock:
-                mine = self._pending.pop(tx.xid, None) is tx and not tx.claimed
+                mine = self._exchange.abandon(tx.xid, tx)
             if mine:
                 raise errors.timeout_error(self.address, self.timeout, path)
             # The receive thread is writing into the caller's buffer: it must
@@ -316,13 +313,12 @@ class Connection:
     def answer(self, notification: Message) -> None:
         """Reply to a server-initiated message (e.g. once a REVOKE has been carried out)."""
         self._last_send = time.monotonic()
-        self.writer.send(p.reply(notification).encode())
+        self.writer.send(self._exchange.answer(notification))
 
     def cancel(self, tx: Transaction) -> None:
         """Give up on a transaction; returns once its buffer is no longer written to."""
         with self._lock:
-            if self._pending.get(tx.xid) is tx and not tx.claimed:
-                del self._pending[tx.xid]
+            if self._exchange.abandon(tx.xid, tx):
                 return
         try:
             self.wait(tx)
@@ -343,69 +339,56 @@ class Connection:
     # --- receiving ---------------------------------------------------------------
 
     def _receive_loop(self) -> None:
-        reader = self.reader
+        reader, exchange, lock = self.reader, self._exchange, self._lock
         current: Transaction | None = None  # being received when an error strikes
         try:
             while True:
                 header = reader.read_header(self.max_payload)
-                if header.flags & p.FLAG_NOTIFY:
+                with lock:
+                    event = exchange.receive(header)
+                if isinstance(event, DataFor):
+                    current = tx = event.pending
+                    if tx.sink is not None:
+                        tx.sink(header, reader)  # (it checks the tag before it hands data on)
+                    else:
+                        assert tx.into is not None
+                        if event.n > len(tx.into):
+                            raise ProtocolError("read reply longer than requested")
+                        # Checked by the caller (``result``) while this thread
+                        # receives the next reply.
+                        placed = tx.into[: event.n]
+                        reader.read_into(placed, check=False)
+                        tx.check = reader.end_frame_later(placed)
+                        del placed  # hold no view of the caller's buffer
+                    reader.end_frame()
+                    tx.nbytes = event.n
+                    tx.reply = _READ_DONE
+                    tx.into = None  # hold no reference to the caller's buffer
+                elif isinstance(event, Replied):
+                    current = tx = event.pending
+                    payload = bytes(reader.read_view(header.payload_len))
+                    reader.end_frame()
+                    msg = p.decode_payload(header, payload)
+                    if event.more:
+                        tx.frames.append(msg)
+                        current = None
+                        continue
+                    tx.reply = msg
+                elif isinstance(event, Notified):
                     payload = bytes(reader.read_view(header.payload_len))
                     reader.end_frame()
                     msg = p.decode_payload(header, payload)
                     if self._on_notify is not None:
                         self._on_notify(self, msg)  # must not block: we are the reader
                     continue
-                if not header.flags & p.FLAG_REPLY:
-                    raise ProtocolError(f"server sent a request ({header.cmd.name})")
-                if header.flags & p.FLAG_PENDING:  # still at work on it: wait on
+                else:  # PENDING (still at work on it: wait on), or nobody waits any more
                     reader.skip(header.payload_len)
                     reader.end_frame()
-                    waiting = self._pending.get(header.xid)
-                    if waiting is not None and waiting.deadline != float("inf"):
-                        waiting.deadline = time.monotonic() + self.timeout
+                    if isinstance(event, StillWorking):
+                        waiting = event.pending
+                        if waiting is not None and waiting.deadline != float("inf"):
+                            waiting.deadline = time.monotonic() + self.timeout
                     continue
-                more = bool(header.flags & p.FLAG_MORE)
-                with self._lock:
-                    tx = (
-                        self._pending.get(header.xid)
-                        if more
-                        else self._pending.pop(header.xid, None)
-                    )
-                    if tx is not None and not header.status and (tx.into is not None or tx.sink):
-                        tx.claimed = True
-                if tx is None:  # the caller gave up on it
-                    reader.skip(header.payload_len)
-                    reader.end_frame()
-                    continue
-                if tx.cmd != header.cmd:
-                    raise ProtocolError(f"reply {header.cmd.name} to a {tx.cmd.name} request")
-                current = tx
-                if tx.claimed:
-                    if tx.sink is not None:
-                        tx.sink(header, reader)
-                    else:
-                        assert tx.into is not None
-                        if header.payload_len > len(tx.into):
-                            raise ProtocolError("read reply longer than requested")
-                        # Checked by the caller (``result``) while this thread
-                        # receives the next reply.
-                        placed = tx.into[: header.payload_len]
-                        reader.read_into(placed, check=False)
-                        tx.check = reader.end_frame_later(placed)
-                        del placed  # hold no view of the caller's buffer
-                    reader.end_frame()  # (a sink checks it itself, before it hands data on)
-                    tx.nbytes = header.payload_len
-                    tx.reply = _READ_DONE
-                    tx.into = None  # hold no reference to the caller's buffer
-                else:
-                    payload = bytes(reader.read_view(header.payload_len))
-                    reader.end_frame()
-                    msg = p.decode_payload(header, payload)
-                    if more:
-                        tx.frames.append(msg)
-                        current = None
-                        continue
-                    tx.reply = msg
                 current = None
                 tx.complete()
                 del tx
@@ -439,7 +422,7 @@ class Connection:
                 self.closed = True
                 self.close_reason = why
                 log.info("connection to %s lost: %s", self.address, why)
-            pending, self._pending = list(self._pending.values()), {}
+            pending = self._exchange.take_all()
         self._closing.set()
         shutdown(self.sock)
         for tx in pending:
@@ -473,11 +456,11 @@ class Connection:
             with self._lock:
                 expired = [
                     tx
-                    for tx in self._pending.values()
-                    if tx.callback is not None and tx.deadline < now and not tx.claimed
+                    for tx in self._exchange.in_flight()
+                    if tx.callback is not None
+                    and tx.deadline < now
+                    and self._exchange.abandon(tx.xid, tx)
                 ]
-                for tx in expired:
-                    del self._pending[tx.xid]
             for tx in expired:
                 tx.error = errors.timeout_error(self.address, self.timeout)
                 tx.complete()

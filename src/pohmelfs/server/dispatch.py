@@ -14,6 +14,7 @@ import threading
 
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
+from ..protocol.exchange import Answered, Request, error_frame
 from ..wire import FrameWriter, SocketReader
 from .admission import Admitted
 from .cachepolicy import CachePolicy
@@ -67,17 +68,14 @@ class Dispatch:
             self.reader.end_frame()
             self._send_raw_error(cmd, xid, errno.EPROTO, str(e))
             return
-        if header.flags == p.FLAG_REPLY and header.cmd in p.NOTIFICATIONS:
-            self.reader.skip(header.payload_len)  # a client answering our notification
-            self.reader.end_frame()
-            self.notifier.answered(header.xid)
-            return
-        if header.flags & ~p.FLAG_BEHIND:  # otherwise clients send only requests
+        event = self.notifier.receive(header)
+        if not isinstance(event, Request):
             self.reader.skip(header.payload_len)
             self.reader.end_frame()
-            log.warning(
-                "%s: ignoring %s frame with flags %#x", self.peer, header.cmd.name, header.flags
-            )
+            if isinstance(event, Answered):  # a client answering our notification
+                self.notifier.answered(event)
+            else:
+                log.warning("%s: %s", self.peer, event.why)
             return
         payload = self._read_payload(header)
         self.reader.end_frame()  # nothing of a frame is used before its tag is checked
@@ -158,9 +156,7 @@ class Dispatch:
         self.writer.send(msg.encode())
 
     def _send_raw_error(self, cmd: int, xid: int, code: int, text: str) -> None:
-        data = text.encode()
-        hdr = p.HEADER.pack(p.MAGIC, cmd, p.FLAG_REPLY, 0, code, len(data), xid, 0, 0, 0)
-        self.writer.send([hdr, data])
+        self.writer.send(error_frame(cmd, xid, code, text))
 
     def close_work(self) -> None:
         """The connection ends: no more work (what is queued runs, skips its work,

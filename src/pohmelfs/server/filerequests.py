@@ -15,7 +15,8 @@ import threading
 from typing import Any
 
 from .. import protocol as p
-from ..protocol import HEADER_SIZE, TAG_SIZE, Header, Message
+from ..protocol import HEADER_SIZE, TAG_SIZE, Message
+from ..protocol.exchange import data_reply_header
 from . import cachelocks
 from .context import Context
 from .handles import Handle
@@ -292,5 +293,5 @@ class FileRequests:
             frame = self._frames.frame = memoryview(bytearray(size))
         with self.ranges.hold(h.key, m.offset, m.offset + m.length, False):
             got = h.file.read_into(frame[HEADER_SIZE : HEADER_SIZE + m.length], m.offset)
-        frame[:HEADER_SIZE] = Header(m.cmd, p.FLAG_REPLY, 0, got, m.xid, 0, m.offset, 0).pack()
+        frame[:HEADER_SIZE] = data_reply_header(m.cmd, m.xid, got, m.offset)
         self.ctx.writer.send_frame(frame, HEADER_SIZE + got)

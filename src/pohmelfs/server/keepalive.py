@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import protocol as p
+from ..protocol.exchange import pending_frame
 from ..wire import FrameWriter, send_parts, shutdown
 
 log = logging.getLogger("pohmelfs.server")
@@ -86,8 +86,7 @@ def _send_pending(w: _Waiting) -> None:
     that went only in part is finished by a thread of its own, which keeps the
     connection's send lock until then (a frame must never be cut), so this thread
     goes on with everyone else."""
-    frame = p.HEADER.pack(p.MAGIC, w.cmd, p.FLAG_REPLY | p.FLAG_PENDING, 0, 0, 0, w.xid,
-                          0, 0, 0)  # fmt: skip
+    frame = pending_frame(w.cmd, w.xid)
     try:
         rest = w.writer.try_send([frame])
     except OSError as e:

@@ -11,27 +11,26 @@ from __future__ import annotations
 
 import collections
 import errno
-import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from .. import protocol as p
-from ..protocol import Command, Message
+from ..protocol import Command, Header, Message
+from ..protocol.exchange import Answered, Ignored, Request, ServerExchange
 from .cachelocks import END, Holder
 
 MAX_UNANSWERED = 4096  # notifications a session may leave unanswered at once
 
 
 class Notifier:
-    """One session's notifications. ``send`` puts a frame on its connection;
-    ``key_of`` names the file of one of its handles or leases (None once gone)."""
+    """One session's notifications, by the connection's exchange (ids, and what
+    runs on each answer). ``send`` puts a frame on the connection; ``key_of``
+    names the file of one of its handles or leases (None once gone)."""
 
     def __init__(self, send: Callable[[Message], None], key_of: Callable[[int], object]) -> None:
+        self._exchange = ServerExchange[Callable[[], None]]()
         self._send = send
         self._key_of = key_of
-        self._xids = itertools.count(1)
-        self._waiting: dict[int, Callable[[], None]] = {}  # xid -> run on the answer
         self._revoked = collections.Counter[object]()  # files whose locks it is asked back
         self._lock = threading.Lock()
         self.closed = False
@@ -42,9 +41,8 @@ class Notifier:
         connection ends). ``key``: a revocation of this session's lock on that
         file (see ``revoking``). A client that leaves MAX_UNANSWERED unanswered
         gets no more: ENOBUFS, and whoever would have waited for it goes on."""
-        if len(self._waiting) >= MAX_UNANSWERED:
+        if len(self._exchange) >= MAX_UNANSWERED:
             raise OSError(errno.ENOBUFS, "too many notifications unanswered")
-        msg = Message(cmd, next(self._xids), p.FLAG_NOTIFY, 0, oid, offset, length, fields)
         if key is not None:
             with self._lock:
                 self._revoked[key] += 1
@@ -56,13 +54,16 @@ class Notifier:
                         del self._revoked[key]
                 answered()
 
-            self._waiting[msg.xid] = answered_revocation
+            then = answered_revocation
         else:
-            self._waiting[msg.xid] = answered
+            then = answered
+        with self._lock:
+            msg = self._exchange.notification(cmd, oid, offset, length, fields, then)
         try:
             self._send(msg)
         except OSError:
-            self._waiting.pop(msg.xid, None)
+            with self._lock:
+                self._exchange.unsent(msg.xid)
             raise
 
     def revoke(self, holder: Holder, keep: int, done: Callable[[], None]) -> None:
@@ -72,11 +73,17 @@ class Notifier:
         self.notify(Command.REVOKE, oid, holder.start, length, {"keep": keep}, done,
                     self._key_of(oid))  # fmt: skip
 
-    def answered(self, xid: int) -> None:
-        """The client replied to notification ``xid`` (unknown ids are ignored)."""
-        then = self._waiting.pop(xid, None)
-        if then is not None:
-            then()
+    def receive(self, header: Header) -> Request | Answered[Callable[[], None]] | Ignored:
+        """What a frame from the client is (``exchange.ServerExchange.receive``)."""
+        with self._lock:
+            return self._exchange.receive(header)
+
+    @staticmethod
+    def answered(event: Answered[Callable[[], None]]) -> None:
+        """The client answered a notification: what waited for it goes on (an answer
+        to none of ours is ignored)."""
+        if event.notification is not None:
+            event.notification()
 
     def revoking(self, key: object) -> bool:
         """Is the client being asked to give up a lock on file ``key``?"""
@@ -85,9 +92,10 @@ class Notifier:
     def close(self) -> None:
         """Nobody will answer what we asked: whoever waits for that goes on now."""
         self.closed = True
-        for then in list(self._waiting.values()):
+        with self._lock:
+            waiting = self._exchange.take_all()
+        for then in waiting:
             then()
-        self._waiting.clear()
 
 
 class Notifiers:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .. import protocol as p
 from ..protocol import Command, ProtocolError
+from ..protocol.exchange import error_frame
 from ..security.config import ServerSecurity
 from ..security.tls import peer_name
 from ..wire import FrameWriter, PeerClosed, SocketReader
@@ -88,10 +89,8 @@ class Session:
         tls = self._terms.security.tls
         assert tls is not None
         if self.sock.recv(2, socket.MSG_PEEK) == p.MAGIC.to_bytes(2, "big"):
-            text = b"this server requires TLS: give the client tls_cert, tls_key and tls_ca"
-            hdr = p.HEADER.pack(p.MAGIC, Command.HELLO, p.FLAG_REPLY, 0, errno.EACCES,
-                                len(text), 0, 0, 0, 0)  # fmt: skip
-            self.writer.send([hdr, text])
+            text = "this server requires TLS: give the client tls_cert, tls_key and tls_ca"
+            self.writer.send(error_frame(Command.HELLO, 0, errno.EACCES, text))
             raise admission.Refused("a plain client on a TLS server")
         # Wrapped first and shaken after, so that the handshake reaper can cut off
         # a handshake that dawdles (it shuts down ``self.sock``).
