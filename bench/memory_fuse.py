@@ -21,6 +21,7 @@ import time
 
 from pohmelfs.fuse import device
 from pohmelfs.fuse import kernel as k
+from pohmelfs.fuse.channel import KernelChannel
 from pohmelfs.fuse.reply import Replier
 from pohmelfs.fuse.session import FuseSession
 
@@ -37,9 +38,7 @@ class MemoryOperations:
 
     def __init__(self) -> None:
         self.opts = MemoryOptions()
-        self.kernel_flags = 0
-        self.epochs = False
-        self.notify = None
+        self.kernel = KernelChannel()  # filled in by the session at INIT
         self._lock = threading.Lock()
         self._attrs = {k.ROOT_ID: self._attr(k.ROOT_ID, stat.S_IFDIR | 0o755)}
         self._children: dict[int, dict[bytes, int]] = {k.ROOT_ID: {}}
