@@ -183,8 +183,7 @@ class Connection:
             if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPROTONOSUPPORT):
                 raise
             raise errors.unreachable_error(self.address, f"handshake failed: {e}") from None
-        self.max_payload: int = welcome["max_payload"]
-        self._exchange.max_payload = self.max_payload
+        self._exchange.max_payload = welcome["max_payload"]
         self.idle = welcome["idle_ms"] / 1000
         self.caps = p.Cap(welcome["caps"])
         self.fsid: int = welcome["fsid"]
@@ -252,6 +251,11 @@ class Connection:
         except OSError as e:
             self._fail(f"send failed: {e}")
         return tx
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload the server takes (its HELLO answer said)."""
+        return self._exchange.max_payload
 
     def in_flight(self) -> int:
         """How many requests await their replies."""

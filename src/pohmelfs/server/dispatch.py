@@ -72,8 +72,9 @@ class Dispatch:
         if not isinstance(event, Request):
             self.reader.skip(header.payload_len)
             self.reader.end_frame()
-            if isinstance(event, Answered):  # a client answering our notification
-                self.notifier.answered(event)
+            if isinstance(event, Answered):  # what waited for the answer goes on
+                if event.notification is not None:  # (None: an answer to none of ours)
+                    event.notification()
             else:
                 log.warning("%s: %s", self.peer, event.why)
             return

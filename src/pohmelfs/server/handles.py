@@ -77,9 +77,6 @@ class HandleTable:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def __contains__(self, oid: int) -> bool:
-        return oid in self._handles or oid in self._leases
-
     def lease_room(self) -> bool:
         return len(self._leases) < MAX_LEASES
 

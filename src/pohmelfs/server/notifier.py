@@ -78,13 +78,6 @@ class Notifier:
         with self._lock:
             return self._exchange.receive(header)
 
-    @staticmethod
-    def answered(event: Answered[Callable[[], None]]) -> None:
-        """The client answered a notification: what waited for it goes on (an answer
-        to none of ours is ignored)."""
-        if event.notification is not None:
-            event.notification()
-
     def revoking(self, key: object) -> bool:
         """Is the client being asked to give up a lock on file ``key``?"""
         return bool(self._revoked) and key in self._revoked

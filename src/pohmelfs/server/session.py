@@ -47,7 +47,6 @@ class Session:
         self.reader = SocketReader(sock)
         self.writer = FrameWriter(sock)
         self.dispatch: Dispatch | None = None
-        self.closed = False
 
     def run(self) -> None:
         try:
@@ -106,7 +105,6 @@ class Session:
         return peer_name(sock)
 
     def close(self) -> None:
-        self.closed = True
         dispatch = self.dispatch
         if dispatch is not None:
             dispatch.close_work()
