@@ -406,15 +406,18 @@ def test_open_read_only_with_o_trunc_revokes_other_caches(
     fa.close()
 
 
-def test_a_holder_that_never_answers_costs_the_others_one_lease_once(
-    server: Server, export_dir: Path
-) -> None:
+def test_a_holder_that_never_answers_costs_the_others_one_lease_once(export_dir: Path) -> None:
     """A client holds the exclusive lock, never answers a revocation, and takes the
-    lock again every 0.5 s. Another client with the default 5 s time-out (the lease
-    is 5 s too) opens and writes six times: the first waits one lease, without a
-    time-out (the server says it is still at work), the others do not wait for the
-    holder at all (it is lapsed until it answers)."""
+    lock again every 0.5 s. Another client whose time-out is as long as the lease
+    (2 s each here; 5 s by default) opens and writes six times: the first waits one
+    lease, without a time-out (the server says it is still at work), the others do
+    not wait for the holder at all (it is lapsed until it answers)."""
     (export_dir / "f").write_bytes(b"-" * 16)
+    with stopping(start_server(export_dir, lease=2.0)) as server:
+        _one_lease_once(server, export_dir)
+
+
+def _one_lease_once(server: Server, export_dir: Path) -> None:
     hostile = make_client([address_of(server)], timeout=30)
     stop = threading.Event()
     try:
@@ -431,7 +434,7 @@ def test_a_holder_that_never_answers_costs_the_others_one_lease_once(
 
         threading.Thread(target=retake, daemon=True).start()
         took = []
-        with make_client([address_of(server)]) as writer:  # timeout 5, like the lease
+        with make_client([address_of(server)], timeout=server.cache.lease) as writer:
             for i in range(6):
                 started = time.monotonic()
                 with writer.open("/f", "r+b", buffering=0) as f:

@@ -1,22 +1,17 @@
 """The FUSE operations against a live in-process server, without a kernel.
 
-A :class:`FakeKernel` builds :class:`kernel.Request` objects the way the
-session's reader thread would after parsing them, dispatches them to
-:class:`Operations` with a :class:`Replier` whose writes are recorded, and
-decodes the reply header and payload (READ replies arrive from the client's
-receive thread, so every reply is awaited with a timeout). Results are checked
-on disk in the export directory, errors by the errno the kernel would be sent.
-The NodeTable (node ids, lookup counts, renames) is tested on its own at the end.
+The fake kernel (``fakekernel.py``) dispatches requests to :class:`Operations`
+and decodes its replies. Results are checked on disk in the export directory,
+errors by the errno the kernel would be sent. The NodeTable (node ids, lookup
+counts, renames) is tested on its own at the end; coherent mounts, on the same
+fake kernel, in ``test_fuse_coherent.py``.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import os
-import queue
 import stat
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import address_of, make_client, start_server
+from fakekernel import FakeKernel, Reply, attr_out, dirents, entry, make, open_out
 from pohmelfs import Client
 from pohmelfs import errors as perrors
 from pohmelfs.fuse import kernel as k
@@ -44,181 +40,6 @@ FALLOC_FL_KEEP_SIZE = 1
 DT_DIR, DT_REG, DT_LNK = 4, 8, 10
 USER = (1000, 1000)  # an unprivileged uid/gid
 NO_PID = 0  # no /proc/0/status: no supplementary groups
-
-ATTR_NAMES = (
-    "ino size blocks atime mtime ctime atimensec mtimensec ctimensec mode nlink uid gid rdev "
-    "blksize flags"
-).split()
-
-
-# --- the fake kernel ---------------------------------------------------------------------------
-
-
-def make(args_type: tuple[struct.Struct, type], **fields: int) -> Any:
-    """An argument tuple (e.g. ``make(k.ReadIn, fh=1, size=10)``); other fields are 0."""
-    _st, cls = args_type
-    unknown = set(fields) - set(cls._fields)
-    assert not unknown, unknown
-    return cls(**{f: fields.get(f, 0) for f in cls._fields})
-
-
-def opname(opcode: int) -> str:
-    try:
-        return Op(opcode).name
-    except ValueError:
-        return f"opcode {opcode}"
-
-
-class Reply(SimpleNamespace):
-    error: int  # positive errno, 0 for success
-    payload: bytes
-
-
-class FakeKernel:
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
-        self._unique = itertools.count(2, 2)
-
-    def send(
-        self,
-        opcode: int,
-        nodeid: int = ROOT_ID,
-        args: Any = None,
-        names: tuple[bytes, ...] = (),
-        data: bytes = b"",
-        uid: int = 0,
-        gid: int = 0,
-        pid: int | None = None,
-    ) -> tuple[int, queue.Queue[bytes]]:
-        unique = next(self._unique)
-        replies: queue.Queue[bytes] = queue.Queue()
-
-        def write(parts: list[Any]) -> None:  # copies, as writev to /dev/fuse would
-            replies.put(b"".join(bytes(p) for p in parts))
-
-        size = k.IN_HEADER.size + sum(len(n) + 1 for n in names) + len(data)  # unused here
-        header = k.InHeader(
-            size, opcode, unique, nodeid, uid, gid, os.getpid() if pid is None else pid, 0, 0
-        )
-        req = k.Request(header, args, names, memoryview(data))
-        self.ops.dispatch(req, Replier(unique, write))
-        return unique, replies
-
-    def call(self, opcode: int, nodeid: int = ROOT_ID, args: Any = None, **kw: Any) -> Reply:
-        unique, replies = self.send(opcode, nodeid, args, **kw)
-        try:
-            buf = replies.get(timeout=10)
-        except queue.Empty:
-            raise AssertionError(f"no reply to {opname(opcode)}") from None
-        length, error, got_unique = k.OUT_HEADER.unpack_from(buf)
-        assert length == len(buf), "length field != bytes written"
-        assert got_unique == unique
-        assert error <= 0
-        time.sleep(0)  # let a (wrong) second reply arrive before checking for it
-        assert replies.empty(), f"{opname(opcode)} answered twice"
-        return Reply(error=-error, payload=buf[k.OUT_HEADER.size :])
-
-    def ok(self, opcode: int, nodeid: int = ROOT_ID, args: Any = None, **kw: Any) -> bytes:
-        r = self.call(opcode, nodeid, args, **kw)
-        assert r.error == 0, f"{opname(opcode)} failed: {errno.errorcode.get(r.error, r.error)}"
-        return r.payload
-
-    def fails(self, opcode: int, nodeid: int = ROOT_ID, args: Any = None, **kw: Any) -> str:
-        """The errno's name (``"ENOENT"``), so that a failing assert reads well."""
-        r = self.call(opcode, nodeid, args, **kw)
-        assert r.error != 0, f"{opname(opcode)} succeeded"
-        return errno.errorcode.get(r.error, str(r.error))
-
-    def no_reply(self, opcode: int, nodeid: int = ROOT_ID, args: Any = None, **kw: Any) -> None:
-        _unique, replies = self.send(opcode, nodeid, args, **kw)
-        time.sleep(0.005)  # handlers other than READ answer inline: already there if at all
-        assert replies.empty(), f"{opname(opcode)} must not be answered"
-
-    # --- common requests ---------------------------------------------------------
-
-    def lookup(self, name: bytes, parent: int = ROOT_ID, **kw: Any) -> SimpleNamespace:
-        return entry(self.ok(Op.LOOKUP, parent, names=(name,), **kw))
-
-    def getattr(self, nodeid: int, fh: int | None = None) -> SimpleNamespace:
-        args = make(k.GetattrIn, getattr_flags=k.GETATTR_FH if fh is not None else 0, fh=fh or 0)
-        return attr_out(self.ok(Op.GETATTR, nodeid, args))
-
-    def open(self, nodeid: int, flags: int = os.O_RDWR, **kw: Any) -> int:
-        return open_out(self.ok(Op.OPEN, nodeid, make(k.OpenIn, flags=flags), **kw))
-
-    def read(self, fh: int, offset: int, size: int) -> bytes:
-        return self.ok(Op.READ, ROOT_ID, make(k.ReadIn, fh=fh, offset=offset, size=size))
-
-    def write(self, fh: int, offset: int, data: bytes, write_flags: int = 0) -> int:
-        args = make(k.WriteIn, fh=fh, offset=offset, size=len(data), write_flags=write_flags)
-        (size, _pad) = k.WRITE_OUT.unpack(self.ok(Op.WRITE, ROOT_ID, args, data=data))
-        # Writes are answered before the server applies them (write-behind); the
-        # kernel's FLUSH (close) waits for them, so do that before looking at disk.
-        assert self.ok(Op.FLUSH, ROOT_ID, make(k.FlushIn, fh=fh)) == b""
-        return int(size)
-
-    def release(self, fh: int, opcode: int = Op.RELEASE) -> None:
-        assert self.ok(opcode, ROOT_ID, make(k.ReleaseIn, fh=fh)) == b""
-
-    def forget(self, nodeid: int, nlookup: int) -> None:
-        self.no_reply(Op.FORGET, nodeid, make(k.ForgetIn, nlookup=nlookup))
-
-
-# --- reply decoders ---------------------------------------------------------------------------
-
-
-def _attr(buf: bytes, at: int) -> SimpleNamespace:
-    a = SimpleNamespace(**dict(zip(ATTR_NAMES, k.ATTR.unpack_from(buf, at), strict=True)))
-    a.mtime_ns = _signed(a.mtime) * 1_000_000_000 + a.mtimensec
-    a.atime_ns = _signed(a.atime) * 1_000_000_000 + a.atimensec
-    return a
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def entry(payload: bytes) -> SimpleNamespace:
-    assert len(payload) == k.ENTRY_OUT_HEAD.size + k.ATTR.size
-    nodeid, gen, ev, av, evn, avn = k.ENTRY_OUT_HEAD.unpack_from(payload)
-    return SimpleNamespace(
-        nodeid=nodeid,
-        generation=gen,
-        entry_valid=ev + evn / 1e9,
-        attr_valid=av + avn / 1e9,
-        attr=_attr(payload, k.ENTRY_OUT_HEAD.size),
-    )
-
-
-def attr_out(payload: bytes) -> SimpleNamespace:
-    assert len(payload) == k.ATTR_OUT_HEAD.size + k.ATTR.size
-    valid, nsec, _dummy = k.ATTR_OUT_HEAD.unpack_from(payload)
-    a = _attr(payload, k.ATTR_OUT_HEAD.size)
-    a.valid = valid + nsec / 1e9
-    return a
-
-
-def open_out(payload: bytes) -> int:
-    assert len(payload) == k.OPEN_OUT.size
-    fh, _flags, _pad = k.OPEN_OUT.unpack(payload)
-    assert fh != 0
-    return int(fh)
-
-
-def dirents(payload: bytes, plus: bool) -> list[SimpleNamespace]:
-    out, pos = [], 0
-    while pos < len(payload):
-        e = None
-        if plus:
-            e = entry(payload[pos : pos + k.ENTRY_OUT_HEAD.size + k.ATTR.size])
-            pos += k.ENTRY_OUT_HEAD.size + k.ATTR.size
-        ino, off, namelen, type_ = k.DIRENT_HEAD.unpack_from(payload, pos)
-        start = pos + k.DIRENT_HEAD.size
-        name = payload[start : start + namelen]
-        out.append(SimpleNamespace(name=name, ino=ino, off=off, type=type_, entry=e))
-        pos = (start + namelen + 7) & ~7
-    assert pos == len(payload)
-    return out
 
 
 def same_attr(a: SimpleNamespace, path: Path) -> None:

@@ -101,7 +101,7 @@ def test_a_reply_tampered_with_in_flight_is_never_taken(
     (export_dir / "f").write_bytes(data)
     proxy = TamperProxy(server.address, "s2c", 3, how)  # 0, 1: handshake; 2: OPEN's reply
     try:
-        c = make_client([proxy.address], timeout=3)
+        c = make_client([proxy.address], timeout=1.5)
         try:
             first = c.connection()
             results: list[object] = []
@@ -137,7 +137,7 @@ def test_a_request_tampered_with_in_flight_is_never_applied(
     (export_dir / "f").write_bytes(b"." * 100)
     proxy = TamperProxy(server.address, "c2s", 3, how)  # 2: OPEN; 3: the first WRITE
     try:
-        c = make_client([proxy.address], timeout=3)
+        c = make_client([proxy.address], timeout=1.5)
         try:
             first = c.connection()
             f = c.open("/f", "r+b", buffering=0)
@@ -477,17 +477,17 @@ def test_a_handshake_trickled_byte_by_byte_is_cut_off(export_dir: Path) -> None:
         Command.HELLO, 0, version=p.VERSION, max_payload=1 << 20, keepalive_ms=1000, notices=0,
         client=b"x", key=b"default", nonce=bytes(32)).encode())  # fmt: skip
     with (
-        stopping(start_server(export_dir, limits=Limits(handshake_timeout=1.0))) as srv,
+        stopping(start_server(export_dir, limits=Limits(handshake_timeout=0.5))) as srv,
         closing_all([socket.create_connection(srv.address) for _ in range(10)]) as socks,
     ):
         cut = 0
-        for pos in range(8):  # a byte every 0.4 s: well within any per-receive time-out
+        for pos in range(8):  # a byte every 0.2 s: well within any per-receive time-out
             for s in socks:
                 try:
                     s.send(hello[pos : pos + 1])
                 except OSError:
                     cut += 1
-            time.sleep(0.4)
+            time.sleep(0.2)
         assert not srv.sessions and cut >= 10, (len(srv.sessions), cut)
         assert_server_healthy(srv)
 

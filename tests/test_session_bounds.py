@@ -31,7 +31,7 @@ F_RDLCK, F_WRLCK, F_UNLCK = 0, 1, 2
 
 @pytest.fixture
 def lease_server(export_dir: Path) -> Iterator[Server]:
-    with stopping(start_server(export_dir, lease=2.0)) as srv:
+    with stopping(start_server(export_dir, lease=1.0)) as srv:
         yield srv
 
 
@@ -142,14 +142,14 @@ def test_a_client_that_reads_nothing_does_not_silence_keepalives_to_others(
             hostile.send(p.request(Command.LOCK, xid, oid=opened.oid, offset=0, length=1,
                                    owner=2, type=F_WRLCK, flags=p.LOCK_WAIT, pid=2))  # fmt: skip
 
-        b = Connection(address_of(srv), security=CLIENT_KEY, timeout=1.5, connect_timeout=5)
+        b = Connection(address_of(srv), security=CLIENT_KEY, timeout=1.0, connect_timeout=5)
         bo = open_raw(b, b"f")
-        threading.Timer(4.0, lambda: a.call(Command.LOCK, oid=ao, offset=0, length=0, owner=1,
+        threading.Timer(2.5, lambda: a.call(Command.LOCK, oid=ao, offset=0, length=0, owner=1,
                                             type=F_UNLCK, flags=0, pid=1)).start()  # fmt: skip
         started = time.monotonic()
         b.call(Command.LOCK, oid=bo, offset=100, length=100, owner=3, type=F_RDLCK,
                flags=p.LOCK_WAIT, pid=3)  # fmt: skip
-        assert 3.5 < time.monotonic() - started < 10
+        assert 2.2 < time.monotonic() - started < 10
     finally:
         if b is not None:
             b.close()

@@ -36,10 +36,11 @@ class KernelChannel:
         self.epochs = False  # the kernel takes INC_EPOCH (names may be cached)
         self._write: Callable[[list[Any]], None] | None = None
 
-    def started(self, fd: int, flags: int, epochs: bool) -> None:
-        """INIT is answered on ``fd``: notifications may go from now on."""
+    def started(self, write: Callable[[list[Any]], None], flags: int, epochs: bool) -> None:
+        """INIT is answered: notifications may go from now on, through ``write`` (to
+        /dev/fuse: ``writer(fd)``; a recorder in tests)."""
         self.flags, self.epochs = flags, epochs
-        self._write = writer(fd)
+        self._write = write
 
     def notify(self, parts: list[Any]) -> None:
         if self._write is not None:

@@ -68,7 +68,7 @@ class FuseSession:
         out = k.pack_init(self.minor, max(max_readahead, MAX_WRITE), self.flags, 64, 48,
                           MAX_WRITE, 1, MAX_PAGES, self.flags >> 32)  # fmt: skip
         write(k.reply_parts(req.unique, 0, out))
-        self.ops.kernel.started(self.fd, self.flags, self._probe_epochs())
+        self.ops.kernel.started(write, self.flags, self._probe_epochs())
         log.debug("INIT: kernel 7.%d flags %#x, negotiated 7.%d flags %#x", minor, flags,
                   self.minor, self.flags)  # fmt: skip
 
