@@ -19,7 +19,6 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 
 from .. import protocol as p
-from ..protocol import Command
 from . import kernel as k
 from .channel import KernelChannel
 from .coherent import CacheState
@@ -129,7 +128,7 @@ class AttrPolicy:
                 attr, lease = leases.lookup(self._remote.cred(req), node.path())
                 leases.bind(lease, node.nodeid, node.ino, False)  # (not if another file now)
             elif by_name:
-                attr = self._remote.call(Command.LOOKUP, req, node.path())["attr"]
+                attr = self._remote.caller(req).lookup(node.path())
             else:
                 attr = self._remote.object_attr(req, node, fh)
         except FileNotFoundError:

@@ -14,7 +14,6 @@ from contextlib import nullcontext
 from .. import protocol as p
 from ..client.file import RemoteFile
 from ..client.held import HOLD_BELOW
-from ..protocol import Command
 from . import kernel as k
 from .attrs import kernel_attr, stale
 from .namespace import Namespace
@@ -195,7 +194,7 @@ class FileOps:
         mode = self.remote.object_attr(req, node, fh).mode
         kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
         if mode & kill:
-            self.remote.object_call(req, node, fh)(Command.CHMOD, mode=stat.S_IMODE(mode) & ~kill)
+            self.remote.object(req, node, fh).chmod(stat.S_IMODE(mode) & ~kill)
 
     def flush(self, req: k.Request, reply: Replier) -> None:
         # close(2): every write must have reached the server (close-to-open), and

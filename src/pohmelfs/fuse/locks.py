@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable
 
 from .. import protocol as p
+from ..client.calls import LockRange, lock_holder, start_lock, wait_lock
 from ..client.connection import Transaction
 from ..client.file import RemoteFile
-from ..protocol import Command, LockType
+from ..protocol import LockType
 from . import kernel as k
 from .reply import Replier, tx_errno
 
@@ -40,27 +41,21 @@ class FuseLocks:
         self._waiting: dict[int, tuple[Replier, RemoteFile, k.Request, bool]] = {}
 
     @staticmethod
-    def _range(a: object) -> tuple[int, int]:
+    def _range(a: object) -> LockRange:
+        """The kernel's lock arguments (an inclusive end) as the server's range."""
         start, end = a.start, a.end  # type: ignore[attr-defined]
-        return start, 0 if end >= OFFSET_MAX else end - start + 1
-
-    def _send(self, f: RemoteFile, a: object, type_: int, flags: int, cmd: Command,
-              **kw: object) -> Transaction:  # fmt: skip
-        conn, oid = f.handle()
-        start, length = self._range(a)
-        return conn.start(cmd, oid=oid, offset=start, length=length, owner=a.owner,  # type: ignore[attr-defined]
-                          type=type_, flags=flags, pid=a.pid, **kw)  # type: ignore[attr-defined]  # fmt: skip
+        length = 0 if end >= OFFSET_MAX else end - start + 1
+        return LockRange(start, length, a.owner, a.pid)  # type: ignore[attr-defined]
 
     def getlk(self, req: k.Request, f: RemoteFile, reply: Replier) -> None:
         a = req.args
         flags = p.LOCK_FLOCK if a.lk_flags & k.LK_FLOCK else 0
-        conn = f.handle()[0]
-        r = conn.wait(self._send(f, a, a.type, flags, Command.GETLK), f.name)
-        if r["type"] == UNLCK:
+        held = lock_holder(f, self._range(a), a.type, flags)
+        if held is None:
             reply.ok(k.pack_lk(0, 0, UNLCK, 0))
             return
-        end = OFFSET_MAX if r.length == 0 else r.offset + r.length - 1
-        reply.ok(k.pack_lk(r.offset, end, r["type"], r["pid"]))
+        end = OFFSET_MAX if held.length == 0 else held.offset + held.length - 1
+        reply.ok(k.pack_lk(held.offset, end, held.type, held.pid))
 
     def setlk(self, req: k.Request, f: RemoteFile, reply: Replier, wait: bool) -> None:
         a = req.args
@@ -70,8 +65,7 @@ class FuseLocks:
             with self._lock:
                 self._posix_owners.setdefault(req.nodeid, set()).add(a.owner)
         if not flags & p.LOCK_WAIT:
-            conn = f.handle()[0]
-            conn.wait(self._send(f, a, a.type, flags, Command.LOCK), f.name)
+            wait_lock(f, self._range(a), a.type, flags)
             if a.type != UNLCK:
                 self.invalidate(req.nodeid)
             reply.ok()
@@ -85,7 +79,7 @@ class FuseLocks:
             failed = tx.error is not None or tx.reply is None or tx.reply.status
             if interrupted:
                 if not failed:  # the process gave up waiting: give the lock back
-                    self._send(f, a, UNLCK, flags & p.LOCK_FLOCK, Command.LOCK, callback=_ignore,
+                    start_lock(f, self._range(a), UNLCK, flags & p.LOCK_FLOCK, callback=_ignore,
                                behind=True)  # fmt: skip
                 return
             if failed:
@@ -95,7 +89,7 @@ class FuseLocks:
                 reply.ok()
 
         try:
-            self._send(f, a, a.type, flags, Command.LOCK, callback=granted, forever=True)
+            start_lock(f, self._range(a), a.type, flags, callback=granted, forever=True)
         except BaseException:
             with self._lock:  # never sent: nobody will answer it
                 self._waiting.pop(req.unique, None)
@@ -121,12 +115,9 @@ class FuseLocks:
             owners.discard(lock_owner)
             if not owners:
                 del self._posix_owners[nodeid]
-        conn, oid = f.handle()
-        conn.call(Command.LOCK, f.name, oid=oid, offset=0, length=0, owner=lock_owner,
-                  type=UNLCK, flags=0, pid=0)  # fmt: skip
+        wait_lock(f, LockRange(0, 0, lock_owner, 0), UNLCK, 0)
 
     def release(self, f: RemoteFile, lock_owner: int) -> None:
         """The open file went away holding flock locks."""
-        conn, oid = f.handle()
-        conn.start(Command.LOCK, callback=_ignore, behind=True, oid=oid, offset=0, length=0,
-                   owner=lock_owner, type=UNLCK, flags=p.LOCK_FLOCK, pid=0)  # fmt: skip
+        start_lock(f, LockRange(0, 0, lock_owner, 0), UNLCK, p.LOCK_FLOCK, callback=_ignore,
+                   behind=True)  # fmt: skip

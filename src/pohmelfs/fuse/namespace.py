@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import protocol as p
-from ..protocol import Command
+from ..client.calls import Made
 from . import kernel as k
 from .nodes import Node
 from .parts import MountParts
@@ -72,22 +72,21 @@ class Namespace:
         path = self.nodes.child_path(parent, name)
         with self.changing((parent, name, True)):
             a = req.args
-            made = self.remote.call(Command.MKNOD, req, path, mode=a.mode, rdev=a.rdev)
+            made = self.remote.caller(req).mknod(path, a.mode, a.rdev)
         self._made(reply, parent, name, made)
 
     def mkdir(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.remote.node(req.nodeid), req.names[0]
         path = self.nodes.child_path(parent, name)
         with self.changing((parent, name, True)):
-            made = self.remote.call(Command.MKDIR, req, path, mode=req.args.mode & 0o7777)
+            made = self.remote.caller(req).mkdir(path, req.args.mode & 0o7777)
         self._made(reply, parent, name, made)
 
     def symlink(self, req: k.Request, reply: Replier) -> None:
         parent, (name, target) = self.remote.node(req.nodeid), req.names
         path = self.nodes.child_path(parent, name)
         with self.changing((parent, name, True)):
-            made = self.client.request(Command.SYMLINK, path, cred=self.remote.cred(req),
-                                       target=target, path=path)  # fmt: skip
+            made = self.remote.caller(req).symlink(path, target)
         self._made(reply, parent, name, made)
 
     def link(self, req: k.Request, reply: Replier) -> None:
@@ -95,13 +94,12 @@ class Namespace:
         parent, name = self.remote.node(req.nodeid), req.names[0]
         new = self.nodes.child_path(parent, name)
         with self.attrs.file_changing(old.nodeid), self.changing((parent, name, True)):
-            made = self.client.request(Command.LINK, old.path(), new, cred=self.remote.cred(req),
-                                       path=old.path(), new=new)  # fmt: skip
+            made = self.remote.caller(req).link(old.path(), new)
         self._made(reply, parent, name, made)
 
-    def _made(self, reply: Replier, parent: Node, name: bytes, made: p.Message) -> None:
-        self.attrs.dir_changed(parent, made["dir"])
-        reply.ok(self.attrs.entry(parent, name, made["attr"], self.attrs.name_timeout(parent)))
+    def _made(self, reply: Replier, parent: Node, name: bytes, made: Made) -> None:
+        self.attrs.dir_changed(parent, made.dir)
+        reply.ok(self.attrs.entry(parent, name, made.attr, self.attrs.name_timeout(parent)))
 
     # --- removing and renaming ---------------------------------------------------------
 
@@ -114,7 +112,7 @@ class Namespace:
             if names is not None and self._may_send_ahead() and names.send_ahead(parent, send):
                 self.attrs.dir_changed(parent, None)  # the server has not done it yet
             else:
-                self.attrs.dir_changed(parent, self.remote.call(Command.UNLINK, req, path)["dir"])
+                self.attrs.dir_changed(parent, self.remote.caller(req).unlink(path))
         self.nodes.unlinked(parent, name)
         reply.ok()
 
@@ -139,14 +137,13 @@ class Namespace:
                     "unlink of %r sent ahead failed: %s", path, tx.error or os.strerror(status)
                 )
 
-        self.client.connection().start(Command.UNLINK, callback=answered, behind=True,
-                                       cred=self.remote.cred(req), path=path)  # fmt: skip
+        self.remote.caller(req).unlink_behind(path, answered)
 
     def rmdir(self, req: k.Request, reply: Replier) -> None:
         parent, name = self.remote.node(req.nodeid), req.names[0]
         with self.changing((parent, name, False)):
-            done = self.remote.call(Command.RMDIR, req, self.nodes.child_path(parent, name))
-        self.attrs.dir_changed(parent, done["dir"])
+            after = self.remote.caller(req).rmdir(self.nodes.child_path(parent, name))
+        self.attrs.dir_changed(parent, after)
         self.nodes.unlinked(parent, name)
         reply.ok()
 
@@ -166,10 +163,9 @@ class Namespace:
         new = self.nodes.child_path(new_parent, new_name)
         exchange = flags == RENAME_EXCHANGE
         with self.changing((old_parent, old_name, exchange), (new_parent, new_name, True)):
-            done = self.client.request(Command.RENAME, old, new, cred=self.remote.cred(req),
-                                       path=old, new=new, flags=flags)  # fmt: skip
-        self.attrs.dir_changed(old_parent, done["dir"])
-        self.attrs.dir_changed(new_parent, done["new_dir"])
+            done = self.remote.caller(req).rename(old, new, flags)
+        self.attrs.dir_changed(old_parent, done.dir)
+        self.attrs.dir_changed(new_parent, done.new_dir)
         self.nodes.renamed(old_parent, old_name, new_parent, new_name, exchange=exchange)
         self.client.renamed(old, new, exchange)  # what open files reopen by
         reply.ok()

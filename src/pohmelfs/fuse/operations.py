@@ -18,8 +18,8 @@ import itertools
 import os
 
 from .. import protocol as p
+from ..client.calls import CallerCalls
 from ..client.client import Client
-from ..protocol import Command
 from . import kernel as k
 from .attrs import AttrPolicy
 from .channel import KernelChannel
@@ -49,7 +49,7 @@ class Operations(FileSystem):
         self.client = client
         self.opts = opts = options or Options()
         self.kernel = kernel = kernel or KernelChannel()
-        root = client.request(Command.LOOKUP, "/", cred=client.cred, path=b"/")["attr"]
+        root = CallerCalls(client, client.cred).lookup(b"/")
         self.nodes = nodes = NodeTable(root.ino)
         # The export's longest name: longer ones are refused here too, also where the
         # mount answers a lookup itself (a name it knows is not there).
@@ -109,7 +109,7 @@ class Operations(FileSystem):
                 # (names kept: worth it)
                 attr, lease = self.leases.lookup(self.remote.cred(req), path)
             else:
-                attr = self.remote.call(Command.LOOKUP, req, path)["attr"]
+                attr = self.remote.caller(req).lookup(path)
         except FileNotFoundError:
             if names is None:
                 raise
@@ -151,18 +151,18 @@ class Operations(FileSystem):
         node = self.remote.node(req.nodeid)
         fh = a.fh if a.valid & k.FATTR_FH else None
         handle = self.remote.handle_of(node, fh)
-        call = self.remote.object_call(req, node, fh)
+        calls = self.remote.object(req, node, fh)
         if a.valid & k.FATTR_MODE:
-            call(Command.CHMOD, mode=a.mode & 0o7777)
+            calls.chmod(a.mode & 0o7777)
         if a.valid & (k.FATTR_UID | k.FATTR_GID):
             uid = a.uid if a.valid & k.FATTR_UID else p.ID_UNCHANGED
             gid = a.gid if a.valid & k.FATTR_GID else p.ID_UNCHANGED
-            call(Command.CHOWN, uid=uid, gid=gid)
+            calls.chown(uid, gid)
         if a.valid & k.FATTR_SIZE:
             if handle is not None and handle.writable():
                 handle.truncate(a.size)
             else:
-                self.remote.call(Command.TRUNCATE, req, node.path(), offset=a.size)
+                self.remote.caller(req).truncate(node.path(), a.size)
         if a.valid & (k.FATTR_ATIME | k.FATTR_MTIME | k.FATTR_ATIME_NOW | k.FATTR_MTIME_NOW):
             which = 0
             if a.valid & k.FATTR_ATIME_NOW:
@@ -173,16 +173,14 @@ class Operations(FileSystem):
                 which |= p.UTIME_MTIME_NOW
             elif not a.valid & k.FATTR_MTIME:
                 which |= p.UTIME_MTIME_OMIT
-            call(Command.UTIMES, atime_ns=_ns(a.atime, a.atimensec),
-                 mtime_ns=_ns(a.mtime, a.mtimensec), which=which)  # fmt: skip
+            calls.utimes(_ns(a.atime, a.atimensec), _ns(a.mtime, a.mtimensec), which)
         reply.ok(self.attrs.attr_out(self.remote.object_attr(req, node, fh)))
 
     def readlink(self, req: k.Request, reply: Replier) -> None:
-        target = self.remote.call(Command.READLINK, req, self.remote.node(req.nodeid).path())
-        reply.ok(target["target"])
+        reply.ok(self.remote.caller(req).readlink(self.remote.node(req.nodeid).path()))
 
     def statfs(self, req: k.Request, reply: Replier) -> None:
-        s = self.client.request(Command.STATFS, "/", cred=self.remote.cred(req))["statfs"]
+        s = self.remote.caller(req).statfs()
         reply.ok(k.pack_statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize,
                                s.namemax, s.frsize))  # fmt: skip
 

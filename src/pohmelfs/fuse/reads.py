@@ -17,9 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import protocol as p
+from ..client.calls import start_read
 from ..client.connection import Transaction
 from ..client.file import RemoteFile
-from ..protocol import Command
 from ..wire import SocketReader
 from . import kernel as k
 from .reply import Replier, errno_of, lost_connection, tx_errno
@@ -45,7 +45,6 @@ class DirectReads:
               finished: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         """Ask the server for the data; the receive thread answers the kernel.
         ``finished`` runs once the kernel has its answer, whatever it is."""
-        conn, oid = f.handle()
         replied = False
 
         def sink(header: p.Header, reader: SocketReader) -> None:
@@ -77,8 +76,7 @@ class DirectReads:
             finished()
 
         try:
-            conn.start(Command.READ, sink=sink, callback=done, oid=oid, offset=offset,
-                       length=size)  # fmt: skip
+            start_read(f, offset, size, sink, done)
         except BaseException:
             finished()
             raise

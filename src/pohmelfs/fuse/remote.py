@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable
-from typing import Any
 
 from .. import protocol as p
+from ..client.calls import CallerCalls, ObjectCalls, through_handle
 from ..client.client import Client
 from ..client.file import RemoteFile
-from ..protocol import Command, Cred
+from ..protocol import Cred
 from . import kernel as k
 from .nodes import Node, NodeTable
 from .openfiles import OpenFiles
@@ -64,28 +63,25 @@ class Remote:
             raise OSError(errno.EBADF, "unknown file handle")
         return f
 
-    def call(self, cmd: Command, req: k.Request, path: bytes, **fields: Any) -> p.Message:
-        """A request by path, as the caller."""
-        return self.client.request(cmd, path, cred=self.cred(req), path=path, **fields)
+    def caller(self, req: k.Request) -> CallerCalls:
+        """The server's namespace as the process that made ``req`` sees it."""
+        return CallerCalls(self.client, self.cred(req))
 
     def handle_of(self, node: Node, fh: int | None = None) -> RemoteFile | None:
         """An open handle of this node (``fh`` if given)."""
         f = self._files.get(fh) if fh is not None else None
         return f if f is not None else self._files.any_of_node(node.nodeid)
 
-    def object_call(self, req: k.Request, node: Node,
-                    fh: int | None = None) -> Callable[..., p.Message]:  # fmt: skip
-        """A request sender aimed at the node's open handle if it has one, else its path."""
+    def object(self, req: k.Request, node: Node, fh: int | None = None) -> ObjectCalls:
+        """Attribute calls as the caller, through the node's open handle if it has one
+        (``fh`` if given), else by its path."""
         f = self.handle_of(node, fh)
         if f is None:
-            path = node.path()
-            return lambda cmd, **fields: self.call(cmd, req, path, **fields)
-        conn, oid = f.handle()
-        cred = self.cred(req)
-        return lambda cmd, **fields: conn.call(cmd, f.name, cred=cred, path=b"", oid=oid, **fields)
+            return self.caller(req).object(node.path())
+        return through_handle(f, self.cred(req))
 
     def object_attr(self, req: k.Request, node: Node, fh: int | None = None) -> p.Attr:
         f = self.handle_of(node, fh)
         if f is not None:
             return f.fstat()
-        return self.call(Command.LOOKUP, req, node.path())["attr"]  # type: ignore[no-any-return]
+        return self.caller(req).lookup(node.path())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 
-from ..protocol import Command
 from . import kernel as k
 from .parts import MountParts
 from .reply import Replier
@@ -19,26 +18,24 @@ class ExtendedAttributes:
     def setxattr(self, req: k.Request, reply: Replier) -> None:
         self.attrs.dir_attrs_stale(req.nodeid)
         value = bytes(req.data[: req.args.size])
-        call = self.remote.object_call(req, self.remote.node(req.nodeid))
+        calls = self.remote.object(req, self.remote.node(req.nodeid))
         with self.attrs.file_changing(req.nodeid):
-            call(Command.SETXATTR, name=req.names[0], value=value, flags=req.args.flags)
+            calls.setxattr(req.names[0], value, req.args.flags)
         reply.ok()
 
     def getxattr(self, req: k.Request, reply: Replier) -> None:
-        call = self.remote.object_call(req, self.remote.node(req.nodeid))
-        value = call(Command.GETXATTR, name=req.names[0])["value"]
+        value = self.remote.object(req, self.remote.node(req.nodeid)).getxattr(req.names[0])
         _sized_reply(reply, req.args.size, value)
 
     def listxattr(self, req: k.Request, reply: Replier) -> None:
-        call = self.remote.object_call(req, self.remote.node(req.nodeid))
-        names = call(Command.LISTXATTR)["names"]
+        names = self.remote.object(req, self.remote.node(req.nodeid)).listxattr()
         _sized_reply(reply, req.args.size, b"".join(n + b"\0" for n in names))
 
     def removexattr(self, req: k.Request, reply: Replier) -> None:
         self.attrs.dir_attrs_stale(req.nodeid)
-        call = self.remote.object_call(req, self.remote.node(req.nodeid))
+        calls = self.remote.object(req, self.remote.node(req.nodeid))
         with self.attrs.file_changing(req.nodeid):
-            call(Command.REMOVEXATTR, name=req.names[0])
+            calls.removexattr(req.names[0])
         reply.ok()
 
 
