@@ -23,8 +23,8 @@ from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message, ProtocolError
 from ..protocol.exchange import ClientExchange, DataFor, Notified, Replied, StillWorking
-from ..security import handshake as hs
 from ..security.config import ClientSecurity
+from ..security.hello import AuthFailed, ClientHandshake, Declined
 from ..security.tags import Sealer, TagError, Verifier
 from ..wire import FrameWriter, PeerClosed, SocketReader, send_parts, shutdown
 
@@ -145,65 +145,45 @@ class Connection:
 
     def _handshake(self, max_payload: int, name: bytes, notices: int, timeout: float,
                    security: ClientSecurity) -> None:  # fmt: skip
+        """The handshake (``security/hello.py``) on the socket, before anything else."""
         # While a request waits for other clients, the server says so this often (PENDING),
         # well within our time-out: a time-out then means the server is silent.
         keepalive = int(min(max(self.timeout / 4, 0.05), 2.0) * 1000)
-        key = security.key.encode() if security.secret is not None else b""
-        hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload,
-                          keepalive_ms=keepalive, notices=notices, client=name, key=key,
-                          nonce=hs.nonce())  # fmt: skip
+        shake = ClientHandshake(security, max_payload, keepalive, notices, name)
         try:
-            parts = hello.encode()
-            send_parts(self.sock, parts)
-            challenge, challenge_payload = self._handshake_reply(Command.HELLO)
-            mismatch = security.mismatch(challenge["auth"])
-            if mismatch:
-                raise errors.auth_error(self.address, mismatch)
-            th = hs.transcript(b"".join(bytes(x) for x in parts[1:]), challenge_payload)
-            proof = bytes(p.NONCE_SIZE)
-            if security.secret is not None:
-                proof = hs.client_proof(security.secret, th)
-                keys = hs.session_keys(security.secret, th)
-                self.reader.verifier = Verifier(keys.to_client)  # the welcome is tagged
-            send_parts(self.sock, p.request(Command.AUTH, 1, proof=proof).encode())
-            welcome, _ = self._handshake_reply(Command.AUTH)
-            if security.secret is not None:
-                expected = hs.server_proof(security.secret, th, proof)
-                if not hs.proof_matches(expected, welcome["proof"]):
-                    raise errors.auth_error(self.address, "the server did not prove the key")
-                self.writer.sealer = Sealer(keys.to_server)
+            send_parts(self.sock, shake.hello())
+            send_parts(self.sock, shake.challenged(*self._handshake_frame()))
+            if shake.receive_keys is not None:
+                self.reader.verifier = Verifier(shake.receive_keys)
+            welcome = shake.welcomed(*self._handshake_frame())
+            if shake.send_keys is not None:
+                self.writer.sealer = Sealer(shake.send_keys)
         except TimeoutError:
             raise errors.timeout_error(self.address, timeout) from None
+        except AuthFailed as e:
+            raise errors.auth_error(self.address, str(e)) from None
         except TagError:
             raise errors.auth_error(self.address, "the server did not prove the key") from None
+        except Declined as e:
+            if e.status == errno.EACCES:
+                raise errors.auth_error(self.address, e.text) from None
+            raise errors.remote_error(e.status, self.address, e.text) from None
         except ssl.SSLError as e:  # TLS 1.3: a refused certificate shows at the first read
             raise errors.auth_error(self.address, "authentication failed: the server "
                                     f"refused this certificate ({e.reason})") from None  # fmt: skip
         except (OSError, ProtocolError) as e:
-            if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPROTONOSUPPORT):
-                raise
             raise errors.unreachable_error(self.address, f"handshake failed: {e}") from None
-        self._exchange.max_payload = welcome["max_payload"]
-        self.idle = welcome["idle_ms"] / 1000
-        self.caps = p.Cap(welcome["caps"])
-        self.fsid: int = welcome["fsid"]
-        self.statfs: p.StatFs = welcome["statfs"]
+        self._exchange.max_payload = welcome.max_payload
+        self.idle = welcome.idle
+        self.caps = welcome.caps
+        self.fsid: int = welcome.fsid
+        self.statfs: p.StatFs = welcome.statfs
 
-    def _handshake_reply(self, cmd: Command) -> tuple[Message, bytes]:
+    def _handshake_frame(self) -> tuple[p.Header, bytes]:
         header = self.reader.read_header(8 << 10, untagged_ok=True)
         payload = bytes(self.reader.read_view(header.payload_len))
         self.reader.end_frame()
-        reply = p.decode_payload(header, payload)
-        if self.reader.verifier is not None and not header.tag_len and not reply.status:
-            raise ProtocolError("an untagged welcome")  # only a refusal comes without keys
-        if reply.cmd != cmd or not reply.is_reply:
-            raise ProtocolError(f"unexpected {reply.cmd.name} in the handshake")
-        if reply.status:
-            detail = bytes(reply["data"]).decode(errors="replace")
-            if reply.status == errno.EACCES:
-                raise errors.auth_error(self.address, detail)
-            raise errors.remote_error(reply.status, self.address, detail)
-        return reply, payload
+        return header, payload
 
     # --- sending and waiting -----------------------------------------------
 

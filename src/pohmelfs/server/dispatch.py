@@ -15,8 +15,8 @@ import threading
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
 from ..protocol.exchange import Answered, Request, error_frame
+from ..security.hello import Admitted
 from ..wire import FrameWriter, SocketReader
-from .admission import Admitted
 from .cachepolicy import CachePolicy
 from .context import Context
 from .guard import RequestGuard

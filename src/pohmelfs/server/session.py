@@ -14,6 +14,7 @@ from .. import protocol as p
 from ..protocol import Command, ProtocolError
 from ..protocol.exchange import error_frame
 from ..security.config import ServerSecurity
+from ..security.hello import Refused, Welcome
 from ..security.tls import peer_name
 from ..wire import FrameWriter, PeerClosed, SocketReader
 from . import admission, linux
@@ -69,7 +70,7 @@ class Session:
         terms, export = self._terms, self._shared.export
         caps = p.Cap.READ_ONLY if export.read_only else 0
         caps |= p.Cap.XATTR if export.xattrs else 0
-        welcome = admission.Welcome(terms.max_payload, int(terms.idle_timeout * 1000),
+        welcome = Welcome(terms.max_payload, int(terms.idle_timeout * 1000),
                                     int(caps), terms.fsid, export.statfs)  # fmt: skip
         linux.set_receive_timeout(self.sock, terms.handshake_timeout)
         try:
@@ -90,7 +91,7 @@ class Session:
         if self.sock.recv(2, socket.MSG_PEEK) == p.MAGIC.to_bytes(2, "big"):
             text = "this server requires TLS: give the client tls_cert, tls_key and tls_ca"
             self.writer.send(error_frame(Command.HELLO, 0, errno.EACCES, text))
-            raise admission.Refused("a plain client on a TLS server")
+            raise Refused("a plain client on a TLS server")
         # Wrapped first and shaken after, so that the handshake reaper can cut off
         # a handshake that dawdles (it shuts down ``self.sock``).
         self.sock = sock = tls.wrap_socket(self.sock, server_side=True,
@@ -99,7 +100,7 @@ class Session:
             sock.do_handshake()
         except ssl.SSLError as e:
             log.warning("%s: TLS handshake failed: %s", self.peer, e.reason or e)
-            raise admission.Refused("TLS handshake failed") from None
+            raise Refused("TLS handshake failed") from None
         self.reader = SocketReader(sock)
         self.writer = FrameWriter(sock)
         return peer_name(sock)
