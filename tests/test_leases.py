@@ -167,7 +167,7 @@ class StubConn:
 
 class StubClient:
     def __init__(self) -> None:
-        self.on_disconnect: list[object] = []
+        self.lost: list[object] = []
         self.given_back: list[int] = []
         self.next = 0
 
@@ -176,6 +176,9 @@ class StubClient:
 
         self.next += 1
         return Attr(7, 10, 0o100644, 1, 0, 0, 0, 0, 0, 0, 0, 0), StubConn(), self.next
+
+    def when_disconnected(self, callback: object) -> None:
+        self.lost.append(callback)
 
     def unlease(self, conn: object, oid: int) -> None:
         self.given_back.append(oid)

@@ -126,8 +126,7 @@ class Client:
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
         self._lock_files: OrderedDict[tuple[bytes, bool], RemoteFile] = OrderedDict()
         self._lock_files_lock = threading.Lock()
-        # Run when a connection is lost (with it, every cache lock it held).
-        self.on_disconnect: list[Callable[[], None]] = []
+        self._on_disconnect: list[Callable[[], None]] = []  # see when_disconnected
         self.connection()  # fail early when no server can be reached
 
     # --- connections ---------------------------------------------------------
@@ -152,10 +151,10 @@ class Client:
                         notices=self.notices,
                         on_notify=self._notified,
                         on_close=self._disconnected,
+                        # Every request but a WRITE first sends the writes held back.
+                        before_request=self.held.push_all,
                         security=self.security,
                     )
-                    # Every request but a WRITE first sends the writes held back.
-                    self._conn.before_request = self.held.push_all
                     return self._conn
                 except OSError as e:
                     last = e
@@ -202,11 +201,17 @@ class Client:
         elif msg.cmd == Command.RESIZE:
             self._revoker.submit(self.files.resized, conn, msg)
 
+    def when_disconnected(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` each time a connection is lost, and with it every cache
+        lock, lease and name lock it held (on the thread that found it lost, often the
+        receive thread: it must not wait for the server)."""
+        self._on_disconnect.append(callback)
+
     def _disconnected(self, conn: Connection) -> None:
         for f in self.held.files():
             f.drop_held(conn)
         self.grants.connection_lost(conn)
-        for callback in list(self.on_disconnect):
+        for callback in list(self._on_disconnect):
             try:
                 callback()
             except Exception:

@@ -91,6 +91,7 @@ class Connection:
         notices: int = 0,
         on_notify: Callable[[Connection, Message], None] | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        before_request: Callable[[], None] | None = None,
         security: ClientSecurity | None = None,
     ) -> None:
         self.address = address
@@ -124,7 +125,7 @@ class Connection:
         self._on_notify = on_notify
         self._on_close = on_close
         # Run before sending any request but a WRITE (the client's held writes).
-        self.before_request: Callable[[], None] | None = None
+        self._before_request = before_request
         self._sweeper: threading.Thread | None = None
         self._closing = threading.Event()
         self.closed = False
@@ -204,9 +205,9 @@ class Connection:
         """Send a request and return its transaction without waiting. ``behind``: our
         caller will not wait for it (a write sent behind, a close): the server applies
         every later request of this connection after it."""
-        if (cmd is not Command.WRITE and self.before_request is not None
+        if (cmd is not Command.WRITE and self._before_request is not None
                 and threading.current_thread() is not self._receiver):  # fmt: skip
-            self.before_request()  # (never on the receiver: it must not wait)
+            self._before_request()  # (never on the receiver: it must not wait)
         xid = self._exchange.next_xid()
         try:
             parts = self._exchange.encode(cmd, xid, oid=oid, offset=offset, length=length,

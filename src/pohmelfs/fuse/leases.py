@@ -63,7 +63,7 @@ class Leases:
         # under way; a lease asked for across one may hold what it replaced.
         self._changes = 0
         self._busy = 0
-        client.on_disconnect.append(self._lost_all)
+        client.when_disconnected(self._lost_all)
 
     def lookup(self, cred: Cred, path: bytes) -> tuple[Attr, Lease | None]:
         """A path's attributes, with a lease on them if the server grants one."""

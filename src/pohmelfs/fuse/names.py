@@ -62,7 +62,7 @@ class NameLocks:
         self._listed: dict[int, set[bytes]] = {}  # nodeid -> all its names (lock held)
         self._noted: dict[int, int] = {}  # nodeid -> changes of this mount noted there
         self._missed: set[int] = set()  # nodeids where a lookup missed under this lock
-        client.on_disconnect.append(self._lost_all)
+        client.when_disconnected(self._lost_all)
 
     def held(self, nodeid: int) -> float:
         """Entry time-out for names in the directory: HELD if its lock is held."""

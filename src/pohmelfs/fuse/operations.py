@@ -60,7 +60,7 @@ class Operations(FileSystem):
         coherent = opts.coherent
         self.cache = CacheState(kernel.invalidate, files.of_node) if coherent else None
         if self.cache is not None:
-            client.on_disconnect.append(self.cache.lost_all)
+            client.when_disconnected(self.cache.lost_all)
         self.leases = (
             Leases(client, lambda nodeid: kernel.invalidate(nodeid, False)) if coherent else None
         )
