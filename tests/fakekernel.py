@@ -12,13 +12,22 @@ import queue
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from conftest import address_of, make_client
+from pohmelfs import Client
 from pohmelfs.fuse import kernel as k
+from pohmelfs.fuse.channel import KernelChannel
 from pohmelfs.fuse.kernel import Op
 from pohmelfs.fuse.nodes import ROOT_ID
-from pohmelfs.fuse.operations import Operations, Replier
+from pohmelfs.fuse.operations import Operations, Options, Replier
+from pohmelfs.fuse.session import WANTED_FLAGS
+from pohmelfs.server.service import Server
 
 ATTR_NAMES = (
     "ino size blocks atime mtime ctime atimensec mtimensec ctimensec mode nlink uid gid rdev "
@@ -213,8 +222,16 @@ class Notifications:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.seen: list[tuple[Any, ...]] = []
+        self.errors: list[str] = []  # what was wrong (raised on the mount's threads)
 
     def write(self, parts: list[Any]) -> None:
+        try:
+            self._record(parts)
+        except Exception as e:
+            self.errors.append(repr(e))
+            raise
+
+    def _record(self, parts: list[Any]) -> None:
         buf = b"".join(bytes(p) for p in parts)
         length, code, unique = k.OUT_HEADER.unpack_from(buf)
         assert length == len(buf) and unique == 0, (length, len(buf), unique)
@@ -265,3 +282,34 @@ class Notifications:
     def attrs_dropped(self, nodeid: int) -> bool:
         with self._cond:
             return any(r[:2] == ("inval", nodeid) for r in self.seen)
+
+
+# --- a coherent mount -------------------------------------------------------------------------
+
+
+@dataclass
+class Coherent:
+    fk: FakeKernel  # the mount, through its kernel
+    heard: Notifications  # what it told the kernel
+    client: Client  # the mount's client
+    other: Client  # another client of the same server
+    export: Path
+
+
+@contextmanager
+def coherent_mount(server: Server, export: Path) -> Iterator[Coherent]:
+    """A mount with ``-o coherent`` of ``server``'s export, after INIT as the session
+    does it (names cached: the kernel takes INC_EPOCH), and another library client."""
+    client = make_client([address_of(server)], timeout=10, umask=0)
+    other = make_client([address_of(server)], timeout=10, umask=0)
+    heard = Notifications()
+    channel = KernelChannel()
+    channel.started(heard.write, WANTED_FLAGS, epochs=True)
+    ops = Operations(client, Options(coherent=True), channel)
+    try:
+        yield Coherent(FakeKernel(ops), heard, client, other, export)
+    finally:
+        ops.close()
+        client.close()
+        other.close()
+    assert not heard.errors, heard.errors

@@ -10,49 +10,26 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import address_of, make_client
-from fakekernel import FakeKernel, Notifications, make
+from fakekernel import Coherent, FakeKernel, coherent_mount, make
 from pohmelfs import Client
 from pohmelfs.fuse import kernel as k
-from pohmelfs.fuse.channel import KernelChannel
 from pohmelfs.fuse.kernel import Op
-from pohmelfs.fuse.operations import Operations, Options
-from pohmelfs.fuse.session import WANTED_FLAGS
+from pohmelfs.fuse.operations import Options
 from pohmelfs.protocol import Command
 from pohmelfs.server.service import Server
 
 LOCKED_ATTR_TIMEOUT = Options().locked_attr_timeout
 
 
-@dataclass
-class Coherent:
-    fk: FakeKernel  # the mount, through its kernel
-    heard: Notifications  # what it told the kernel
-    client: Client  # the mount's client
-    other: Client  # another client of the same server
-    export: Path
-
-
 @pytest.fixture
 def cm(server: Server, export_dir: Path) -> Iterator[Coherent]:
-    client = make_client([address_of(server)], timeout=10, umask=0)
-    other = make_client([address_of(server)], timeout=10, umask=0)
-    heard = Notifications()
-    channel = KernelChannel()
-    channel.started(heard.write, WANTED_FLAGS, epochs=True)  # INIT, as the session does it
-    ops = Operations(client, Options(coherent=True), channel)
-    try:
-        yield Coherent(FakeKernel(ops), heard, client, other, export_dir)
-    finally:
-        ops.close()
-        client.close()
-        other.close()
+    with coherent_mount(server, export_dir) as mount:
+        yield mount
 
 
 def open_flags(fk: FakeKernel, nodeid: int, flags: int) -> tuple[int, int]:

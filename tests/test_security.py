@@ -477,17 +477,17 @@ def test_a_handshake_trickled_byte_by_byte_is_cut_off(export_dir: Path) -> None:
         Command.HELLO, 0, version=p.VERSION, max_payload=1 << 20, keepalive_ms=1000, notices=0,
         client=b"x", key=b"default", nonce=bytes(32)).encode())  # fmt: skip
     with (
-        stopping(start_server(export_dir, limits=Limits(handshake_timeout=0.5))) as srv,
+        stopping(start_server(export_dir, limits=Limits(handshake_timeout=0.8))) as srv,
         closing_all([socket.create_connection(srv.address) for _ in range(10)]) as socks,
     ):
         cut = 0
-        for pos in range(8):  # a byte every 0.2 s: well within any per-receive time-out
+        for pos in range(8):  # a byte every 0.3 s: well within any per-receive time-out
             for s in socks:
                 try:
                     s.send(hello[pos : pos + 1])
                 except OSError:
                     cut += 1
-            time.sleep(0.2)
+            time.sleep(0.3)
         assert not srv.sessions and cut >= 10, (len(srv.sessions), cut)
         assert_server_healthy(srv)
 
@@ -603,3 +603,43 @@ def test_requests_waiting_on_the_whole_server_are_bounded(export_dir: Path) -> N
         while srv.waiting.used and time.monotonic() < deadline:  # closed: every wait ended
             time.sleep(0.05)
         assert srv.waiting.used == 0
+
+
+@pytest.mark.parametrize(("status", "raised"), [
+    (errno.EACCES, errno.EACCES),
+    (errno.EPROTONOSUPPORT, errno.EPROTONOSUPPORT),
+    (errno.ENOENT, errno.ECONNREFUSED),  # not a refusal a server makes: not believed
+])  # fmt: skip
+def test_a_refused_handshake_is_one_clear_error(status: int, raised: int) -> None:
+    """What a refusal says comes untagged, before the server proved anything: only the
+    two refusals a server makes are passed on as such."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def refuse() -> None:
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            head = sock.recv(p.HEADER_SIZE, socket.MSG_WAITALL)
+            header = p.Header.unpack(head, 1 << 20)
+            hello = p.decode_payload(header, sock.recv(header.payload_len, socket.MSG_WAITALL))
+            sock.sendall(p.reply(hello, status=status, data=b"go away").to_bytes())
+
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(OSError) as e:
+            make_client([f"127.0.0.1:{port}"], timeout=5)
+        assert e.value.errno == raised, e.value
+        assert "go away" in str(e.value)
+    finally:
+        t.join(5)
+        listener.close()
+
+
+def test_a_key_name_the_protocol_cannot_carry_is_an_oserror() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        address = "127.0.0.1:%d" % listener.getsockname()[1]
+        with pytest.raises(OSError) as e:  # (a ProtocolError would escape Client's retry)
+            make_client([address], timeout=1, key="k" * 5000)
+    assert e.value.errno == errno.ECONNREFUSED and "handshake failed" in str(e.value), e.value

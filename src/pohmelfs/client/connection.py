@@ -150,8 +150,8 @@ class Connection:
         # While a request waits for other clients, the server says so this often (PENDING),
         # well within our time-out: a time-out then means the server is silent.
         keepalive = int(min(max(self.timeout / 4, 0.05), 2.0) * 1000)
-        shake = ClientHandshake(security, max_payload, keepalive, notices, name)
         try:
+            shake = ClientHandshake(security, max_payload, keepalive, notices, name)
             send_parts(self.sock, shake.hello())
             send_parts(self.sock, shake.challenged(*self._handshake_frame()))
             if shake.receive_keys is not None:
@@ -166,9 +166,13 @@ class Connection:
         except TagError:
             raise errors.auth_error(self.address, "the server did not prove the key") from None
         except Declined as e:
+            # (Untagged, before the server proved anything: only the two refusals a
+            # server makes are believed as such.)
             if e.status == errno.EACCES:
                 raise errors.auth_error(self.address, e.text) from None
-            raise errors.remote_error(e.status, self.address, e.text) from None
+            if e.status == errno.EPROTONOSUPPORT:
+                raise errors.remote_error(e.status, self.address, e.text) from None
+            raise errors.unreachable_error(self.address, f"handshake failed: {e.text}") from None
         except ssl.SSLError as e:  # TLS 1.3: a refused certificate shows at the first read
             raise errors.auth_error(self.address, "authentication failed: the server "
                                     f"refused this certificate ({e.reason})") from None  # fmt: skip
