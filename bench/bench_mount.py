@@ -32,6 +32,7 @@ printed with the table either way.
 
 Usage (as root, with the project's virtualenv):
   .venv/bin/python bench/bench_mount.py [--quick] [--only pohmelfs|sshfs] [--json FILE]
+  POHMELFS_SERVE_ARGS="--no-watch" (say) adds options to the pohmelfs server's command.
 
 Needs root (mounts, drop_caches, a private sshd). Installs openssh-server and sshfs
 through apt-get when they are missing (with services kept from starting). Every process
@@ -333,6 +334,7 @@ class PohmelfsTarget(Target):
                 "--listen",
                 "127.0.0.1:0",
                 *SERVE_ARGS,
+                *os.environ.get("POHMELFS_SERVE_ARGS", "").split(),
             ],
             os.path.join(tmp, "logs", "pohmelfs-serve.log"),
         )

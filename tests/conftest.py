@@ -258,7 +258,8 @@ requires_fuse = pytest.mark.skipif(
 # in-process or as child processes on 127.0.0.1 (and the FUSE layer against a fake
 # kernel); mount tests need a kernel mount (the ``requires_fuse`` ones).
 UNIT_FILES = {"test_protocol.py", "test_exchange.py", "test_tags.py", "test_fuse_kernel.py",
-              "test_coherent_state.py", "test_layers.py", "test_hello.py"}  # fmt: skip
+              "test_coherent_state.py", "test_layers.py", "test_hello.py",
+              "test_fanotify.py"}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pohmelfs.protocol import Attr, Cred, DirEntry, StatFs
 from pohmelfs.server.export import split_path
@@ -185,6 +185,10 @@ class MemoryStorage:
 
     def close(self) -> None:
         pass
+
+    def watch(self, changed: Callable[[set[tuple[int, int]]], None],
+              lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
+        return None  # nothing but the server changes memory
 
     def statfs(self) -> StatFs:
         return StatFs(4096, 4096, 1 << 20, 1 << 19, 1 << 19, 1 << 20, 1 << 19, 255)

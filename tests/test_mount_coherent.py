@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -421,3 +421,47 @@ def test_a_directory_moved_by_another_mount_is_listed_at_its_new_place(cm: TwoMo
     assert (cm.a / "mv1" / "fresh").exists()
     assert sorted(os.listdir(cm.a / "mv2")) == ["f0", "f1", "f2"]
     assert sorted(os.listdir(cm.a / "mv1")) == ["fresh"]
+
+
+def _within(seconds: float, check: Callable[[], bool]) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, "not seen in time"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_a_file_rewritten_on_the_servers_disk_is_seen_whole_within_a_second(
+    cm: TwoMounts,
+) -> None:
+    """This test's process is not the server's: its writes to the export directory are
+    changes from outside, like an editor's on the server."""
+    on_mount = cm.a / "ext.txt"
+    on_mount.write_bytes(b"v1\n")
+    assert on_mount.read_bytes() == b"v1\n"
+    assert on_mount.read_bytes() == b"v1\n"  # cached under its lock
+    new = b"version-2 longer\n"
+    (cm.export / "ext.txt").write_bytes(new)
+    _within(1.0, lambda: on_mount.read_bytes() == new and os.stat(on_mount).st_size == len(new))
+    for _ in range(20):  # and from then on only the new file, whole
+        assert on_mount.read_bytes() == new
+    # (Before the revocation, within about 20 ms of the change, a read may still
+    # combine the old size with the new data: the change attribute checked on use,
+    # which closes that window, is still to come: docs/design.md.)
+
+
+def test_names_and_modes_changed_on_the_servers_disk_are_seen_within_a_second(
+    cm: TwoMounts,
+) -> None:
+    d = cm.a / "outside"
+    d.mkdir()
+    (d / "old").write_bytes(b"x")
+    assert sorted(os.listdir(d)) == ["old"] and not (d / "made").exists()
+    (cm.export / "outside" / "made").write_bytes(b"new")
+    _within(1.0, lambda: (d / "made").exists() and sorted(os.listdir(d)) == ["made", "old"])
+    os.chmod(cm.export / "outside" / "made", 0o600)
+    _within(1.0, lambda: os.stat(d / "made").st_mode & 0o777 == 0o600)
+    os.rename(cm.export / "outside" / "old", cm.export / "outside" / "renamed")
+    _within(1.0, lambda: not (d / "old").exists() and (d / "renamed").read_bytes() == b"x")
+    os.unlink(cm.export / "outside" / "made")
+    _within(1.0, lambda: sorted(os.listdir(d)) == ["renamed"])

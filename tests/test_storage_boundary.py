@@ -19,7 +19,8 @@ from pohmelfs import Client
 from pohmelfs.server.service import Server
 
 pytestmark = pytest.mark.timeout(60)
-LOCAL = ("export.py", "localfile.py", "linux.py")  # the local directory's storage
+# The local directory's storage:
+LOCAL = ("export.py", "localfile.py", "localwatch.py", "fanotify.py", "linux.py")
 
 
 @pytest.fixture

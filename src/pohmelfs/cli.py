@@ -59,7 +59,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError("--max-connections, --max-per-peer, --idle-timeout must be positive")
     security = _server_security(args)
     security.check_listen(host)
-    limits = Limits(args.max_connections, args.max_per_peer, idle_timeout=args.idle_timeout)
+    limits = Limits(
+        args.max_connections,
+        args.max_per_peer,
+        idle_timeout=args.idle_timeout,
+        watch_outside=not args.no_watch,
+    )
     report = _daemonize(args) if args.daemon else None
     try:
         export = LocalExport(root, read_only=args.read_only, devices=args.allow_devices)
@@ -337,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=600,
         metavar="SECONDS",
         help="close a connection silent this long (clients ping; default 600)",
+    )
+    serve.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not watch the export for changes made outside pohmelfs (by default they "
+        "revoke what clients cache, within milliseconds; needs root: fanotify)",
     )
     serve.add_argument(
         "--daemon",

@@ -477,6 +477,11 @@ class CacheLocks:
         with self._cond:
             return list(self._held.get(key, ()))
 
+    def held_keys(self) -> list[object]:
+        """Every key somebody holds a lock on."""
+        with self._cond:
+            return [key for key, holders in self._held.items() if holders]
+
     def waiting(self, key: object) -> list[Waiter]:
         """The requests waiting for their turn on ``key``, oldest first."""
         with self._cond:

@@ -10,6 +10,7 @@ followed. Device nodes can be neither created nor opened (as with ``nodev``).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import threading
@@ -26,7 +27,10 @@ from ..protocol import (
 )
 from . import linux
 from .localfile import XATTR_FLAGS, LocalFile, Space, proc_path, utime_args
+from .localwatch import LocalChanges
 from .storage import ModeFilter, attr_of, opens_for_writing
+
+log = logging.getLogger("pohmelfs.server")
 
 RESOLVE = linux.RESOLVE_BENEATH | linux.RESOLVE_NO_SYMLINKS | linux.RESOLVE_NO_MAGICLINKS
 OPEN_FLAGS_ALLOWED = (
@@ -101,6 +105,17 @@ class LocalExport:
 
     def close(self) -> None:
         os.close(self.root_fd)
+
+    def watch(self, changed: Callable[[set[tuple[int, int]]], None],
+              lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
+        """Other processes' changes to the export's filesystem (``localwatch.py``)."""
+        try:
+            watcher = LocalChanges(self.root, changed, lost).start()
+        except OSError as e:
+            log.warning("changes made to %s outside pohmelfs will not be seen by clients "
+                        "until their caches time out: %s", self.root, e)  # fmt: skip
+            return None
+        return watcher.stop
 
     # --- credentials and path resolution -----------------------------------
 

@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .handles import OpenWriters
 from .keepalive import Keepalive
 from .locks import AdvisoryLocks
 from .notifier import Notifiers
+from .outside import OutsideChanges
 from .rangelock import RangeLocks
 from .session import Session, Terms
 from .shared import Budget, Shared
@@ -48,6 +50,7 @@ class Limits:
     handshakes: int = 64  # connections in their handshake at once (the oldest goes)
     waiting: int = 4096  # requests waiting for other clients, on the whole server
     idle_timeout: float = 600.0  # a connection silent this long is closed
+    watch_outside: bool = True  # changes made to the export outside pohmelfs revoke caches
 
 
 class Server:
@@ -94,6 +97,8 @@ class Server:
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting
+        self.outside = OutsideChanges(cache, notifiers.revoke)
+        self._unwatch: Callable[[], None] | None = None
         self.terms = Terms(security, max_payload, random.getrandbits(63) | 1,
                            limits.handshake_timeout, limits.idle_timeout)  # fmt: skip
         self.session_ids = itertools.count(1)
@@ -108,6 +113,8 @@ class Server:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> Server:
+        if self.limits.watch_outside:
+            self._unwatch = self.export.watch(self.outside.changed, self.outside.lost)
         self._accept_thread.start()
         log.info(
             "serving %s on %s:%d%s",
@@ -213,6 +220,9 @@ class Server:
         except OSError:
             pass
         self.listener.close()
+        if self._unwatch is not None:
+            self._unwatch()
+        self.outside.close()
         for s in sessions:  # end each reader at its next frame boundary
             shutdown(s.sock, socket.SHUT_RD)
         for t in threads:

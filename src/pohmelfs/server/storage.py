@@ -101,6 +101,13 @@ class Storage(Protocol):
 
     def close(self) -> None: ...
 
+    def watch(self, changed: Callable[[set[tuple[int, int]]], None],
+              lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
+        """Tell ``changed`` the keys (st_dev, st_ino) of objects that something other
+        than this server changed, and ``lost`` when such changes went unseen; returns
+        what stops it, or None where changes from outside cannot be seen."""
+        ...
+
     def statfs(self) -> StatFs: ...
 
     def stat(self, path: bytes) -> os.stat_result: ...

@@ -1,0 +1,129 @@
+"""Changes made to the exported directory by other processes of the server's
+machine (a build, a restore, an editor over SSH), as the files they concern.
+
+A thread reads a fanotify group on the export's whole filesystem
+(``fanotify.py``), skips what this process did (pohmelfs's own changes revoke
+others' caches where they are made) and turns each other change into the keys
+(st_dev, st_ino) of the objects it touched: the file written, truncated or
+chmodded; the directory a name was created, removed or renamed in, and the
+object so named. Keys outside the export are passed on too: nobody holds a
+lock on them, and telling them apart would cost a path walk per event. A lost
+event (the kernel's queue overflowed) is reported as such, once per overflow.
+
+Events are read as soon as they come after a quiet spell, and in a burst at
+most every ``BATCH`` seconds, so that a burst of writes to one file is one
+revocation, not one per write(2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from . import fanotify as fa
+
+log = logging.getLogger("pohmelfs.server")
+
+FileKey = tuple[int, int]
+BATCH = 0.02  # seconds between reads of the group: a burst's events merge meanwhile
+KEYS_KEPT = 4096  # file handles whose keys are remembered
+READ_SIZE = 1 << 16
+DIRENT = fa.FAN_CREATE | fa.FAN_DELETE | fa.FAN_MOVED_FROM | fa.FAN_MOVED_TO | fa.FAN_RENAME
+
+
+class LocalChanges:
+    """``changed(keys)``: other processes changed these objects; ``lost()``: some
+    changes went unseen (revoke everything). Both run on the watching thread."""
+
+    def __init__(self, root: str, changed: Callable[[set[FileKey]], None],
+                 lost: Callable[[], None]) -> None:  # fmt: skip
+        self._changed = changed
+        self._lost = lost
+        self._pid = os.getpid()
+        self._group = fa.watch_filesystem(root)  # OSError where fanotify cannot serve
+        # open_by_handle_at takes no O_PATH descriptor: a plain one of the root.
+        self._mount_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._keys: OrderedDict[bytes, FileKey] = OrderedDict()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pohmelfs-watch")
+
+    def start(self) -> LocalChanges:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        for fd in (self._group, self._mount_fd, self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._group, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        last = 0.0
+        while not self._stopping.is_set():
+            poller.poll()
+            # At once after a quiet spell (an editor's save), within BATCH in a burst.
+            if self._stopping.wait(max(0.0, last + BATCH - time.monotonic())):
+                return
+            last = time.monotonic()
+            try:
+                self._read_all()
+            except Exception:  # never the end of watching: that would be silent staleness
+                log.exception("watching the export for changes failed; revoking everything")
+                self._lost()
+
+    def _read_all(self) -> None:
+        keys: set[FileKey] = set()
+        overflowed = False
+        for _ in range(64):  # bounded: a storm of changes is read in turns
+            try:
+                buf = os.read(self._group, READ_SIZE)
+            except BlockingIOError:
+                break
+            for event in fa.parse(buf):
+                if event.mask & fa.FAN_Q_OVERFLOW:
+                    overflowed = True
+                elif event.pid != self._pid:
+                    keys.update(self._keys_of(event))
+        if overflowed:
+            log.warning("changes to the export went unseen (the kernel's queue overflowed): "
+                        "every client's cache of it is revoked")  # fmt: skip
+            self._lost()
+        elif keys:
+            self._changed(keys)
+
+    def _keys_of(self, event: fa.Event) -> list[FileKey]:
+        # Every event names the object's directory too; only a change of names
+        # (a create, remove, rename) changes the directory.
+        names = bool(event.mask & DIRENT)
+        keys = []
+        for record in event.records:
+            if not names and record.kind != fa.INFO_FID:
+                continue
+            key = self._keys.get(record.handle)
+            if key is None:
+                try:
+                    fd = fa.open_by_handle(self._mount_fd, record.handle)
+                except OSError:
+                    continue  # gone (its directory's change says the rest)
+                try:
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                key = self._keys[record.handle] = (st.st_dev, st.st_ino)
+                if len(self._keys) > KEYS_KEPT:
+                    self._keys.popitem(last=False)
+            else:
+                self._keys.move_to_end(record.handle)
+            keys.append(key)
+        return keys
