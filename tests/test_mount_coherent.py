@@ -249,12 +249,22 @@ def test_shared_mmap_of_a_written_file_stays_coherent(cm: TwoMounts) -> None:
             os.close(fd)
 
 
+@pytest.fixture(scope="module")
+def unwatched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoMounts]:
+    """Two coherent mounts of a server that does not watch its export (--no-watch)."""
+    c = TwoMounts(tmp_path_factory.mktemp("unwatched"), "coherent", server_args=("--no-watch",))
+    yield c
+    c.stop()
+
+
 def test_names_are_kept_under_the_directory_lock_until_another_client_changes_it(
-    cm: TwoMounts,
+    unwatched: TwoMounts,
 ) -> None:
     """The kernel keeps names while the mount holds the directory's lock: a name
-    created behind the server's back, straight in the export, stays unseen; a
-    change through any client revokes the lock and makes every kept name stale."""
+    created behind the server's back, straight in an export it does not watch, stays
+    unseen; a change through any client revokes the lock and makes every kept name
+    stale."""
+    cm = unwatched
     (cm.a / "kept").mkdir()
     assert not (cm.b / "kept" / "ghost").exists()  # b keeps "not found"
     (cm.export / "kept" / "ghost").write_bytes(b"behind the server's back")

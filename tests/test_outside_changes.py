@@ -200,3 +200,15 @@ def test_a_filesystem_fanotify_cannot_watch_is_served_with_a_warning(
         with c.open("/f", "rb") as f:
             assert f.read() == b"served"
     assert any("will not be seen by clients" in r.getMessage() for r in caplog.records)
+
+
+def test_a_directorys_own_mode_changed_on_the_servers_disk_is_seen(cm: Coherent) -> None:
+    (cm.export / "d").mkdir(mode=0o755)
+    n = cm.fk.lookup(b"d").nodeid
+    cm.fk.ok(0x01, n, names=(b"x",))  # a lookup in it: the mount takes its lock
+    a = cm.fk.getattr(n)
+    assert (a.mode & 0o7777, a.valid) == (0o755, 60.0)  # the kernel keeps them: locked
+    cm.heard.take()
+    outside("import os, sys; os.chmod(sys.argv[1], 0o700)", str(cm.export / "d"))
+    until(lambda: cm.heard.attrs_dropped(n))  # the directory's lock revoked
+    assert cm.fk.getattr(n).mode & 0o7777 == 0o700

@@ -113,7 +113,9 @@ class LocalExport:
             watcher = LocalChanges(self.root, changed, lost).start()
         except OSError as e:
             log.warning("changes made to %s outside pohmelfs will not be seen by clients "
-                        "until their caches time out: %s", self.root, e)  # fmt: skip
+                        "that cache it (coherent mounts: until another client changes "
+                        "the same object; others: within their attribute time-out): %s",
+                        self.root, e)  # fmt: skip
             return None
         return watcher.stop
 

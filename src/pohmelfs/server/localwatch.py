@@ -17,6 +17,7 @@ revocation, not one per write(2).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -46,10 +47,14 @@ class LocalChanges:
         self._lost = lost
         self._pid = os.getpid()
         self._group = fa.watch_filesystem(root)  # OSError where fanotify cannot serve
-        # open_by_handle_at takes no O_PATH descriptor: a plain one of the root.
-        self._mount_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # open_by_handle_at takes no O_PATH descriptor: a plain one of the root.
+            self._mount_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except BaseException:
+            os.close(self._group)
+            raise
         self._keys: OrderedDict[bytes, FileKey] = OrderedDict()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="pohmelfs-watch")
 
@@ -58,10 +63,15 @@ class LocalChanges:
         return self
 
     def stop(self) -> None:
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         os.write(self._wake_w, b"x")
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
+        if self._thread.is_alive():
+            log.warning("the export's watcher did not stop; its descriptors stay open")
+            return  # (closed under it, they could be reused by others)
         for fd in (self._group, self._mount_fd, self._wake_r, self._wake_w):
             os.close(fd)
 
@@ -104,18 +114,21 @@ class LocalChanges:
 
     def _keys_of(self, event: fa.Event) -> list[FileKey]:
         # Every event names the object's directory too; only a change of names
-        # (a create, remove, rename) changes the directory.
+        # (a create, remove, rename) changes the directory. A directory's own change
+        # (chmod, utime) names it as its own entry ".", with no record of its own.
         names = bool(event.mask & DIRENT)
         keys = []
         for record in event.records:
-            if not names and record.kind != fa.INFO_FID:
+            if not names and record.kind != fa.INFO_FID and record.name != b".":
                 continue
             key = self._keys.get(record.handle)
             if key is None:
                 try:
                     fd = fa.open_by_handle(self._mount_fd, record.handle)
-                except OSError:
-                    continue  # gone (its directory's change says the rest)
+                except OSError as e:
+                    if e.errno in (errno.ESTALE, errno.ENOENT):
+                        continue  # gone (its directory's change says the rest)
+                    raise  # (out of descriptors, say): seen as changes lost
                 try:
                     st = os.fstat(fd)
                 finally:
