@@ -17,6 +17,7 @@ from .. import protocol as p
 from ..protocol import Attr, Command, Cred, Message
 from .connection import Connection, Sink, Transaction
 from .file import RemoteFile
+from .paths import PathArg, encode_path
 
 Callback = Callable[[Transaction], None]
 
@@ -70,60 +71,64 @@ class ObjectCalls:
 
 
 class CallerCalls:
-    """The namespace as one caller (``cred``) sees it, by path."""
+    """The namespace as one caller (``cred``) sees it, by path (as given: it names
+    the file in errors; sent encoded)."""
 
     def __init__(self, client: Requester, cred: Cred) -> None:
         self._client = client
         self.cred = cred
 
-    def _call(self, cmd: Command, path: bytes, **fields: Any) -> Message:
-        return self._client.request(cmd, path, cred=self.cred, path=path, **fields)
+    def call(self, cmd: Command, path: PathArg, **fields: Any) -> Message:
+        """Any request by path, as this caller."""
+        return self._client.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
 
-    def lookup(self, path: bytes) -> Attr:
-        return self._call(Command.LOOKUP, path)["attr"]  # type: ignore[no-any-return]
+    def lookup(self, path: PathArg) -> Attr:
+        return self.call(Command.LOOKUP, path)["attr"]  # type: ignore[no-any-return]
 
-    def readlink(self, path: bytes) -> bytes:
-        return self._call(Command.READLINK, path)["target"]  # type: ignore[no-any-return]
+    def readlink(self, path: PathArg) -> bytes:
+        return self.call(Command.READLINK, path)["target"]  # type: ignore[no-any-return]
 
-    def statfs(self) -> p.StatFs:
-        return self._client.request(Command.STATFS, "/", cred=self.cred)["statfs"]  # type: ignore[no-any-return]
+    def statfs(self, shown: PathArg = "/") -> p.StatFs:
+        return self._client.request(Command.STATFS, shown, cred=self.cred)["statfs"]  # type: ignore[no-any-return]
 
-    def truncate(self, path: bytes, size: int) -> None:
-        self._call(Command.TRUNCATE, path, offset=size)
+    def truncate(self, path: PathArg, size: int) -> None:
+        self.call(Command.TRUNCATE, path, offset=size)
 
-    def mknod(self, path: bytes, mode: int, rdev: int) -> Made:
-        return _made(self._call(Command.MKNOD, path, mode=mode, rdev=rdev))
+    def mknod(self, path: PathArg, mode: int, rdev: int) -> Made:
+        return _made(self.call(Command.MKNOD, path, mode=mode, rdev=rdev))
 
-    def mkdir(self, path: bytes, mode: int) -> Made:
-        return _made(self._call(Command.MKDIR, path, mode=mode))
+    def mkdir(self, path: PathArg, mode: int) -> Made:
+        return _made(self.call(Command.MKDIR, path, mode=mode))
 
-    def symlink(self, path: bytes, target: bytes) -> Made:
-        return _made(self._call(Command.SYMLINK, path, target=target))
+    def symlink(self, path: PathArg, target: PathArg) -> Made:
+        return _made(self.call(Command.SYMLINK, path, target=encode_path(target)))
 
-    def link(self, old: bytes, new: bytes) -> Made:
-        made = self._client.request(Command.LINK, old, new, cred=self.cred, path=old, new=new)
+    def link(self, old: PathArg, new: PathArg) -> Made:
+        made = self._client.request(Command.LINK, old, new, cred=self.cred,
+                                    path=encode_path(old), new=encode_path(new))  # fmt: skip
         return _made(made)
 
-    def unlink(self, path: bytes) -> Attr | None:
+    def unlink(self, path: PathArg) -> Attr | None:
         """Returns the directory's attributes right after."""
-        return self._call(Command.UNLINK, path)["dir"]  # type: ignore[no-any-return]
+        return self.call(Command.UNLINK, path)["dir"]  # type: ignore[no-any-return]
 
     def unlink_behind(self, path: bytes, callback: Callback) -> None:
         """Send an unlink without waiting for it; ``callback`` gets its transaction."""
         self._client.connection().start(Command.UNLINK, callback=callback, behind=True,
                                         cred=self.cred, path=path)  # fmt: skip
 
-    def rmdir(self, path: bytes) -> Attr | None:
-        return self._call(Command.RMDIR, path)["dir"]  # type: ignore[no-any-return]
+    def rmdir(self, path: PathArg) -> Attr | None:
+        return self.call(Command.RMDIR, path)["dir"]  # type: ignore[no-any-return]
 
-    def rename(self, old: bytes, new: bytes, flags: int = 0) -> Renamed:
-        done = self._client.request(Command.RENAME, old, new, cred=self.cred, path=old, new=new,
+    def rename(self, old: PathArg, new: PathArg, flags: int = 0) -> Renamed:
+        done = self._client.request(Command.RENAME, old, new, cred=self.cred,
+                                    path=encode_path(old), new=encode_path(new),
                                     flags=flags)  # fmt: skip
         return Renamed(done["dir"], done["new_dir"])
 
-    def object(self, path: bytes) -> ObjectCalls:
+    def object(self, path: PathArg) -> ObjectCalls:
         """Attribute calls on the object at ``path``."""
-        return ObjectCalls(lambda cmd, **fields: self._call(cmd, path, **fields))
+        return ObjectCalls(lambda cmd, **fields: self.call(cmd, path, **fields))
 
 
 def through_handle(f: RemoteFile, cred: Cred) -> ObjectCalls:

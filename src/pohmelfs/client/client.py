@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from .. import protocol as p
 from ..protocol import Attr, Command, Cred, LockType
 from ..security.config import ClientSecurity
+from .calls import CallerCalls
 from .connection import Connection
 from .file import RemoteFile
 from .grants import Grants, Revocable
@@ -105,6 +106,7 @@ class Client:
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.cred = cred or Cred(os.geteuid(), os.getegid(), tuple(os.getgroups()))
+        self._as_me = CallerCalls(self, self.cred)  # the requests by path, built there
         self.umask = process_umask() if umask is None else umask
         self.max_payload = max_payload
         self.write_budget = WriteBudget(write_behind_limit)
@@ -247,7 +249,7 @@ class Client:
             pass  # the connection went, and the lease with it
 
     def _path_call(self, cmd: Command, path: PathArg, **fields: Any) -> p.Message:
-        return self.request(cmd, path, cred=self.cred, path=encode_path(path), **fields)
+        return self._as_me.call(cmd, path, **fields)
 
     def renamed(self, old: PathArg, new: PathArg, exchange: bool = False) -> None:
         """``old`` is now ``new`` (a rename made through this client; ``exchange``: and
@@ -302,7 +304,7 @@ class Client:
 
     def stat(self, path: PathArg) -> os.stat_result:
         """Attributes of ``path`` (the server never follows symlinks: lstat)."""
-        return self._stat_result(self._path_call(Command.LOOKUP, path)["attr"])
+        return self._stat_result(self._as_me.lookup(path))
 
     lstat = stat
 
@@ -330,7 +332,7 @@ class Client:
         return mode is not None and stat_mod.S_ISREG(mode)
 
     def statvfs(self, path: PathArg = "/") -> os.statvfs_result:
-        s = self.request(Command.STATFS, path, cred=self.cred)["statfs"]
+        s = self._as_me.statfs(path)
         flag = os.ST_RDONLY if self.connection().caps & p.Cap.READ_ONLY else 0
         return os.statvfs_result(
             (
@@ -348,16 +350,12 @@ class Client:
         )
 
     def chmod(self, path: PathArg, mode: int) -> None:
-        self._path_call(Command.CHMOD, path, mode=mode)
+        self._as_me.object(path).chmod(mode)
 
     def chown(self, path: PathArg, uid: int, gid: int) -> None:
         """Change owner and group; -1 leaves one unchanged (lchown semantics)."""
-        self._path_call(
-            Command.CHOWN,
-            path,
-            uid=p.ID_UNCHANGED if uid == -1 else uid,
-            gid=p.ID_UNCHANGED if gid == -1 else gid,
-        )
+        self._as_me.object(path).chown(p.ID_UNCHANGED if uid == -1 else uid,
+                                       p.ID_UNCHANGED if gid == -1 else gid)  # fmt: skip
 
     def utime(
         self,
@@ -375,12 +373,12 @@ class Client:
         elif ns is None:
             assert times is not None
             ns = (float_to_ns(times[0]), float_to_ns(times[1]))
-        self._path_call(Command.UTIMES, path, atime_ns=ns[0], mtime_ns=ns[1], which=which)
+        self._as_me.object(path).utimes(ns[0], ns[1], which)
 
     def truncate(self, path: PathArg, length: int) -> None:
         if length < 0:
             raise OSError(errno.EINVAL, "negative length", path)
-        self._path_call(Command.TRUNCATE, path, offset=length)
+        self._as_me.truncate(path, length)
 
     # --- directories ------------------------------------------------------------
 
@@ -400,7 +398,7 @@ class Client:
         return [e.name for e in self.scandir(path)]
 
     def mkdir(self, path: PathArg, mode: int = 0o777) -> None:
-        self._path_call(Command.MKDIR, path, mode=mode & ~self.umask)
+        self._as_me.mkdir(path, mode & ~self.umask)
 
     def makedirs(self, path: PathArg, mode: int = 0o777, exist_ok: bool = False) -> None:
         """Create a directory and all missing parents with ONE request."""
@@ -413,14 +411,14 @@ class Client:
                 raise
 
     def rmdir(self, path: PathArg) -> None:
-        self._path_call(Command.RMDIR, path)
+        self._as_me.rmdir(path)
 
     def rmtree(self, path: PathArg) -> None:
         """Remove a directory and everything below it with ONE request."""
         self._path_call(Command.RMTREE, path)
 
     def unlink(self, path: PathArg) -> None:
-        self._path_call(Command.UNLINK, path)
+        self._as_me.unlink(path)
 
     remove = unlink
 
@@ -430,63 +428,45 @@ class Client:
         """Rename, replacing ``dst``; ``noreplace`` fails with EEXIST instead,
         ``exchange`` swaps the two names atomically."""
         flags = (1 if noreplace else 0) | (2 if exchange else 0)
-        self.request(
-            Command.RENAME,
-            src,
-            dst,
-            cred=self.cred,
-            path=encode_path(src),
-            new=encode_path(dst),
-            flags=flags,
-        )
+        self._as_me.rename(src, dst, flags)
         self.renamed(src, dst, exchange)
 
     replace = rename
 
     def link(self, src: PathArg, dst: PathArg) -> None:
-        self.request(
-            Command.LINK, src, dst, cred=self.cred, path=encode_path(src), new=encode_path(dst)
-        )
+        self._as_me.link(src, dst)
 
     def symlink(self, target: PathArg, path: PathArg) -> None:
         """Create ``path`` as a symlink to ``target`` (stored as given, never followed)."""
-        self.request(
-            Command.SYMLINK,
-            path,
-            cred=self.cred,
-            target=encode_path(target),
-            path=encode_path(path),
-        )
+        self._as_me.symlink(path, target)
 
     def readlink(self, path: PathArg) -> Any:
-        target = self._path_call(Command.READLINK, path)["target"]
+        target = self._as_me.readlink(path)
         return os.fsdecode(target) if isinstance(os.fspath(path), str) else target
 
     def mknod(self, path: PathArg, mode: int = 0o600 | stat_mod.S_IFREG, device: int = 0) -> None:
         """Create a FIFO, socket or empty regular file (device nodes are refused)."""
         kind = stat_mod.S_IFMT(mode) or stat_mod.S_IFREG
         perm = stat_mod.S_IMODE(mode) & ~self.umask
-        self._path_call(Command.MKNOD, path, mode=kind | perm, rdev=device)
+        self._as_me.mknod(path, kind | perm, device)
 
     # --- extended attributes ----------------------------------------------------
 
     def getxattr(self, path: PathArg, attribute: str | bytes) -> bytes:
-        return bytes(self._path_call(Command.GETXATTR, path, name=os.fsencode(attribute))["value"])
+        return bytes(self._as_me.object(path).getxattr(os.fsencode(attribute)))
 
     def setxattr(self, path: PathArg, attribute: str | bytes, value: bytes, flags: int = 0) -> None:
         if len(value) > p.MAX_XATTR_VALUE:
             raise OSError(
                 errno.E2BIG, f"xattr values are limited to {p.MAX_XATTR_VALUE} bytes", path
             )
-        self._path_call(
-            Command.SETXATTR, path, name=os.fsencode(attribute), value=bytes(value), flags=flags
-        )
+        self._as_me.object(path).setxattr(os.fsencode(attribute), bytes(value), flags)
 
     def listxattr(self, path: PathArg) -> list[str]:
-        return [os.fsdecode(n) for n in self._path_call(Command.LISTXATTR, path)["names"]]
+        return [os.fsdecode(n) for n in self._as_me.object(path).listxattr()]
 
     def removexattr(self, path: PathArg, attribute: str | bytes) -> None:
-        self._path_call(Command.REMOVEXATTR, path, name=os.fsencode(attribute))
+        self._as_me.object(path).removexattr(os.fsencode(attribute))
 
     # --- advisory locks ------------------------------------------------------------
 
