@@ -59,3 +59,10 @@ def test_a_record_of_another_kind_is_skipped() -> None:
 def test_what_does_not_add_up_is_refused(broken: bytes) -> None:
     with pytest.raises(ValueError):
         fa.parse(broken)
+
+
+def test_one_process_s_events_are_skipped_but_never_an_overflow() -> None:
+    buf = (event(fa.FAN_MODIFY, 42, record(fa.INFO_FID, b"own")) + event(fa.FAN_MODIFY, 7,
+           record(fa.INFO_FID, b"other")) + event(fa.FAN_Q_OVERFLOW, 42))  # fmt: skip
+    assert [(e.pid, e.mask) for e in fa.parse(buf, skip_pid=42)] == [
+        (7, fa.FAN_MODIFY), (42, fa.FAN_Q_OVERFLOW)]  # fmt: skip

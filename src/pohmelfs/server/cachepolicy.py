@@ -18,13 +18,13 @@ from typing import Any
 
 from .. import protocol as p
 from ..protocol import Command, Message
-from .handles import FileKey, Handle, HandleTable
+from .handles import Handle, HandleTable
 from .notifier import Notifier
 from .rangelock import END
 from .replies import reply_for
 from .shared import Shared
 from .sizes import EMPTY
-from .storage import attr_of
+from .storage import FileKey, attr_of
 from .waits import Waits, Work
 
 # Requests that use a name without changing its directory: a client holding the

@@ -28,7 +28,7 @@ from ..protocol import (
 from . import linux
 from .localfile import XATTR_FLAGS, LocalFile, Space, proc_path, utime_args
 from .localwatch import LocalChanges
-from .storage import ModeFilter, attr_of, opens_for_writing
+from .storage import FileKey, ModeFilter, attr_of, opens_for_writing
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -106,7 +106,7 @@ class LocalExport:
     def close(self) -> None:
         os.close(self.root_fd)
 
-    def watch(self, changed: Callable[[set[tuple[int, int]]], None],
+    def watch(self, changed: Callable[[set[FileKey]], None],
               lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
         """Other processes' changes to the export's filesystem (``localwatch.py``)."""
         try:

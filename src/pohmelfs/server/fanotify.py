@@ -81,9 +81,10 @@ class Event(NamedTuple):
     records: tuple[Record, ...]
 
 
-def parse(buf: bytes | memoryview) -> list[Event]:
-    """The events in what one read of the group returned. A record of an unknown
-    kind is skipped; a length that does not add up raises ValueError."""
+def parse(buf: bytes | memoryview, skip_pid: int = -1) -> list[Event]:
+    """The events in what one read of the group returned, but those of ``skip_pid``
+    (an overflow is never skipped). A record of an unknown kind is skipped; a length
+    that does not add up raises ValueError."""
     view = memoryview(buf)
     events = []
     pos = 0
@@ -94,6 +95,9 @@ def parse(buf: bytes | memoryview) -> list[Event]:
         if vers != METADATA_VERSION or event_len < meta_len or meta_len < METADATA.size \
                 or pos + event_len > len(view):  # fmt: skip
             raise ValueError(f"bad event (version {vers}, length {event_len})")
+        if pid == skip_pid and not mask & FAN_Q_OVERFLOW:
+            pos += event_len
+            continue
         records = []
         at, end = pos + meta_len, pos + event_len
         while at + INFO_HEADER.size <= end:

@@ -13,11 +13,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .storage import OpenFile
+from .storage import FileKey, OpenFile
 
 MAX_HANDLES = 16384  # open files per session: each holds a descriptor of the server
 MAX_LEASES = 1 << 17  # per session: beyond, LEASE is a LOOKUP
-FileKey = tuple[int, int]  # (st_dev, st_ino): which file locks apply to
 
 
 class Handle:

@@ -27,10 +27,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from . import fanotify as fa
+from .storage import FileKey
 
 log = logging.getLogger("pohmelfs.server")
 
-FileKey = tuple[int, int]
 BATCH = 0.02  # seconds between reads of the group: a burst's events merge meanwhile
 KEYS_KEPT = 4096  # file handles whose keys are remembered
 READ_SIZE = 1 << 16
@@ -100,10 +100,10 @@ class LocalChanges:
                 buf = os.read(self._group, READ_SIZE)
             except BlockingIOError:
                 break
-            for event in fa.parse(buf):
+            for event in fa.parse(buf, skip_pid=self._pid):
                 if event.mask & fa.FAN_Q_OVERFLOW:
                     overflowed = True
-                elif event.pid != self._pid:
+                else:
                     keys.update(self._keys_of(event))
         if overflowed:
             log.warning("changes to the export went unseen (the kernel's queue overflowed): "

@@ -17,10 +17,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .cachelocks import CacheLocks, Revoker
+from .storage import FileKey
 
 log = logging.getLogger("pohmelfs.server")
 
-FileKey = tuple[int, int]
 OUTSIDE = 0  # the "session" of changes made outside (real sessions count from 1)
 REVOKERS = 4  # threads revoking at once
 

@@ -18,6 +18,8 @@ from typing import Protocol
 
 from ..protocol import Attr, Cred, DirEntry, StatFs
 
+FileKey = tuple[int, int]  # (st_dev, st_ino): which file locks and changes apply to
+
 # chmod's ``allowed(mode, st_mode)``: the mode to set instead, given the file's type
 ModeFilter = Callable[[int, int], int]
 
@@ -101,7 +103,7 @@ class Storage(Protocol):
 
     def close(self) -> None: ...
 
-    def watch(self, changed: Callable[[set[tuple[int, int]]], None],
+    def watch(self, changed: Callable[[set[FileKey]], None],
               lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
         """Tell ``changed`` the keys (st_dev, st_ino) of objects that something other
         than this server changed, and ``lost`` when such changes went unseen; returns
@@ -114,7 +116,7 @@ class Storage(Protocol):
 
     def lookup(self, path: bytes) -> Attr: ...
 
-    def parent_key(self, path: bytes) -> tuple[int, int] | None:
+    def parent_key(self, path: bytes) -> FileKey | None:
         """(st_dev, st_ino) of the nearest existing directory above ``path``."""
         ...
 
