@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_FILE, TwoMounts, make_client, requires_fuse
+from conftest import SECRET_FILE, TwoMounts, make_client, requires_fuse, wait_until
 
 pytestmark = requires_fuse
 
@@ -433,14 +433,6 @@ def test_a_directory_moved_by_another_mount_is_listed_at_its_new_place(cm: TwoMo
     assert sorted(os.listdir(cm.a / "mv1")) == ["fresh"]
 
 
-def _within(seconds: float, check: Callable[[], bool]) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < seconds, "not seen in time"
-        time.sleep(0.01)
-    return time.monotonic() - started
-
-
 def test_a_file_rewritten_on_the_servers_disk_is_seen_whole_within_a_second(
     cm: TwoMounts,
 ) -> None:
@@ -452,7 +444,7 @@ def test_a_file_rewritten_on_the_servers_disk_is_seen_whole_within_a_second(
     assert on_mount.read_bytes() == b"v1\n"  # cached under its lock
     new = b"version-2 longer\n"
     (cm.export / "ext.txt").write_bytes(new)
-    _within(1.0, lambda: on_mount.read_bytes() == new and os.stat(on_mount).st_size == len(new))
+    wait_until(lambda: on_mount.read_bytes() == new and os.stat(on_mount).st_size == len(new), 1.0)
     for _ in range(20):  # and from then on only the new file, whole
         assert on_mount.read_bytes() == new
     # (Before the revocation, within about 20 ms of the change, a read may still
@@ -468,10 +460,10 @@ def test_names_and_modes_changed_on_the_servers_disk_are_seen_within_a_second(
     (d / "old").write_bytes(b"x")
     assert sorted(os.listdir(d)) == ["old"] and not (d / "made").exists()
     (cm.export / "outside" / "made").write_bytes(b"new")
-    _within(1.0, lambda: (d / "made").exists() and sorted(os.listdir(d)) == ["made", "old"])
+    wait_until(lambda: (d / "made").exists() and sorted(os.listdir(d)) == ["made", "old"], 1.0)
     os.chmod(cm.export / "outside" / "made", 0o600)
-    _within(1.0, lambda: os.stat(d / "made").st_mode & 0o777 == 0o600)
+    wait_until(lambda: os.stat(d / "made").st_mode & 0o777 == 0o600, 1.0)
     os.rename(cm.export / "outside" / "old", cm.export / "outside" / "renamed")
-    _within(1.0, lambda: not (d / "old").exists() and (d / "renamed").read_bytes() == b"x")
+    wait_until(lambda: not (d / "old").exists() and (d / "renamed").read_bytes() == b"x", 1.0)
     os.unlink(cm.export / "outside" / "made")
-    _within(1.0, lambda: sorted(os.listdir(d)) == ["renamed"])
+    wait_until(lambda: sorted(os.listdir(d)) == ["renamed"], 1.0)

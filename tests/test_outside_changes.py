@@ -13,12 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import address_of, make_client, start_server, stopping
+from conftest import address_of, make_client, start_server, stopping, wait_until
 from fakekernel import Coherent, coherent_mount
 from pohmelfs.server import localwatch
 from pohmelfs.server.service import Server
@@ -40,13 +40,8 @@ def outside(script: str, *args: str) -> None:
 WRITE = "import sys; open(sys.argv[1], 'wb').write(sys.argv[2].encode())"
 
 
-def until(check: object, within: float = SEEN_WITHIN) -> float:
-    """Seconds until ``check()`` is true (fails past ``within``)."""
-    started = time.monotonic()
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() - started < within, "not seen in time"
-        time.sleep(0.01)
-    return time.monotonic() - started
+def until(check: Callable[[], bool], within: float = SEEN_WITHIN) -> None:
+    wait_until(check, within, "the change to be seen")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_FILE, ServerProcess, address_of, make_client
+from conftest import SECRET_FILE, ServerProcess, address_of, make_client, wait_until
 from pohmelfs import Client, Cred
 from pohmelfs import protocol as p
 from pohmelfs.protocol import Command, Flag, Header, Message
@@ -56,15 +56,6 @@ def run_threads(fn: Callable[[int], None], n: int, timeout: float = 30.0) -> Non
     assert not alive, f"{len(alive)} of {n} threads still running after {timeout} s"
     if errors:
         raise errors[0]
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stop_process(pid: int) -> None:
