@@ -257,21 +257,38 @@ def unwatched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoMounts]:
     c.stop()
 
 
-def test_names_are_kept_under_the_directory_lock_until_another_client_changes_it(
+def test_names_kept_under_the_directory_lock_go_with_a_change_by_another_client(
     unwatched: TwoMounts,
 ) -> None:
-    """The kernel keeps names while the mount holds the directory's lock: a name
-    created behind the server's back, straight in an export it does not watch, stays
-    unseen; a change through any client revokes the lock and makes every kept name
-    stale."""
+    """The kernel keeps names while the mount holds the directory's lock; a change
+    through any client revokes the lock and makes every kept name stale, also one
+    created behind the server's back, straight in an export it does not watch (which
+    may be found sooner, by the directory's change attribute, when something the
+    kernel asks about it reaches the server)."""
     cm = unwatched
     (cm.a / "kept").mkdir()
     assert not (cm.b / "kept" / "ghost").exists()  # b keeps "not found"
     (cm.export / "kept" / "ghost").write_bytes(b"behind the server's back")
-    assert not (cm.b / "kept" / "ghost").exists()
     (cm.a / "kept" / "other").write_bytes(b"through a client")  # revokes b's lock
     assert (cm.b / "kept" / "ghost").exists()
     assert (cm.b / "kept" / "other").read_bytes() == b"through a client"
+
+
+def test_unwatched_the_next_open_finds_a_file_rewritten_on_the_servers_disk(
+    unwatched: TwoMounts,
+) -> None:
+    """No notification tells the server (--no-watch, as on a filesystem without
+    them): the change is found by its change attribute when the next open(2) reaches
+    the server, and the mount's cache of the file goes then (tests/
+    test_changes_found_on_use.py shows it found on each kind of use)."""
+    on_mount = unwatched.a / "found.txt"
+    on_mount.write_bytes(b"v1\n")
+    assert on_mount.read_bytes() == b"v1\n"
+    new = b"version-2 longer\n"
+    (unwatched.export / "found.txt").write_bytes(new)
+    on_mount.open("rb").close()  # (a stat the kernel asks the mount for would do too)
+    wait_until(lambda: os.stat(on_mount).st_size == len(new), 1.0, "the size to be new")
+    assert on_mount.read_bytes() == new
 
 
 def test_directory_attributes_change_for_the_other_mount_at_once(cm: TwoMounts) -> None:
@@ -448,8 +465,8 @@ def test_a_file_rewritten_on_the_servers_disk_is_seen_whole_within_a_second(
     for _ in range(20):  # and from then on only the new file, whole
         assert on_mount.read_bytes() == new
     # (Before the revocation, within about 20 ms of the change, a read may still
-    # combine the old size with the new data: the change attribute checked on use,
-    # which closes that window, is still to come: docs/design.md.)
+    # combine the old size with the new data: the kernel cuts what it reads to the
+    # size it keeps under the lock; docs/design.md, "The window".)
 
 
 def test_names_and_modes_changed_on_the_servers_disk_are_seen_within_a_second(

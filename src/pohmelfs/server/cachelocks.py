@@ -119,6 +119,12 @@ class CacheLocks:
         self._leases: list[tuple[float, int, _Asked]] = []  # a heap of unanswered revocations
         self._lease_seq = itertools.count()
         self._lease_thread: threading.Thread | None = None
+        self._unheld: Callable[[object], None] = lambda key: None
+
+    def when_unheld(self, forget: Callable[[object], None]) -> None:
+        """Call ``forget(key)`` (with the table's lock) when a key loses its last
+        holder."""
+        self._unheld = forget
 
     # --- who conflicts ---------------------------------------------------------
 
@@ -423,8 +429,10 @@ class CacheLocks:
             )
         if holders:
             self._held[key] = holders
+        elif self._held.pop(key, None) is not None:
+            self._dir_keys.discard(key)
+            self._unheld(key)
         else:
-            self._held.pop(key, None)
             self._dir_keys.discard(key)
         self._wake(key)
 
@@ -476,6 +484,17 @@ class CacheLocks:
     def held(self, key: object) -> list[Holder]:
         with self._cond:
             return list(self._held.get(key, ()))
+
+    def has_holders(self, key: object) -> bool:
+        """Does anybody hold a lock on ``key``? (Without the lock: a glance.)"""
+        return key in self._held
+
+    def anything_held(self) -> bool:
+        return bool(self._held)
+
+    def changing_now(self, key: object) -> bool:
+        """Is a change of ``key`` under way (``changing``, ``try_changing``)? (A glance.)"""
+        return key in self._busy
 
     def held_keys(self) -> list[object]:
         """Every key somebody holds a lock on."""

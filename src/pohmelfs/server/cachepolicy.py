@@ -27,6 +27,8 @@ from .sizes import EMPTY
 from .storage import FileKey, attr_of
 from .waits import Waits, Work
 
+# Name changes that move the ctime of the object named (its link count changes).
+LINK_COUNTERS = frozenset({Command.UNLINK, Command.LINK, Command.RMDIR})
 # Requests that use a name without changing its directory: a client holding the
 # directory exclusively (names changed ahead, not yet sent) sends its changes first.
 NAME_READERS = frozenset({
@@ -130,24 +132,32 @@ class CachePolicy:
         too: they know it by its old path."""
         export = self._shared.export
         keys: list[FileKey] = [key for key in map(export.parent_key, paths) if key is not None]
-        if m.cmd == Command.RENAME:
-            try:
-                st = export.stat(m["path"])
-            except OSError:
-                pass  # the rename itself will fail with the reason
-            else:
-                if stat.S_ISDIR(st.st_mode):
+        # Objects whose ctime the change moves without changing what is cached of
+        # them (a rename, a link count): their stamps are taken again after it.
+        touched: list[FileKey] = []
+        if m.cmd == Command.RENAME or (m.cmd in LINK_COUNTERS and self._cache.anything_held()):
+            named = (m["path"], m["new"]) if m.cmd == Command.RENAME else (m["path"],)
+            for i, path in enumerate(named):
+                try:
+                    st = export.stat(path)
+                except OSError:
+                    continue  # the change itself fails with the reason, or replaces nothing
+                touched.append((st.st_dev, st.st_ino))
+                if i == 0 and m.cmd == Command.RENAME and stat.S_ISDIR(st.st_mode):
                     keys.append((st.st_dev, st.st_ino))
-        return self.change(m, None, keys, run)
+        return self.change(m, None, keys, run, touched=touched)
 
     def change(self, m: Message, h: Handle | None, keys: Sequence[FileKey], run: Work,
-               start: int = 0, end: int = END) -> Message | None:  # fmt: skip
-        """Run a change that other sessions' cache locks must make way for. With
+               start: int = 0, end: int = END,
+               touched: Sequence[FileKey] = ()) -> Message | None:  # fmt: skip
+        """Run a change that other sessions' cache locks must make way for (and
+        whose ctime it moves: ``touched`` too, see ``naming``). With
         nothing to revoke it runs here. Otherwise it waits on a thread of its own (the
         reader goes on taking the answers to revocations), or, if its client did not
         wait for it (BEHIND), in this session's queue, which every later request of
         the connection then joins, in order."""
         cache, waits = self._cache, self._waits
+        run = self._restamped(h, (*keys, *touched), run)
         # A change that other clients must hear of (RESIZE) waits for their answers:
         # never on the reader, which must go on taking them.
         told = len(keys) == 1 and self._shared.sizes.elsewhere(keys[0], self.sid)
@@ -178,6 +188,31 @@ class CachePolicy:
         else:
             waits.answer_later(m, held, wait_and_run)
         return None
+
+    def _restamped(self, h: Handle | None, keys: Sequence[FileKey], run: Work) -> Work:
+        """``run``, then the change attributes of the keys recorded as pohmelfs'
+        own (while they are still marked as changing: see ``stamps.py``)."""
+
+        def run_then_restamp() -> Message | None:
+            try:
+                return run()
+            finally:
+                self._restamp(h, keys)
+
+        return run_then_restamp
+
+    def _restamp(self, h: Handle | None, keys: Sequence[FileKey]) -> None:
+        stamps, cache = self._shared.stamps, self._cache
+        for key in keys:
+            if not cache.has_holders(key):
+                continue
+            st = None
+            if h is not None and h.key == key:
+                try:
+                    st = h.file.stat()
+                except OSError:
+                    pass
+            stamps.ours(key, st)
 
     def _applied_then_told(self, m: Message, keys: Sequence[FileKey], run: Work) -> None:
         """A write-back that others must hear the new size of: applied here, before

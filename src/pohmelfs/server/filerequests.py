@@ -125,6 +125,7 @@ class FileRequests:
             attr = attr_of(h.file.stat())  # as it is now that the lock is ours
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
+        self.ctx.shared.stamps.seen(h.key, attr)
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.sizes.count_elsewhere(h.key, self.sid)
         return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory,
@@ -155,6 +156,7 @@ class FileRequests:
         if st is None:
             st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
+        self.ctx.shared.stamps.seen(key, st)
         if not self.ctx.shared.cache.conflicting(key, self.sid, 0, END):
             return p.reply(m, attr=attr_of(st), **extra)  # the common case: no second stat
         again = lambda: p.reply(m, attr=self.export.lookup(m["path"]), **extra)  # noqa: E731
@@ -173,6 +175,7 @@ class FileRequests:
                                                      END):  # fmt: skip
                     now = self.export.stat(path)  # as it is now that the lock is ours
                     if (now.st_dev, now.st_ino) == key:
+                        self.ctx.shared.stamps.seen(key, now)
                         return p.reply(m, oid=oid, attr=attr_of(now), cached=cachelocks.SHARED)
             except BaseException:
                 self._forget_lease(oid)
@@ -190,8 +193,14 @@ class FileRequests:
 
     def fstat(self, m: Message) -> Message | None:
         with self.handles.using(m.oid) as h:
-            get = lambda: p.reply(m, attr=attr_of(h.file.stat()))  # noqa: E731
+            get = lambda: p.reply(m, attr=self._looked_at(h))  # noqa: E731
             return self.policy.plain(m, h, h.key, False, 0, END, get)
+
+    def _looked_at(self, h: Handle) -> p.Attr:
+        """The file's attributes now, compared with what its holders cached."""
+        st = h.file.stat()
+        self.ctx.shared.stamps.seen(h.key, st)
+        return attr_of(st)
 
     # --- data and size ------------------------------------------------------------
 
@@ -287,6 +296,8 @@ class FileRequests:
         # socket queues (on loopback, until the receiver has read them), and it
         # measured no faster: the receiving client is the bottleneck.
         # The reply is laid out in one buffer, header first: see FrameWriter.send_frame.
+        if self.ctx.shared.cache.has_holders(h.key):  # somebody may cache what it reads
+            self._looked_at(h)
         frame = getattr(self._frames, "frame", None)
         if frame is None or len(frame) < HEADER_SIZE + m.length + TAG_SIZE:
             size = HEADER_SIZE + max(m.length, READ_BUFFER) + TAG_SIZE

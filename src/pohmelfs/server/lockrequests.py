@@ -84,7 +84,9 @@ class LockRequests:
         """The file as it is now, and how many handles elsewhere write it."""
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.ctx.shared.sizes.count_elsewhere(h.key, self.sid)
-        return p.reply(m, attr=attr_of(h.file.stat()), writers=writers, watchers=watchers)
+        st = h.file.stat()
+        self.ctx.shared.stamps.seen(h.key, st)
+        return p.reply(m, attr=attr_of(st), writers=writers, watchers=watchers)
 
     def cache(self, m: Message) -> Message | None:
         if m["type"] > cachelocks.RELEASE:

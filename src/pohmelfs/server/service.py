@@ -32,6 +32,7 @@ from .rangelock import RangeLocks
 from .session import Session, Terms
 from .shared import Budget, Shared
 from .sizes import SizeWatchers
+from .stamps import Stamps
 from .storage import Storage
 
 log = logging.getLogger("pohmelfs.server")
@@ -79,6 +80,7 @@ class Server:
         self._reaper: threading.Thread | None = None
         self.cache = cache = cachelocks.CacheLocks(lease)
         notifiers = Notifiers()
+        self.outside = OutsideChanges(cache, notifiers.revoke)
         self.shared = Shared(
             export=export,
             ranges=RangeLocks(),
@@ -86,6 +88,7 @@ class Server:
             cache=cache,
             sizes=SizeWatchers(lease, notifiers.get, cache.lapsed, cache.lapse, cache.unlapse),
             notifiers=notifiers,
+            stamps=Stamps(cache, self.outside.changed),
             writers=OpenWriters(),
             keepalive=Keepalive(),
             waiting=Budget(limits.waiting),
@@ -97,7 +100,6 @@ class Server:
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting
-        self.outside = OutsideChanges(cache, notifiers.revoke)
         self._unwatch: Callable[[], None] | None = None
         self.terms = Terms(security, max_payload, random.getrandbits(63) | 1,
                            limits.handshake_timeout, limits.idle_timeout)  # fmt: skip

@@ -14,6 +14,7 @@ from .locks import AdvisoryLocks
 from .notifier import Notifiers
 from .rangelock import RangeLocks
 from .sizes import SizeWatchers
+from .stamps import Stamps
 from .storage import Storage
 
 
@@ -45,6 +46,7 @@ class Shared:
     cache: CacheLocks  # the clients' cached locks, and their revocation
     sizes: SizeWatchers  # RESIZE to the other clients that have a file open
     notifiers: Notifiers  # each admitted session's notifications, by session id
+    stamps: Stamps  # change attributes of cached objects: changes made outside, found on use
     writers: OpenWriters  # which files are open for writing, by whom
     keepalive: Keepalive  # PENDING for requests that wait for other clients
     waiting: Budget  # requests waiting for other clients, on the whole server

@@ -1,0 +1,123 @@
+"""Changes made outside pohmelfs that no notification told of (the watcher is off
+here: as on a filesystem without notifications, or after a lost event) are found
+when the server next looks at the object for a client, by its change attribute
+(server/stamps.py), and revoke every holder's cache then: a cached view never
+lasts past the next request that touches the object. The test's own writes to the
+export stand for those changes (no watcher tells them apart)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import address_of, make_client, start_server, stopping, wait_until
+from fakekernel import Coherent, coherent_mount
+from pohmelfs.server.service import Limits, Server
+
+pytestmark = pytest.mark.timeout(60)
+WITHIN = 5.0  # the revocation, once found: four workers share two cores
+
+
+@pytest.fixture
+def unwatched(export_dir: Path) -> Iterator[Server]:
+    with stopping(start_server(export_dir, limits=Limits(watch_outside=False))) as srv:
+        yield srv
+
+
+@pytest.fixture
+def cm(unwatched: Server, export_dir: Path) -> Iterator[Coherent]:
+    with coherent_mount(unwatched, export_dir) as mount:
+        yield mount
+
+
+def test_a_read_finds_the_file_rewritten_and_its_pages_go(cm: Coherent,
+                                                          unwatched: Server) -> None:  # fmt: skip
+    path = cm.export / "ext.txt"
+    path.write_bytes(b"v1\n")
+    n = cm.fk.lookup(b"ext.txt").nodeid
+    fh = cm.fk.open(n, os.O_RDONLY)
+    assert cm.fk.read(fh, 0, 100) == b"v1\n"
+    cm.heard.take()
+    path.write_bytes(b"version-2 longer\n")
+    assert not cm.heard.dropped(n)  # nothing told the server yet
+    cm.fk.read(fh, 0, 100)  # the READ of a page the kernel lacks
+    wait_until(lambda: cm.heard.dropped(n), WITHIN, "the pages to be dropped")
+    assert cm.fk.getattr(n).size == 17
+    assert cm.fk.read(fh, 0, 100) == b"version-2 longer\n"
+    assert unwatched.shared.stamps.found == 1
+    cm.fk.release(fh)
+
+
+def test_an_open_finds_the_file_truncated(cm: Coherent) -> None:
+    path = cm.export / "f"
+    path.write_bytes(b"0123456789")
+    n = cm.fk.lookup(b"f").nodeid
+    fh = cm.fk.open(n, os.O_RDONLY)
+    cm.fk.read(fh, 0, 100)
+    cm.heard.take()
+    os.truncate(path, 4)
+    again = cm.fk.open(n, os.O_RDONLY)  # a second open(2): OPEN reaches the server
+    wait_until(lambda: cm.heard.dropped(n), WITHIN, "the pages to be dropped")
+    assert cm.fk.getattr(n).size == 4
+    cm.fk.release(again)
+    cm.fk.release(fh)
+
+
+def test_another_clients_lookup_finds_the_chmod_under_a_lease(cm: Coherent) -> None:
+    path = cm.export / "f"
+    path.write_bytes(b"x")
+    n = cm.fk.lookup(b"f").nodeid
+    assert cm.fk.getattr(n).mode & 0o777 == 0o644 & ~0  # under a lease: asked once
+    cm.heard.take()
+    os.chmod(path, 0o600)
+    assert cm.fk.getattr(n).mode & 0o777 != 0o600  # the lease's: nothing found yet
+    cm.other.stat("/f")
+    wait_until(lambda: cm.heard.attrs_dropped(n), WITHIN, "the attributes to be dropped")
+    assert cm.fk.getattr(n).mode & 0o777 == 0o600
+
+
+def test_a_library_read_finds_the_change_under_its_lock(unwatched: Server,
+                                                        export_dir: Path) -> None:  # fmt: skip
+    path = export_dir / "f"
+    path.write_bytes(b"abc")
+    revoked = threading.Event()
+    with make_client([address_of(unwatched)]) as c:
+        f = c.open("/f", "rb", buffering=0)
+        f.on_revoke = lambda *_: revoked.set()
+        f.cache_lock(exclusive=False)
+        path.write_bytes(b"abcdef")
+        assert f.pread(100, 0) == b"abcdef"
+        assert revoked.wait(WITHIN)
+        f.close()
+
+
+def test_pohmelfs_changes_are_never_taken_for_outside_ones(cm: Coherent,
+                                                          unwatched: Server) -> None:  # fmt: skip
+    """Writes, truncates, chmods and renames by the mount under its locks and by
+    another client against them: each revokes what it must, and none is found as a
+    change made outside afterwards."""
+    (cm.export / "f").write_bytes(b"start")
+    n = cm.fk.lookup(b"f").nodeid
+    fh = cm.fk.open(n, os.O_RDWR)
+    for i in range(20):
+        cm.fk.write(fh, i * 7, b"mounted")
+        assert cm.fk.read(fh, i * 7, 7) == b"mounted"
+        cm.fk.getattr(n)
+        if i % 5 == 0:
+            with cm.other.open("/f", "r+b") as other:
+                other.write(b"other %d" % i)
+            cm.other.chmod("/f", 0o640 + i % 2)
+            cm.other.truncate("/f", 200 - i)
+            cm.other.link("/f", "/hard")
+            cm.other.unlink("/hard")
+            assert cm.fk.read(fh, 0, 7)[:5] == b"other"
+        if i % 7 == 0:
+            cm.other.rename("/f", "/g")
+            cm.other.rename("/g", "/f")
+            cm.fk.lookup(b"f")
+    cm.fk.release(fh)
+    assert unwatched.shared.stamps.found == 0
