@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from pohmelfs.protocol import Attr, Cred, DirEntry, StatFs
 from pohmelfs.server.export import split_path
@@ -186,8 +187,8 @@ class MemoryStorage:
     def close(self) -> None:
         pass
 
-    def watch(self, changed: Callable[[set[tuple[int, int]]], None],
-              lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
+    def watch(self, changed: Callable[[set[tuple[int, int]]], None], look: Any,
+              lost: Callable[[], None]) -> None:  # fmt: skip
         return None  # nothing but the server changes memory
 
     def statfs(self) -> StatFs:

@@ -183,20 +183,6 @@ def test_a_lost_event_revokes_everything_once(own_filesystem: Path,
         m.fk.release(fh)
 
 
-def test_a_filesystem_fanotify_cannot_watch_is_served_with_a_warning(
-    export_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    def refuse(path: str) -> int:
-        raise OSError(95, "fanotify_mark: Operation not supported")
-
-    monkeypatch.setattr(localwatch.fa, "watch_filesystem", refuse)
-    (export_dir / "f").write_bytes(b"served")
-    with stopping(start_server(export_dir)) as srv, make_client([address_of(srv)]) as c:
-        with c.open("/f", "rb") as f:
-            assert f.read() == b"served"
-    assert any("will not be seen by clients" in r.getMessage() for r in caplog.records)
-
-
 def test_a_directorys_own_mode_changed_on_the_servers_disk_is_seen(cm: Coherent) -> None:
     (cm.export / "d").mkdir(mode=0o755)
     n = cm.fk.lookup(b"d").nodeid

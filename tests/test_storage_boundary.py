@@ -20,7 +20,16 @@ from pohmelfs.server.service import Server
 
 pytestmark = pytest.mark.timeout(60)
 # The local directory's storage:
-LOCAL = ("export.py", "localfile.py", "localwatch.py", "fanotify.py", "linux.py")
+LOCAL = (
+    "export.py",
+    "localfile.py",
+    "localwatch.py",
+    "fanotify.py",
+    "heldwatch.py",
+    "inotify.py",
+    "watchthread.py",
+    "linux.py",
+)
 
 
 @pytest.fixture

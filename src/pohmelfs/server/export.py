@@ -26,9 +26,10 @@ from ..protocol import (
     StatFs,
 )
 from . import linux
+from .heldwatch import HeldObjects
 from .localfile import XATTR_FLAGS, LocalFile, Space, proc_path, utime_args
 from .localwatch import LocalChanges
-from .storage import FileKey, ModeFilter, attr_of, opens_for_writing
+from .storage import FileKey, Look, ModeFilter, Watched, attr_of, opens_for_writing
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -106,18 +107,34 @@ class LocalExport:
     def close(self) -> None:
         os.close(self.root_fd)
 
-    def watch(self, changed: Callable[[set[FileKey]], None],
-              lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
-        """Other processes' changes to the export's filesystem (``localwatch.py``)."""
+    def watch(self, changed: Callable[[set[FileKey]], None], look: Look,
+              lost: Callable[[], None]) -> Watched | None:  # fmt: skip
+        """Other processes' changes to the export's filesystem (fanotify:
+        ``localwatch.py``), or else to the objects clients hold (inotify:
+        ``heldwatch.py``)."""
         try:
-            watcher = LocalChanges(self.root, changed, lost).start()
+            return LocalChanges(self.root, changed, lost).start()
         except OSError as e:
-            log.warning("changes made to %s outside pohmelfs will not be seen by clients "
-                        "that cache it (coherent mounts: until another client changes "
-                        "the same object; others: within their attribute time-out): %s",
-                        self.root, e)  # fmt: skip
+            whole = e
+        try:
+            held = HeldObjects(look, lost, self._opath).start()
+        except OSError as e:
+            log.warning("changes made to %s outside pohmelfs are found only when the "
+                        "objects changed are next used (fanotify: %s; inotify: %s)",
+                        self.root, whole, e)  # fmt: skip
             return None
-        return watcher.stop
+        log.info("fanotify cannot watch %s (%s): the objects clients hold are watched "
+                 "one by one with inotify", self.root, whole)  # fmt: skip
+        return held
+
+    def _opath(self, where: object) -> int:
+        """An O_PATH descriptor of an open file, or of a path (as the caller)."""
+        flags = os.O_PATH | os.O_CLOEXEC
+        if isinstance(where, LocalFile):
+            return os.open(proc_path(where.fd), flags)
+        assert isinstance(where, bytes)
+        with self._parent(where) as (dfd, name):
+            return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dfd)
 
     # --- credentials and path resolution -----------------------------------
 

@@ -15,6 +15,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from .linux import checked
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
 _libc.fanotify_init.restype = ctypes.c_int
@@ -123,20 +125,13 @@ def parse(buf: bytes | memoryview, skip_pid: int = -1) -> list[Event]:
     return events
 
 
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
 def watch_filesystem(path: str) -> int:
     """A non-blocking notification group for every change on the filesystem that
     holds ``path``; its descriptor (``read`` gives what ``parse`` takes)."""
     flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME_TARGET
-    fd = _check(_libc.fanotify_init(flags, os.O_RDONLY), "fanotify_init")
+    fd = checked(_libc.fanotify_init(flags, os.O_RDONLY), "fanotify_init")
     try:
-        _check(_libc.fanotify_mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, CHANGES, -1,
+        checked(_libc.fanotify_mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, CHANGES, -1,
                                    os.fsencode(path)), "fanotify_mark")  # fmt: skip
     except BaseException:
         os.close(fd)
@@ -147,5 +142,5 @@ def watch_filesystem(path: str) -> int:
 def open_by_handle(mount_fd: int, handle: bytes) -> int:
     """An O_PATH descriptor of the object ``handle`` names (any descriptor on its
     filesystem as ``mount_fd``); OSError (ESTALE) if it is gone."""
-    return _check(_libc.open_by_handle_at(mount_fd, handle, os.O_PATH | os.O_CLOEXEC),
+    return checked(_libc.open_by_handle_at(mount_fd, handle, os.O_PATH | os.O_CLOEXEC),
                   "open_by_handle_at")  # fmt: skip

@@ -125,7 +125,7 @@ class FileRequests:
             attr = attr_of(h.file.stat())  # as it is now that the lock is ours
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
-        self.ctx.shared.stamps.seen(h.key, attr)
+        self.ctx.shared.stamps.seen(h.key, attr, h.file)
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.sizes.count_elsewhere(h.key, self.sid)
         return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory,
@@ -156,7 +156,7 @@ class FileRequests:
         if st is None:
             st = self.export.stat(m["path"])
         key = (st.st_dev, st.st_ino)
-        self.ctx.shared.stamps.seen(key, st)
+        self.ctx.shared.stamps.seen(key, st, m["path"])
         if not self.ctx.shared.cache.conflicting(key, self.sid, 0, END):
             return p.reply(m, attr=attr_of(st), **extra)  # the common case: no second stat
         again = lambda: p.reply(m, attr=self.export.lookup(m["path"]), **extra)  # noqa: E731
@@ -175,7 +175,7 @@ class FileRequests:
                                                      END):  # fmt: skip
                     now = self.export.stat(path)  # as it is now that the lock is ours
                     if (now.st_dev, now.st_ino) == key:
-                        self.ctx.shared.stamps.seen(key, now)
+                        self.ctx.shared.stamps.seen(key, now, path)
                         return p.reply(m, oid=oid, attr=attr_of(now), cached=cachelocks.SHARED)
             except BaseException:
                 self._forget_lease(oid)
@@ -199,7 +199,7 @@ class FileRequests:
     def _looked_at(self, h: Handle) -> p.Attr:
         """The file's attributes now, compared with what its holders cached."""
         st = h.file.stat()
-        self.ctx.shared.stamps.seen(h.key, st)
+        self.ctx.shared.stamps.seen(h.key, st, h.file)
         return attr_of(st)
 
     # --- data and size ------------------------------------------------------------

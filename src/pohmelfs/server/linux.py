@@ -47,6 +47,14 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
+def checked(ret: int, what: str) -> int:
+    """``ret`` of a libc call, or the OSError its errno means (``what``: the call)."""
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
 def _check(ret: int, *names: bytes) -> int:
     if ret < 0:
         err = ctypes.get_errno()

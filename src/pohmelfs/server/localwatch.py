@@ -20,14 +20,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
-import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from . import fanotify as fa
 from .storage import FileKey
+from .watchthread import WatchThread
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -50,47 +48,33 @@ class LocalChanges:
         try:
             # open_by_handle_at takes no O_PATH descriptor: a plain one of the root.
             self._mount_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except BaseException:
             os.close(self._group)
             raise
+        try:
+            self._reader = WatchThread(self._group, self._read_all, lost, "pohmelfs-watch",
+                                       BATCH)  # fmt: skip
+        except BaseException:
+            os.close(self._group)
+            os.close(self._mount_fd)
+            raise
         self._keys: OrderedDict[bytes, FileKey] = OrderedDict()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pohmelfs-watch")
 
     def start(self) -> LocalChanges:
-        self._thread.start()
+        self._reader.start()
         return self
 
-    def stop(self) -> None:
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        os.write(self._wake_w, b"x")
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(5)
-        if self._thread.is_alive():
-            log.warning("the export's watcher did not stop; its descriptors stay open")
-            return  # (closed under it, they could be reused by others)
-        for fd in (self._group, self._mount_fd, self._wake_r, self._wake_w):
-            os.close(fd)
+    def follow(self, key: FileKey, where: object) -> None:
+        pass  # the whole filesystem is watched
 
-    def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self._group, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        last = 0.0
-        while not self._stopping.is_set():
-            poller.poll()
-            # At once after a quiet spell (an editor's save), within BATCH in a burst.
-            if self._stopping.wait(max(0.0, last + BATCH - time.monotonic())):
-                return
-            last = time.monotonic()
-            try:
-                self._read_all()
-            except Exception:  # never the end of watching: that would be silent staleness
-                log.exception("watching the export for changes failed; revoking everything")
-                self._lost()
+    def unfollow(self, key: FileKey) -> None:
+        pass
+
+    def stop(self) -> None:
+        if self._group >= 0 and self._reader.stop():
+            os.close(self._group)
+            os.close(self._mount_fd)
+            self._group = self._mount_fd = -1
 
     def _read_all(self) -> None:
         keys: set[FileKey] = set()

@@ -85,7 +85,7 @@ class LockRequests:
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.ctx.shared.sizes.count_elsewhere(h.key, self.sid)
         st = h.file.stat()
-        self.ctx.shared.stamps.seen(h.key, st)
+        self.ctx.shared.stamps.seen(h.key, st, h.file)
         return p.reply(m, attr=attr_of(st), writers=writers, watchers=watchers)
 
     def cache(self, m: Message) -> Message | None:

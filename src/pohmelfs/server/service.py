@@ -15,7 +15,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from .session import Session, Terms
 from .shared import Budget, Shared
 from .sizes import SizeWatchers
 from .stamps import Stamps
-from .storage import Storage
+from .storage import Storage, Watched
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -100,7 +99,7 @@ class Server:
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting
-        self._unwatch: Callable[[], None] | None = None
+        self.watched: Watched | None = None
         self.terms = Terms(security, max_payload, random.getrandbits(63) | 1,
                            limits.handshake_timeout, limits.idle_timeout)  # fmt: skip
         self.session_ids = itertools.count(1)
@@ -116,7 +115,10 @@ class Server:
 
     def start(self) -> Server:
         if self.limits.watch_outside:
-            self._unwatch = self.export.watch(self.outside.changed, self.outside.lost)
+            stamps = self.shared.stamps
+            self.watched = self.export.watch(self.outside.changed, stamps.seen, self.outside.lost)
+            if self.watched is not None:
+                stamps.watched_by(self.watched)
         self._accept_thread.start()
         log.info(
             "serving %s on %s:%d%s",
@@ -222,8 +224,8 @@ class Server:
         except OSError:
             pass
         self.listener.close()
-        if self._unwatch is not None:
-            self._unwatch()
+        if self.watched is not None:
+            self.watched.stop()
         self.outside.close()
         for s in sessions:  # end each reader at its next frame boundary
             shutdown(s.sock, socket.SHUT_RD)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from ..protocol import Attr
 from .cachelocks import CacheLocks
-from .storage import FileKey
+from .storage import FileKey, OpenFile, Watched
 
 Stamp = tuple[int, int]  # (ctime in ns, size)
 
@@ -51,24 +51,37 @@ class Stamps:
         cache.when_unheld(self.forget)
         self._known: dict[FileKey, Stamp] = {}
         self._lock = threading.Lock()
+        self._watched: Watched | None = None
         self.found = 0  # changes found on use (for tests and metrics)
 
-    def seen(self, key: FileKey, st: os.stat_result | Attr) -> None:
-        """The server looked at ``key`` for a request (``st``: what it saw)."""
+    def watched_by(self, watched: Watched) -> None:
+        """Objects recorded are followed by ``watched`` (where the storage watches
+        objects one by one), until their last holder gives them up."""
+        self._watched = watched
+
+    def seen(self, key: FileKey, st: os.stat_result | Attr,
+             where: OpenFile | bytes | None = None) -> None:  # fmt: skip
+        """The server looked at ``key`` for a request (``st``: what it saw; ``where``:
+        the object, open or by path, for the watcher to follow), or the watcher did."""
         cache = self._cache
         if not cache.has_holders(key) or cache.changing_now(key):
             return
         stamp = stamp_of(st)
+        found = False
         with self._lock:
             known = self._known.get(key)
             if known is None:
                 self._record(key, stamp)
-                return
-            if not newer(stamp, known):
-                return
-            self._known[key] = stamp
-            self.found += 1
-        self._stale({key})
+            elif newer(stamp, known):
+                self._known[key] = stamp
+                self.found += 1
+                found = True
+        if where is not None and self._watched is not None:
+            self._watched.follow(key, where)
+            if not cache.has_holders(key):  # given up meanwhile: forget missed it
+                self._watched.unfollow(key)
+        if found:
+            self._stale({key})
 
     def ours(self, key: FileKey, st: os.stat_result | None) -> None:
         """pohmelfs itself changed ``key`` (still marked as changing); ``st``: its
@@ -87,6 +100,8 @@ class Stamps:
         holder's grant records it afresh."""
         with self._lock:
             self._known.pop(key, None)  # type: ignore[call-overload]
+        if self._watched is not None:
+            self._watched.unfollow(key)  # type: ignore[arg-type]
 
     def known(self, key: FileKey) -> Stamp | None:
         with self._lock:

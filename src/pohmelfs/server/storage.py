@@ -20,6 +20,9 @@ from ..protocol import Attr, Cred, DirEntry, StatFs
 
 FileKey = tuple[int, int]  # (st_dev, st_ino): which file locks and changes apply to
 
+# A watcher's ``look(key, st)``: the object changed, by whoever (stamps.Stamps.seen).
+Look = Callable[[FileKey, os.stat_result], None]
+
 # chmod's ``allowed(mode, st_mode)``: the mode to set instead, given the file's type
 ModeFilter = Callable[[int, int], int]
 
@@ -44,6 +47,19 @@ def attr_of(st: os.stat_result) -> Attr:
 def opens_for_writing(flags: int) -> bool:
     """An open with these flags may change the file (O_CREAT and O_TRUNC count)."""
     return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & (os.O_CREAT | os.O_TRUNC))
+
+
+class Watched(Protocol):
+    """A watch of the storage for changes made outside the server."""
+
+    def follow(self, key: FileKey, where: OpenFile | bytes) -> None:
+        """Somebody caches object ``key`` (open as ``where``, or at that path): watch
+        it, where the storage watches objects one by one."""
+        ...
+
+    def unfollow(self, key: FileKey) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class OpenFile(Protocol):
@@ -103,11 +119,13 @@ class Storage(Protocol):
 
     def close(self) -> None: ...
 
-    def watch(self, changed: Callable[[set[FileKey]], None],
-              lost: Callable[[], None]) -> Callable[[], None] | None:  # fmt: skip
+    def watch(self, changed: Callable[[set[FileKey]], None], look: Look,
+              lost: Callable[[], None]) -> Watched | None:  # fmt: skip
         """Tell ``changed`` the keys (st_dev, st_ino) of objects that something other
-        than this server changed, and ``lost`` when such changes went unseen; returns
-        what stops it, or None where changes from outside cannot be seen."""
+        than this server changed, or, where the storage cannot tell who changed
+        them, ``look`` the objects followed (``Watched.follow``) that changed and how
+        they are now; ``lost`` when changes went unseen. None where changes from
+        outside cannot be seen."""
         ...
 
     def statfs(self) -> StatFs: ...
