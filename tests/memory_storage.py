@@ -201,7 +201,7 @@ class MemoryStorage:
     def lookup(self, path: bytes) -> Attr:
         return attr_of(self.stat(path))
 
-    def parent_key(self, path: bytes) -> tuple[int, int] | None:
+    def parent_of(self, path: bytes) -> tuple[tuple[int, int], bytes] | None:
         parts = split_path(path)
         with self.lock:
             for n in range(len(parts) - 1, -1, -1):
@@ -210,7 +210,7 @@ class MemoryStorage:
                 except OSError:
                     continue
                 if stat.S_ISDIR(node.mode):
-                    return DEV, node.ino
+                    return (DEV, node.ino), b"/" + b"/".join(parts[:n])
         return None
 
     def readdir(self, path: bytes, batch_bytes: int = 256 << 10) -> Iterator[list[DirEntry]]:

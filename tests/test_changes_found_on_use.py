@@ -121,3 +121,48 @@ def test_pohmelfs_changes_are_never_taken_for_outside_ones(cm: Coherent,
             cm.fk.lookup(b"f")
     cm.fk.release(fh)
     assert unwatched.shared.stamps.found == 0
+
+
+def held_file(c: object, path: str, exclusive: bool) -> tuple[object, threading.Event]:
+    f = c.open(path, "r+b", buffering=0)  # type: ignore[attr-defined]
+    revoked = threading.Event()
+    f.on_revoke = lambda *_: revoked.set()
+    f.cache_lock(exclusive=exclusive)
+    return f, revoked
+
+
+def test_the_holders_own_write_does_not_absorb_a_change_made_before_it(
+    unwatched: Server, export_dir: Path
+) -> None:
+    (export_dir / "f").write_bytes(b"0123456789")
+    with make_client([address_of(unwatched)]) as c:
+        f, revoked = held_file(c, "/f", exclusive=True)
+        with open(export_dir / "f", "ab") as out:
+            out.write(b"-appended-outside")
+        f.pwrite(b"AB", 0)  # type: ignore[attr-defined]  # its stamp before: not ours
+        assert revoked.wait(WITHIN) and unwatched.shared.stamps.found == 1
+        f.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("own", ["chmod", "utime", "rename"])
+def test_after_the_holders_own_change_by_path_an_outside_one_is_still_found(
+    unwatched: Server, export_dir: Path, own: str
+) -> None:
+    """A change through pohmelfs by path (no handle) records the stamp after it,
+    read by path: the next change made outside is compared with that."""
+    (export_dir / "f").write_bytes(b"abc")
+    with make_client([address_of(unwatched)]) as c:
+        f, revoked = held_file(c, "/f", exclusive=False)
+        name = "f"
+        if own == "chmod":
+            c.chmod("/f", 0o600)
+        elif own == "utime":
+            c.utime("/f", ns=(1, 2))
+        else:
+            c.rename("/f", "/g")  # an editor's save renames over the old name
+            name = "g"
+        assert not revoked.is_set() and unwatched.shared.stamps.found == 0
+        (export_dir / name).write_bytes(b"abcdef, changed outside")
+        assert f.pread(100, 0) == b"abcdef, changed outside"  # type: ignore[attr-defined]
+        assert revoked.wait(WITHIN)
+        f.close()  # type: ignore[attr-defined]

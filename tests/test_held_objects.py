@@ -7,8 +7,10 @@ the test; the test's own writes to the export are the changes made outside."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from conftest import address_of, make_client, start_server, stopping, wait_until
 from fakekernel import Coherent, coherent_mount
+from pohmelfs.client.file import RemoteFile
 from pohmelfs.server import heldwatch, inotify, localwatch
 from pohmelfs.server.heldwatch import HeldObjects
 from pohmelfs.server.service import Server
@@ -150,7 +153,7 @@ def test_an_overflow_revokes_everything_held(cm: Coherent, held: Server,
         cm.fk.read(fh, 0, 10)
     cm.heard.take()
     parse = inotify.parse
-    overflowed = inotify.Event(-1, inotify.IN_Q_OVERFLOW)
+    overflowed = inotify.Event(-1, inotify.IN_Q_OVERFLOW, False)
     monkeypatch.setattr(heldwatch.ino, "parse", lambda buf: [overflowed, *parse(buf)])
     (cm.export / "written").write_bytes(b"changed")
     until(lambda: cm.heard.dropped(nodes["kept"]) and cm.heard.dropped(nodes["written"]))
@@ -174,3 +177,35 @@ def test_without_fanotify_or_inotify_it_serves_with_a_warning(
             assert f.read() == b"served"
     assert any("found only when the objects changed are next used" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+def test_a_file_opened_with_o_trunc_is_watched_too(held: Server, export_dir: Path) -> None:
+    """Its lock is granted inside the truncation, a change of pohmelfs' own."""
+    (export_dir / "f").write_bytes(b"old contents")
+    with make_client([address_of(held)]) as c:
+        f = RemoteFile(c.services, "/f", os.O_RDWR | os.O_TRUNC, 0o644, "r+b", cache=0)
+        revoked = threading.Event()
+        f.on_revoke = lambda *_: revoked.set()
+        (export_dir / "f").write_bytes(b"changed outside, longer")
+        assert revoked.wait(SEEN_WITHIN)
+        f.close()
+
+
+def test_an_object_that_cannot_be_watched_is_not_tried_again(
+    held: Server, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(group: int, fd: int) -> int:
+        raise OSError(errno.ENOSPC, "inotify_add_watch: No space left on device")
+
+    watched = held.watched
+    assert isinstance(watched, HeldObjects)
+    opened = []
+    opath = watched._opath
+    monkeypatch.setattr(heldwatch.ino, "watch", full)
+    monkeypatch.setattr(watched, "_opath", lambda where: opened.append(1) or opath(where))
+    (export_dir / "f").write_bytes(b"x" * 10000)
+    with make_client([address_of(held)]) as c, c.open("/f", "rb", buffering=0) as f:
+        f.cache_lock(exclusive=False)
+        for i in range(20):
+            f.pread(100, i * 100)
+    assert len(opened) <= 1

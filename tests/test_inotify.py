@@ -16,8 +16,9 @@ def event(wd: int, mask: int, name: bytes = b"") -> bytes:
 
 def test_events_with_and_without_names() -> None:
     buf = event(1, ino.IN_MODIFY) + event(2, ino.IN_CREATE, b"made") + event(-1, ino.IN_Q_OVERFLOW)
-    assert ino.parse(buf) == [ino.Event(1, ino.IN_MODIFY), ino.Event(2, ino.IN_CREATE),
-                              ino.Event(-1, ino.IN_Q_OVERFLOW)]  # fmt: skip
+    assert ino.parse(buf) == [ino.Event(1, ino.IN_MODIFY, False),
+                              ino.Event(2, ino.IN_CREATE, True),
+                              ino.Event(-1, ino.IN_Q_OVERFLOW, False)]  # fmt: skip
 
 
 @pytest.mark.parametrize("cut", [1, 15, 17, 30])

@@ -1,5 +1,6 @@
 """The change attributes of cached objects (server/stamps.py): what counts as a
-change made outside pohmelfs, found when the server looks at an object."""
+change made outside pohmelfs, found when the server looks at an object, and how
+pohmelfs' own changes are told apart (as a seqlock would)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from types import SimpleNamespace
 import pytest
 
 from pohmelfs.server.cachelocks import SHARED, CacheLocks
-from pohmelfs.server.stamps import Stamps, newer
+from pohmelfs.server.stamps import Stamps, Touch, newer
 
 pytestmark = pytest.mark.timeout(10)
 KEY = (1, 2)
 
 
 def st(ctime_ns: int, size: int) -> os.stat_result:
-    return SimpleNamespace(st_ctime_ns=ctime_ns, st_size=size)  # type: ignore[return-value]
+    return SimpleNamespace(st_ctime_ns=ctime_ns, st_size=size, st_dev=KEY[0],
+                           st_ino=KEY[1])  # type: ignore[return-value]  # fmt: skip
 
 
 @pytest.fixture
@@ -30,48 +32,88 @@ def hold(cache: CacheLocks, owner: tuple[int, int] = (1, 1)) -> None:
     assert cache.try_acquire(KEY, owner, SHARED, 0, 100)
 
 
+def touch(before: os.stat_result | None, after: os.stat_result | None) -> Touch:
+    return Touch(KEY, lambda: before, lambda: after)
+
+
 def test_newer() -> None:
     assert newer((2, 5), (1, 5)) and newer((1, 6), (1, 5))
     assert not newer((1, 5), (1, 5)) and not newer((0, 9), (1, 5))
+    assert not newer((1, 6), (1, 5), exact=False)  # the same ctime: only if exact
 
 
 def test_an_object_nobody_holds_is_not_recorded(table: SimpleNamespace) -> None:
-    table.stamps.seen(KEY, st(10, 3))
+    table.stamps.look(KEY, lambda: st(10, 3))
     assert table.stamps.known(KEY) is None and not table.stale
 
 
 def test_a_newer_ctime_or_another_size_is_a_change_made_outside(table: SimpleNamespace) -> None:
     hold(table.cache)
-    table.stamps.seen(KEY, st(10, 3))  # the grant's look
-    table.stamps.seen(KEY, st(10, 3))
-    table.stamps.seen(KEY, st(9, 1))  # a look taken before a change, compared after
+    table.stamps.look(KEY, lambda: st(10, 3))  # the grant's look
+    table.stamps.look(KEY, lambda: st(10, 3))
+    table.stamps.seen(KEY, st(9, 1))  # a look taken long before, compared now
     assert not table.stale
-    table.stamps.seen(KEY, st(11, 3))
+    table.stamps.look(KEY, lambda: st(11, 3))
     assert table.stale == [{KEY}] and table.stamps.known(KEY) == (11, 3)
-    table.stamps.seen(KEY, st(11, 17))  # same ctime (a coarse clock), another size
+    table.stamps.seen(KEY, st(11, 17))  # the same ctime, another size: when read?
+    assert len(table.stale) == 1
+    table.stamps.look(KEY, lambda: st(11, 17))  # read now: a change (a coarse clock)
     assert table.stale == [{KEY}, {KEY}] and table.stamps.found == 2
 
 
 def test_pohmelfs_own_changes_are_recorded_not_found(table: SimpleNamespace) -> None:
     hold(table.cache)
-    table.stamps.seen(KEY, st(10, 3))
-    assert table.cache.try_changing([KEY], 1)  # by the holder itself
-    table.stamps.seen(KEY, st(12, 8))  # while it is being changed: not compared
-    table.stamps.ours(KEY, st(12, 8))
-    table.cache.changed([KEY], 1)
-    table.stamps.seen(KEY, st(12, 8))
-    table.stamps.ours(KEY, st(11, 8))  # an older stat of a concurrent change: kept back
+    table.stamps.look(KEY, lambda: st(10, 3))
+    done = table.stamps.changing([touch(st(10, 3), st(12, 8))])
+    table.stamps.look(KEY, lambda: st(12, 8))  # in the middle of it: not compared
+    done()
+    table.stamps.look(KEY, lambda: st(12, 8))
     assert table.stamps.known(KEY) == (12, 8) and not table.stale
-    table.stamps.ours(KEY, None)  # no stat at hand: the next look records it
-    table.stamps.seen(KEY, st(13, 8))
+
+
+def test_a_look_overtaken_by_a_change_of_ours_compares_nothing(table: SimpleNamespace) -> None:
+    """The watcher read the attributes after one write of a burst and compares them
+    after the next write was recorded: with a coarse clock, the same ctime and
+    another size. The generation moved meanwhile: no change found."""
+    hold(table.cache)
+    table.stamps.look(KEY, lambda: st(10, 3))
+    table.stamps.changing([touch(st(10, 3), st(20, 4))])()
+
+    def read_then_overtaken() -> os.stat_result:
+        table.stamps.changing([touch(st(20, 4), st(20, 5))])()  # the next write
+        return st(20, 4)
+
+    table.stamps.look(KEY, read_then_overtaken)
+    assert table.stamps.known(KEY) == (20, 5) and not table.stale
+
+
+def test_a_change_made_outside_before_one_of_ours_is_found_not_absorbed(
+    table: SimpleNamespace,
+) -> None:
+    hold(table.cache)
+    table.stamps.look(KEY, lambda: st(10, 3))
+    done = table.stamps.changing([touch(st(15, 20), st(16, 20))])  # appended outside first
+    assert table.stale == [{KEY}]
+    done()
+    assert table.stamps.known(KEY) == (16, 20)
+
+
+def test_a_change_of_ours_with_nothing_at_hand_after_leaves_it_to_the_next_look(
+    table: SimpleNamespace,
+) -> None:
+    hold(table.cache)
+    table.stamps.look(KEY, lambda: st(10, 3))
+    table.stamps.changing([touch(None, None)])()
+    assert table.stamps.known(KEY) is None
+    table.stamps.look(KEY, lambda: st(13, 8))
     assert table.stamps.known(KEY) == (13, 8) and not table.stale
 
 
 def test_an_object_given_up_by_its_last_holder_is_forgotten(table: SimpleNamespace) -> None:
     hold(table.cache)
-    table.stamps.seen(KEY, st(10, 3))
+    table.stamps.look(KEY, lambda: st(10, 3))
     table.cache.forget(KEY, (1, 1))
     assert table.stamps.known(KEY) is None
     hold(table.cache, (2, 1))  # a new holder, after a change nobody held it through
-    table.stamps.seen(KEY, st(20, 4))
+    table.stamps.look(KEY, lambda: st(20, 4))
     assert table.stamps.known(KEY) == (20, 4) and not table.stale

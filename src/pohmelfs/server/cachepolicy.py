@@ -24,6 +24,7 @@ from .rangelock import END
 from .replies import reply_for
 from .shared import Shared
 from .sizes import EMPTY
+from .stamps import Touch, at_path, not_at_hand, of_file, stat_at
 from .storage import FileKey, attr_of
 from .waits import Waits, Work
 
@@ -86,7 +87,8 @@ class CachePolicy:
         except OSError:
             return None  # the request fails the same way when it runs, with a reply
         if msg.cmd != Command.READDIR:
-            key = export.parent_key(msg["path"])
+            found = export.parent_of(msg["path"])
+            key = None if found is None else found[0]
         else:
             try:
                 st = export.stat(msg["path"])
@@ -104,7 +106,8 @@ class CachePolicy:
     # --- reads and changes -------------------------------------------------------
 
     def plain(self, m: Message, h: Handle | None, key: FileKey, write: bool, start: int,
-              end: int, run: Work) -> Message | None:  # fmt: skip
+              end: int, run: Work, touches: Sequence[Touch] | None = None
+              ) -> Message | None:  # fmt: skip
         """Run a read or write of a range that the client may hold no cache lock on:
         other clients' cached copies go first (an exclusive holder writes back before
         a read; every holder writes back and drops its cache before a write). A
@@ -112,7 +115,7 @@ class CachePolicy:
         here, because the connection's writes must be applied in order."""
         cache = self._cache
         if write:
-            return self.change(m, h, (key,), run, start, end)
+            return self.change(m, h, (key,), run, start, end, touches)
         if not cache.conflicting(key, self.sid, start, end):
             return run()
 
@@ -131,33 +134,42 @@ class CachePolicy:
         A directory that moves (rename's first path) is given up by its holders
         too: they know it by its old path."""
         export = self._shared.export
-        keys: list[FileKey] = [key for key in map(export.parent_key, paths) if key is not None]
-        # Objects whose ctime the change moves without changing what is cached of
-        # them (a rename, a link count): their stamps are taken again after it.
-        touched: list[FileKey] = []
-        if m.cmd == Command.RENAME or (m.cmd in LINK_COUNTERS and self._cache.anything_held()):
+        parents = [found for found in map(export.parent_of, paths) if found is not None]
+        keys = [key for key, _path in parents]
+        held = self._cache.anything_held()  # (else no stamps to keep)
+        touches = [at_path(export, key, path) for key, path in parents]
+        # Objects whose ctime the change moves too (a rename, a link count), found
+        # after it at the new name (rename), where they were (link), or nowhere.
+        if m.cmd == Command.RENAME or (m.cmd in LINK_COUNTERS and held):
             named = (m["path"], m["new"]) if m.cmd == Command.RENAME else (m["path"],)
             for i, path in enumerate(named):
                 try:
                     st = export.stat(path)
                 except OSError:
                     continue  # the change itself fails with the reason, or replaces nothing
-                touched.append((st.st_dev, st.st_ino))
+                key = st.st_dev, st.st_ino
                 if i == 0 and m.cmd == Command.RENAME and stat.S_ISDIR(st.st_mode):
-                    keys.append((st.st_dev, st.st_ino))
-        return self.change(m, None, keys, run, touched=touched)
+                    keys.append(key)
+                after = None  # removed, or replaced by a rename
+                if m.cmd == Command.RENAME and i == 0:
+                    after = m["new"]
+                elif m.cmd == Command.LINK:
+                    after = path
+                touches.append(Touch(key, stat_at(export, key, path), stat_at(export, key, after)))
+        return self.change(m, None, keys, run, touches=touches)
 
     def change(self, m: Message, h: Handle | None, keys: Sequence[FileKey], run: Work,
                start: int = 0, end: int = END,
-               touched: Sequence[FileKey] = ()) -> Message | None:  # fmt: skip
-        """Run a change that other sessions' cache locks must make way for (and
-        whose ctime it moves: ``touched`` too, see ``naming``). With
+               touches: Sequence[Touch] | None = None) -> Message | None:  # fmt: skip
+        """Run a change that other sessions' cache locks must make way for
+        (``touches``: the objects whose stamps it moves and how to read them, if
+        not just the keys through ``h``: see ``stamps.py``). With
         nothing to revoke it runs here. Otherwise it waits on a thread of its own (the
         reader goes on taking the answers to revocations), or, if its client did not
         wait for it (BEHIND), in this session's queue, which every later request of
         the connection then joins, in order."""
         cache, waits = self._cache, self._waits
-        run = self._restamped(h, (*keys, *touched), run)
+        run = self._stamped(h, keys, touches, run)
         # A change that other clients must hear of (RESIZE) waits for their answers:
         # never on the reader, which must go on taking them.
         told = len(keys) == 1 and self._shared.sizes.elsewhere(keys[0], self.sid)
@@ -189,30 +201,29 @@ class CachePolicy:
             waits.answer_later(m, held, wait_and_run)
         return None
 
-    def _restamped(self, h: Handle | None, keys: Sequence[FileKey], run: Work) -> Work:
-        """``run``, then the change attributes of the keys recorded as pohmelfs'
-        own (while they are still marked as changing: see ``stamps.py``)."""
+    def _stamped(self, h: Handle | None, keys: Sequence[FileKey],
+                 touches: Sequence[Touch] | None, run: Work) -> Work:  # fmt: skip
+        """``run`` as a change of pohmelfs' own to the stamps of what it touches
+        that somebody holds (``stamps.Stamps.changing``)."""
+        cache = self._cache
+        if not cache.anything_held():
+            return run
+        if touches is None:
+            touches = [of_file(key, h.file) if h is not None and h.key == key
+                       else Touch(key, not_at_hand, not_at_hand) for key in keys]  # fmt: skip
+        touches = [t for t in touches if cache.has_holders(t.key)]
+        if not touches:
+            return run
+        stamps = self._shared.stamps
 
-        def run_then_restamp() -> Message | None:
+        def run_stamped() -> Message | None:
+            done = stamps.changing(touches)
             try:
                 return run()
             finally:
-                self._restamp(h, keys)
+                done()
 
-        return run_then_restamp
-
-    def _restamp(self, h: Handle | None, keys: Sequence[FileKey]) -> None:
-        stamps, cache = self._shared.stamps, self._cache
-        for key in keys:
-            if not cache.has_holders(key):
-                continue
-            st = None
-            if h is not None and h.key == key:
-                try:
-                    st = h.file.stat()
-                except OSError:
-                    pass
-            stamps.ours(key, st)
+        return run_stamped
 
     def _applied_then_told(self, m: Message, keys: Sequence[FileKey], run: Work) -> None:
         """A write-back that others must hear the new size of: applied here, before

@@ -230,9 +230,9 @@ class LocalExport:
         with self._parent(path) as (dfd, name):
             return os.stat(name, dir_fd=dfd, follow_symlinks=False)
 
-    def parent_key(self, path: bytes) -> tuple[int, int] | None:
-        """(st_dev, st_ino) of the nearest existing directory above ``path``: the
-        one a create or removal of ``path`` changes. None if there is none."""
+    def parent_of(self, path: bytes) -> tuple[FileKey, bytes] | None:
+        """(st_dev, st_ino) and path of the nearest existing directory above ``path``:
+        the one a create or removal of ``path`` changes. None if there is none."""
         try:
             parts = split_path(path)
         except OSError:
@@ -242,7 +242,7 @@ class LocalExport:
             try:
                 with self._parent_of(b"/".join([*parts, b"x"])) as (dfd, _name):
                     st = os.fstat(dfd)
-                return st.st_dev, st.st_ino
+                return (st.st_dev, st.st_ino), b"/" + b"/".join(parts)
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError:

@@ -22,6 +22,7 @@ from .context import Context
 from .handles import Handle
 from .rangelock import END
 from .sizes import EMPTY
+from .stamps import at_path
 from .storage import OpenFile, attr_of
 
 READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
@@ -122,10 +123,11 @@ class FileRequests:
         if cached > cachelocks.EXCLUSIVE:
             cached = cachelocks.RELEASE
         elif cache.try_acquire(h.key, (self.sid, oid), cached, 0, END):
-            attr = attr_of(h.file.stat())  # as it is now that the lock is ours
+            attr = self._looked_at(h)  # as it is now that the lock is ours
         else:
             cached = cachelocks.RELEASE  # someone to revoke: the client asks with CACHE
-        self.ctx.shared.stamps.seen(h.key, attr, h.file)
+        if cached == cachelocks.RELEASE:
+            self.ctx.shared.stamps.seen(h.key, attr, h.file)
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.sizes.count_elsewhere(h.key, self.sid)
         return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory,
@@ -173,9 +175,9 @@ class FileRequests:
             try:
                 if self.ctx.shared.cache.try_acquire(key, (self.sid, oid), cachelocks.SHARED, 0,
                                                      END):  # fmt: skip
-                    now = self.export.stat(path)  # as it is now that the lock is ours
+                    # as it is now that the lock is ours
+                    now = self.ctx.shared.stamps.look(key, lambda: self.export.stat(path), path)
                     if (now.st_dev, now.st_ino) == key:
-                        self.ctx.shared.stamps.seen(key, now, path)
                         return p.reply(m, oid=oid, attr=attr_of(now), cached=cachelocks.SHARED)
             except BaseException:
                 self._forget_lease(oid)
@@ -198,9 +200,7 @@ class FileRequests:
 
     def _looked_at(self, h: Handle) -> p.Attr:
         """The file's attributes now, compared with what its holders cached."""
-        st = h.file.stat()
-        self.ctx.shared.stamps.seen(h.key, st, h.file)
-        return attr_of(st)
+        return attr_of(self.ctx.shared.stamps.look(h.key, h.file.stat, h.file))
 
     # --- data and size ------------------------------------------------------------
 
@@ -219,7 +219,8 @@ class FileRequests:
                 self.policy.resized(key, self.export.stat(m["path"]), st.st_size, 0)
             return p.reply(m)
 
-        return self.policy.plain(m, None, key, True, 0, END, truncate)
+        touches = [at_path(self.export, key, m["path"])]
+        return self.policy.plain(m, None, key, True, 0, END, truncate, touches)
 
     def ftruncate(self, m: Message) -> Message | None:
         self._writable(m)

@@ -2,21 +2,24 @@
 fanotify cannot watch the whole filesystem (a server that is not root, or a
 filesystem fanotify cannot mark).
 
-Only what somebody caches is watched (``follow`` when the server records an
-object's change attribute, ``unfollow`` when its last holder gives it up), each
-through a descriptor of its own (``O_PATH``: it opens nothing for reading and
-follows the inode through renames). inotify does not say which process made a
-change, so an event is not a change made outside: it is a reason to look. The
-object's attributes are read again and handed to ``look``, which compares them
-with what pohmelfs recorded (``stamps.Stamps.seen``): pohmelfs' own changes look
-the same as recorded; anything else revokes. Like ``localwatch.py``, events are
-read as they come after a quiet spell and at most every ``BATCH`` in a burst.
+Only what somebody caches is watched (``follow`` when the server looks at an
+object for a client, ``unfollow`` when its last holder gives it up), each through
+a descriptor of its own (``O_PATH``: it opens nothing for reading and follows the
+inode through renames). inotify does not say which process made a change, so an
+event is not a change made outside: it is a reason to look. The object's
+attributes are read again and handed to ``look``, which compares them with what
+pohmelfs recorded (``stamps.Stamps.look``): pohmelfs' own changes look the same as
+recorded; anything else revokes. Like ``localwatch.py``, events are read as they
+come after a quiet spell and at most every ``BATCH`` in a burst.
 
-Limits: at most ``FOLLOWED`` objects (descriptors of the server), and the
-kernel's ``fs.inotify.max_user_watches`` for the user the server runs as; past
-either, further objects are only checked when used (``stamps.py``) and a warning
-says so, once. A queue overflow (``IN_Q_OVERFLOW``) is changes lost: everything
-held is revoked.
+Limits: at most ``FOLLOWED`` objects, and a quarter of the server's descriptors
+(each watch holds one), and the kernel's ``fs.inotify.max_user_watches`` for the
+user the server runs as; past either, further objects are only checked when used
+(``stamps.py``) and a warning says so, once. An object that cannot be watched is
+not tried again while it is held. A queue overflow (``IN_Q_OVERFLOW``) is changes
+lost: everything held is revoked. Descriptors given up are closed on the watching
+thread (``unfollow`` runs under the lock table's lock, and the last close of a
+removed file frees its blocks).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import threading
 from collections.abc import Callable
 
@@ -49,7 +53,8 @@ class HeldObjects:
         self._look = look
         self._lost = lost
         self._opath = opath
-        self._limit = FOLLOWED
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._limit = min(FOLLOWED, soft // 4 if soft != resource.RLIM_INFINITY else FOLLOWED)
         self._group = ino.new_group()  # OSError where inotify cannot serve
         try:
             self._reader = WatchThread(self._group, self._read_all, lost, "pohmelfs-held", BATCH)
@@ -59,6 +64,9 @@ class HeldObjects:
         self._lock = threading.Lock()
         self._by_key: dict[FileKey, tuple[int, int]] = {}  # key -> (watch, descriptor)
         self._by_wd: dict[int, FileKey] = {}
+        self._refused: set[FileKey] = set()  # held, and could not be watched
+        self._full = False  # the kernel's watches ran out (until one is given back)
+        self._closing: list[int] = []  # descriptors given up, for the watching thread
         self._warned = False
 
     def start(self) -> HeldObjects:
@@ -70,14 +78,16 @@ class HeldObjects:
 
     def follow(self, key: FileKey, where: object) -> None:
         """Watch object ``key``, found at ``where``, until ``unfollow``."""
-        if key in self._by_key or len(self._by_key) >= self._limit:  # (a glance first)
-            if len(self._by_key) >= self._limit:
-                self._warn(f"{self._limit} objects are watched")
+        if key in self._by_key or key in self._refused:  # (glances first: most looks)
+            return
+        if self._full or len(self._by_key) >= self._limit:
+            self._warn(f"{self._limit} objects are watched")
             return
         try:
             fd = self._opath(where)
-        except OSError:
-            return  # gone meanwhile: nobody will cache it long
+        except OSError as e:
+            self._refuse(key, e)
+            return
         try:
             st = os.fstat(fd)
             with self._lock:
@@ -89,20 +99,30 @@ class HeldObjects:
                 self._by_wd[wd] = key
         except OSError as e:
             os.close(fd)
-            if e.errno == errno.ENOSPC:
-                self._warn("the kernel's fs.inotify.max_user_watches is reached")
-            else:
-                log.debug("not watching %s: %s", key, e)
+            self._refuse(key, e)
+
+    def _refuse(self, key: FileKey, e: OSError) -> None:
+        if e.errno == errno.ENOSPC:
+            self._full = True
+            self._warn("the kernel's fs.inotify.max_user_watches is reached")
+        elif e.errno in (errno.EMFILE, errno.ENFILE):
+            self._warn("the server is out of descriptors")
+        elif e.errno not in (errno.ENOENT, errno.ESTALE):  # (gone: nobody caches it long)
+            with self._lock:
+                self._refused.add(key)
+            log.debug("not watching %s: %s", key, e)
 
     def unfollow(self, key: FileKey) -> None:
         with self._lock:
+            self._refused.discard(key)
             entry = self._by_key.pop(key, None)
             if entry is None:
                 return
             wd, fd = entry
             del self._by_wd[wd]
-            ino.unwatch(self._group, wd)
-            os.close(fd)
+            ino.unwatch(self._group, wd)  # (its IN_IGNORED wakes the thread, which closes fd)
+            self._closing.append(fd)
+            self._full = False
 
     def _warn(self, why: str) -> None:
         if not self._warned:
@@ -118,10 +138,19 @@ class HeldObjects:
                 os.close(fd)
             self._by_key.clear()
             self._by_wd.clear()
+            self._close_given_up()
             os.close(self._group)
             self._group = -1
 
+    def _close_given_up(self) -> None:
+        """(With the lock.)"""
+        closing, self._closing = self._closing, []
+        for fd in closing:
+            os.close(fd)
+
     def _read_all(self) -> None:
+        with self._lock:
+            self._close_given_up()
         wds: set[int] = set()
         for _ in range(64):  # bounded: a storm of changes is read in turns
             try:
@@ -134,15 +163,28 @@ class HeldObjects:
                                 "overflowed): every client's cache is revoked")  # fmt: skip
                     self._lost()
                     return
-                if not event.mask & ino.IN_IGNORED:
-                    wds.add(event.wd)
-        for wd in wds:
-            with self._lock:  # (a descriptor is closed only under it: never reused here)
-                key = self._by_wd.get(wd)
-                if key is None:
-                    continue  # given up meanwhile
-                try:
-                    st = os.fstat(self._by_key[key][1])
-                except OSError:
+                if event.mask & ino.IN_IGNORED:
                     continue
-            self._look(key, st)
+                if event.named and not event.mask & ~ino.ENTRY_ONLY:
+                    continue  # an entry's own change: its own watch, if held, says so
+                wds.add(event.wd)
+        for wd in wds:
+            key = self._by_wd.get(wd)
+            if key is not None:
+                try:
+                    self._look(key, lambda key=key: self._stat(key))  # type: ignore[misc]
+                except OSError:
+                    continue  # given up meanwhile
+
+    def _stat(self, key: FileKey) -> os.stat_result:
+        """The object's attributes, read through a copy of its descriptor (never under
+        the lock: on a network filesystem a stat may take long)."""
+        with self._lock:
+            entry = self._by_key.get(key)
+            if entry is None:
+                raise OSError(errno.ENOENT, "not watched any more")
+            fd = os.dup(entry[1])
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)

@@ -37,6 +37,9 @@ IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000  # the watch is gone (removed, or its inode is)
 IN_EXCL_UNLINK = 0x4000000
+# What an entry of a watched directory reports that changes only the entry (which
+# is watched itself if somebody holds it), not the directory's names.
+ENTRY_ONLY = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE
 # Everything that changes an object's data, attributes or (a directory's) names.
 CHANGES = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
            | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)  # fmt: skip
@@ -48,11 +51,13 @@ NAME_MAX = 255
 class Event(NamedTuple):
     wd: int
     mask: int
+    named: bool  # about an entry of the watched directory, not the directory itself
 
 
 def parse(buf: bytes | memoryview) -> list[Event]:
-    """The events of one read (names are not kept: a directory's change is looked
-    up on the directory). A length that does not add up raises ValueError."""
+    """The events of one read (the names themselves are not kept: a directory's
+    change is looked up on the directory). A length that does not add up raises
+    ValueError."""
     view = memoryview(buf)
     events = []
     pos = 0
@@ -62,7 +67,7 @@ def parse(buf: bytes | memoryview) -> list[Event]:
         wd, mask, _cookie, length = EVENT.unpack_from(view, pos)
         if length > NAME_MAX + 1 + EVENT.size or pos + EVENT.size + length > len(view):
             raise ValueError(f"bad event (name of {length} bytes)")
-        events.append(Event(wd, mask))
+        events.append(Event(wd, mask, length > 0))
         pos += EVENT.size + length
     return events
 

@@ -84,8 +84,7 @@ class LockRequests:
         """The file as it is now, and how many handles elsewhere write it."""
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.ctx.shared.sizes.count_elsewhere(h.key, self.sid)
-        st = h.file.stat()
-        self.ctx.shared.stamps.seen(h.key, st, h.file)
+        st = self.ctx.shared.stamps.look(h.key, h.file.stat, h.file)
         return p.reply(m, attr=attr_of(st), writers=writers, watchers=watchers)
 
     def cache(self, m: Message) -> Message | None:

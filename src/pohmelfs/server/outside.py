@@ -47,7 +47,10 @@ class OutsideChanges:
                     continue
                 self._pending.add(key)
                 self.seen += 1
-            self._pool.submit(self._revoke_all_of, key)
+            try:
+                self._pool.submit(self._revoke_all_of, key)
+            except RuntimeError:  # the server stops: every lock goes with it
+                return
 
     def lost(self) -> None:
         """Changes went unseen: whatever anybody caches may be stale."""

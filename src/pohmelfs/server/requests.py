@@ -11,6 +11,7 @@ from ..protocol import Command, Message
 from .context import Context
 from .filerequests import FileRequests
 from .lockrequests import LockRequests
+from .stamps import at_path
 from .storage import OpenFile
 
 Handler = Callable[[Message], Message | None]
@@ -157,7 +158,9 @@ class Requests:
                 st = self.export.stat(m["path"])
             except OSError:
                 return run()  # it fails there, with the reason
-            return self.policy.change(m, None, ((st.st_dev, st.st_ino),), run)
+            key = st.st_dev, st.st_ino
+            touches = [at_path(self.export, key, m["path"])]
+            return self.policy.change(m, None, (key,), run, touches=touches)
 
         with self.ctx.handles.using(m.oid) as h:
             run = lambda: reply(on_file(h.file))  # noqa: E731

@@ -116,7 +116,7 @@ class Server:
     def start(self) -> Server:
         if self.limits.watch_outside:
             stamps = self.shared.stamps
-            self.watched = self.export.watch(self.outside.changed, stamps.seen, self.outside.lost)
+            self.watched = self.export.watch(self.outside.changed, stamps.look, self.outside.lost)
             if self.watched is not None:
                 stamps.watched_by(self.watched)
         self._accept_thread.start()

@@ -1,20 +1,24 @@
 """The change attribute of each object a client caches, as pohmelfs last left it.
 
 A change the watcher did not see (its queue overflowed and the revocation is still
-under way, a filesystem without notifications, a server that is not root, a write
-through a shared mapping) still shows on the object itself: its ctime (nanoseconds)
-and size move. Each time the server looks at a cached object for a client's request
-(a grant, an open, a lookup, a lease, a read), it compares what it sees with what it
-recorded when the object was granted or last changed through pohmelfs; a newer
-stamp is a change made outside, and every holder's cache of the object is revoked
-(``OutsideChanges.changed``) as for one the watcher saw.
+under way, a filesystem without notifications, a write through a shared mapping)
+still shows on the object itself: its ctime (nanoseconds) and size move. Each time
+the server looks at a cached object for a client's request (a grant, an open, a
+lookup, a lease, a read), and before each change it makes to one, it compares what
+it sees with what it recorded when the object was granted or last changed through
+pohmelfs; a newer stamp is a change made outside, and every holder's cache of the
+object is revoked (``OutsideChanges.changed``) as for one the watcher saw. Where
+the storage watches held objects one by one (inotify, which names no process),
+its events are looks too.
 
-Told apart from pohmelfs' own changes: those are recorded (``ours``) while the
-object is still marked as being changed (``CacheLocks.changing``), and an object
-being changed is not compared; a look taken before a change and compared after it
-sees an older ctime, which is not a change. Two stamps with the same ctime and
-different sizes cannot be ordered and count as a change (a revocation too many
-costs a round trip; one too few, a stale cache).
+Told apart from pohmelfs' own changes as a seqlock would: a change of pohmelfs'
+own (``changing``) marks the objects it touches until it has recorded their
+stamps after it, and then moves their generation on; a look that finds an object
+marked, or whose generation moved since it read its attributes, compares nothing
+(it may have seen the middle of the change, or the state before it). A look that
+cannot say when it read the attributes (no generation) still ignores an older
+ctime; only a generation-checked one counts the same ctime with another size as a
+change (a kernel with coarse timestamps gives two changes within a tick one ctime).
 
 The inode's generation is not part of the stamp: the key already names the inode,
 and an inode number used again by a new file comes with that file's newer ctime.
@@ -22,15 +26,18 @@ and an inode number used again by a new file comes with that file's newer ctime.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..protocol import Attr
 from .cachelocks import CacheLocks
-from .storage import FileKey, OpenFile, Watched
+from .storage import FileKey, OpenFile, Storage, Watched
 
 Stamp = tuple[int, int]  # (ctime in ns, size)
+StatOf = Callable[[], "os.stat_result | None"]  # None: gone, or not at hand
 
 
 def stamp_of(st: os.stat_result | Attr) -> Stamp:
@@ -39,9 +46,46 @@ def stamp_of(st: os.stat_result | Attr) -> Stamp:
     return st.st_ctime_ns, st.st_size
 
 
-def newer(seen: Stamp, known: Stamp) -> bool:
-    """Does ``seen`` show a change since ``known``?"""
-    return seen[0] > known[0] or (seen[0] == known[0] and seen[1] != known[1])
+def newer(seen: Stamp, known: Stamp, exact: bool = True) -> bool:
+    """Does ``seen`` show a change since ``known``? (``exact``: no change of pohmelfs'
+    own can have come between the two.)"""
+    return seen[0] > known[0] or (exact and seen[0] == known[0] and seen[1] != known[1])
+
+
+def not_at_hand() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Touch:
+    """An object a change of pohmelfs' own touches, and how to read its attributes
+    just before the change and just after it."""
+
+    key: FileKey
+    before: StatOf
+    after: StatOf
+
+
+def of_file(key: FileKey, file: OpenFile) -> Touch:
+    return Touch(key, file.stat, file.stat)
+
+
+def stat_at(storage: Storage, key: FileKey, path: bytes | None) -> StatOf:
+    """How to read object ``key``'s attributes at ``path`` (as the caller): None if
+    another object is there, none is, or there is no path."""
+    if path is None:
+        return not_at_hand
+
+    def stat() -> os.stat_result | None:
+        st = storage.stat(path)
+        return st if (st.st_dev, st.st_ino) == key else None
+
+    return stat
+
+
+def at_path(storage: Storage, key: FileKey, path: bytes) -> Touch:
+    found = stat_at(storage, key, path)
+    return Touch(key, found, found)
 
 
 class Stamps:
@@ -49,57 +93,113 @@ class Stamps:
         self._cache = cache
         self._stale = stale
         cache.when_unheld(self.forget)
-        self._known: dict[FileKey, Stamp] = {}
         self._lock = threading.Lock()
+        self._known: dict[FileKey, Stamp] = {}
+        self._changing = collections.Counter[FileKey]()  # own changes under way
+        self._generation: dict[FileKey, int] = {}  # own changes ended, while held
         self._watched: Watched | None = None
         self.found = 0  # changes found on use (for tests and metrics)
 
     def watched_by(self, watched: Watched) -> None:
-        """Objects recorded are followed by ``watched`` (where the storage watches
+        """Objects looked at are followed by ``watched`` (where the storage watches
         objects one by one), until their last holder gives them up."""
         self._watched = watched
 
-    def seen(self, key: FileKey, st: os.stat_result | Attr,
-             where: OpenFile | bytes | None = None) -> None:  # fmt: skip
-        """The server looked at ``key`` for a request (``st``: what it saw; ``where``:
-        the object, open or by path, for the watcher to follow), or the watcher did."""
+    # --- looks ---------------------------------------------------------------------
+
+    def look(self, key: FileKey, stat: Callable[[], os.stat_result],
+             where: OpenFile | bytes | None = None) -> os.stat_result:  # fmt: skip
+        """Read the object's attributes (``stat``) and compare them; returns them."""
+        generation = self._generation.get(key, 0)
+        st = stat()
+        if (st.st_dev, st.st_ino) == key:  # (a path may name another object by now)
+            self.seen(key, st, where, generation)
+        return st
+
+    def seen(self, key: FileKey, st: os.stat_result | Attr, where: OpenFile | bytes | None = None,
+             generation: int | None = None) -> None:  # fmt: skip
+        """The server saw ``key`` as ``st`` for a request (``where``: the object, open
+        or by path, for the watcher to follow; ``generation``: the key's, read before
+        ``st`` was: see ``look``)."""
         cache = self._cache
-        if not cache.has_holders(key) or cache.changing_now(key):
+        if not cache.has_holders(key):
+            return
+        watched = self._watched
+        if where is not None and watched is not None:
+            watched.follow(key, where)  # (also in the middle of a change: no compare needed)
+            if not cache.has_holders(key):  # given up meanwhile: forget missed it
+                watched.unfollow(key)
+        if key in self._changing:
             return
         stamp = stamp_of(st)
         found = False
         with self._lock:
+            if key in self._changing:
+                return
+            exact = generation is not None
+            if exact and self._generation.get(key, 0) != generation:
+                return  # a change of ours ended since st was read: st may be older
             known = self._known.get(key)
             if known is None:
                 self._record(key, stamp)
-            elif newer(stamp, known):
+            elif newer(stamp, known, exact):
                 self._known[key] = stamp
                 self.found += 1
                 found = True
-        if where is not None and self._watched is not None:
-            self._watched.follow(key, where)
-            if not cache.has_holders(key):  # given up meanwhile: forget missed it
-                self._watched.unfollow(key)
         if found:
             self._stale({key})
 
-    def ours(self, key: FileKey, st: os.stat_result | None) -> None:
-        """pohmelfs itself changed ``key`` (still marked as changing); ``st``: its
-        stat after, or None if not at hand (the next look records it)."""
+    # --- pohmelfs' own changes ---------------------------------------------------------
+
+    def changing(self, touches: Sequence[Touch]) -> Callable[[], None]:
+        """A change of pohmelfs' own begins (its requests' revocations done): each
+        object's attributes just before it are compared first (a change made outside
+        before it is found, not taken for ours), and no look compares them until
+        the change is done; returns what records them after it (call it once)."""
+        generations = [self._generation.get(t.key, 0) for t in touches]
+        befores = [_stat_or_none(t.before) for t in touches]
+        found: set[FileKey] = set()
         with self._lock:
-            if st is None:
-                self._known.pop(key, None)
-                return
-            known = self._known.get(key)
-            stamp = stamp_of(st)
-            if known is None or stamp[0] >= known[0]:
-                self._record(key, stamp)
+            for t, generation, st in zip(touches, generations, befores, strict=True):
+                known = self._known.get(t.key)
+                if (st is not None and known is not None and not self._changing[t.key]
+                        and self._generation.get(t.key, 0) == generation
+                        and newer(stamp_of(st), known)):  # fmt: skip
+                    self._known[t.key] = stamp_of(st)
+                    self.found += 1
+                    found.add(t.key)
+                self._changing[t.key] += 1
+        if found:
+            self._stale(found)
+        return lambda: self._changed(touches)
+
+    def _changed(self, touches: Sequence[Touch]) -> None:
+        afters = [_stat_or_none(t.after) for t in touches]
+        with self._lock:
+            for t, st in zip(touches, afters, strict=True):
+                key = t.key
+                self._changing[key] -= 1
+                if self._changing[key] <= 0:
+                    del self._changing[key]
+                if not self._cache.has_holders(key):
+                    self._known.pop(key, None)
+                    self._generation.pop(key, None)
+                    continue
+                self._generation[key] = self._generation.get(key, 0) + 1
+                known = self._known.get(key)
+                if st is None:
+                    self._known.pop(key, None)  # the next look records it
+                elif known is None or stamp_of(st)[0] >= known[0]:
+                    self._known[key] = stamp_of(st)
+
+    # --- the table ---------------------------------------------------------------------
 
     def forget(self, key: object) -> None:
-        """Nobody holds ``key`` any more (``CacheLocks.when_unheld``): the next
-        holder's grant records it afresh."""
+        """Nobody holds ``key`` any more (``CacheLocks.when_unheld``, with its lock):
+        the next holder's grant records it afresh."""
         with self._lock:
             self._known.pop(key, None)  # type: ignore[call-overload]
+            self._generation.pop(key, None)  # type: ignore[call-overload]
         if self._watched is not None:
             self._watched.unfollow(key)  # type: ignore[arg-type]
 
@@ -114,3 +214,10 @@ class Stamps:
             self._known[key] = stamp
         else:
             self._known.pop(key, None)
+
+
+def _stat_or_none(stat: StatOf) -> os.stat_result | None:
+    try:
+        return stat()
+    except OSError:
+        return None

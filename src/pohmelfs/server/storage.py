@@ -20,8 +20,9 @@ from ..protocol import Attr, Cred, DirEntry, StatFs
 
 FileKey = tuple[int, int]  # (st_dev, st_ino): which file locks and changes apply to
 
-# A watcher's ``look(key, st)``: the object changed, by whoever (stamps.Stamps.seen).
-Look = Callable[[FileKey, os.stat_result], None]
+# A watcher's ``look(key, stat)``: the object changed, by whoever; ``stat()`` reads
+# its attributes (stamps.Stamps.look).
+Look = Callable[[FileKey, Callable[[], os.stat_result]], object]
 
 # chmod's ``allowed(mode, st_mode)``: the mode to set instead, given the file's type
 ModeFilter = Callable[[int, int], int]
@@ -134,8 +135,8 @@ class Storage(Protocol):
 
     def lookup(self, path: bytes) -> Attr: ...
 
-    def parent_key(self, path: bytes) -> FileKey | None:
-        """(st_dev, st_ino) of the nearest existing directory above ``path``."""
+    def parent_of(self, path: bytes) -> tuple[FileKey, bytes] | None:
+        """(st_dev, st_ino) and path of the nearest existing directory above ``path``."""
         ...
 
     def readdir(self, path: bytes, batch_bytes: int = ...) -> Iterator[list[DirEntry]]: ...
