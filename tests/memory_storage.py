@@ -188,7 +188,7 @@ class MemoryStorage:
         pass
 
     def watch(self, changed: Callable[[set[tuple[int, int]]], None], look: Any,
-              lost: Callable[[], None]) -> None:  # fmt: skip
+              lost: Callable[[], None], whole: bool = True) -> None:  # fmt: skip
         return None  # nothing but the server changes memory
 
     def statfs(self) -> StatFs:

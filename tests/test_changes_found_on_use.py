@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import address_of, make_client, start_server, stopping, wait_until
 from fakekernel import Coherent, coherent_mount
+from pohmelfs.server.cachelocks import END, SHARED
 from pohmelfs.server.service import Limits, Server
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,7 +28,7 @@ WITHIN = 5.0  # the revocation, once found: four workers share two cores
 
 @pytest.fixture
 def unwatched(export_dir: Path) -> Iterator[Server]:
-    with stopping(start_server(export_dir, limits=Limits(watch_outside=False))) as srv:
+    with stopping(start_server(export_dir, limits=Limits(watch="off"))) as srv:
         yield srv
 
 
@@ -123,7 +127,7 @@ def test_pohmelfs_changes_are_never_taken_for_outside_ones(cm: Coherent,
     assert unwatched.shared.stamps.found == 0
 
 
-def held_file(c: object, path: str, exclusive: bool) -> tuple[object, threading.Event]:
+def held_file(c: object, path: str, exclusive: bool = False) -> tuple[object, threading.Event]:
     f = c.open(path, "r+b", buffering=0)  # type: ignore[attr-defined]
     revoked = threading.Event()
     f.on_revoke = lambda *_: revoked.set()
@@ -165,4 +169,79 @@ def test_after_the_holders_own_change_by_path_an_outside_one_is_still_found(
         (export_dir / name).write_bytes(b"abcdef, changed outside")
         assert f.pread(100, 0) == b"abcdef, changed outside"  # type: ignore[attr-defined]
         assert revoked.wait(WITHIN)
+        f.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("held", ["d/f", "keep"])
+def test_a_tree_removed_through_pohmelfs_is_no_outside_change(
+    unwatched: Server, export_dir: Path, held: str
+) -> None:
+    """Everything the removal unlinks moves its ctime: a file in the tree held open
+    elsewhere, or held by a hard link outside it."""
+    (export_dir / "d").mkdir()
+    (export_dir / "d" / "f").write_bytes(b"abc")
+    (export_dir / "keep").hardlink_to(export_dir / "d" / "f")
+    with make_client([address_of(unwatched)]) as a, make_client([address_of(unwatched)]) as b:
+        f, _revoked = held_file(b, "/" + held, exclusive=False)
+        a.rmtree("/d")
+        assert f.pread(100, 0) == b"abc"  # type: ignore[attr-defined]
+        assert unwatched.shared.stamps.found == 0
+        f.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def slow_first_change(unwatched: Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The first change that has to wait sleeps before its revocations, as one
+    waiting for a slow holder's answer does; a session that never speaks holds the
+    export's root, so every change of a name there waits."""
+    cache = unwatched.cache
+    root = unwatched.export.stat(b"/")
+    assert cache.try_acquire((root.st_dev, root.st_ino), (999, 1), SHARED, 0, END)
+    changing = cache.changing
+    calls: list[int] = []
+
+    @contextmanager
+    def slow(*args: Any, **kw: Any) -> Iterator[None]:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.6)
+        with changing(*args, **kw):
+            yield
+
+    monkeypatch.setattr(cache, "changing", slow)
+    yield
+
+
+def test_a_file_granted_while_its_rename_waits_is_no_outside_change(
+    unwatched: Server, export_dir: Path, slow_first_change: None
+) -> None:
+    (export_dir / "f").write_bytes(b"abc")
+    with make_client([address_of(unwatched)]) as a, make_client([address_of(unwatched)]) as b:
+        renaming = threading.Thread(target=a.rename, args=("/f", "/g"))
+        renaming.start()
+        time.sleep(0.2)  # the rename waits for the root's holder
+        f, _revoked = held_file(b, "/f")  # granted meanwhile: its stamp before the rename
+        renaming.join(10)
+        f.pread(100, 0)  # type: ignore[attr-defined]
+        assert unwatched.shared.stamps.found == 0
+        f.close()  # type: ignore[attr-defined]
+
+
+def test_a_create_with_o_trunc_revokes_a_file_made_meanwhile_first(
+    unwatched: Server, export_dir: Path, slow_first_change: None
+) -> None:
+    """open(O_CREAT|O_TRUNC) finds no file and waits; another client creates it and
+    caches it: the truncation then is a change of that file, its holder revoked
+    before (and not found after as a change made outside)."""
+    with make_client([address_of(unwatched)]) as a, make_client([address_of(unwatched)]) as b:
+        creating = threading.Thread(target=lambda: a.open("/n", "wb", buffering=0).close())
+        creating.start()
+        time.sleep(0.2)
+        with b.open("/n", "xb", buffering=0) as w:
+            w.write(b"hello")
+        f, revoked = held_file(b, "/n", exclusive=False)
+        creating.join(10)
+        assert revoked.wait(WITHIN) and (export_dir / "n").stat().st_size == 0
+        assert f.pread(100, 0) == b""  # type: ignore[attr-defined]
+        assert unwatched.shared.stamps.found == 0
         f.close()  # type: ignore[attr-defined]

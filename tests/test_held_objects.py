@@ -209,3 +209,13 @@ def test_an_object_that_cannot_be_watched_is_not_tried_again(
         for i in range(20):
             f.pread(100, i * 100)
     assert len(opened) <= 1
+
+
+def test_held_objects_only_can_be_asked_for(export_dir: Path) -> None:
+    """``serve --watch held``: no fanotify mark on a busy filesystem, even as root."""
+    from pohmelfs.cli import build_parser
+    from pohmelfs.server.service import Limits
+
+    assert build_parser().parse_args(["serve", "d", "--watch", "held"]).watch == "held"
+    with stopping(start_server(export_dir, limits=Limits(watch="held"))) as srv:
+        assert isinstance(srv.watched, HeldObjects)

@@ -117,3 +117,48 @@ def test_an_object_given_up_by_its_last_holder_is_forgotten(table: SimpleNamespa
     hold(table.cache, (2, 1))  # a new holder, after a change nobody held it through
     table.stamps.look(KEY, lambda: st(20, 4))
     assert table.stamps.known(KEY) == (20, 4) and not table.stale
+
+
+def test_two_overlapping_changes_of_ours_leave_the_stamp_to_the_next_look(
+    table: SimpleNamespace,
+) -> None:
+    """A chmod and a write of the holder at once, on one clock tick: the one that
+    ends last read its stamp before the other landed."""
+    hold(table.cache)
+    table.stamps.look(KEY, lambda: st(10, 100))
+    done_chmod = table.stamps.changing([touch(st(10, 100), st(20, 100))])
+    done_write = table.stamps.changing([touch(st(10, 100), st(20, 150))])
+    done_write()
+    done_chmod()
+    table.stamps.look(KEY, lambda: st(20, 150))  # the file as both left it
+    assert table.stamps.found == 0 and table.stamps.known(KEY) == (20, 150)
+
+
+def test_a_generation_is_never_seen_twice(table: SimpleNamespace) -> None:
+    """A look reads the generation and the attributes; meanwhile a change of ours,
+    the last holder goes, a new one is granted: the old look compares nothing."""
+    hold(table.cache, (1, 1))
+    table.stamps.look(KEY, lambda: st(20, 100))
+
+    def overtaken() -> os.stat_result:
+        table.stamps.changing([touch(st(20, 100), st(20, 200))])()
+        table.cache.forget(KEY, (1, 1))
+        hold(table.cache, (2, 1))
+        table.stamps.look(KEY, lambda: st(20, 200))
+        return st(20, 100)
+
+    table.stamps.look(KEY, overtaken)
+    assert table.stamps.found == 0
+
+
+def test_a_change_that_may_touch_anything_blinds_every_look_until_done(
+    table: SimpleNamespace,
+) -> None:
+    hold(table.cache)
+    table.stamps.look(KEY, lambda: st(10, 3))
+    done = table.stamps.changing_everything()  # a tree removed
+    table.stamps.look(KEY, lambda: st(11, 3))
+    done()
+    assert table.stamps.known(KEY) is None and not table.stale
+    table.stamps.look(KEY, lambda: st(11, 3))
+    assert table.stamps.known(KEY) == (11, 3) and not table.stale

@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.max_connections,
         args.max_per_peer,
         idle_timeout=args.idle_timeout,
-        watch_outside=not args.no_watch,
+        watch="off" if args.no_watch else args.watch,
     )
     report = _daemonize(args) if args.daemon else None
     try:
@@ -344,10 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a connection silent this long (clients ping; default 600)",
     )
     serve.add_argument(
+        "--watch",
+        choices=("filesystem", "held", "off"),
+        default="filesystem",
+        help="how changes made to the export outside pohmelfs are seen (they revoke what "
+        "clients cache): 'filesystem' watches the export's whole filesystem (fanotify, as "
+        "root; else 'held'), 'held' only the objects clients cache (inotify), 'off' none "
+        "(a change is then found when the object is next used). Default: filesystem",
+    )
+    serve.add_argument(
         "--no-watch",
         action="store_true",
-        help="do not watch the export for changes made outside pohmelfs (by default they "
-        "revoke what clients cache, within milliseconds; needs root: fanotify)",
+        help="the same as --watch off",
     )
     serve.add_argument(
         "--daemon",

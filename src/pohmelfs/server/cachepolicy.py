@@ -19,6 +19,7 @@ from typing import Any
 from .. import protocol as p
 from ..protocol import Command, Message
 from .handles import Handle, HandleTable
+from .linux import RENAME_EXCHANGE
 from .notifier import Notifier
 from .rangelock import END
 from .replies import reply_for
@@ -131,32 +132,47 @@ class CachePolicy:
     def naming(self, m: Message, paths: tuple[bytes, ...], run: Work) -> Message | None:
         """Create, remove or rename names: other clients that cache names of the
         directories changed give them up first, and take them again only after.
-        A directory that moves (rename's first path) is given up by its holders
-        too: they know it by its old path."""
+        A directory that moves (rename's first path; with RENAME_EXCHANGE both) is
+        given up by its holders too: they know it by its old path."""
         export = self._shared.export
         parents = [found for found in map(export.parent_of, paths) if found is not None]
         keys = [key for key, _path in parents]
-        held = self._cache.anything_held()  # (else no stamps to keep)
         touches = [at_path(export, key, path) for key, path in parents]
         # Objects whose ctime the change moves too (a rename, a link count), found
-        # after it at the new name (rename), where they were (link), or nowhere.
-        if m.cmd == Command.RENAME or (m.cmd in LINK_COUNTERS and held):
+        # after it at the other name (rename), where they were (link), or nowhere.
+        if m.cmd == Command.RENAME or m.cmd in LINK_COUNTERS:
             named = (m["path"], m["new"]) if m.cmd == Command.RENAME else (m["path"],)
+            exchange = m.cmd == Command.RENAME and bool(m["flags"] & RENAME_EXCHANGE)
             for i, path in enumerate(named):
                 try:
                     st = export.stat(path)
                 except OSError:
                     continue  # the change itself fails with the reason, or replaces nothing
                 key = st.st_dev, st.st_ino
-                if i == 0 and m.cmd == Command.RENAME and stat.S_ISDIR(st.st_mode):
+                moves = m.cmd == Command.RENAME and (i == 0 or exchange)
+                if moves and stat.S_ISDIR(st.st_mode):
                     keys.append(key)
                 after = None  # removed, or replaced by a rename
-                if m.cmd == Command.RENAME and i == 0:
-                    after = m["new"]
+                if moves:
+                    after = named[1 - i]
                 elif m.cmd == Command.LINK:
                     after = path
                 touches.append(Touch(key, stat_at(export, key, path), stat_at(export, key, after)))
+        if m.cmd == Command.RMTREE:  # what it removes is known only as it goes
+            run = self._touching_everything(run)
         return self.change(m, None, keys, run, touches=touches)
+
+    def _touching_everything(self, run: Work) -> Work:
+        stamps = self._shared.stamps
+
+        def run_blind() -> Message | None:
+            done = stamps.changing_everything()
+            try:
+                return run()
+            finally:
+                done()
+
+        return run_blind
 
     def change(self, m: Message, h: Handle | None, keys: Sequence[FileKey], run: Work,
                start: int = 0, end: int = END,
@@ -205,18 +221,18 @@ class CachePolicy:
                  touches: Sequence[Touch] | None, run: Work) -> Work:  # fmt: skip
         """``run`` as a change of pohmelfs' own to the stamps of what it touches
         that somebody holds (``stamps.Stamps.changing``)."""
-        cache = self._cache
-        if not cache.anything_held():
-            return run
         if touches is None:
             touches = [of_file(key, h.file) if h is not None and h.key == key
                        else Touch(key, not_at_hand, not_at_hand) for key in keys]  # fmt: skip
-        touches = [t for t in touches if cache.has_holders(t.key)]
         if not touches:
             return run
-        stamps = self._shared.stamps
+        cache, stamps = self._cache, self._shared.stamps
 
         def run_stamped() -> Message | None:
+            # Which touches anybody holds is asked now, after the change's wait for
+            # revocations, during which others may have been granted.
+            if not cache.anything_held():
+                return run()
             done = stamps.changing(touches)
             try:
                 return run()

@@ -108,23 +108,25 @@ class LocalExport:
         os.close(self.root_fd)
 
     def watch(self, changed: Callable[[set[FileKey]], None], look: Look,
-              lost: Callable[[], None]) -> Watched | None:  # fmt: skip
+              lost: Callable[[], None], whole: bool = True) -> Watched | None:  # fmt: skip
         """Other processes' changes to the export's filesystem (fanotify:
-        ``localwatch.py``), or else to the objects clients hold (inotify:
-        ``heldwatch.py``)."""
-        try:
-            return LocalChanges(self.root, changed, lost).start()
-        except OSError as e:
-            whole = e
+        ``localwatch.py``), or else (or if not ``whole``) to the objects clients hold
+        (inotify: ``heldwatch.py``)."""
+        why: str | OSError = "asked for held objects only"
+        if whole:
+            try:
+                return LocalChanges(self.root, changed, lost).start()
+            except OSError as e:
+                why = e
         try:
             held = HeldObjects(look, lost, self._opath).start()
         except OSError as e:
             log.warning("changes made to %s outside pohmelfs are found only when the "
                         "objects changed are next used (fanotify: %s; inotify: %s)",
-                        self.root, whole, e)  # fmt: skip
+                        self.root, why, e)  # fmt: skip
             return None
-        log.info("fanotify cannot watch %s (%s): the objects clients hold are watched "
-                 "one by one with inotify", self.root, whole)  # fmt: skip
+        log.info("%s is not watched whole (%s): the objects clients hold are watched "
+                 "one by one with inotify", self.root, why)  # fmt: skip
         return held
 
     def _opath(self, where: object) -> int:

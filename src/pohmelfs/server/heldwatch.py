@@ -29,6 +29,7 @@ import logging
 import os
 import resource
 import threading
+import time
 from collections.abc import Callable
 
 from . import inotify as ino
@@ -39,6 +40,7 @@ log = logging.getLogger("pohmelfs.server")
 
 BATCH = 0.02  # seconds between reads of the group: a burst's events merge meanwhile
 FOLLOWED = 1 << 16  # objects watched at most (each holds a descriptor)
+RETRY = 30.0  # seconds before watching is tried again once the kernel's limits were hit
 READ_SIZE = 1 << 16
 
 Look = Callable[[FileKey, os.stat_result], None]
@@ -65,7 +67,7 @@ class HeldObjects:
         self._by_key: dict[FileKey, tuple[int, int]] = {}  # key -> (watch, descriptor)
         self._by_wd: dict[int, FileKey] = {}
         self._refused: set[FileKey] = set()  # held, and could not be watched
-        self._full = False  # the kernel's watches ran out (until one is given back)
+        self._full_until = 0.0  # the kernel's watches or descriptors ran out: not before
         self._closing: list[int] = []  # descriptors given up, for the watching thread
         self._warned = False
 
@@ -80,7 +82,7 @@ class HeldObjects:
         """Watch object ``key``, found at ``where``, until ``unfollow``."""
         if key in self._by_key or key in self._refused:  # (glances first: most looks)
             return
-        if self._full or len(self._by_key) >= self._limit:
+        if len(self._by_key) >= self._limit or time.monotonic() < self._full_until:
             self._warn(f"{self._limit} objects are watched")
             return
         try:
@@ -102,11 +104,10 @@ class HeldObjects:
             self._refuse(key, e)
 
     def _refuse(self, key: FileKey, e: OSError) -> None:
-        if e.errno == errno.ENOSPC:
-            self._full = True
-            self._warn("the kernel's fs.inotify.max_user_watches is reached")
-        elif e.errno in (errno.EMFILE, errno.ENFILE):
-            self._warn("the server is out of descriptors")
+        if e.errno in (errno.ENOSPC, errno.EMFILE, errno.ENFILE):
+            self._full_until = time.monotonic() + RETRY
+            ran_out = "fs.inotify.max_user_watches" if e.errno == errno.ENOSPC else "descriptors"
+            self._warn(f"the server ran out of {ran_out}")
         elif e.errno not in (errno.ENOENT, errno.ESTALE):  # (gone: nobody caches it long)
             with self._lock:
                 self._refused.add(key)
@@ -122,7 +123,7 @@ class HeldObjects:
             del self._by_wd[wd]
             ino.unwatch(self._group, wd)  # (its IN_IGNORED wakes the thread, which closes fd)
             self._closing.append(fd)
-            self._full = False
+            self._full_until = 0.0  # (a watch given back: room for another)
 
     def _warn(self, why: str) -> None:
         if not self._warned:
@@ -134,23 +135,23 @@ class HeldObjects:
         if self._group < 0 or not self._reader.stop():
             return
         with self._lock:
-            for _wd, fd in self._by_key.values():
-                os.close(fd)
+            closing = [fd for _wd, fd in self._by_key.values()] + self._closing
             self._by_key.clear()
             self._by_wd.clear()
-            self._close_given_up()
-            os.close(self._group)
-            self._group = -1
+            self._closing = []
+            group, self._group = self._group, -1
+        for fd in (*closing, group):
+            os.close(fd)
 
     def _close_given_up(self) -> None:
-        """(With the lock.)"""
-        closing, self._closing = self._closing, []
+        """Outside the lock: a last close may take long (it frees a removed file)."""
+        with self._lock:
+            closing, self._closing = self._closing, []
         for fd in closing:
             os.close(fd)
 
     def _read_all(self) -> None:
-        with self._lock:
-            self._close_given_up()
+        self._close_given_up()
         wds: set[int] = set()
         for _ in range(64):  # bounded: a storm of changes is read in turns
             try:
@@ -165,7 +166,7 @@ class HeldObjects:
                     return
                 if event.mask & ino.IN_IGNORED:
                     continue
-                if event.named and not event.mask & ~ino.ENTRY_ONLY:
+                if event.named and not event.mask & ~(ino.ENTRY_ONLY | ino.IN_ISDIR):
                     continue  # an entry's own change: its own watch, if held, says so
                 wds.add(event.wd)
         for wd in wds:

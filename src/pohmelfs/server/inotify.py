@@ -37,6 +37,7 @@ IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000  # the watch is gone (removed, or its inode is)
 IN_EXCL_UNLINK = 0x4000000
+IN_ISDIR = 0x40000000  # (the entry an event names is a directory)
 # What an entry of a watched directory reports that changes only the entry (which
 # is watched itself if somebody holds it), not the directory's names.
 ENTRY_ONLY = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE

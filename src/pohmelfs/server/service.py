@@ -50,7 +50,10 @@ class Limits:
     handshakes: int = 64  # connections in their handshake at once (the oldest goes)
     waiting: int = 4096  # requests waiting for other clients, on the whole server
     idle_timeout: float = 600.0  # a connection silent this long is closed
-    watch_outside: bool = True  # changes made to the export outside pohmelfs revoke caches
+    # Changes made to the export outside pohmelfs, watched to revoke caches: on the whole
+    # filesystem (fanotify; "held" where it cannot serve), on held objects only
+    # (inotify), or "off" (then found only on use: stamps.py).
+    watch: str = "filesystem"
 
 
 class Server:
@@ -114,9 +117,11 @@ class Server:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> Server:
-        if self.limits.watch_outside:
+        if self.limits.watch != "off":
             stamps = self.shared.stamps
-            self.watched = self.export.watch(self.outside.changed, stamps.look, self.outside.lost)
+            whole = self.limits.watch == "filesystem"
+            self.watched = self.export.watch(self.outside.changed, stamps.look, self.outside.lost,
+                                             whole)  # fmt: skip
             if self.watched is not None:
                 stamps.watched_by(self.watched)
         self._accept_thread.start()

@@ -27,6 +27,8 @@ and an inode number used again by a new file comes with that file's newer ctime.
 from __future__ import annotations
 
 import collections
+import itertools
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -35,6 +37,8 @@ from dataclasses import dataclass
 from ..protocol import Attr
 from .cachelocks import CacheLocks
 from .storage import FileKey, OpenFile, Storage, Watched
+
+log = logging.getLogger("pohmelfs.server")
 
 Stamp = tuple[int, int]  # (ctime in ns, size)
 StatOf = Callable[[], "os.stat_result | None"]  # None: gone, or not at hand
@@ -96,7 +100,11 @@ class Stamps:
         self._lock = threading.Lock()
         self._known: dict[FileKey, Stamp] = {}
         self._changing = collections.Counter[FileKey]()  # own changes under way
-        self._generation: dict[FileKey, int] = {}  # own changes ended, while held
+        self._generation: dict[FileKey, int] = {}  # the last own change ended, while held
+        self._generations = itertools.count(1)
+        self._forgotten = 0  # generations dropped (so that none is seen twice)
+        self._everything = 0  # changes of ours that may touch anything (a tree removed)
+        self._overlapped: set[FileKey] = set()  # changed by two of ours at once, lately
         self._watched: Watched | None = None
         self.found = 0  # changes found on use (for tests and metrics)
 
@@ -107,20 +115,26 @@ class Stamps:
 
     # --- looks ---------------------------------------------------------------------
 
+    def _version(self, key: FileKey) -> tuple[int, int]:
+        """What moves when a change of ours to ``key`` ends: its generation (from
+        one counter: never the same twice) and the count of generations forgotten."""
+        return self._generation.get(key, 0), self._forgotten
+
     def look(self, key: FileKey, stat: Callable[[], os.stat_result],
              where: OpenFile | bytes | None = None) -> os.stat_result:  # fmt: skip
         """Read the object's attributes (``stat``) and compare them; returns them."""
-        generation = self._generation.get(key, 0)
+        version = self._version(key)
         st = stat()
         if (st.st_dev, st.st_ino) == key:  # (a path may name another object by now)
-            self.seen(key, st, where, generation)
+            self.seen(key, st, where, version)
         return st
 
     def seen(self, key: FileKey, st: os.stat_result | Attr, where: OpenFile | bytes | None = None,
-             generation: int | None = None) -> None:  # fmt: skip
+             version: tuple[int, int] | None = None) -> None:  # fmt: skip
         """The server saw ``key`` as ``st`` for a request (``where``: the object, open
-        or by path, for the watcher to follow; ``generation``: the key's, read before
-        ``st`` was: see ``look``)."""
+        or by path, for the watcher to follow; ``version``: the key's, read before
+        ``st`` was: see ``look``; without it, an older look may compare, and starts
+        no record)."""
         cache = self._cache
         if not cache.has_holders(key):
             return
@@ -129,68 +143,100 @@ class Stamps:
             watched.follow(key, where)  # (also in the middle of a change: no compare needed)
             if not cache.has_holders(key):  # given up meanwhile: forget missed it
                 watched.unfollow(key)
-        if key in self._changing:
+        if key in self._changing or self._everything:
             return
         stamp = stamp_of(st)
         found = False
         with self._lock:
-            if key in self._changing:
-                return
-            exact = generation is not None
-            if exact and self._generation.get(key, 0) != generation:
-                return  # a change of ours ended since st was read: st may be older
+            exact = version is not None
+            moved = exact and self._version(key) != version
+            if key in self._changing or self._everything or moved:
+                return  # in the middle of a change of ours, or st may be from before one
             known = self._known.get(key)
             if known is None:
-                self._record(key, stamp)
+                if exact:
+                    self._record(key, stamp)
             elif newer(stamp, known, exact):
                 self._known[key] = stamp
                 self.found += 1
                 found = True
         if found:
+            log.debug("%s changed outside pohmelfs (found when looked at): %s -> %s", key,
+                      known, stamp)  # fmt: skip
             self._stale({key})
 
     # --- pohmelfs' own changes ---------------------------------------------------------
 
     def changing(self, touches: Sequence[Touch]) -> Callable[[], None]:
         """A change of pohmelfs' own begins (its requests' revocations done): each
-        object's attributes just before it are compared first (a change made outside
-        before it is found, not taken for ours), and no look compares them until
-        the change is done; returns what records them after it (call it once)."""
-        generations = [self._generation.get(t.key, 0) for t in touches]
-        befores = [_stat_or_none(t.before) for t in touches]
+        object held has its attributes just before it compared first (a change made
+        outside before it is found, not taken for ours), and no look compares any
+        until the change is done; returns what records them after it (call it once)."""
+        held = [t for t in touches if self._cache.has_holders(t.key)]
+        versions = [self._version(t.key) for t in held]
+        befores = [_stat_or_none(t.before) for t in held]
         found: set[FileKey] = set()
         with self._lock:
-            for t, generation, st in zip(touches, generations, befores, strict=True):
+            for t, version, st in zip(held, versions, befores, strict=True):
                 known = self._known.get(t.key)
                 if (st is not None and known is not None and not self._changing[t.key]
-                        and self._generation.get(t.key, 0) == generation
+                        and not self._everything and self._version(t.key) == version
                         and newer(stamp_of(st), known)):  # fmt: skip
                     self._known[t.key] = stamp_of(st)
                     self.found += 1
                     found.add(t.key)
+            for t in touches:
+                if self._changing[t.key]:
+                    self._overlapped.add(t.key)
                 self._changing[t.key] += 1
         if found:
+            log.debug("%s changed outside pohmelfs (found before a change)", found)
             self._stale(found)
         return lambda: self._changed(touches)
 
     def _changed(self, touches: Sequence[Touch]) -> None:
-        afters = [_stat_or_none(t.after) for t in touches]
+        held = [t for t in touches if self._cache.has_holders(t.key)]  # (granted meanwhile too)
+        afters = [_stat_or_none(t.after) for t in held]
         with self._lock:
-            for t, st in zip(touches, afters, strict=True):
+            ended = []
+            for t in touches:
+                self._changing[t.key] -= 1
+                if self._changing[t.key] <= 0:
+                    del self._changing[t.key]
+                    ended.append(t.key)
+            for t, st in zip(held, afters, strict=True):
                 key = t.key
-                self._changing[key] -= 1
-                if self._changing[key] <= 0:
-                    del self._changing[key]
                 if not self._cache.has_holders(key):
-                    self._known.pop(key, None)
-                    self._generation.pop(key, None)
                     continue
-                self._generation[key] = self._generation.get(key, 0) + 1
+                self._generation[key] = next(self._generations)
                 known = self._known.get(key)
-                if st is None:
-                    self._known.pop(key, None)  # the next look records it
+                if st is None or self._changing[key] or key in self._overlapped:
+                    # Not at hand, or another change of ours overlapped this one (one
+                    # stamp after may be older than the other, on a coarse clock):
+                    # the next look's is recorded.
+                    self._known.pop(key, None)
                 elif known is None or stamp_of(st)[0] >= known[0]:
                     self._known[key] = stamp_of(st)
+            for key in ended:
+                self._overlapped.discard(key)
+                if not self._cache.has_holders(key):
+                    self._known.pop(key, None)
+
+    def changing_everything(self) -> Callable[[], None]:
+        """A change of pohmelfs' own whose objects cannot all be named before it (a
+        tree removed): no look compares anything until it is done, and every stamp
+        is recorded afresh after it; returns what ends it."""
+        with self._lock:
+            self._everything += 1
+
+        def done() -> None:
+            with self._lock:
+                self._everything -= 1
+                self._known.clear()
+                self._generation.clear()
+                self._forgotten += 1
+
+        return done
 
     # --- the table ---------------------------------------------------------------------
 
@@ -199,7 +245,8 @@ class Stamps:
         the next holder's grant records it afresh."""
         with self._lock:
             self._known.pop(key, None)  # type: ignore[call-overload]
-            self._generation.pop(key, None)  # type: ignore[call-overload]
+            if self._generation.pop(key, None) is not None:  # type: ignore[call-overload]
+                self._forgotten += 1
         if self._watched is not None:
             self._watched.unfollow(key)  # type: ignore[arg-type]
 

@@ -121,11 +121,12 @@ class Storage(Protocol):
     def close(self) -> None: ...
 
     def watch(self, changed: Callable[[set[FileKey]], None], look: Look,
-              lost: Callable[[], None]) -> Watched | None:  # fmt: skip
+              lost: Callable[[], None], whole: bool = True) -> Watched | None:  # fmt: skip
         """Tell ``changed`` the keys (st_dev, st_ino) of objects that something other
         than this server changed, or, where the storage cannot tell who changed
         them, ``look`` the objects followed (``Watched.follow``) that changed and how
-        they are now; ``lost`` when changes went unseen. None where changes from
+        they are now; ``lost`` when changes went unseen. ``whole``: watch the whole
+        storage if it can (else only what is followed). None where changes from
         outside cannot be seen."""
         ...
 
