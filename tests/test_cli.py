@@ -453,3 +453,9 @@ def test_client_without_the_key_and_with_a_wrong_one(
     r = cli("ls", server_proc.address, "--secret-file", str(wrong))
     line = assert_one_line_error(r, "authentication failed")
     assert SECRET_FILE not in line and "wrong.secret" not in line
+
+
+def test_mount_refuses_a_bad_server_set_in_one_line(tmp_path: Path) -> None:
+    r = cli("mount", "127.0.0.1:7400/prio=2,127.0.0.1:7400", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "server given twice: 127.0.0.1:7400" in r.stderr

@@ -147,8 +147,12 @@ def _mount(args: argparse.Namespace) -> int:
         cfg = fmount.MountConfig.parse(args.servers, args.mountpoint, args.o or [])
     except ValueError as e:
         raise UserError(str(e)) from None
-    for server in cfg.servers:
-        parse_hostport(server, "server")
+    from .client.serverset import parse_servers
+
+    try:
+        parse_servers(cfg.servers)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if not os.path.isdir(cfg.mountpoint):
         raise UserError(f"mount point {args.mountpoint!r} does not exist or is not a directory")
     from .fuse import device

@@ -25,6 +25,7 @@ from .held import HeldFiles
 from .oslike import ScanEntry, float_to_ns, mode_flags, process_umask, stat_result
 from .paths import PathArg, encode_path, normal_path
 from .registry import FileRegistry
+from .serverset import READ, WRITE, ServerSet, parse_servers
 from .services import FileServices, WriteBudget
 
 log = logging.getLogger("pohmelfs.client")
@@ -49,9 +50,11 @@ LOCK_FILES = 64  # files kept open for advisory lock requests (least recently us
 class Client:
     """A connection to a pohmelfs export.
 
-    ``servers`` is a list of ``"host:port"`` (or one comma-separated string).
-    Requests go to the first server that answers and move to the next one when
-    it cannot be reached. Every call is thread-safe; many threads share one
+    ``servers`` is a list of ``"host:port[/prio=N]"`` (or one comma-separated
+    string; the syntax: ``serverset.py``). Requests go to the server of the
+    highest priority that answers (the given order among equals) and move to the
+    next one when it cannot be reached; replication to several at once is still
+    to come, so every server must be read-write. Every call is thread-safe; many threads share one
     connection with their requests in flight at once. A call that gets no
     answer within ``timeout`` seconds raises ``TimeoutError`` (ETIMEDOUT); a
     lost connection is re-established by the next call. ``write_behind_limit``
@@ -94,14 +97,12 @@ class Client:
         self.security = ClientSecurity.from_options(
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             tls_server_name=tls_server_name)  # fmt: skip
-        if isinstance(servers, str):
-            servers = [s for s in servers.split(",") if s]
-        if not servers:
-            raise ValueError("no server given")
-        for s in servers:
-            if ":" not in s:
-                raise ValueError(f"server address must be HOST:PORT, got {s!r}")
-        self.servers = list(servers)
+        self.server_set = ServerSet(parse_servers(servers))
+        for spec in self.server_set.by_priority():
+            if spec.perm != READ | WRITE:
+                raise ValueError(f"{spec}: a read-only or write-only server needs replication "
+                                 "to several servers, which is not there yet: use rw")  # fmt: skip
+        self.servers = [spec.address for spec in self.server_set.by_priority()]
         self.notices = notices  # notifications beyond REVOKE (p.NOTICE_*): the mount's
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout

@@ -1,0 +1,43 @@
+"""A library client given several servers (client/serverset.py's syntax) uses the one
+of the highest priority that answers; replication is not there yet, so servers
+that are read-only or write-only for the client are refused with the reason."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import address_of, make_client, start_server, stopping
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_highest_priority_that_answers(tmp_path: Path) -> None:
+    dirs = [tmp_path / n for n in ("a", "b")]
+    for d in dirs:
+        d.mkdir()
+    with stopping(start_server(dirs[0])) as a, stopping(start_server(dirs[1])) as b:
+        with make_client([address_of(a), f"{address_of(b)}/prio=1"]) as c:
+            assert c.connection().address == address_of(b)
+        dead = f"127.0.0.1:{free_port()}/prio=9"
+        with make_client(f"{dead},{address_of(a)}", connect_timeout=2) as c:
+            assert c.connection().address == address_of(a)
+
+
+@pytest.mark.parametrize("perm", ["r", "w"])
+def test_a_server_not_read_write_is_refused_for_now(perm: str) -> None:
+    with pytest.raises(ValueError, match="needs replication"):
+        make_client([f"127.0.0.1:1/{perm}"])
+
+
+def test_a_bad_server_says_why() -> None:
+    with pytest.raises(ValueError, match="prio must be"):
+        make_client(["127.0.0.1:1/prio=x"])
