@@ -245,3 +245,13 @@ def test_a_create_with_o_trunc_revokes_a_file_made_meanwhile_first(
         assert f.pread(100, 0) == b""  # type: ignore[attr-defined]
         assert unwatched.shared.stamps.found == 0
         f.close()  # type: ignore[attr-defined]
+
+
+def test_a_listing_finds_a_name_made_outside_in_a_held_directory(cm: Coherent) -> None:
+    missing = cm.fk.ok(0x01, names=(b"new",))  # LOOKUP: "not there", under the root's lock
+    assert missing[:8] == bytes(8)
+    cm.heard.take()
+    (cm.export / "new").write_bytes(b"x")
+    cm.other.listdir("/")  # another client's listing reaches the server: a use
+    wait_until(lambda: ("epoch",) in cm.heard.seen, WITHIN, "the names to be dropped")
+    assert cm.fk.call(0x01, names=(b"new",)).payload[:8] != bytes(8)

@@ -133,6 +133,13 @@ class Requests:
         return p.reply(m, dir=dirs[0], new_dir=dirs[1])
 
     def _readdir(self, m: Message) -> None:
+        if self.ctx.shared.cache.anything_held():  # a listing is a use of the directory
+            try:
+                st = self.export.stat(m["path"])
+            except OSError:
+                pass  # the listing fails the same way, with the reason
+            else:
+                self.ctx.shared.stamps.seen((st.st_dev, st.st_ino), st, m["path"])
         batches = self.export.readdir(m["path"], self.ctx.max_payload - 4096)
         batch = next(batches, [])
         for following in batches:
