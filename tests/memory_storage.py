@@ -307,14 +307,19 @@ class MemoryStorage:
     def unlink(self, path: bytes) -> Attr:
         return self._remove(path, False)
 
-    def rmtree(self, path: bytes) -> None:
+    def rmtree(self, path: bytes) -> set[tuple[int, int]]:
         self.changing()
         with self.lock:
             parent, name = self._parent(path)
             if name not in parent.children:
                 raise _err(errno.ENOENT, path)
-            del parent.children[name]
+            removed, below = set(), [parent.children.pop(name)]
+            while below:
+                node = below.pop()
+                removed.add((DEV, node.ino))
+                below.extend(getattr(node, "children", {}).values())
             parent.touch()
+            return removed
 
     def rename(self, old: bytes, new: bytes, flags: int) -> tuple[Attr, Attr]:
         self.changing()

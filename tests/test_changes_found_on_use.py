@@ -227,26 +227,6 @@ def test_a_file_granted_while_its_rename_waits_is_no_outside_change(
         f.close()  # type: ignore[attr-defined]
 
 
-def test_a_create_with_o_trunc_revokes_a_file_made_meanwhile_first(
-    unwatched: Server, export_dir: Path, slow_first_change: None
-) -> None:
-    """open(O_CREAT|O_TRUNC) finds no file and waits; another client creates it and
-    caches it: the truncation then is a change of that file, its holder revoked
-    before (and not found after as a change made outside)."""
-    with make_client([address_of(unwatched)]) as a, make_client([address_of(unwatched)]) as b:
-        creating = threading.Thread(target=lambda: a.open("/n", "wb", buffering=0).close())
-        creating.start()
-        time.sleep(0.2)
-        with b.open("/n", "xb", buffering=0) as w:
-            w.write(b"hello")
-        f, revoked = held_file(b, "/n", exclusive=False)
-        creating.join(10)
-        assert revoked.wait(WITHIN) and (export_dir / "n").stat().st_size == 0
-        assert f.pread(100, 0) == b""  # type: ignore[attr-defined]
-        assert unwatched.shared.stamps.found == 0
-        f.close()  # type: ignore[attr-defined]
-
-
 def test_a_listing_finds_a_name_made_outside_in_a_held_directory(cm: Coherent) -> None:
     missing = cm.fk.ok(0x01, names=(b"new",))  # LOOKUP: "not there", under the root's lock
     assert missing[:8] == bytes(8)

@@ -32,7 +32,7 @@ def test_the_syntax() -> None:
 @pytest.mark.parametrize("bad, why", [
     ("h1", "HOST:PORT"), ("h1:0", "port"), ("h1:99999", "port"), ("h:1/prio=256", "prio"),
     ("h:1/prio=-1", "prio"), ("h:1/prio=1/prio=2", "twice"), ("h:1/x", "unknown server option"),
-    ("h:1/r/w", "twice"), ("h:1:2", "HOST:PORT"), ("[::1:1", "HOST:PORT"),
+    ("h:1/r/w", "twice"), ("h:1:2", "brackets"), ("[::1:1", "HOST:PORT"),
 ])  # fmt: skip
 def test_bad_servers_say_why(bad: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
@@ -79,3 +79,15 @@ def test_changes_go_to_every_live_writable_server_and_a_majority_is_counted() ->
 def test_by_priority_keeps_the_given_order_among_equals() -> None:
     servers = ServerSet(parse_servers("a:1,b:1/prio=3,c:1"))
     assert [s.address for s in servers.by_priority()] == ["b:1", "a:1", "c:1"]
+
+
+def test_ipv6_hosts_and_names_once_whatever_the_case() -> None:
+    assert parse_server("[fe80::1%eth0]:7400").host == "[fe80::1%eth0]"
+    with pytest.raises(ValueError, match="brackets"):
+        parse_server("::1:7400")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_server("h\nx:2")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_server(":7400")
+    with pytest.raises(ValueError, match="twice"):
+        parse_servers("H:1,h:1")

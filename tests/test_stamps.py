@@ -162,3 +162,16 @@ def test_a_change_that_may_touch_anything_blinds_every_look_until_done(
     assert table.stamps.known(KEY) is None and not table.stale
     table.stamps.look(KEY, lambda: st(11, 3))
     assert table.stamps.known(KEY) == (11, 3) and not table.stale
+
+
+def test_a_tree_removed_records_afresh_only_what_it_took(table: SimpleNamespace) -> None:
+    other = (1, 3)
+    hold(table.cache)
+    assert table.cache.try_acquire(other, (1, 1), SHARED, 0, 100)
+    table.stamps.look(KEY, lambda: st(10, 3))
+    table.stamps.look(other, lambda: SimpleNamespace(st_ctime_ns=5, st_size=1, st_dev=1,
+                                                     st_ino=3))  # fmt: skip
+    done = table.stamps.changing_everything()
+    table.stamps.tree_removed({KEY})
+    done()
+    assert table.stamps.known(KEY) is None and table.stamps.known(other) == (5, 1)

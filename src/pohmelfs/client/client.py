@@ -25,7 +25,7 @@ from .held import HeldFiles
 from .oslike import ScanEntry, float_to_ns, mode_flags, process_umask, stat_result
 from .paths import PathArg, encode_path, normal_path
 from .registry import FileRegistry
-from .serverset import READ, WRITE, ServerSet, parse_servers
+from .serverset import ServerSet, parse_servers, usable_one_at_a_time
 from .services import FileServices, WriteBudget
 
 log = logging.getLogger("pohmelfs.client")
@@ -98,10 +98,7 @@ class Client:
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             tls_server_name=tls_server_name)  # fmt: skip
         self.server_set = ServerSet(parse_servers(servers))
-        for spec in self.server_set.by_priority():
-            if spec.perm != READ | WRITE:
-                raise ValueError(f"{spec}: a read-only or write-only server needs replication "
-                                 "to several servers, which is not there yet: use rw")  # fmt: skip
+        usable_one_at_a_time(self.server_set.by_priority())
         self.servers = [spec.address for spec in self.server_set.by_priority()]
         self.notices = notices  # notifications beyond REVOKE (p.NOTICE_*): the mount's
         self.timeout = timeout

@@ -10,7 +10,7 @@ Syntax (``Client(servers=...)``, ``pohmelfs mount SERVERS``)::
 
 ``h1:7400/prio=2/rw,h2:7400/prio=1/r``: reads go to h1 while it is live, writes
 go to h1 only (h2 is read-only for this client). HOST may be an IPv6 address in
-brackets (``[::1]:7400``).
+brackets (``[::1]:7400``, ``[fe80::1%eth0]:7400``); hosts compare without case.
 
 Reads (lookups, listings, data) go to one live readable server: the highest
 priority, in turn among equals, never one that is stale for the object
@@ -32,7 +32,7 @@ PERMS = {"r": READ, "w": WRITE, "rw": READ | WRITE, "wr": READ | WRITE}
 MAX_PRIO = 255
 MAX_SERVERS = 32  # a client's set: each is a connection and a copy of every change
 LIVE, STALE, RESYNCING, GONE = "live", "stale", "resyncing", "gone"
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):(\d{1,5})$")
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|[^\s/:\[\]%]+):(\d{1,5})")
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,10 @@ class ServerSpec:
 def parse_server(text: str) -> ServerSpec:
     """One ``HOST:PORT[/prio=N][/r|w|rw]``; ValueError with the reason."""
     address, *options = text.strip().split("/")
-    m = _ADDRESS.match(address)
+    m = _ADDRESS.fullmatch(address)
     if m is None:
+        if address.count(":") > 1 and not address.startswith("["):
+            raise ValueError(f"an IPv6 address goes in brackets ([::1]:7400), got {text!r}")
         raise ValueError(f"server address must be HOST:PORT, got {text!r}")
     host, port = m.group(1), int(m.group(2))
     if not 0 < port < 65536:
@@ -80,6 +82,15 @@ def parse_server(text: str) -> ServerSpec:
     return ServerSpec(host, port, prio, perm)
 
 
+def usable_one_at_a_time(specs: Iterable[ServerSpec]) -> None:
+    """Until changes are replicated, a client uses one server at a time: each must
+    take reads and changes (ValueError if one does not)."""
+    for spec in specs:
+        if spec.perm != READ | WRITE:
+            raise ValueError(f"{spec}: a read-only or write-only server needs replication "
+                             "to several servers, which is not there yet: use rw")  # fmt: skip
+
+
 def parse_servers(servers: str | Sequence[str]) -> list[ServerSpec]:
     """A comma-separated string or a list of servers; each address once."""
     items = servers.split(",") if isinstance(servers, str) else list(servers)
@@ -88,7 +99,7 @@ def parse_servers(servers: str | Sequence[str]) -> list[ServerSpec]:
         raise ValueError("no server given")
     if len(specs) > MAX_SERVERS:
         raise ValueError(f"at most {MAX_SERVERS} servers, got {len(specs)}")
-    addresses = [s.address for s in specs]
+    addresses = [s.address.lower() for s in specs]
     twice = sorted({a for a in addresses if addresses.count(a) > 1})
     if twice:
         raise ValueError(f"server given twice: {', '.join(twice)}")

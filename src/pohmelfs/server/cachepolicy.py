@@ -158,6 +158,7 @@ class CachePolicy:
                 elif m.cmd == Command.LINK:
                     after = path
                 touches.append(Touch(key, stat_at(export, key, path), stat_at(export, key, after)))
+        touches = list({t.key: t for t in reversed(touches)}.values())  # (a key once)
         if m.cmd == Command.RMTREE:  # what it removes is known only as it goes
             run = self._touching_everything(run)
         return self.change(m, None, keys, run, touches=touches)
@@ -226,13 +227,11 @@ class CachePolicy:
                        else Touch(key, not_at_hand, not_at_hand) for key in keys]  # fmt: skip
         if not touches:
             return run
-        cache, stamps = self._cache, self._shared.stamps
+        stamps = self._shared.stamps
 
         def run_stamped() -> Message | None:
-            # Which touches anybody holds is asked now, after the change's wait for
-            # revocations, during which others may have been granted.
-            if not cache.anything_held():
-                return run()
+            # Marked even if nothing is held yet: a touched object that is not one of
+            # the change's keys may be granted to another client while it runs.
             done = stamps.changing(touches)
             try:
                 return run()

@@ -412,17 +412,22 @@ class LocalExport:
             return attr_of(os.fstat(dfd))
 
     @_mutating
-    def rmtree(self, path: bytes) -> None:
-        """Remove a directory and everything below it in one call."""
+    def rmtree(self, path: bytes) -> set[FileKey]:
+        """Remove a directory and everything below it in one call; the keys of the
+        objects it unlinked or removed."""
         if not split_path(path):
             raise _err(errno.EBUSY, path, "cannot remove the export root")
+        removed: set[FileKey] = set()
         with self._parent(path) as (dfd, name):
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise _err(errno.ENOTDIR, path)
-            self._remove_tree(split_path(path)[:-1], dfd, name)
+            removed.add((st.st_dev, st.st_ino))
+            self._remove_tree(split_path(path)[:-1], dfd, name, removed)
+        return removed
 
-    def _remove_tree(self, above: list[bytes], dfd: int, name: bytes) -> None:
+    def _remove_tree(self, above: list[bytes], dfd: int, name: bytes,
+                     removed: set[FileKey]) -> None:  # fmt: skip
         """Remove directory ``name`` of ``dfd`` (which is ``above`` below the root) and
         everything below it, never following a symlink, with a stack instead of
         recursion (any depth: shutil.rmtree stops at Python's recursion limit) that
@@ -443,8 +448,10 @@ class LocalExport:
             fd = os.open(child, flags, dir_fd=fd_of(len(stack) - 1))
             subdirs: list[bytes] = []
             try:
+                dev = os.fstat(fd).st_dev
                 with os.scandir(fd) as it:
                     for entry in it:
+                        removed.add((dev, entry.inode()))
                         if entry.is_dir(follow_symlinks=False):
                             subdirs.append(os.fsencode(entry.name))
                         else:

@@ -89,17 +89,8 @@ class FileRequests:
             self._drop_handle(oid)
             raise
 
-    def _created(self, m: Message, path: bytes, flags: int, mode: int) -> Message | None:
-        """An open that may create: its reply carries the directory after it. A file
-        another client made meanwhile is truncated only as a change of that file
-        (its holders give it up first), not behind their backs."""
-        if flags & os.O_TRUNC and not flags & os.O_EXCL:
-            try:
-                file, attr, directory = self.export.create(path, flags | os.O_EXCL, mode)
-            except FileExistsError:
-                return self._open_existing(m, path, flags & ~os.O_CREAT, mode)
-            oid, h = self._new_handle(file, m["flags"])
-            return self._open_reply(m, oid, h, attr, directory)
+    def _created(self, m: Message, path: bytes, flags: int, mode: int) -> Message:
+        """An open that may create: its reply carries the directory after it."""
         file, attr, directory = self.export.create(path, flags, mode)
         oid, h = self._new_handle(file, m["flags"])
         return self._open_reply(m, oid, h, attr, directory)

@@ -125,7 +125,7 @@ class Requests:
         return handler(msg)
 
     def _rmtree(self, m: Message) -> Message:
-        self.export.rmtree(m["path"])
+        self.ctx.shared.stamps.tree_removed(self.export.rmtree(m["path"]))
         return p.reply(m)
 
     def _rename(self, m: Message) -> Message:

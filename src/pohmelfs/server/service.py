@@ -76,6 +76,8 @@ class Server:
         linux.raise_descriptor_limit()
         self.export = export
         self.limits = limits = limits or Limits()
+        if limits.watch not in ("filesystem", "held", "off"):
+            raise ValueError(f"watch must be filesystem, held or off, not {limits.watch!r}")
         self._per_peer = collections.Counter[str]()
         self._trimmed = 0.0  # when memory was last given back (see forget)
         self._handshaking: dict[Session, float] = {}  # not yet admitted -> deadline

@@ -105,6 +105,7 @@ class Stamps:
         self._forgotten = 0  # generations dropped (so that none is seen twice)
         self._everything = 0  # changes of ours that may touch anything (a tree removed)
         self._overlapped: set[FileKey] = set()  # changed by two of ours at once, lately
+        self._trees = threading.local()  # .removed: what this thread's tree removal took
         self._watched: Watched | None = None
         self.found = 0  # changes found on use (for tests and metrics)
 
@@ -228,15 +229,27 @@ class Stamps:
         is recorded afresh after it; returns what ends it."""
         with self._lock:
             self._everything += 1
+        self._trees.removed = None
 
         def done() -> None:
+            removed, self._trees.removed = self._trees.removed, None
             with self._lock:
                 self._everything -= 1
-                self._known.clear()
-                self._generation.clear()
-                self._forgotten += 1
+                self._forgotten += 1  # (a look that read before it compares nothing)
+                if removed is None:  # (it failed before saying what went)
+                    self._known.clear()
+                    self._generation.clear()
+                    return
+                for key in removed:
+                    self._known.pop(key, None)
+                    self._generation.pop(key, None)
 
         return done
+
+    def tree_removed(self, keys: set[FileKey]) -> None:
+        """What the tree removal under way on this thread (``changing_everything``)
+        unlinked or removed: only their stamps are recorded afresh after it."""
+        self._trees.removed = keys
 
     # --- the table ---------------------------------------------------------------------
 
