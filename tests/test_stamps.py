@@ -175,3 +175,12 @@ def test_a_tree_removed_records_afresh_only_what_it_took(table: SimpleNamespace)
     table.stamps.tree_removed({KEY})
     done()
     assert table.stamps.known(KEY) is None and table.stamps.known(other) == (5, 1)
+
+
+def test_an_object_touched_twice_by_one_change_is_one_change(table: SimpleNamespace) -> None:
+    """A rename within one directory names it as both parents."""
+    hold(table.cache)
+    table.stamps.look(KEY, lambda: st(10, 100))
+    t = touch(st(10, 100), st(20, 100))
+    table.stamps.changing([t, t])()
+    assert table.stamps.known(KEY) == (20, 100)

@@ -158,7 +158,6 @@ class CachePolicy:
                 elif m.cmd == Command.LINK:
                     after = path
                 touches.append(Touch(key, stat_at(export, key, path), stat_at(export, key, after)))
-        touches = list({t.key: t for t in reversed(touches)}.values())  # (a key once)
         if m.cmd == Command.RMTREE:  # what it removes is known only as it goes
             run = self._touching_everything(run)
         return self.change(m, None, keys, run, touches=touches)

@@ -173,6 +173,7 @@ class Stamps:
         object held has its attributes just before it compared first (a change made
         outside before it is found, not taken for ours), and no look compares any
         until the change is done; returns what records them after it (call it once)."""
+        touches = list({t.key: t for t in reversed(touches)}.values())  # (each key once)
         held = [t for t in touches if self._cache.has_holders(t.key)]
         versions = [self._version(t.key) for t in held]
         befores = [_stat_or_none(t.before) for t in held]
