@@ -492,10 +492,6 @@ class CacheLocks:
     def anything_held(self) -> bool:
         return bool(self._held)
 
-    def changing_now(self, key: object) -> bool:
-        """Is a change of ``key`` under way (``changing``, ``try_changing``)? (A glance.)"""
-        return key in self._busy
-
     def held_keys(self) -> list[object]:
         """Every key somebody holds a lock on."""
         with self._cond:

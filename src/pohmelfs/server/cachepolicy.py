@@ -13,7 +13,7 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import protocol as p
@@ -159,20 +159,8 @@ class CachePolicy:
                     after = path
                 touches.append(Touch(key, stat_at(export, key, path), stat_at(export, key, after)))
         if m.cmd == Command.RMTREE:  # what it removes is known only as it goes
-            run = self._touching_everything(run)
+            run = _between(self._shared.stamps.changing_everything, run)
         return self.change(m, None, keys, run, touches=touches)
-
-    def _touching_everything(self, run: Work) -> Work:
-        stamps = self._shared.stamps
-
-        def run_blind() -> Message | None:
-            done = stamps.changing_everything()
-            try:
-                return run()
-            finally:
-                done()
-
-        return run_blind
 
     def change(self, m: Message, h: Handle | None, keys: Sequence[FileKey], run: Work,
                start: int = 0, end: int = END,
@@ -226,18 +214,9 @@ class CachePolicy:
                        else Touch(key, not_at_hand, not_at_hand) for key in keys]  # fmt: skip
         if not touches:
             return run
-        stamps = self._shared.stamps
-
-        def run_stamped() -> Message | None:
-            # Marked even if nothing is held yet: a touched object that is not one of
-            # the change's keys may be granted to another client while it runs.
-            done = stamps.changing(touches)
-            try:
-                return run()
-            finally:
-                done()
-
-        return run_stamped
+        # Marked even if nothing is held yet: a touched object that is not one of the
+        # change's keys may be granted to another client while it runs.
+        return _between(lambda: self._shared.stamps.changing(touches), run)
 
     def _applied_then_told(self, m: Message, keys: Sequence[FileKey], run: Work) -> None:
         """A write-back that others must hear the new size of: applied here, before
@@ -276,3 +255,16 @@ class CachePolicy:
                 deferred.extend(self._shared.sizes.announce(*args))
             else:
                 self._shared.sizes.resized(*args)
+
+
+def _between(begin: Callable[[], Callable[[], None]], run: Work) -> Work:
+    """``run`` after ``begin()``, and what it returned called after, whatever happens."""
+
+    def wrapped() -> Message | None:
+        done = begin()
+        try:
+            return run()
+        finally:
+            done()
+
+    return wrapped

@@ -298,7 +298,7 @@ class FileRequests:
         # measured no faster: the receiving client is the bottleneck.
         # The reply is laid out in one buffer, header first: see FrameWriter.send_frame.
         if self.ctx.shared.cache.has_holders(h.key):  # somebody may cache what it reads
-            self._looked_at(h)
+            self.ctx.shared.stamps.look(h.key, h.file.stat, h.file)
         frame = getattr(self._frames, "frame", None)
         if frame is None or len(frame) < HEADER_SIZE + m.length + TAG_SIZE:
             size = HEADER_SIZE + max(m.length, READ_BUFFER) + TAG_SIZE
