@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,17 @@ def make_client(*args: Any, **kw: Any) -> Client:
     """A library client with the test key."""
     kw.setdefault("secret_file", SECRET_FILE)
     return Client(*args, **kw)
+
+
+def held_file(client: Client, path: str, exclusive: bool = False,
+              mode: str = "r+b") -> tuple[Any, threading.Event]:  # fmt: skip
+    """A file open through ``client`` under a cache lock, and what is set when the
+    lock is revoked."""
+    f = client.open(path, mode, buffering=0)
+    revoked = threading.Event()
+    f.on_revoke = lambda *_: revoked.set()
+    f.cache_lock(exclusive=exclusive)
+    return f, revoked
 
 
 def address_of(server: Server) -> str:

@@ -313,3 +313,41 @@ def coherent_mount(server: Server, export: Path) -> Iterator[Coherent]:
         client.close()
         other.close()
     assert not heard.errors, heard.errors
+
+
+def cached_file(cm: Coherent, name: bytes, content: bytes) -> tuple[int, int]:
+    """A file of the export, written there, looked up, opened and read once through
+    the mount (so that it holds its lock), with what was heard so far taken:
+    (nodeid, handle)."""
+    (cm.export / os.fsdecode(name)).write_bytes(content)
+    n = cm.fk.lookup(name).nodeid
+    fh = cm.fk.open(n, os.O_RDONLY)
+    assert cm.fk.read(fh, 0, len(content) + 100) == content
+    cm.heard.take()
+    return n, fh
+
+
+def change_through_pohmelfs(cm: Coherent, rounds: int = 20) -> None:
+    """Writes by the mount under its locks, and writes, chmods, truncates, links and
+    renames of the same file by another client against them: every kind of change
+    of pohmelfs' own that moves a file's ctime."""
+    (cm.export / "f").write_bytes(b"start")
+    n = cm.fk.lookup(b"f").nodeid
+    fh = cm.fk.open(n, os.O_RDWR)
+    for i in range(rounds):
+        cm.fk.write(fh, i * 7, b"mounted")
+        assert cm.fk.read(fh, i * 7, 7) == b"mounted"
+        cm.fk.getattr(n)
+        if i % 5 == 0:
+            with cm.other.open("/f", "r+b") as other:
+                other.write(b"other %d" % i)
+            cm.other.chmod("/f", 0o640 + i % 2)
+            cm.other.truncate("/f", 200 - i)
+            cm.other.link("/f", "/hard")
+            cm.other.unlink("/hard")
+            assert cm.fk.read(fh, 0, 7)[:5] == b"other"
+        if i % 7 == 0:
+            cm.other.rename("/f", "/g")
+            cm.other.rename("/g", "/f")
+            cm.fk.lookup(b"f")
+    cm.fk.release(fh)

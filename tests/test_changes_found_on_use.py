@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of, make_client, start_server, stopping, wait_until
-from fakekernel import Coherent, coherent_mount
+from conftest import address_of, held_file, make_client, start_server, stopping, wait_until
+from fakekernel import Coherent, cached_file, change_through_pohmelfs, coherent_mount
 from pohmelfs.server.cachelocks import END, SHARED
 from pohmelfs.server.service import Limits, Server
 
@@ -40,13 +40,8 @@ def cm(unwatched: Server, export_dir: Path) -> Iterator[Coherent]:
 
 def test_a_read_finds_the_file_rewritten_and_its_pages_go(cm: Coherent,
                                                           unwatched: Server) -> None:  # fmt: skip
-    path = cm.export / "ext.txt"
-    path.write_bytes(b"v1\n")
-    n = cm.fk.lookup(b"ext.txt").nodeid
-    fh = cm.fk.open(n, os.O_RDONLY)
-    assert cm.fk.read(fh, 0, 100) == b"v1\n"
-    cm.heard.take()
-    path.write_bytes(b"version-2 longer\n")
+    n, fh = cached_file(cm, b"ext.txt", b"v1\n")
+    (cm.export / "ext.txt").write_bytes(b"version-2 longer\n")
     assert not cm.heard.dropped(n)  # nothing told the server yet
     cm.fk.read(fh, 0, 100)  # the READ of a page the kernel lacks
     wait_until(lambda: cm.heard.dropped(n), WITHIN, "the pages to be dropped")
@@ -57,13 +52,8 @@ def test_a_read_finds_the_file_rewritten_and_its_pages_go(cm: Coherent,
 
 
 def test_an_open_finds_the_file_truncated(cm: Coherent) -> None:
-    path = cm.export / "f"
-    path.write_bytes(b"0123456789")
-    n = cm.fk.lookup(b"f").nodeid
-    fh = cm.fk.open(n, os.O_RDONLY)
-    cm.fk.read(fh, 0, 100)
-    cm.heard.take()
-    os.truncate(path, 4)
+    n, fh = cached_file(cm, b"f", b"0123456789")
+    os.truncate(cm.export / "f", 4)
     again = cm.fk.open(n, os.O_RDONLY)  # a second open(2): OPEN reaches the server
     wait_until(lambda: cm.heard.dropped(n), WITHIN, "the pages to be dropped")
     assert cm.fk.getattr(n).size == 4
@@ -88,11 +78,8 @@ def test_a_library_read_finds_the_change_under_its_lock(unwatched: Server,
                                                         export_dir: Path) -> None:  # fmt: skip
     path = export_dir / "f"
     path.write_bytes(b"abc")
-    revoked = threading.Event()
     with make_client([address_of(unwatched)]) as c:
-        f = c.open("/f", "rb", buffering=0)
-        f.on_revoke = lambda *_: revoked.set()
-        f.cache_lock(exclusive=False)
+        f, revoked = held_file(c, "/f", mode="rb")
         path.write_bytes(b"abcdef")
         assert f.pread(100, 0) == b"abcdef"
         assert revoked.wait(WITHIN)
@@ -104,35 +91,8 @@ def test_pohmelfs_changes_are_never_taken_for_outside_ones(cm: Coherent,
     """Writes, truncates, chmods and renames by the mount under its locks and by
     another client against them: each revokes what it must, and none is found as a
     change made outside afterwards."""
-    (cm.export / "f").write_bytes(b"start")
-    n = cm.fk.lookup(b"f").nodeid
-    fh = cm.fk.open(n, os.O_RDWR)
-    for i in range(20):
-        cm.fk.write(fh, i * 7, b"mounted")
-        assert cm.fk.read(fh, i * 7, 7) == b"mounted"
-        cm.fk.getattr(n)
-        if i % 5 == 0:
-            with cm.other.open("/f", "r+b") as other:
-                other.write(b"other %d" % i)
-            cm.other.chmod("/f", 0o640 + i % 2)
-            cm.other.truncate("/f", 200 - i)
-            cm.other.link("/f", "/hard")
-            cm.other.unlink("/hard")
-            assert cm.fk.read(fh, 0, 7)[:5] == b"other"
-        if i % 7 == 0:
-            cm.other.rename("/f", "/g")
-            cm.other.rename("/g", "/f")
-            cm.fk.lookup(b"f")
-    cm.fk.release(fh)
+    change_through_pohmelfs(cm)
     assert unwatched.shared.stamps.found == 0
-
-
-def held_file(c: object, path: str, exclusive: bool = False) -> tuple[object, threading.Event]:
-    f = c.open(path, "r+b", buffering=0)  # type: ignore[attr-defined]
-    revoked = threading.Event()
-    f.on_revoke = lambda *_: revoked.set()
-    f.cache_lock(exclusive=exclusive)
-    return f, revoked
 
 
 def test_the_holders_own_write_does_not_absorb_a_change_made_before_it(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import address_of, make_client, start_server, stopping, wait_until
-from fakekernel import Coherent, coherent_mount
+from fakekernel import Coherent, cached_file, change_through_pohmelfs, coherent_mount
 from pohmelfs.client.file import RemoteFile
 from pohmelfs.server import heldwatch, inotify, localwatch
 from pohmelfs.server.heldwatch import HeldObjects
@@ -50,13 +50,8 @@ def until(check: object, what: str = "the change to be seen") -> None:
 
 
 def test_a_file_rewritten_outside_is_dropped_without_a_use(cm: Coherent, held: Server) -> None:
-    path = cm.export / "ext.txt"
-    path.write_bytes(b"v1\n")
-    n = cm.fk.lookup(b"ext.txt").nodeid
-    fh = cm.fk.open(n, os.O_RDONLY)
-    assert cm.fk.read(fh, 0, 100) == b"v1\n"
-    cm.heard.take()
-    path.write_bytes(b"version-2 longer\n")
+    n, fh = cached_file(cm, b"ext.txt", b"v1\n")
+    (cm.export / "ext.txt").write_bytes(b"version-2 longer\n")
     until(lambda: cm.heard.dropped(n))
     assert cm.fk.getattr(n).size == 17
     assert cm.fk.read(fh, 0, 100) == b"version-2 longer\n"
@@ -89,20 +84,7 @@ def test_own_changes_are_told_apart_by_their_change_attributes(cm: Coherent,
                                                                held: Server) -> None:  # fmt: skip
     """Every change through pohmelfs raises inotify events too: none is taken for
     one made outside."""
-    (cm.export / "f").write_bytes(b"start")
-    n = cm.fk.lookup(b"f").nodeid
-    fh = cm.fk.open(n, os.O_RDWR)
-    for i in range(20):
-        cm.fk.write(fh, i * 7, b"mounted")
-        assert cm.fk.read(fh, i * 7, 7) == b"mounted"
-        if i % 5 == 0:
-            with cm.other.open("/f", "r+b") as other:
-                other.write(b"other %d" % i)
-            cm.other.chmod("/f", 0o640 + i % 2)
-            cm.other.rename("/f", "/g")
-            cm.other.rename("/g", "/f")
-            cm.fk.lookup(b"f")
-    cm.fk.release(fh)
+    change_through_pohmelfs(cm)
     assert held.watched is not None and held.shared.stamps.found == 0
 
 

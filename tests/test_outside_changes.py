@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of, make_client, start_server, stopping, wait_until
-from fakekernel import Coherent, coherent_mount
+from conftest import address_of, held_file, make_client, start_server, stopping, wait_until
+from fakekernel import Coherent, cached_file, coherent_mount
 from pohmelfs.server import localwatch
 from pohmelfs.server.service import Server
 
@@ -52,14 +52,9 @@ def cm(server: Server, export_dir: Path) -> Iterator[Coherent]:
 
 def test_a_file_rewritten_on_the_servers_disk_is_read_anew(cm: Coherent) -> None:
     """The issue's case: never the new content cut to the old size."""
-    path = cm.export / "ext.txt"
-    path.write_bytes(b"v1\n")
-    n = cm.fk.lookup(b"ext.txt").nodeid
-    fh = cm.fk.open(n, os.O_RDONLY)
-    assert cm.fk.read(fh, 0, 100) == b"v1\n"
+    n, fh = cached_file(cm, b"ext.txt", b"v1\n")
     assert cm.fk.read(fh, 0, 100) == b"v1\n"  # under its lock: cached
-    cm.heard.take()
-    outside(WRITE, str(path), "version-2 longer\n")
+    outside(WRITE, str(cm.export / "ext.txt"), "version-2 longer\n")
     until(lambda: cm.heard.dropped(n))
     assert cm.fk.getattr(n).size == 17
     assert cm.fk.read(fh, 0, 100) == b"version-2 longer\n"
@@ -121,11 +116,8 @@ def test_the_servers_own_writes_revoke_nothing(cm: Coherent, server: Server) -> 
 def test_a_library_clients_cache_lock_is_revoked(server: Server, export_dir: Path) -> None:
     path = export_dir / "f"
     path.write_bytes(b"abc")
-    revoked = threading.Event()
     with make_client([address_of(server)]) as c:
-        f = c.open("/f", "rb", buffering=0)
-        f.on_revoke = lambda *_: revoked.set()
-        f.cache_lock(exclusive=False)
+        f, revoked = held_file(c, "/f", mode="rb")
         outside(WRITE, str(path), "abcdef")
         assert revoked.wait(SEEN_WITHIN)
         assert f.pread(100, 0) == b"abcdef"
