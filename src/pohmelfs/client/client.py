@@ -99,7 +99,6 @@ class Client:
             tls_server_name=tls_server_name)  # fmt: skip
         self.server_set = ServerSet(parse_servers(servers))
         usable_one_at_a_time(self.server_set.by_priority())
-        self.servers = [spec.address for spec in self.server_set.by_priority()]
         self.notices = notices  # notifications beyond REVOKE (p.NOTICE_*): the mount's
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
@@ -130,6 +129,11 @@ class Client:
         self.connection()  # fail early when no server can be reached
 
     # --- connections ---------------------------------------------------------
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers' addresses, in the order they are tried."""
+        return [spec.address for spec in self.server_set.by_priority()]
 
     def connection(self) -> Connection:
         conn = self._conn
