@@ -281,7 +281,7 @@ requires_fuse = pytest.mark.skipif(
 UNIT_FILES = {"test_protocol.py", "test_exchange.py", "test_tags.py", "test_fuse_kernel.py",
               "test_coherent_state.py", "test_layers.py", "test_hello.py",
               "test_fanotify.py", "test_stamps.py", "test_inotify.py",
-              "test_serverset.py"}  # fmt: skip
+              "test_serverset.py", "test_replycache.py", "test_resend.py"}  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,6 +5,7 @@ when the session has keys."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -57,7 +58,7 @@ class RawSession:
         self.verifier: Verifier | None = None
         fields = dict(version=p.VERSION, max_payload=p.DEFAULT_MAX_PAYLOAD, keepalive_ms=1000,
                       notices=0, client=b"raw", key=key.encode() if secret else b"",
-                      nonce=hs.nonce())  # fmt: skip
+                      nonce=hs.nonce(), session=os.urandom(p.SESSION_SIZE))  # fmt: skip
         fields.update(hello)
         parts = p.request(Command.HELLO, 0, **fields).encode()
         self.handshake_sent = [b"".join(bytes(x) for x in parts)]  # for replay tests

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 
 from pohmelfs import protocol as p
 
@@ -22,6 +23,35 @@ def _frames(buf: bytearray) -> list[bytes]:
     return out
 
 
+def shut(*socks: socket.socket) -> None:
+    """Both directions of each socket, ended (the other side sees the end)."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def relay(
+    listener: socket.socket,
+    upstream: tuple[str, int],
+    socks: list[socket.socket],
+    pump: Callable[[socket.socket, socket.socket, str, int], None],
+) -> None:
+    """Accept up to 50 connections, each relayed to ``upstream`` by two threads:
+    ``pump(src, dst, direction, n)`` for "c2s" and "s2c" (``n``: the connection's
+    number, 0 for the first). Every socket goes into ``socks``."""
+    for n in range(50):
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        server = socket.create_connection(upstream)
+        socks += [client, server]
+        for src, dst, name in ((client, server, "c2s"), (server, client, "s2c")):
+            threading.Thread(target=pump, args=(src, dst, name, n), daemon=True).start()
+
+
 class TamperProxy:
     """``direction``: "c2s" or "s2c"; ``index``: which frame of that direction (0 is
     the first); ``how``: "alter", "replay", "reorder" or "drop". Only the first
@@ -35,30 +65,13 @@ class TamperProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
         self.done = threading.Event()  # the tampering happened
-        self._first = True
-        self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=relay, args=(self.listener, upstream, self._socks, self._pump),
+                         daemon=True).start()  # fmt: skip
 
-    def _accept(self) -> None:
-        for _ in range(20):
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self._socks += [client, server]
-            tamper, self._first = self._first, False
-            for src, dst, name in ((client, server, "c2s"), (server, client, "s2c")):
-                t = threading.Thread(
-                    target=self._pump,
-                    daemon=True,
-                    args=(src, dst, tamper and name == self.direction),
-                )
-                t.start()  # fmt: skip
-                self._threads.append(t)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, tamper: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str,
+              conn_no: int) -> None:  # fmt: skip
+        tamper = conn_no == 0 and direction == self.direction
         buf = bytearray()
         n = 0
         held: bytes | None = None
@@ -96,11 +109,7 @@ class TamperProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shut(src, dst)
 
     def close(self) -> None:
         self.listener.close()

@@ -27,8 +27,17 @@ from pohmelfs.security.keys import write_secret
 from pohmelfs.security.policy import ClientPolicy
 
 STATFS = p.StatFs(4096, 4096, 100, 50, 40, 1000, 900, 255)
+RESUMED: list[tuple[str, bytes]] = []  # the sessions the welcome was asked to resume
+
+
+def resume(key: str, session: bytes) -> bool:
+    RESUMED.append((key, session))
+    return session == KNOWN_SESSION
+
+
+KNOWN_SESSION = b"k" * p.SESSION_SIZE
 WELCOME = Welcome(max_payload=1 << 20, idle_ms=30_000, caps=int(p.Cap.XATTR), fsid=7,
-                  statfs=lambda: STATFS)  # fmt: skip
+                  statfs=lambda: STATFS, resume=resume)  # fmt: skip
 
 
 _KEYS = tempfile.mkdtemp(prefix="pohmelfs-hello-")
@@ -55,6 +64,7 @@ def frame(parts: list[Any], tagged: bool = False) -> tuple[Header, bytes]:
 
 def client(secret: str | None = SECRET, **kw: Any) -> ClientHandshake:
     security = ClientSecurity.from_options(secret_file=secret) if secret else ClientSecurity()
+    kw.setdefault("session", b"s" * p.SESSION_SIZE)
     return ClientHandshake(security, 1 << 20, 500, 0, b"test-client", **kw)
 
 
@@ -77,10 +87,29 @@ def test_a_client_with_the_key_is_admitted_and_both_ends_share_the_session_keys(
     c, s = client(), server()
     welcomed, admitted = shake(c, s)
     assert (admitted.key, admitted.client, admitted.keepalive) == ("default", b"test-client", 0.5)
-    assert welcomed == (1 << 20, 30.0, p.Cap.XATTR, 7, STATFS)
+    assert welcomed == (1 << 20, 30.0, p.Cap.XATTR, 7, STATFS, False)
     assert c.send_keys is not None and c.send_keys == s.receive_keys
     assert c.receive_keys is not None and c.receive_keys == s.send_keys
     assert c.send_keys != c.receive_keys  # one key pair per direction
+
+
+def test_the_session_is_resumed_under_the_proved_key_only_after_the_proof() -> None:
+    RESUMED.clear()
+    c, s = client(session=KNOWN_SESSION), server()
+    s.hello(*frame(c.hello()))
+    assert RESUMED == []  # nothing is joined before the key is proved
+    welcomed, admitted = shake(c, s)
+    assert RESUMED == [("default", KNOWN_SESSION)] and admitted.session == KNOWN_SESSION
+    assert welcomed.resumed
+    assert not shake(client(), server())[0].resumed  # a session the server does not know
+
+
+def test_a_client_that_fails_the_proof_resumes_nothing() -> None:
+    RESUMED.clear()
+    c, s = client(secret=OTHER_SECRET, session=KNOWN_SESSION), server()
+    with pytest.raises(Refused):
+        s.auth(*frame(c.challenged(*frame(s.hello(*frame(c.hello()))))))
+    assert RESUMED == []
 
 
 def test_a_read_only_key_is_told_so_in_the_welcome() -> None:
@@ -99,7 +128,7 @@ def test_an_insecure_server_admits_a_client_without_a_key() -> None:
 def test_a_wrong_key_and_an_unknown_key_name_are_refused_alike(wrong: str) -> None:
     if wrong == "key name":
         security = ClientSecurity.from_options(secret_file=SECRET, key="nobody")
-        c = ClientHandshake(security, 1 << 20, 500, 0, b"x")
+        c = ClientHandshake(security, 1 << 20, 500, 0, b"x", bytes(p.SESSION_SIZE))
     else:
         c = client(secret=OTHER_SECRET)
     s = server()
@@ -127,6 +156,7 @@ def test_a_server_that_does_not_prove_the_key_is_not_believed() -> None:
         fsid=1,
         statfs=STATFS,
         proof=bytes(32),
+        resumed=1,
     )
     with pytest.raises(AuthFailed, match="did not prove the key"):
         c.welcomed(*frame(forged.encode(), tagged=True))

@@ -109,6 +109,7 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
                 "client": b"host-\xff\xfe",
                 "key": b"laptop",
                 "nonce": bytes(range(32)),
+                "session": bytes(range(64, 80)),
             },
         ),
         c.AUTH: ({}, {"proof": bytes(range(32, 64))}),
@@ -190,6 +191,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
                     "fsid": 0xDEAD_BEEF_CAFE_F00D,
                     "statfs": STATFS,
                     "proof": b"\xff" * 32,
+                    "resumed": 1,
                 },
             ),
             c.STATFS: ({}, {"statfs": STATFS}),
@@ -786,7 +788,15 @@ def test_behind_marks_a_request_only() -> None:
     expect_error(raw_header(Command.REVOKE, flags=p.FLAG_BEHIND | p.FLAG_NOTIFY))
 
 
-@pytest.mark.parametrize("flags", [0x8, 0x20, 0x8000, 0xFFFF, 0xD, 0xA, 0x11])
+def test_resent_marks_a_request_only() -> None:
+    msg = decode_one(p.Message(Command.UNLINK, 5, p.FLAG_RESENT | p.FLAG_BEHIND, 0, 0, 0, 0,
+                             {"cred": CRED, "path": PATH}).to_bytes())  # fmt: skip
+    assert msg.flags == p.FLAG_RESENT | p.FLAG_BEHIND and not msg.is_reply
+    expect_error(raw_header(Command.CLOSE, flags=p.FLAG_RESENT | p.FLAG_REPLY))
+    expect_error(raw_header(Command.REVOKE, flags=p.FLAG_RESENT | p.FLAG_NOTIFY))
+
+
+@pytest.mark.parametrize("flags", [0x8, 0x40, 0x8000, 0xFFFF, 0xD, 0xA, 0x11])
 def test_unknown_flags_sets_skip(flags: int) -> None:
     e = expect_error(raw_frame(Command.LOOKUP, b"\0" * 12, flags=flags, xid=3))
     assert e.skip == (Command.LOOKUP, 3, 12)
@@ -1096,6 +1106,8 @@ BAD_ENCODES: dict[str, Any] = {
     "i64-too-big": _req(Command.UTIMES, atime_ns=1 << 63),
     "i64-too-small": _req(Command.UTIMES, mtime_ns=-(1 << 63) - 1),
     "hello-version-bytes": _req(Command.HELLO, version=b"\x01"),
+    "hello-session-short": _req(Command.HELLO, session=b"s" * 15),
+    "hello-session-str": _req(Command.HELLO, session="s" * 16),
     # names
     "name-str": _req(Command.LOOKUP, path="home/user"),
     "name-memoryview": _req(Command.LOOKUP, path=memoryview(b"x")),

@@ -475,7 +475,7 @@ def test_a_handshake_trickled_byte_by_byte_is_cut_off(export_dir: Path) -> None:
     """The handshake has its time as a whole, not per byte received."""
     hello = b"".join(bytes(x) for x in p.request(
         Command.HELLO, 0, version=p.VERSION, max_payload=1 << 20, keepalive_ms=1000, notices=0,
-        client=b"x", key=b"default", nonce=bytes(32)).encode())  # fmt: skip
+        client=b"x", key=b"default", nonce=bytes(32), session=os.urandom(16)).encode())  # fmt: skip
     with (
         stopping(start_server(export_dir, limits=Limits(handshake_timeout=0.8))) as srv,
         closing_all([socket.create_connection(srv.address) for _ in range(10)]) as socks,

@@ -140,7 +140,8 @@ def raw_frame(
 def hello_request(xid: int = 0, version: int = p.VERSION, **fields: object) -> Message:
     base: dict[str, object] = dict(version=version, max_payload=p.DEFAULT_MAX_PAYLOAD,
                                    keepalive_ms=1000, notices=0, client=b"raw",
-                                   key=b"default", nonce=hs.nonce())  # fmt: skip
+                                   key=b"default", nonce=hs.nonce(),
+                                   session=os.urandom(p.SESSION_SIZE))  # fmt: skip
     base.update(fields)
     return p.request(Command.HELLO, xid, **base)
 

@@ -25,6 +25,7 @@ from .held import HeldFiles
 from .oslike import ScanEntry, float_to_ns, mode_flags, process_umask, stat_result
 from .paths import PathArg, encode_path, normal_path
 from .registry import FileRegistry
+from .resend import Resender, resending
 from .serverset import ServerSet, parse_servers, usable_one_at_a_time
 from .services import FileServices, WriteBudget
 
@@ -106,6 +107,9 @@ class Client:
         self._as_me = CallerCalls(self, self.cred)  # the requests by path, built there
         self.umask = process_umask() if umask is None else umask
         self.max_payload = max_payload
+        # One client session: its id, and its request ids, across its connections.
+        self.session = os.urandom(p.SESSION_SIZE)
+        self.resender = Resender(self.connection)
         self.write_budget = WriteBudget(write_behind_limit)
         self.held = HeldFiles(held_limit, dirty_timeout)
         # Holders of cache locks (open files, the mount's leases and name locks) by
@@ -115,7 +119,8 @@ class Client:
         self.grants = Grants()
         self.files = FileRegistry()
         self.services = FileServices(self.connection, self.cred, self.grants, self.files,
-                                     self.held, self.write_budget, self._stat_result)  # fmt: skip
+                                     self.held, self.write_budget, self._stat_result,
+                                     self.resender)  # fmt: skip
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
@@ -158,6 +163,8 @@ class Client:
                         # Every request but a WRITE first sends the writes held back.
                         before_request=self.held.push_all,
                         security=self.security,
+                        session=self.session,
+                        xids=self.resender.xids,
                     )
                     return self._conn
                 except OSError as e:
@@ -170,22 +177,19 @@ class Client:
     ) -> p.Message:
         """Send one protocol request and wait for its reply (the adapters' entry point).
 
-        ``shown``/``shown2`` are the paths named in errors. Idempotent requests
-        are sent once more if the connection carrying them died.
+        ``shown``/``shown2`` are the paths named in errors. A request whose
+        connection is lost before its answer is sent again on the next one
+        (``resend.py``: a change only if the server kept the session).
         """
-        return self._on_connection(
-            lambda conn: conn.call(cmd, shown, shown2, **fields), cmd in IDEMPOTENT
-        )
+
+        def send(conn: Connection, xid: int, resent: bool) -> p.Message:
+            return conn.call(cmd, shown, shown2, xid=xid, resent=resent, **fields)
+
+        return self.resender.call(send, cmd in IDEMPOTENT)
 
     def _on_connection(self, fn: Callable[[Connection], T], idempotent: bool) -> T:
-        """fn(connection); if idempotent and the connection died under it, once more."""
-        conn = self.connection()
-        try:
-            return fn(conn)
-        except ConnectionError:
-            if not idempotent or not conn.closed:
-                raise
-            return fn(self.connection())
+        """fn(connection), again on the next connection if this one is lost under it."""
+        return resending(lambda: (self.connection(), None), lambda c, _, __: fn(c), idempotent)
 
     def readdir(self, path: PathArg, cred: Cred | None = None) -> list[p.DirEntry]:
         """A directory's entries (raw names) with attributes: one streamed request."""
@@ -499,10 +503,15 @@ class Client:
         if start < 0 or length < 0:
             raise OSError(errno.EINVAL, "negative lock range", path)
         f = self._lock_file(path, cmd is Command.LOCK and type_ == LockType.WRLCK)
-        conn, oid = f.handle()
         fields = {"owner": self._lock_owner, "type": type_, "flags": flags, "pid": os.getpid()}
-        tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)
-        return conn.wait(tx, path, forever=bool(flags & p.LOCK_WAIT))
+
+        def send(conn: Connection, oid: int, _resent: bool) -> p.Message:
+            tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)
+            return conn.wait(tx, path, forever=bool(flags & p.LOCK_WAIT))
+
+        # A lock lost with its connection is asked for again on the next one (the
+        # server let every lock of the old one go: a second run takes it once).
+        return resending(f.handle, send, True)
 
     def lock(self, path: PathArg, start: int = 0, length: int = 0, exclusive: bool = True,
              wait: bool = True) -> None:  # fmt: skip

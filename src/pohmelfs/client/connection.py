@@ -12,11 +12,12 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import errors
@@ -93,7 +94,11 @@ class Connection:
         on_close: Callable[[Connection], None] | None = None,
         before_request: Callable[[], None] | None = None,
         security: ClientSecurity | None = None,
+        session: bytes | None = None,
+        xids: Iterator[int] | None = None,
     ) -> None:
+        """``session``: the client session this connection carries on (its own if
+        None); ``xids``: the session's request ids, shared by its connections."""
         self.address = address
         self.timeout = timeout
         self.serial = next(_SERIALS)  # unlike id(), never reused by a later connection
@@ -121,7 +126,9 @@ class Connection:
         self.writer = FrameWriter(sock)
         self._last_send = time.monotonic()
         self._lock = threading.Lock()  # around the exchange
-        self._exchange = ClientExchange[Transaction](max_payload)
+        self._exchange = ClientExchange[Transaction](max_payload, xids)
+        self.session = session if session is not None else os.urandom(p.SESSION_SIZE)
+        self.resumed = False  # the server knew the session (and kept its replies)
         self._on_notify = on_notify
         self._on_close = on_close
         # Run before sending any request but a WRITE (the client's held writes).
@@ -151,7 +158,8 @@ class Connection:
         # well within our time-out: a time-out then means the server is silent.
         keepalive = int(min(max(self.timeout / 4, 0.05), 2.0) * 1000)
         try:
-            shake = ClientHandshake(security, max_payload, keepalive, notices, name)
+            shake = ClientHandshake(security, max_payload, keepalive, notices, name,
+                                    self.session)  # fmt: skip
             send_parts(self.sock, shake.hello())
             send_parts(self.sock, shake.challenged(*self._handshake_frame()))
             if shake.receive_keys is not None:
@@ -183,6 +191,7 @@ class Connection:
         self.caps = welcome.caps
         self.fsid: int = welcome.fsid
         self.statfs: p.StatFs = welcome.statfs
+        self.resumed = welcome.resumed
 
     def _handshake_frame(self) -> tuple[p.Header, bytes]:
         header = self.reader.read_header(8 << 10, untagged_ok=True)
@@ -204,18 +213,23 @@ class Connection:
         oid: int = 0,
         offset: int = 0,
         length: int = 0,
+        xid: int | None = None,
+        resent: bool = False,
         **fields: Any,
     ) -> Transaction:
         """Send a request and return its transaction without waiting. ``behind``: our
         caller will not wait for it (a write sent behind, a close): the server applies
-        every later request of this connection after it."""
+        every later request of this connection after it. ``xid``: the request's id
+        if it has one already, ``resent``: it was sent before on a lost connection
+        of this session (``resend.py``)."""
         if (cmd is not Command.WRITE and self._before_request is not None
                 and threading.current_thread() is not self._receiver):  # fmt: skip
             self._before_request()  # (never on the receiver: it must not wait)
-        xid = self._exchange.next_xid()
+        if xid is None:
+            xid = self._exchange.next_xid()
         try:
             parts = self._exchange.encode(cmd, xid, oid=oid, offset=offset, length=length,
-                                          behind=behind, **fields)  # fmt: skip
+                                          behind=behind, resent=resent, **fields)  # fmt: skip
         except ProtocolError as e:
             raise OSError(errno.EINVAL, f"cannot encode {cmd.name}: {e}") from None
         except ValueError as e:  # the server would have to drop the connection

@@ -21,6 +21,7 @@ from ..protocol import Attr, CacheMode, Command, Cred
 from .connection import Connection, Transaction
 from .held import MAX_EXTENTS, PUSH_BYTES, HeldWrites
 from .paths import encode_path, normal_path
+from .resend import resending
 from .services import FileServices
 
 CHUNK = 1 << 20  # bytes per READ/WRITE request of a large transfer
@@ -135,23 +136,26 @@ class RemoteFile(io.RawIOBase):
         """Was the connection this file was opened on lost (with its cache locks)?"""
         return self._conn.closed
 
-    def _retrying(self, fn: Any) -> Any:
-        """Run fn(conn, oid); after a lost connection, reopen and try once more."""
-        conn, oid = self.handle()
-        try:
-            return fn(conn, oid)
-        except ConnectionError:
-            if not conn.closed:
-                raise
-            conn, oid = self.handle()
-            return fn(conn, oid)
+    def _retrying(self, fn: Any, idempotent: bool = True) -> Any:
+        """Run fn(conn, oid, resent); after a lost connection, reopen and run it again
+        (``resend.py``: a change only if the server kept the client session; fn
+        sends its requests under the ids they had)."""
+        return resending(self.handle, fn, idempotent)
+
+    def _change(self, cmd: Command, **fields: Any) -> Any:
+        """One change through the handle, applied once however often it is sent (and,
+        as it sets a state rather than adding to one, sent again even to a server
+        that forgot the session, as before)."""
+        xid = self._services.resender.next_xid()
+        return self._retrying(lambda c, o, resent: c.call(cmd, self.name, oid=o, xid=xid,
+                                                         resent=resent, **fields))  # fmt: skip
 
     # --- positional I/O ---------------------------------------------------------
 
     def preadinto(self, buffer: Any, offset: int) -> int:
         """Read up to len(buffer) bytes at ``offset`` straight into ``buffer``."""
         mv = memoryview(buffer).cast("B")
-        return int(self._retrying(lambda c, o: self._preadinto(c, o, mv, offset)))
+        return int(self._retrying(lambda c, o, _: self._preadinto(c, o, mv, offset)))
 
     def _preadinto(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> int:
         chunk = min(CHUNK, conn.max_payload)
@@ -186,10 +190,19 @@ class RemoteFile(io.RawIOBase):
         """Write all of ``data`` at ``offset`` (at the end in append mode)."""
         mv = memoryview(data).cast("B")
         self._services.held.push_all()  # held writes (of any handle) are older: first
-        written, _end = self._retrying(lambda c, o: self._pwrite(c, o, mv, offset))
-        return int(written)
+        return int(self._writing(mv, offset)[0])
 
-    def _pwrite(self, conn: Connection, oid: int, mv: memoryview, offset: int) -> tuple[int, int]:
+    def _writing(self, mv: memoryview, offset: int) -> tuple[int, int]:
+        """Write all of ``mv`` at ``offset``; (bytes written, where the last one ended).
+        Each piece keeps its request id when sent again, so that it is applied once."""
+        xids: dict[int, int] = {}  # piece's position -> its request id
+        append = bool(self._flags & os.O_APPEND)
+        return self._retrying(  # type: ignore[no-any-return]
+            lambda c, o, resent: self._pwrite(c, o, mv, offset, xids, resent), not append
+        )
+
+    def _pwrite(self, conn: Connection, oid: int, mv: memoryview, offset: int,
+                xids: dict[int, int], resent: bool) -> tuple[int, int]:  # fmt: skip
         chunk = min(CHUNK, conn.max_payload)
         inflight: deque[Transaction] = deque()
         pos = written = 0
@@ -198,9 +211,17 @@ class RemoteFile(io.RawIOBase):
             while pos < len(mv) or inflight:
                 while pos < len(mv) and len(inflight) < WINDOW:
                     n = min(chunk, len(mv) - pos)
+                    xid = xids.get(pos)
+                    if xid is None:
+                        xid = xids[pos] = self._services.resender.next_xid()
                     inflight.append(
                         conn.start(
-                            Command.WRITE, oid=oid, offset=offset + pos, data=mv[pos : pos + n]
+                            Command.WRITE,
+                            oid=oid,
+                            offset=offset + pos,
+                            data=mv[pos : pos + n],
+                            xid=xid,
+                            resent=resent,
                         )
                     )
                     pos += n
@@ -242,7 +263,7 @@ class RemoteFile(io.RawIOBase):
             raise io.UnsupportedOperation("file not open for writing")
         mv = memoryview(data).cast("B")
         self._services.held.push_all()  # held writes (of any handle) are older: first
-        written, end = self._retrying(lambda c, o: self._pwrite(c, o, mv, self._pos))
+        written, end = self._writing(mv, self._pos)
         self._pos = end
         return int(written)
 
@@ -265,11 +286,11 @@ class RemoteFile(io.RawIOBase):
 
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
-        self._retrying(lambda c, o: c.call(Command.FTRUNCATE, self.name, oid=o, offset=size))
+        self._change(Command.FTRUNCATE, offset=size)
         return size
 
     def fstat(self) -> Attr:
-        reply = self._retrying(lambda c, o: c.call(Command.FSTAT, self.name, oid=o))
+        reply = self._retrying(lambda c, o, _: c.call(Command.FSTAT, self.name, oid=o))
         return reply["attr"]  # type: ignore[no-any-return]
 
     def stat(self) -> os.stat_result:
@@ -277,11 +298,7 @@ class RemoteFile(io.RawIOBase):
 
     def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
         """Allocate (mode 0) or, with Linux FALLOC_FL_* flags, punch or keep size."""
-        self._retrying(
-            lambda c, o: c.call(
-                Command.FALLOCATE, self.name, oid=o, offset=offset, length=length, mode=mode
-            )
-        )
+        self._change(Command.FALLOCATE, offset=offset, length=length, mode=mode)
 
     # --- write-behind ------------------------------------------------------------
 

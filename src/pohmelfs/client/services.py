@@ -17,6 +17,7 @@ from .grants import Grants
 from .held import HeldFiles
 from .paths import PathArg, encode_path
 from .registry import FileRegistry
+from .resend import Resender
 
 ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
 
@@ -72,6 +73,7 @@ class FileServices:
     held: HeldFiles  # writes kept back, across files
     write_budget: WriteBudget  # writes sent behind and unanswered, across files
     stat_result: Callable[[Attr], os.stat_result]
+    resender: Resender  # request ids of the client session, resends after a lost connection
 
     def open(self, path: PathArg, flags: int, perm: int, cred: Cred,
              cache: int = CacheMode.RELEASE, fid: bytes = ANY_FILE,
@@ -79,10 +81,16 @@ class FileServices:
         """Open on the server (``cache`` asks for a cache lock with it: 0 shared, 1
         exclusive; 2: none). ``fid``: only the file of that identity will do (a
         reopen); another one there fails with ESTALE."""
-        conn = self.connection()
-        reply = conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
-                          path=encode_path(path), flags=flags, mode=perm, cache=cache,
-                          fid=fid)  # fmt: skip
+        raw = encode_path(path)
+
+        def send(conn: Connection, xid: int, resent: bool) -> tuple[Connection, p.Message]:
+            return conn, conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
+                                   path=raw, flags=flags, mode=perm, cache=cache, fid=fid,
+                                   xid=xid, resent=resent)  # fmt: skip
+
+        # Only an open that may create or truncate is a change (applied once: a resend
+        # opens the file it made); any other is simply sent again.
+        conn, reply = self.resender.call(send, not flags & (os.O_CREAT | os.O_TRUNC))
         directory = reply["dir"] if reply["dir"].ino else None
         return Opened(conn, reply.oid, reply["attr"], reply["writers"], reply["cached"],
                       directory, reply["fid"], reply["watchers"])  # fmt: skip

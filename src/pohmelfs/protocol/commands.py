@@ -18,12 +18,17 @@ class Flag(enum.IntFlag):
     # ahead, a close): every later request of the connection is applied after it.
     # Without it, a request that must wait for other clients holds up nothing else.
     BEHIND = 0x10
+    # On a request: sent before, on a connection of this client session that was lost
+    # before its answer came; a server that applied it then answers as it did then.
+    RESENT = 0x20
 
 
-KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE | Flag.PENDING | Flag.BEHIND)
+KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE | Flag.PENDING | Flag.BEHIND
+                  | Flag.RESENT)  # fmt: skip
 # Plain ints for the hot paths: IntFlag arithmetic builds enum objects.
 FLAG_REPLY, FLAG_NOTIFY, FLAG_MORE = int(Flag.REPLY), int(Flag.NOTIFY), int(Flag.MORE)
-FLAG_PENDING, FLAG_BEHIND = int(Flag.PENDING), int(Flag.BEHIND)
+FLAG_PENDING, FLAG_BEHIND, FLAG_RESENT = int(Flag.PENDING), int(Flag.BEHIND), int(Flag.RESENT)
+REQUEST_FLAGS = FLAG_BEHIND | FLAG_RESENT  # the flags a request may carry
 
 
 class Cap(enum.IntFlag):
@@ -92,6 +97,15 @@ class Command(enum.IntEnum):
     AUTH = 38
 
 
+# The commands that change the export (besides OPEN with O_CREAT or O_TRUNC): what a
+# read-only key may not send, and whose answers a server keeps for a resend.
+CHANGES = frozenset({
+    Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,
+    Command.MAKEDIRS, Command.RMDIR, Command.RMTREE, Command.UNLINK, Command.RENAME,
+    Command.LINK, Command.SYMLINK, Command.MKNOD, Command.CHMOD, Command.CHOWN,
+    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR,
+})  # fmt: skip
+
 # HELLO's and AUTH's ``auth``: how the client proves its key.
 AUTH_NONE = 0  # an --insecure server on loopback: every identity squashed
 AUTH_SECRET = 1  # HMAC-SHA256 challenge-response over a shared secret; frames tagged
@@ -130,6 +144,9 @@ REQUESTS: dict[Command, Schema] = {
         ("client", "name"),
         ("key", "name"),
         ("nonce", "nonce"),
+        # the client session this connection belongs to (random, the client's own; a
+        # session outlives its connections: the server keeps its recent replies)
+        ("session", "session"),
     ),
     # proof: HMAC-SHA256 of the handshake under the key (all zero without a secret)
     _C.AUTH: (("proof", "nonce"),),
@@ -216,6 +233,7 @@ REPLIES.update(
             ("fsid", "u64"),
             ("statfs", "statfs"),
             ("proof", "nonce"),
+            ("resumed", "u32"),  # 1: the server knew the session and kept its replies
         ),
         _C.STATFS: (("statfs", "statfs"),),
         _C.LOOKUP: _ATTR_REPLY,
@@ -287,8 +305,8 @@ def _flag_problem(flags: int, status: int) -> str | None:
         return "MORE on a frame that is not a reply"
     if flags & FLAG_PENDING and (flags & ~FLAG_PENDING != FLAG_REPLY or status):
         return "PENDING only on a plain reply with no status"
-    if flags & FLAG_BEHIND:
-        return "BEHIND only on a request"
+    if flags & REQUEST_FLAGS and flags & (FLAG_REPLY | FLAG_NOTIFY):
+        return "BEHIND and RESENT only on a request"
     if status and not flags & FLAG_REPLY:
         return "status set on a frame that is not a reply"
     return None

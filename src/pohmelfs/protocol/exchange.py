@@ -14,6 +14,7 @@ thread-safe: the I/O layer calls an exchange under its own lock.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -23,7 +24,9 @@ from .commands import (
     FLAG_NOTIFY,
     FLAG_PENDING,
     FLAG_REPLY,
+    FLAG_RESENT,
     NOTIFICATIONS,
+    REQUEST_FLAGS,
     Command,
 )
 from .fields import ProtocolError
@@ -35,9 +38,9 @@ T = TypeVar("T")  # what the I/O layer keeps of a request in flight (or of a not
 # --- frames both ends build by hand (no payload to encode) ---------------------------
 
 
-def read_request(xid: int, oid: int, offset: int, length: int) -> bytes:
+def read_request(xid: int, oid: int, offset: int, length: int, flags: int = 0) -> bytes:
     """A READ request: a header alone."""
-    return HEADER.pack(MAGIC, Command.READ, 0, 0, 0, 0, xid, oid, offset, length)
+    return HEADER.pack(MAGIC, Command.READ, flags, 0, 0, 0, xid, oid, offset, length)
 
 
 def data_reply_header(cmd: Command, xid: int, n: int, offset: int) -> bytes:
@@ -101,10 +104,12 @@ class Stray:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A client's request (``behind``: its sender does not wait for it)."""
+    """A client's request (``behind``: its sender does not wait for it; ``resent``:
+    it may have come before, on a lost connection of the same client session)."""
 
     header: Header
     behind: bool
+    resent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +138,12 @@ class _InFlight(Generic[T]):
 class ClientExchange(Generic[T]):
     """The client's end: ids for its requests, and what each frame from the server
     means. ``T``: the caller's record of a request (kept, handed back with its
-    reply)."""
+    reply). ``xids``: where request ids come from; a client session's connections
+    share one source, so that an id names one request of the session."""
 
-    def __init__(self, max_payload: int) -> None:
+    def __init__(self, max_payload: int, xids: Iterator[int] | None = None) -> None:
         self.max_payload = max_payload  # the server's, once the handshake told it
-        self._xids = itertools.count(1)
+        self._xids = xids if xids is not None else itertools.count(1)
         self._in_flight: dict[int, _InFlight[T]] = {}
 
     def __len__(self) -> int:
@@ -147,12 +153,14 @@ class ClientExchange(Generic[T]):
         return next(self._xids)
 
     def encode(self, cmd: Command, xid: int, *, oid: int = 0, offset: int = 0, length: int = 0,
-               behind: bool = False, **fields: Any) -> list[Any]:  # fmt: skip
-        """Request ``xid``'s buffers. ProtocolError if a field is out of range;
-        ValueError if it is larger than the server takes (it would drop us)."""
+               behind: bool = False, resent: bool = False, **fields: Any) -> list[Any]:  # fmt: skip
+        """Request ``xid``'s buffers (``resent``: see ``Flag.RESENT``). ProtocolError
+        if a field is out of range; ValueError if it is larger than the server takes
+        (it would drop us)."""
+        flags = (FLAG_BEHIND if behind else 0) | (FLAG_RESENT if resent else 0)
         if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
-            return [read_request(xid, oid, offset, length)]
-        msg = Message(cmd, xid, FLAG_BEHIND if behind else 0, 0, oid, offset, length, fields)
+            return [read_request(xid, oid, offset, length, flags)]
+        msg = Message(cmd, xid, flags, 0, oid, offset, length, fields)
         parts = msg.encode()
         size = packed_payload_len(parts[0])
         if size > self.max_payload:
@@ -247,6 +255,6 @@ class ServerExchange(Generic[T]):
         flags = header.flags
         if flags == FLAG_REPLY and header.cmd in NOTIFICATIONS:
             return Answered(header, self._waiting.pop(header.xid, None))
-        if flags & ~FLAG_BEHIND:
+        if flags & ~REQUEST_FLAGS:
             return Ignored(header, f"ignoring {header.cmd.name} frame with flags {flags:#x}")
-        return Request(header, bool(flags & FLAG_BEHIND))
+        return Request(header, bool(flags & FLAG_BEHIND), bool(flags & FLAG_RESENT))

@@ -16,6 +16,7 @@ MAX_NAME = 4096  # names, symlink targets, xattr names
 MAX_PATH = 1 << 20
 FID_SIZE = 16  # a file's identity (see server/identity.py)
 NONCE_SIZE = 32  # a handshake's fresh random value, or a proof (HMAC-SHA256)
+SESSION_SIZE = 16  # a client session's id (random: 128 bits)
 MAX_GROUPS = 1024
 MAX_XATTR_VALUE = 64 << 10
 U32_MAX = 0xFFFFFFFF
@@ -245,6 +246,7 @@ FIELD_TYPES: dict[str, tuple[Any, Any]] = {
     "path": _PATH,
     "fid": _fixed_codec(FID_SIZE, "a file id"),
     "nonce": _fixed_codec(NONCE_SIZE, "a nonce or proof"),
+    "session": _fixed_codec(SESSION_SIZE, "a session id"),
     "blob": _BLOB,
     "cred": (_enc_cred, _dec_cred),
     "attr": _ATTR_CODEC,

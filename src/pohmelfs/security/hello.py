@@ -67,6 +67,7 @@ class Welcomed(NamedTuple):
     caps: p.Cap
     fsid: int
     statfs: p.StatFs
+    resumed: bool  # the server knew the client session and kept its replies
 
 
 class ClientHandshake:
@@ -74,13 +75,13 @@ class ClientHandshake:
     ``welcomed(...)`` with its second."""
 
     def __init__(self, security: ClientSecurity, max_payload: int, keepalive_ms: int,
-                 notices: int, name: bytes) -> None:  # fmt: skip
+                 notices: int, name: bytes, session: bytes) -> None:  # fmt: skip
         self._security = security
         self._secret = security.secret
         key = security.key.encode() if security.secret is not None else b""
         self._hello = p.request(Command.HELLO, 0, version=p.VERSION, max_payload=max_payload,
                                 keepalive_ms=keepalive_ms, notices=notices, client=name,
-                                key=key, nonce=hs.nonce())  # fmt: skip
+                                key=key, nonce=hs.nonce(), session=session)  # fmt: skip
         self._hello_parts = self._hello.encode()
         self._th = b""
         self._proof = ZERO_PROOF
@@ -115,7 +116,7 @@ class ClientHandshake:
                 raise AuthFailed("the server did not prove the key")
             self.send_keys = self._keys.to_server
         return Welcomed(welcome["max_payload"], welcome["idle_ms"] / 1000, p.Cap(welcome["caps"]),
-                        welcome["fsid"], welcome["statfs"])  # fmt: skip
+                        welcome["fsid"], welcome["statfs"], bool(welcome["resumed"]))  # fmt: skip
 
     @staticmethod
     def _reply(header: Header, payload: bytes, cmd: Command) -> Message:
@@ -138,6 +139,7 @@ class Admitted:
     max_payload: int
     keepalive: float  # seconds between PENDING frames of a waiting request
     notices: int
+    session: bytes  # the client session (with ``key``: whose replies it may see again)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,9 @@ class Welcome:
     caps: int
     fsid: int
     statfs: Callable[[], p.StatFs]
+    # Joins the connection to the client session (key, id) it names, once the key is
+    # proved; True if the server knew it (its replies are kept).
+    resume: Callable[[str, bytes], bool]
 
 
 class ServerHandshake:
@@ -213,9 +218,10 @@ class ServerHandshake:
         welcome = self._welcome
         max_payload = max(64 << 10, min(welcome.max_payload, hello["max_payload"]))
         caps = welcome.caps | (p.Cap.READ_ONLY if policy.read_only else 0)
+        resumed = welcome.resume(name, bytes(hello["session"]))
         answer = p.reply(auth, max_payload=max_payload, idle_ms=welcome.idle_ms, caps=int(caps),
-                         fsid=welcome.fsid, statfs=welcome.statfs(),
-                         proof=server_proof).encode()  # fmt: skip
+                         fsid=welcome.fsid, statfs=welcome.statfs(), proof=server_proof,
+                         resumed=int(resumed)).encode()  # fmt: skip
         log.debug("%s: %r admitted with key %r", self._peer, hello["client"], name)
         admitted = Admitted(
             key=name,
@@ -224,6 +230,7 @@ class ServerHandshake:
             max_payload=max_payload,
             keepalive=min(max(hello["keepalive_ms"], 50), 10_000) / 1000,
             notices=hello["notices"],
+            session=bytes(hello["session"]),
         )
         return answer, admitted
 

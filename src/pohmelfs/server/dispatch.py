@@ -3,14 +3,19 @@ it belongs. Quick requests run inline, in arrival order; requests that may take
 long (fsync, listing, tree removal, path creation) go to the server's shared
 pool, so they do not hold up the rest of the connection; requests that must wait
 for other clients go where ``waits.Waits`` says. Replies are matched to requests
-by transaction id, so they may leave in any order."""
+by transaction id, so they may leave in any order. A change resent by its
+client session after a lost connection is answered from ``replycache.py`` if it
+ran before."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import mmap
+import os
 import threading
+import time
+from collections.abc import Callable
 
 from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
@@ -23,6 +28,7 @@ from .guard import RequestGuard
 from .handles import HandleTable
 from .notifier import Notifier
 from .replies import reply_for
+from .replycache import FORGOTTEN, Replay, Running, SessionReplies, forgotten_reply
 from .requests import Requests
 from .shared import Shared
 from .waits import Waits
@@ -33,18 +39,23 @@ MAX_SLOW = 64  # a session's requests queued for or running in the shared pool
 KEEP_RESIDENT = 1 << 20  # of a connection's write buffer, between large writes
 SMALL_PAYLOAD = 256 << 10  # received into the reader's buffer; larger ones into _wbuf
 SLOW_COMMANDS = frozenset({Command.FSYNC, Command.READDIR, Command.RMTREE, Command.MAKEDIRS})
+RUNNING_WAIT = 600.0  # seconds a resend waits for its first run (from a lost connection)
+REOPEN = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
 
 
 class Dispatch:
     def __init__(self, sid: int, peer: str, shared: Shared, reader: SocketReader,
-                 writer: FrameWriter, admitted: Admitted) -> None:  # fmt: skip
+                 writer: FrameWriter, admitted: Admitted,
+                 replies: SessionReplies) -> None:  # fmt: skip
         self.sid, self.peer = sid, peer
+        self.replies = replies
         self._shared = shared
         self.reader, self.writer = reader, writer
         self.max_payload = admitted.max_payload
         self.handles = HandleTable(sid, shared.writers)
         self.notifier = Notifier(self.send, self.handles.key_of)
-        self.waits = Waits(sid, peer, shared, self.handles, writer, admitted.keepalive)
+        self.waits = Waits(sid, peer, shared, self.handles, writer, admitted.keepalive,
+                           replies)  # fmt: skip
         self.policy = CachePolicy(sid, shared, self.handles, self.notifier, self.waits)
         guard = RequestGuard(admitted.policy, shared.allow_setuid)
         self.guard = guard
@@ -90,7 +101,46 @@ class Dispatch:
         except OSError as e:
             self.send(reply_for(msg, e))
             return
-        self._run(msg, header)
+        ran = self.replies.begin(msg, event.resent)
+        if ran is None:
+            self._run(msg, header)
+        elif isinstance(ran, Running):
+            self.waits.answer_later(msg, None, lambda: self._after_first_run(msg, ran))
+        else:
+            self.execute(msg, lambda: self._answer_again(msg, ran))
+
+    def _answer_again(self, msg: Message, ran: Replay | str) -> Message | None:
+        """The answer to a resent change that ran before: its first reply; for an open
+        that created or truncated the file, that very file opened again (the handle
+        went with the lost connection), without creating or truncating it again."""
+        if not isinstance(ran, Replay):
+            assert ran == FORGOTTEN
+            return forgotten_reply(msg)
+        first = ran.reply
+        if first.cmd is not msg.cmd:  # an id the client used for another request
+            why = f"request {msg.xid} of this session was a {first.cmd.name}"
+            return reply_for(msg, OSError(errno.EINVAL, why))
+        if msg.cmd is not Command.OPEN or first.status:
+            return first
+        fields = dict(msg.fields, flags=msg["flags"] & REOPEN, fid=first["fid"])
+        again = Message(msg.cmd, msg.xid, msg.flags & ~p.FLAG_RESENT, 0, msg.oid, msg.offset,
+                        msg.length, fields)  # fmt: skip
+        return self.requests.handle(again)
+
+    def _after_first_run(self, msg: Message, running: Running) -> Message | None:
+        """A resent change still running from the lost connection: its answer once it
+        ends (or, if it never ran, this run)."""
+        deadline = time.monotonic() + RUNNING_WAIT
+        while not running.done.wait(1.0):
+            if self.waits.closed or time.monotonic() > deadline:
+                why = "the first run of this resent request has not ended"
+                return reply_for(msg, OSError(errno.EAGAIN, why))
+        ran = self.replies.begin(msg, True)
+        if ran is None:
+            return self.requests.handle(msg)
+        if isinstance(ran, Running):
+            return reply_for(msg, OSError(errno.EAGAIN, "resent again while it runs"))
+        return self._answer_again(msg, ran)
 
     def _run(self, msg: Message, header: Header) -> None:
         waits, policy, requests = self.waits, self.policy, self.requests
@@ -137,12 +187,13 @@ class Dispatch:
             with self._slow_lock:
                 self._slow -= 1
 
-    def execute(self, msg: Message) -> None:
-        """Run one request and send its reply; never raises for the request's faults."""
+    def execute(self, msg: Message, work: Callable[[], Message | None] | None = None) -> None:
+        """Run one request (or ``work`` for it) and send its reply; never raises for the
+        request's faults."""
         try:
             if "cred" in msg.fields:
                 self._shared.export.act_as(msg["cred"])
-            out = self.requests.handle(msg)
+            out = self.requests.handle(msg) if work is None else work()
         except ConnectionError:
             raise  # the connection broke in the middle of a reply: end the session
         except Exception as e:  # a bug must cost one request, not the server
@@ -154,6 +205,7 @@ class Dispatch:
                 log.debug("%s: cannot send reply: %s", self.peer, e)
 
     def send(self, msg: Message) -> None:
+        self.replies.answered(msg)  # (kept before it is sent: the send may fail)
         self.writer.send(msg.encode())
 
     def _send_raw_error(self, cmd: int, xid: int, code: int, text: str) -> None:

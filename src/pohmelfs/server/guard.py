@@ -18,16 +18,10 @@ import errno
 import os
 import stat
 
-from ..protocol import Command, Message
+from ..protocol import CHANGES, Command, Message
 from ..security.policy import ClientPolicy
 from .storage import opens_for_writing
 
-CHANGES = frozenset({
-    Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,
-    Command.MAKEDIRS, Command.RMDIR, Command.RMTREE, Command.UNLINK, Command.RENAME,
-    Command.LINK, Command.SYMLINK, Command.MKNOD, Command.CHMOD, Command.CHOWN,
-    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR,
-})  # fmt: skip
 PRIVILEGED_XATTRS = (b"security.", b"trusted.")
 SETID = stat.S_ISUID | stat.S_ISGID
 NO_ID = 0xFFFFFFFF  # what setfsuid(-1) means: "tell me", never an identity

@@ -28,6 +28,7 @@ from .locks import AdvisoryLocks
 from .notifier import Notifiers
 from .outside import OutsideChanges
 from .rangelock import RangeLocks
+from .replycache import ReplyCache
 from .session import Session, Terms
 from .shared import Budget, Shared
 from .sizes import SizeWatchers
@@ -101,6 +102,7 @@ class Server:
                 thread_name_prefix="pohmelfs-worker",
                 initializer=linux.private_umask_zero,
             ),
+            replies=ReplyCache(),
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting

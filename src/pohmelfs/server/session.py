@@ -19,6 +19,7 @@ from ..security.tls import peer_name
 from ..wire import FrameWriter, PeerClosed, SocketReader
 from . import admission, linux
 from .dispatch import Dispatch
+from .replycache import SessionReplies
 from .shared import Shared
 
 log = logging.getLogger("pohmelfs.server")
@@ -48,6 +49,7 @@ class Session:
         self.reader = SocketReader(sock)
         self.writer = FrameWriter(sock)
         self.dispatch: Dispatch | None = None
+        self.replies: SessionReplies | None = None  # the client session's, once admitted
 
     def run(self) -> None:
         try:
@@ -70,8 +72,8 @@ class Session:
         terms, export = self._terms, self._shared.export
         caps = p.Cap.READ_ONLY if export.read_only else 0
         caps |= p.Cap.XATTR if export.xattrs else 0
-        welcome = Welcome(terms.max_payload, int(terms.idle_timeout * 1000),
-                                    int(caps), terms.fsid, export.statfs)  # fmt: skip
+        welcome = Welcome(terms.max_payload, int(terms.idle_timeout * 1000), int(caps),
+                          terms.fsid, export.statfs, self._resume)  # fmt: skip
         linux.set_receive_timeout(self.sock, terms.handshake_timeout)
         try:
             certificate = self._tls_handshake() if terms.security.tls is not None else ""
@@ -81,7 +83,13 @@ class Session:
             raise ProtocolError("no handshake within the time allowed") from None
         linux.set_receive_timeout(self.sock, terms.idle_timeout)
         self._admitted(self)
-        return Dispatch(self.sid, self.peer, self._shared, self.reader, self.writer, admitted)
+        assert self.replies is not None
+        return Dispatch(self.sid, self.peer, self._shared, self.reader, self.writer, admitted,
+                        self.replies)  # fmt: skip
+
+    def _resume(self, key: str, session: bytes) -> bool:
+        self.replies, known = self._shared.replies.attach(key, session, self, _take_over)
+        return known
 
     def _tls_handshake(self) -> str:
         """Turn the connection into TLS; the client certificate's common name. A
@@ -115,4 +123,20 @@ class Session:
             pass
         if dispatch is not None:
             dispatch.close_files()
+        if self.replies is not None:
+            self._shared.replies.detach(self.replies, self)
         self._ended(self)
+
+    def take_over(self) -> None:
+        """A new connection of the same client session came: this one ends (its
+        running requests still finish, and their replies are kept for the new one)."""
+        log.info("%s: the client session continues on a new connection: closed", self.peer)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _take_over(old: object) -> None:
+    assert isinstance(old, Session)
+    old.take_over()

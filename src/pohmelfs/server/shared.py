@@ -13,6 +13,7 @@ from .keepalive import Keepalive
 from .locks import AdvisoryLocks
 from .notifier import Notifiers
 from .rangelock import RangeLocks
+from .replycache import ReplyCache
 from .sizes import SizeWatchers
 from .stamps import Stamps
 from .storage import Storage
@@ -51,4 +52,5 @@ class Shared:
     keepalive: Keepalive  # PENDING for requests that wait for other clients
     waiting: Budget  # requests waiting for other clients, on the whole server
     pool: ThreadPoolExecutor  # slow requests (fsync, listings, tree removal)
+    replies: ReplyCache  # client sessions' recent replies, for resent changes
     allow_setuid: bool

@@ -24,6 +24,7 @@ from ..wire import FrameWriter
 from . import linux
 from .handles import FileKey, Handle, HandleTable
 from .replies import reply_for
+from .replycache import SessionReplies
 from .shared import Shared
 
 log = logging.getLogger("pohmelfs.server")
@@ -36,8 +37,10 @@ Work = Callable[[], Message | None]
 
 class Waits:
     def __init__(self, sid: int, peer: str, shared: Shared, handles: HandleTable,
-                 writer: FrameWriter, keepalive: float) -> None:  # fmt: skip
+                 writer: FrameWriter, keepalive: float,
+                 replies: SessionReplies) -> None:  # fmt: skip
         self.sid, self.peer = sid, peer
+        self._session_replies = replies  # every reply sent from here is shown to it first
         self._shared = shared
         self._handles = handles
         self._writer = writer
@@ -148,7 +151,10 @@ class Waits:
             if "cred" in m.fields:
                 self._shared.export.act_as(m["cred"])
             # A connection gone meanwhile: nobody to answer (handles still released).
-            out = None if queued and self.closed else work()
+            skipped = queued and self.closed
+            if skipped:
+                self._session_replies.dropped(m.xid)  # never run: a resend runs it
+            out = None if skipped else work()
         except Exception as e:  # a bug must cost one request, not the session
             out = reply_for(m, e, self.peer)
         finally:
@@ -164,6 +170,7 @@ class Waits:
                             del self._queued_keys[key]
         try:
             if out is not None:
+                self._session_replies.answered(out)
                 self._writer.send(out.encode())
         except OSError:
             pass
