@@ -465,4 +465,4 @@ def test_mount_refuses_a_server_that_is_not_read_write_before_it_daemonizes(
     tmp_path: Path,
 ) -> None:
     r = cli("mount", "127.0.0.1:7400/r", str(tmp_path))
-    assert r.returncode == 2 and "needs replication" in r.stderr
+    assert r.returncode == 2 and "need versions and resync" in r.stderr

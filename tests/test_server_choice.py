@@ -1,6 +1,6 @@
-"""A library client given several servers (client/serverset.py's syntax) uses the one
-of the highest priority that answers; replication is not there yet, so servers
-that are read-only or write-only for the client are refused with the reason."""
+"""A library client given several servers (client/serverset.py's syntax) takes the one
+of the highest priority that answers as its lock server; servers that are read-only
+or write-only for the client are refused with the reason (they need versions)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def test_the_highest_priority_that_answers(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("perm", ["r", "w"])
-def test_a_server_not_read_write_is_refused_for_now(perm: str) -> None:
-    with pytest.raises(ValueError, match="needs replication"):
+def test_a_server_not_read_write_is_refused_with_the_reason(perm: str) -> None:
+    with pytest.raises(ValueError, match="need versions and resync"):
         make_client([f"127.0.0.1:1/{perm}"])
 
 

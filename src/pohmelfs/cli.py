@@ -147,10 +147,10 @@ def _mount(args: argparse.Namespace) -> int:
         cfg = fmount.MountConfig.parse(args.servers, args.mountpoint, args.o or [])
     except ValueError as e:
         raise UserError(str(e)) from None
-    from .client.serverset import parse_servers, usable_one_at_a_time
+    from .client.serverset import all_read_write, parse_servers
 
     try:
-        usable_one_at_a_time(parse_servers(cfg.servers))
+        all_read_write(parse_servers(cfg.servers))
     except ValueError as e:
         raise UserError(str(e)) from None
     if not os.path.isdir(cfg.mountpoint):

@@ -19,14 +19,16 @@ from ..protocol import Attr, Command, Cred, LockType
 from ..security.config import ClientSecurity
 from .calls import CallerCalls
 from .connection import Connection
+from .connector import ConnectionTerms, Connector
 from .file import RemoteFile
 from .grants import Grants, Revocable
 from .held import HeldFiles
 from .oslike import ScanEntry, float_to_ns, mode_flags, process_umask, stat_result
 from .paths import PathArg, encode_path, normal_path
 from .registry import FileRegistry
+from .replicated import ReplicatedConnection
 from .resend import Resender, resending
-from .serverset import ServerSet, parse_servers, usable_one_at_a_time
+from .serverset import ServerSet, all_read_write, parse_servers
 from .services import FileServices, WriteBudget
 
 log = logging.getLogger("pohmelfs.client")
@@ -99,7 +101,7 @@ class Client:
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             tls_server_name=tls_server_name)  # fmt: skip
         self.server_set = ServerSet(parse_servers(servers))
-        usable_one_at_a_time(self.server_set.by_priority())
+        all_read_write(self.server_set.by_priority())
         self.notices = notices  # notifications beyond REVOKE (p.NOTICE_*): the mount's
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
@@ -112,6 +114,21 @@ class Client:
         self.resender = Resender(self.connection)
         self.write_budget = WriteBudget(write_behind_limit)
         self.held = HeldFiles(held_limit, dirty_timeout)
+        self.connector = Connector(
+            self.server_set,
+            ConnectionTerms(
+                self.timeout,
+                self.connect_timeout,
+                max_payload,
+                notices,
+                self.security,
+                self.session,
+                self.resender.xids,
+                self.held.push_all,
+            ),
+            self._notified,
+            self._disconnected,
+        )
         # Holders of cache locks (open files, the mount's leases and name locks) by
         # (connection, handle), which the server's REVOKEs name; open files by
         # handle, for its RESIZEs, and for renames made here (the path a file
@@ -141,6 +158,8 @@ class Client:
         return [spec.address for spec in self.server_set.by_priority()]
 
     def connection(self) -> Connection:
+        """The connection requests go on: to the one server, or to the set (the lock
+        server and the other live writable servers, ``replicated.py``)."""
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
@@ -149,28 +168,8 @@ class Client:
                 raise ValueError("client is closed")
             if self._conn is not None and not self._conn.closed:
                 return self._conn
-            last: OSError | None = None
-            for address in self.servers:
-                try:
-                    self._conn = Connection(
-                        address,
-                        timeout=self.timeout,
-                        connect_timeout=self.connect_timeout,
-                        max_payload=self.max_payload,
-                        notices=self.notices,
-                        on_notify=self._notified,
-                        on_close=self._disconnected,
-                        # Every request but a WRITE first sends the writes held back.
-                        before_request=self.held.push_all,
-                        security=self.security,
-                        session=self.session,
-                        xids=self.resender.xids,
-                    )
-                    return self._conn
-                except OSError as e:
-                    last = e
-            assert last is not None
-            raise last
+            self._conn = self.connector.connect()
+            return self._conn
 
     def request(
         self, cmd: Command, shown: Any = None, shown2: Any = None, /, **fields: Any
@@ -216,6 +215,10 @@ class Client:
         self._on_disconnect.append(callback)
 
     def _disconnected(self, conn: Connection) -> None:
+        if isinstance(conn, ReplicatedConnection):
+            if conn.replicas:  # the others go on without it
+                self.connector.server_lost(conn.address, conn.close_reason)
+            conn.close()  # its replicas' handles went with the lock server's
         for f in self.held.files():
             f.drop_held(conn)
         self.grants.connection_lost(conn)

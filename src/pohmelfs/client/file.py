@@ -74,7 +74,7 @@ class RemoteFile(io.RawIOBase):
         # What a reopen after a lost connection opens: this path (which a rename made
         # through this client changes), and only if it is still this very file.
         self._path = normal_path(encode_path(path))
-        self._fid = got.fid
+        self._fids = got.fids
         # The connection and server handle, replaced together when the file reopens.
         self._pair: tuple[Connection, int] = (conn, oid)
         # Where the held writes were made (their lock's connection), while any are held.
@@ -108,7 +108,7 @@ class RemoteFile(io.RawIOBase):
             if self._pair[0].closed:
                 try:
                     flags = self._flags & REOPEN_MASK
-                    got = self._services.open(self._path, flags, 0, self._cred, fid=self._fid,
+                    got = self._services.open(self._path, flags, 0, self._cred, fids=self._fids,
                                              shown=self.name)  # fmt: skip
                 except OSError as e:
                     if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP):

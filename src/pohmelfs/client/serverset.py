@@ -82,13 +82,14 @@ def parse_server(text: str) -> ServerSpec:
     return ServerSpec(host, port, prio, perm)
 
 
-def usable_one_at_a_time(specs: Iterable[ServerSpec]) -> None:
-    """Until changes are replicated, a client uses one server at a time: each must
-    take reads and changes (ValueError if one does not)."""
+def all_read_write(specs: Iterable[ServerSpec]) -> None:
+    """Every server takes reads and changes (ValueError if one does not): a server
+    that is only read from, or only written to, needs versions to tell what it
+    missed, which are not there yet."""
     for spec in specs:
         if spec.perm != READ | WRITE:
-            raise ValueError(f"{spec}: a read-only or write-only server needs replication "
-                             "to several servers, which is not there yet: use rw")  # fmt: skip
+            raise ValueError(f"{spec}: read-only and write-only servers need versions and "
+                             "resync, which are not there yet: use rw")  # fmt: skip
 
 
 def parse_servers(servers: str | Sequence[str]) -> list[ServerSpec]:

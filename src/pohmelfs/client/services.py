@@ -17,6 +17,7 @@ from .grants import Grants
 from .held import HeldFiles
 from .paths import PathArg, encode_path
 from .registry import FileRegistry
+from .replicated import ReplicatedConnection
 from .resend import Resender
 
 ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
@@ -60,7 +61,7 @@ class Opened(NamedTuple):
     writers: int
     cached: int
     directory: Attr | None
-    fid: bytes
+    fids: dict[str, bytes]  # its identity on each server (by address)
     watchers: int  # other clients that would hear of a change of its size (mounts)
 
 
@@ -76,21 +77,26 @@ class FileServices:
     resender: Resender  # request ids of the client session, resends after a lost connection
 
     def open(self, path: PathArg, flags: int, perm: int, cred: Cred,
-             cache: int = CacheMode.RELEASE, fid: bytes = ANY_FILE,
+             cache: int = CacheMode.RELEASE, fids: dict[str, bytes] | None = None,
              shown: Any = None) -> Opened:  # fmt: skip
         """Open on the server (``cache`` asks for a cache lock with it: 0 shared, 1
-        exclusive; 2: none). ``fid``: only the file of that identity will do (a
-        reopen); another one there fails with ESTALE."""
+        exclusive; 2: none). ``fids``: on the server of each address, only the file
+        of that identity will do (a reopen); another one there fails with ESTALE (a
+        server not in it takes any file of the name)."""
         raw = encode_path(path)
 
         def send(conn: Connection, xid: int, resent: bool) -> tuple[Connection, p.Message]:
             return conn, conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
-                                   path=raw, flags=flags, mode=perm, cache=cache, fid=fid,
+                                   path=raw, flags=flags, mode=perm, cache=cache,
+                                   fid=(fids or {}).get(conn.address, ANY_FILE),
                                    xid=xid, resent=resent)  # fmt: skip
 
         # Only an open that may create or truncate is a change (applied once: a resend
         # opens the file it made); any other is simply sent again.
         conn, reply = self.resender.call(send, not flags & (os.O_CREAT | os.O_TRUNC))
         directory = reply["dir"] if reply["dir"].ino else None
+        fids = {conn.address: reply["fid"]}
+        if isinstance(conn, ReplicatedConnection):
+            fids.update(conn.fids(reply.oid))
         return Opened(conn, reply.oid, reply["attr"], reply["writers"], reply["cached"],
-                      directory, reply["fid"], reply["watchers"])  # fmt: skip
+                      directory, fids, reply["watchers"])  # fmt: skip

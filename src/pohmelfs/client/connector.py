@@ -1,0 +1,97 @@
+"""How a client connects to its server set: the lock server first, then every other
+live writable server (``replicated.py``), or the one server there is."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol import Message
+from ..security.config import ClientSecurity
+from .connection import Connection
+from .replicated import ReplicatedConnection
+from .serverset import GONE, LIVE, ServerSet
+
+log = logging.getLogger("pohmelfs.client")
+
+
+@dataclass(frozen=True)
+class ConnectionTerms:
+    """What every connection of one client session is made with."""
+
+    timeout: float
+    connect_timeout: float
+    max_payload: int
+    notices: int  # what the lock server is to tell beyond REVOKE (the replicas: nothing)
+    security: ClientSecurity
+    session: bytes
+    xids: Iterator[int]  # the session's request ids, shared by its connections
+    before_request: Callable[[], None]  # run before any request but a WRITE
+
+
+class Connector:
+    """``notified(conn, msg)`` and ``disconnected(conn)`` hear the lock server's
+    notifications and its loss, as the connection the client uses (the group)."""
+
+    def __init__(self, servers: ServerSet, terms: ConnectionTerms,
+                 notified: Callable[[Any, Message], None],
+                 disconnected: Callable[[Any], None]) -> None:  # fmt: skip
+        self.servers, self.terms = servers, terms
+        self._notified, self._disconnected = notified, disconnected
+
+    def connect(self) -> Connection:
+        """The connection to use: to the first live server that answers and, if
+        others answer too, a group of it (the lock server) and them. A server that
+        does not answer while a later one does leaves the set (it would miss
+        changes); with one server left, it stays, to be tried again."""
+        members = sorted(self.servers.members(), key=lambda m: -m.spec.prio)
+        live = [m.spec.address for m in members if m.state == LIVE]
+        group: list[Any] = []  # the connection notifications and the loss are told as
+        last: OSError = OSError(errno.EHOSTUNREACH, "no live server left in the set")
+        lock_server, n = None, 0
+        while lock_server is None and n < len(live):
+            try:
+                lock_server = self._connect(live[n], self.terms.notices, group)
+            except OSError as e:
+                last = e
+            n += 1
+        if lock_server is None:
+            raise last
+        replicas = []
+        for address in live[n:]:
+            try:
+                replicas.append(self._connect(address, 0, None))
+            except OSError as e:
+                self.server_lost(address, str(e))
+        if not replicas:
+            group.append(lock_server)
+            return lock_server
+        for address in live[: n - 1]:
+            self.server_lost(address, "unreachable")
+        group.append(ReplicatedConnection(lock_server, replicas, self.server_lost))
+        return group[0]  # type: ignore[no-any-return]
+
+    def _connect(self, address: str, notices: int, group: list[Any] | None) -> Connection:
+        t = self.terms
+
+        def notified(conn: Connection, msg: Message) -> None:
+            self._notified(group[0] if group else conn, msg)
+
+        def lost(conn: Connection) -> None:
+            self._disconnected(group[0] if group else conn)
+
+        return Connection(address, timeout=t.timeout, connect_timeout=t.connect_timeout,
+                          max_payload=t.max_payload, notices=notices,
+                          on_notify=None if group is None else notified,
+                          on_close=None if group is None else lost,
+                          before_request=None if group is None else t.before_request,
+                          security=t.security,
+                          session=t.session, xids=t.xids)  # fmt: skip
+
+    def server_lost(self, address: str, why: str) -> None:
+        """A server leaves the set: it misses changes from now on (until resynced)."""
+        log.warning("server %s left this client's server set: %s", address, why)
+        self.servers.set_state(address, GONE)

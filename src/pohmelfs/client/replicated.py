@@ -1,0 +1,216 @@
+"""One client's connections to a set of servers, used as one connection: every change
+goes to each live writable server, everything else to the lock server.
+
+The lock server (the first live writable server in the set's order) grants every
+cache lock, lease and advisory lock, answers every read, lookup and listing, and
+sends the notifications; the replicas only apply changes. A change (``CHANGES``,
+every OPEN and CLOSE, FSYNC) is sent to all of them at once, under one request id
+(each server keeps its own answers for a resend: ``server/replycache.py``), and is
+done when all have answered; its answer is the lock server's. An open file has a
+handle on each server; requests on the lock server's handle are sent to the
+replicas on theirs. A replica that is lost, does not answer, or answers a change
+otherwise than the lock server (it missed something: its copy differs) leaves the
+set, logged, and the others go on. When the lock server is lost the whole group is
+(``closed``): files reopen and locks go, as with one server, and the next group has
+the next lock server, where the lost requests are sent again (``resend.py``).
+
+Readers never see a torn write on a replica: reads go to the lock server only,
+where the range locks of ``server/rangelock.py`` order them against writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .. import protocol as p
+from ..protocol import Command, Message
+from .connection import Connection, Transaction
+
+log = logging.getLogger("pohmelfs.client")
+
+ANY_FILE = bytes(p.FID_SIZE)
+# Sent to every server: what changes the export, and what a replica's handles follow.
+REPLICATED = p.CHANGES | {Command.OPEN, Command.CLOSE, Command.FSYNC}
+
+
+class ReplicatedTransaction(Transaction):
+    """A change sent to several servers: what its caller waits on (or whose callback
+    runs) once every server's part is done."""
+
+    __slots__ = ()
+
+
+class _Change:
+    """One change in flight on several servers: done when every part is."""
+
+    def __init__(self, tx: ReplicatedTransaction, parts: int) -> None:
+        self.tx = tx
+        self.left = parts
+        self.lock = threading.Lock()
+        self.first: Transaction | None = None  # the lock server's part
+        self.others: dict[str, Transaction] = {}
+
+
+class ReplicatedConnection:
+    """``lock_server`` and the connections to the other live writable servers;
+    ``lost(address, why)`` is told of a replica that leaves."""
+
+    def __init__(self, lock_server: Connection, replicas: list[Connection],
+                 lost: Callable[[str, str], None]) -> None:  # fmt: skip
+        self.lock_server = lock_server
+        self._replicas = {c.address: c for c in replicas}
+        self._lost = lost
+        self._lock = threading.Lock()
+        # The lock server's handle -> each replica's handle of the same open file, and
+        # the file's identity there.
+        self._handles: dict[int, dict[str, int]] = {}
+        self._fids: dict[int, dict[str, bytes]] = {}
+        ls = lock_server
+        self.address, self.timeout, self.serial = ls.address, ls.timeout, ls.serial
+        self.caps, self.fsid, self.statfs, self.idle = ls.caps, ls.fsid, ls.statfs, ls.idle
+        self.resumed = ls.resumed
+
+    @property
+    def closed(self) -> bool:
+        return self.lock_server.closed
+
+    @property
+    def close_reason(self) -> str:
+        return self.lock_server.close_reason
+
+    @property
+    def replicas(self) -> list[str]:
+        with self._lock:
+            return list(self._replicas)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload every server takes."""
+        with self._lock:
+            sizes = [c.max_payload for c in self._replicas.values()]
+        return min([self.lock_server.max_payload, *sizes])
+
+    def in_flight(self) -> int:
+        return self.lock_server.in_flight()
+
+    # --- sending ----------------------------------------------------------------------
+
+    def start(self, cmd: Command, *, callback: Callable[[Transaction], None] | None = None,
+              xid: int | None = None, oid: int = 0, **kw: Any) -> Transaction:  # fmt: skip
+        with self._lock:
+            replicas = dict(self._replicas) if cmd in REPLICATED else {}
+            handles = dict(self._handles.get(oid, {})) if oid else {}
+            if cmd is Command.CLOSE:
+                self._handles.pop(oid, None)
+                self._fids.pop(oid, None)
+        if oid:  # a replica without this file's handle cannot apply what is done to it
+            for address in [a for a in replicas if a not in handles]:
+                self._leave(address, f"it has no handle for a {cmd.name}")
+                del replicas[address]
+        if not replicas:
+            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
+        if xid is None:
+            xid = self.lock_server._exchange.next_xid()
+        tx = ReplicatedTransaction(xid, cmd, None, None, callback)
+        change = _Change(tx, 1 + len(replicas) + 1)  # (+1: until every part is sent)
+        self.lock_server.start(cmd, callback=lambda t: self._part(change, t, ""), xid=xid,
+                               oid=oid, **kw)  # fmt: skip
+        for address, conn in replicas.items():
+            fields = dict(kw)
+            if cmd is Command.OPEN:  # no cache lock from a replica; its own file ids
+                fields.update(cache=p.CacheMode.RELEASE, fid=ANY_FILE)
+            try:
+                conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
+                           oid=handles.get(address, 0), **fields)  # fmt: skip
+            except OSError as e:
+                self._leave(address, str(e))
+                self._part(change, None, address)
+        self._part(change, None, None)
+        return tx
+
+    def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
+        """One part is done (or could not be sent: None; or, address None, all are sent)."""
+        with change.lock:
+            if part is not None and address == "":
+                change.first = part
+            elif part is not None and address is not None:
+                change.others[address] = part
+            change.left -= 1
+            if change.left:
+                return
+        self._settle(change)
+
+    def _settle(self, change: _Change) -> None:
+        """Every part is done: the replicas that differ leave; the caller is told."""
+        first, tx = change.first, change.tx
+        assert first is not None
+        answer = first.reply if first.error is None else None
+        for address, part in change.others.items():
+            if part.error is not None:
+                self._leave(address, f"{tx.cmd.name} failed: {part.error}")
+            elif answer is not None and part.reply is not None \
+                    and part.reply.status != answer.status:  # fmt: skip
+                self._leave(address, f"{tx.cmd.name} answered errno {part.reply.status} where "
+                            f"{self.address} answered {answer.status}")  # fmt: skip
+        if answer is not None and tx.cmd is Command.OPEN and not answer.status:
+            opened = {a: t.reply for a, t in change.others.items()
+                      if t.reply is not None and not t.reply.status}  # fmt: skip
+            with self._lock:
+                opened = {a: r for a, r in opened.items() if a in self._replicas}
+                self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
+                self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
+        tx.reply, tx.error, tx.frames = first.reply, first.error, first.frames
+        tx.complete()
+
+    def fids(self, oid: int) -> dict[str, bytes]:
+        """The identities on the replicas of the file open as the lock server's ``oid``."""
+        with self._lock:
+            return dict(self._fids.get(oid, {}))
+
+    def _leave(self, address: str, why: str) -> None:
+        with self._lock:
+            conn = self._replicas.pop(address, None)
+            for handles in self._handles.values():
+                handles.pop(address, None)
+        if conn is None:
+            return
+        log.warning("server %s leaves the write set: %s", address, why)
+        conn.close()
+        self._lost(address, why)
+
+    # --- waiting ----------------------------------------------------------------------
+
+    def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
+             forever: bool = False) -> Message:  # fmt: skip
+        if isinstance(tx, ReplicatedTransaction):
+            tx.done.acquire()  # (each part ends: answered, timed out, or its connection lost)
+            return self.lock_server.result(tx, path, path2)
+        return self.lock_server.wait(tx, path, path2, forever)
+
+    def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
+        return self.lock_server.result(tx, path, path2)
+
+    def call(self, cmd: Command, shown: Any = None, shown2: Any = None, /,
+             **kwargs: Any) -> Message:  # fmt: skip
+        return self.wait(self.start(cmd, **kwargs), shown, shown2)
+
+    def stream(self, tx: Transaction, path: Any = None) -> list[Message]:
+        last = self.wait(tx, path)
+        return [*tx.frames, last]
+
+    def cancel(self, tx: Transaction) -> None:
+        if not isinstance(tx, ReplicatedTransaction):  # (a change places no data: nothing
+            self.lock_server.cancel(tx)  # to wait for; its parts end on their own)
+
+    def answer(self, notification: Message) -> None:
+        self.lock_server.answer(notification)
+
+    def close(self) -> None:
+        with self._lock:
+            replicas, self._replicas = list(self._replicas.values()), {}
+        for conn in replicas:
+            conn.close()
+        self.lock_server.close()

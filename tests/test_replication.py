@@ -1,0 +1,161 @@
+"""Several servers through one library client: every change reaches every live
+writable server (compared file by file afterwards), and the loss of a replica or of
+the lock server in the middle of writing costs the application nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import address_of, make_client, start_server, tree_snapshot
+from pohmelfs.client.replicated import ReplicatedConnection
+from pohmelfs.client.serverset import GONE, LIVE
+from pohmelfs.server.service import Server
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Server]]:
+    count = getattr(request, "param", 2)
+    with ExitStack() as stack:
+        started = []
+        for n in range(count):
+            d = tmp_path / f"export{n}"
+            d.mkdir()
+            os.chmod(d, 0o777)
+            srv = start_server(d)
+            stack.callback(srv.export.close)
+            stack.callback(srv.stop)
+            started.append(srv)
+        yield started
+
+
+def root_of(srv: Server) -> Path:
+    return Path(srv.export.root)  # type: ignore[attr-defined]
+
+
+def replica_view(top: Path) -> dict[str, Any]:
+    """What must be the same on every replica: all but inode numbers and the times
+    each server gave by itself (a directory's size depends on its history); times
+    set by a change are the same everywhere."""
+    view = tree_snapshot(top)
+    for name, entry in view.items():
+        for key in ("ino", "ctime"):
+            entry.pop(key)
+        if name not in SET_TIMES:
+            entry.pop("mtime")
+        if stat.S_ISDIR(entry["mode"]):
+            entry.pop("size")
+    return view
+
+
+SET_TIMES = {"d/big", "a/hard"}  # (one file: its times were set by the workload)
+
+
+def workload(c: Any) -> None:
+    c.makedirs("a/b/c")
+    c.mkdir("d")
+    with c.open("d/small", "wb") as f:
+        f.write(b"small\n")
+    big = os.urandom(5 << 20) + b"tail"
+    with c.open("d/big", "wb") as f:
+        f.write(big)
+    with c.open("d/small", "ab") as f:
+        f.write(b"appended\n")
+    c.rename("d/small", "a/b/moved")
+    c.symlink("../d/big", "a/link")
+    c.link("d/big", "a/hard")
+    c.chmod("a/b/moved", 0o600)
+    c.setxattr("d/big", "user.tag", b"v1")
+    c.truncate("a/hard", 1 << 20)
+    c.utime("d/big", ns=(1_000_000_000, 2_000_000_000))
+    with c.open("d/sparse", "wb") as f:
+        f.seek(3 << 20)
+        f.write(b"x")
+    c.mknod("d/fifo", 0o600 | stat.S_IFIFO)
+    c.makedirs("gone/x/y")
+    c.rmtree("gone")
+    with c.open("d/tmp", "wb") as f:
+        f.write(b"t")
+    c.unlink("d/tmp")
+
+
+@pytest.mark.parametrize("servers", [2, 3], indirect=True)
+def test_every_change_reaches_every_server(servers: list[Server]) -> None:
+    with make_client([address_of(s) for s in servers], timeout=10) as c:
+        conn = c.connection()
+        assert isinstance(conn, ReplicatedConnection)
+        assert conn.address == address_of(servers[0])  # the lock server: first in order
+        assert len(conn.replicas) == len(servers) - 1
+        workload(c)
+        assert c.stat("a/hard").st_size == 1 << 20
+    first = replica_view(root_of(servers[0]))
+    assert "a/b/moved" in first and "gone" not in first
+    for srv in servers[1:]:
+        assert replica_view(root_of(srv)) == first
+
+
+def test_the_lock_server_is_the_highest_priority(servers: list[Server]) -> None:
+    a, b = servers
+    with make_client([address_of(a), f"{address_of(b)}/prio=2"]) as c:
+        conn = c.connection()
+        assert isinstance(conn, ReplicatedConnection)
+        assert (conn.address, conn.replicas) == (address_of(b), [address_of(a)])
+
+
+def write_files(c: Any, count: int, size: int, written: dict[str, str],
+                halfway: threading.Event) -> None:  # fmt: skip
+    """Files written one after another; ``written``: each one's checksum once its
+    close returned (what the application was told is written)."""
+    for n in range(count):
+        data = os.urandom(size)
+        name = f"f{n:03d}"
+        with c.open(name, "wb") as f:
+            for pos in range(0, size, 256 << 10):
+                f.write(data[pos : pos + (256 << 10)])
+        written[name] = hashlib.sha256(data).hexdigest()
+        if n == count // 3:
+            halfway.set()
+
+
+def checksums(top: Path, names: list[str]) -> dict[str, str]:
+    return {n: hashlib.sha256((top / n).read_bytes()).hexdigest() for n in names}
+
+
+@pytest.mark.parametrize("lost", ["replica", "lock server"])
+def test_a_server_lost_in_the_middle_of_writing_costs_the_writer_nothing(
+    servers: list[Server], lost: str
+) -> None:
+    a, b = servers
+    going, staying = (b, a) if lost == "replica" else (a, b)
+    written: dict[str, str] = {}
+    halfway = threading.Event()
+    errors: list[BaseException] = []
+    with make_client([address_of(a), address_of(b)], timeout=5) as c:
+
+        def writer() -> None:
+            try:
+                write_files(c, 30, 1 << 20, written, halfway)
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        assert halfway.wait(30)
+        going.stop()  # every connection to it is cut at once
+        t.join(60)
+        assert not t.is_alive() and errors == []
+        assert c.server_set.members()[servers.index(going)].state == GONE
+        assert c.server_set.members()[servers.index(staying)].state == LIVE
+        assert c.connection().address == address_of(staying)
+    assert len(written) == 30
+    assert checksums(root_of(staying), sorted(written)) == written
