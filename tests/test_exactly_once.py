@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from pohmelfs import Client
 from pohmelfs import protocol as p
 from pohmelfs.protocol import Command, Cred, Message
 from pohmelfs.security.keys import load_secret
+from pohmelfs.server import dispatch
 from pohmelfs.server.service import Server
 from rawwire import RawSession
 
@@ -204,6 +207,48 @@ def test_a_session_resumed_on_a_new_connection_ends_the_old_one_and_answers_agai
                         {"cred": ROOT, "path": b"d"})  # fmt: skip
         assert new.call(other).status == errno.EINVAL  # that id was a MKDIR
         assert (export_dir / "d").is_dir()
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_change_the_old_connection_still_had_buffered_is_not_run_again(
+    srv: Server, export_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's reader of the old connection was busy; the client gave it up and
+    resent the change on a new one, which ran it: the copy the old connection reads
+    afterwards is not run a second time."""
+    (export_dir / "log").write_bytes(b"")
+    session = os.urandom(p.SESSION_SIZE)
+
+    def appending(xid: int) -> Message:
+        return p.request(Command.OPEN, xid, cred=ROOT, path=b"log",
+                         flags=os.O_WRONLY | os.O_APPEND, mode=0, cache=2,
+                         fid=bytes(p.FID_SIZE))  # fmt: skip
+
+    old = RawSession(address_of(srv), load_secret(SECRET_FILE), session=session)
+    handle = old.call(appending(10)).oid
+    busy = threading.Event()
+    serve_one = dispatch.Dispatch.serve_one
+
+    def slow_reader(self: dispatch.Dispatch) -> None:
+        if self.replies.session == session and busy.is_set():
+            busy.clear()
+            time.sleep(1.0)  # the old connection's reader, busy with something slow
+        serve_one(self)
+
+    monkeypatch.setattr(dispatch.Dispatch, "serve_one", slow_reader)
+    busy.set()
+    old.call(Message(Command.PING, 11, 0, 0, 0, 0, 0, {}))
+    old.send(Message(Command.WRITE, 100, 0, 0, handle, 0, 0, {"data": b"X"}))
+    new = RawSession(address_of(srv), load_secret(SECRET_FILE), session=session)
+    try:
+        assert new.welcome["resumed"]
+        again = new.call(appending(101)).oid
+        resent = Message(Command.WRITE, 100, p.FLAG_RESENT, 0, again, 0, 0, {"data": b"X"})
+        assert new.call(resent).status == 0
+        time.sleep(1.5)  # the old reader wakes and reads its copy
+        assert (export_dir / "log").read_bytes() == b"X"
     finally:
         old.close()
         new.close()

@@ -99,12 +99,15 @@ def test_beyond_the_bound_the_oldest_go_and_their_resend_is_refused(
 
 
 def test_the_bytes_kept_per_session_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rc, "MAX_BYTES", 10_000)
-    replies, _ = attach(ReplyCache())
+    monkeypatch.setattr(rc, "MAX_BYTES", 20_000)
+    cache = ReplyCache()
+    replies, _ = attach(cache)
     for xid in range(1, 50):
         replies.begin(unlink(xid), False)
         replies.answered(p.reply(unlink(xid), status=errno.EIO, data=b"x" * 1000))
-    assert replies.bytes <= 10_000 and 5 <= len(replies) <= 9
+    per = rc.ENTRY_COST + 1000
+    assert replies.bytes <= 20_000 and len(replies) == 20_000 // per
+    assert cache.bytes == replies.bytes == replies.counted
 
 
 def test_a_session_is_known_again_under_its_key_only() -> None:
@@ -193,3 +196,42 @@ def test_a_resent_id_of_another_request_gets_no_reply_of_that_one() -> None:
     replies.answered(p.reply(unlink(9), status=errno.ENOENT))
     again = replies.begin(opening(9, os.O_CREAT), True)
     assert isinstance(again, Replay) and again.reply.cmd is Command.UNLINK  # (dispatch refuses)
+
+
+def test_a_copy_of_a_change_is_never_run_twice_marked_resent_or_not() -> None:
+    """An old connection may read a request it had buffered after the session went on
+    on a new one, which ran it already."""
+    replies, _ = attach(ReplyCache())
+    assert replies.begin(unlink(4), False) is None
+    assert isinstance(replies.begin(unlink(4), False), Running)
+    replies.answered(p.reply(unlink(4), status=errno.ENOENT))
+    assert isinstance(replies.begin(unlink(4), False), Replay)
+
+
+def test_notifications_are_not_taken_for_answers() -> None:
+    """The server's notifications have ids of its own, which may be a change's."""
+    replies, _ = attach(ReplyCache())
+    replies.begin(unlink(3), False)
+    revoke = Message(Command.REVOKE, 3, p.FLAG_NOTIFY, 0, 7, 0, 0, {"keep": 2})
+    replies.answered(revoke)
+    replies.answered(p.pending(unlink(3)))
+    running = replies.begin(unlink(3), True)
+    assert isinstance(running, Running) and not running.done.is_set()
+    replies.answered(p.reply(unlink(3), status=errno.ENOENT))
+    again = replies.begin(unlink(3), True)
+    assert isinstance(again, Replay) and again.reply.cmd is Command.UNLINK
+
+
+def test_the_count_stays_true_when_a_session_goes_while_it_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(rc, "MAX_SESSIONS", 1)
+    cache = ReplyCache()
+    owner = object()
+    old, _ = attach(cache, S1, owner=owner)
+    cache.detach(old, owner)
+    new, _ = attach(cache, S2)  # the old one is forgotten...
+    old.begin(unlink(1), False)
+    old.answered(p.reply(unlink(1), status=errno.EIO))  # ...and its late answer not counted
+    new.begin(unlink(1), False)
+    new.answered(p.reply(unlink(1), status=errno.EIO))
+    assert cache.bytes == new.counted == new.bytes

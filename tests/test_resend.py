@@ -12,9 +12,11 @@ from pohmelfs.client.resend import Resender, resending
 
 
 class FakeConnection:
-    def __init__(self, resumed: bool = True) -> None:
+    def __init__(self, resumed: bool = True, address: str = "s1") -> None:
         self.closed = False
         self.resumed = resumed
+        self.address = address
+        self.members = frozenset({address})
 
 
 class Lost:
@@ -58,6 +60,30 @@ def test_after_the_resends_the_call_times_out() -> None:
         resending(lost.where, lost.send, idempotent=False)
     assert len(lost.sent) == resend.RESENDS + 1 and e.value.filename == "f"
     assert "sent 3 times" in str(e.value)
+    assert len(lost.made) == resend.RESENDS + 1  # no connection made for nothing
+
+
+def test_a_change_goes_again_only_to_a_server_it_went_to() -> None:
+    """A server that knows the session but never had the change (another of the set)
+    would apply it as new: the loss is reported instead."""
+    first = FakeConnection(address="a")
+    made = iter([first, FakeConnection(address="b")])
+
+    def where() -> tuple[FakeConnection, None]:
+        return next(made), None
+
+    def send(conn: Any, target: Any, resent: bool) -> str:
+        if conn is first:
+            conn.closed = True
+            raise ConnectionResetError(errno.ECONNRESET, "lost")
+        return "answer"
+
+    with pytest.raises(ConnectionResetError):
+        resending(where, send, idempotent=False)
+    first.closed = False
+    first.members = frozenset({"a", "b"})  # a group whose replica b had it
+    made = iter([first, FakeConnection(address="b")])
+    assert resending(where, send, idempotent=False) == "answer"
 
 
 def test_an_error_on_a_connection_still_up_is_not_a_loss() -> None:

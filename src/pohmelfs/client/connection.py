@@ -252,6 +252,11 @@ class Connection:
         return tx
 
     @property
+    def members(self) -> frozenset[str]:
+        """The servers a request sent here went to (this one)."""
+        return frozenset((self.address,))
+
+    @property
     def max_payload(self) -> int:
         """The largest payload the server takes (its HELLO answer said)."""
         return self._exchange.max_payload

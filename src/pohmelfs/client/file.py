@@ -29,6 +29,7 @@ WINDOW = 16  # requests of one transfer in flight at once
 WRITE_BEHIND_BYTES = 32 << 20  # unanswered write-behind data per file, at most
 REOPEN_MASK = ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
 ABANDON_POLL = 0.02  # how often a lock request that may be abandoned looks
+MOVES_DATA = 0x08 | 0x20  # FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE
 
 log = logging.getLogger("pohmelfs.client")
 
@@ -142,13 +143,14 @@ class RemoteFile(io.RawIOBase):
         sends its requests under the ids they had)."""
         return resending(self.handle, fn, idempotent)
 
-    def _change(self, cmd: Command, **fields: Any) -> Any:
+    def _change(self, cmd: Command, idempotent: bool = True, **fields: Any) -> Any:
         """One change through the handle, applied once however often it is sent (and,
-        as it sets a state rather than adding to one, sent again even to a server
-        that forgot the session, as before)."""
+        if ``idempotent``, as it sets a state rather than adding to one, sent again
+        even to a server that forgot the session, as before)."""
         xid = self._services.resender.next_xid()
         return self._retrying(lambda c, o, resent: c.call(cmd, self.name, oid=o, xid=xid,
-                                                         resent=resent, **fields))  # fmt: skip
+                                                         resent=resent, **fields),
+                              idempotent)  # fmt: skip
 
     # --- positional I/O ---------------------------------------------------------
 
@@ -298,7 +300,10 @@ class RemoteFile(io.RawIOBase):
 
     def fallocate(self, offset: int, length: int, mode: int = 0) -> None:
         """Allocate (mode 0) or, with Linux FALLOC_FL_* flags, punch or keep size."""
-        self._change(Command.FALLOCATE, offset=offset, length=length, mode=mode)
+        # (Collapsing or inserting a range moves data: twice is not once.)
+        self._change(
+            Command.FALLOCATE, not mode & MOVES_DATA, offset=offset, length=length, mode=mode
+        )
 
     # --- write-behind ------------------------------------------------------------
 

@@ -62,6 +62,8 @@ class ReplicatedConnection:
                  lost: Callable[[str, str], None]) -> None:  # fmt: skip
         self.lock_server = lock_server
         self._replicas = {c.address: c for c in replicas}
+        # The servers a change sent on this group went to (each keeps its answer).
+        self.members = frozenset([lock_server.address, *self._replicas])
         self._lost = lost
         self._lock = threading.Lock()
         # The lock server's handle -> each replica's handle of the same open file, and

@@ -30,18 +30,23 @@ def resending(where: Callable[[], tuple[Connection, Target]],
     on there: a handle, say); after a lost connection, again on the next one (see
     the module's rules)."""
     conn, target = where()
-    for attempt in range(RESENDS + 1):
+    attempt = 0
+    while True:
         try:
             return send(conn, target, attempt > 0)
         except ConnectionError as e:
             if not conn.closed:
                 raise
-            lost = e
+            lost, lost_on = e, conn
+        attempt += 1
+        if attempt > RESENDS:
+            why = f"{lost.strerror}; sent {attempt} times, on a new connection each time"
+            raise OSError(errno.ETIMEDOUT, why, lost.filename)
         conn, target = where()
-        if not idempotent and not conn.resumed:
-            raise lost  # the server forgot the session: the change may have been applied
-    why = f"{lost.strerror}; sent {RESENDS + 1} times, on a new connection each time"
-    raise OSError(errno.ETIMEDOUT, why, lost.filename)
+        if not idempotent and not (conn.resumed and conn.address in lost_on.members):
+            # The server forgot the session, or never had the change: it may have been
+            # applied, and cannot be told from one that was not.
+            raise lost
 
 
 class Resender:

@@ -21,7 +21,7 @@ from .. import protocol as p
 from ..protocol import Command, Header, Message, ProtocolError
 from ..protocol.exchange import Answered, Request, error_frame
 from ..security.hello import Admitted
-from ..wire import FrameWriter, SocketReader
+from ..wire import FrameWriter, PeerClosed, SocketReader
 from .cachepolicy import CachePolicy
 from .context import Context
 from .guard import RequestGuard
@@ -49,6 +49,7 @@ class Dispatch:
                  replies: SessionReplies) -> None:  # fmt: skip
         self.sid, self.peer = sid, peer
         self.replies = replies
+        self.superseded = False  # a new connection of the client session took over
         self._shared = shared
         self.reader, self.writer = reader, writer
         self.max_payload = admitted.max_payload
@@ -79,6 +80,8 @@ class Dispatch:
             self.reader.end_frame()
             self._send_raw_error(cmd, xid, errno.EPROTO, str(e))
             return
+        if self.superseded:
+            raise PeerClosed("a new connection of the session took over")
         event = self.notifier.receive(header)
         if not isinstance(event, Request):
             self.reader.skip(header.payload_len)
@@ -102,12 +105,19 @@ class Dispatch:
             self.send(reply_for(msg, e))
             return
         ran = self.replies.begin(msg, event.resent)
-        if ran is None:
-            self._run(msg, header)
-        elif isinstance(ran, Running):
-            self.waits.answer_later(msg, None, lambda: self._after_first_run(msg, ran))
-        else:
-            self.execute(msg, lambda: self._answer_again(msg, ran))
+        try:
+            if ran is None:
+                self._run(msg, header)
+            elif isinstance(ran, Running):
+                self.waits.answer_later(msg, None, lambda: self._after_first_run(msg, ran))
+            else:
+                self.execute(msg, lambda: self._answer_again(msg, ran))
+        except OSError as e:  # it could not wait (the bounds): it never ran
+            if ran is None:
+                self.replies.dropped(msg.xid)
+            if isinstance(e, ConnectionError):
+                raise
+            self.send(reply_for(msg, e))
 
     def _answer_again(self, msg: Message, ran: Replay | str) -> Message | None:
         """The answer to a resent change that ran before: its first reply; for an open

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from .. import protocol as p
 from ..protocol import CHANGES, Command, Message
 
-MAX_REPLIES = 4096  # kept per session
+MAX_REPLIES = 1024  # kept per session (a client resends within seconds of a loss)
 MAX_BYTES = 16 << 20  # kept per session
 MAX_SESSIONS = 1024  # known to the server, with or without a connection
 MAX_SESSIONS_PER_KEY = 256  # of one key (one key's clients cannot push out all others)
 BUDGET = 64 << 20  # bytes of replies kept across every session
 LINGER = 600.0  # seconds a session without a connection is remembered
-ENTRY_COST = 160  # bytes counted for a kept reply beyond its payload's fields
+ENTRY_COST = 1024  # bytes counted for a kept reply beyond its data (measured: ~970)
 
 # The replies of changes are kept (``p.CHANGES``); of OPEN only when it may create or
 # truncate; not of LOCK and CACHE: the locks they take go with the connection.
@@ -86,6 +86,7 @@ class SessionReplies:
         self._running: dict[int, threading.Event] = {}
         self._forgotten_upto = 0  # the highest id whose reply was let go
         self.bytes = 0
+        self.counted = 0  # of ``bytes``, what the cache counts (under the cache's lock)
         self.owner: object | None = None  # the connection it has now (None: none)
         self.detached_at = 0.0
         self.kept = True  # still in the cache's table (its bytes count there)
@@ -97,21 +98,23 @@ class SessionReplies:
         if not recorded(m):
             return None
         with self._lock:
-            if resent:
-                done = self._done.get(m.xid)
-                if done is not None:
-                    return Replay(done[0])
-                running = self._running.get(m.xid)
-                if running is not None:
-                    return Running(running)
-                if m.xid <= self._forgotten_upto:
-                    return FORGOTTEN
+            # An id this session used is a copy, marked RESENT or not (an old
+            # connection may still read one it had buffered after a new one took over).
+            done = self._done.get(m.xid)
+            if done is not None:
+                return Replay(done[0])
+            running = self._running.get(m.xid)
+            if running is not None:
+                return Running(running)
+            if resent and m.xid <= self._forgotten_upto:
+                return FORGOTTEN
             self._running[m.xid] = threading.Event()
         return None
 
     def answered(self, reply: Message) -> None:
-        """The reply to a change that ``begin`` let run (others are ignored)."""
-        if reply.flags & p.FLAG_MORE:
+        """The reply to a change that ``begin`` let run (others are ignored: the
+        notifications the session sends have ids of the server's own)."""
+        if reply.flags & (p.FLAG_MORE | p.FLAG_NOTIFY | p.FLAG_PENDING) or not reply.is_reply:
             return
         cost = _cost(reply)
         with self._lock:
@@ -194,9 +197,11 @@ class ReplyCache:
                 replies.detached_at = self._clock()
 
     def grew(self, replies: SessionReplies, by: int) -> None:
+        """``replies`` kept ``by`` bytes more (or less)."""
         with self._lock:
             if not replies.kept:
                 return
+            replies.counted += by
             self.bytes += by
             over = self.bytes - BUDGET
             while over > 0 and self._drop_one(detached_only=True):
@@ -204,7 +209,9 @@ class ReplyCache:
         if over > 0:
             freed = replies.shrink(over)
             with self._lock:
-                self.bytes -= freed if replies.kept else 0
+                if replies.kept:
+                    replies.counted -= freed
+                    self.bytes -= freed
 
     def _of_key(self, key: str) -> int:
         return sum(1 for k in self._sessions if k[0] == key)
@@ -231,7 +238,7 @@ class ReplyCache:
     def _forget(self, k: tuple[str, bytes]) -> None:
         replies = self._sessions.pop(k)
         replies.kept = False
-        self.bytes -= replies.bytes
+        self.bytes -= replies.counted
 
     def __len__(self) -> int:
         return len(self._sessions)

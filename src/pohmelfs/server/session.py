@@ -7,6 +7,7 @@ import errno
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from .replycache import SessionReplies
 from .shared import Shared
 
 log = logging.getLogger("pohmelfs.server")
+TAKE_OVER_WAIT = 5.0  # seconds a new connection of a session waits for the old one to end
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Session:
         self.writer = FrameWriter(sock)
         self.dispatch: Dispatch | None = None
         self.replies: SessionReplies | None = None  # the client session's, once admitted
+        self.finished = threading.Event()  # closed, and everything it held let go
 
     def run(self) -> None:
         try:
@@ -125,12 +128,15 @@ class Session:
             dispatch.close_files()
         if self.replies is not None:
             self._shared.replies.detach(self.replies, self)
+        self.finished.set()
         self._ended(self)
 
     def take_over(self) -> None:
         """A new connection of the same client session came: this one ends (its
         running requests still finish, and their replies are kept for the new one)."""
         log.info("%s: the client session continues on a new connection: closed", self.peer)
+        if self.dispatch is not None:
+            self.dispatch.superseded = True  # what it still had buffered is not run
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -138,5 +144,8 @@ class Session:
 
 
 def _take_over(old: object) -> None:
+    """End the connection the session had, and wait (a while) until it let go of its
+    locks: what the new one asks for again must not find them still held."""
     assert isinstance(old, Session)
     old.take_over()
+    old.finished.wait(TAKE_OVER_WAIT)
