@@ -38,9 +38,16 @@ REPLICATED = p.CHANGES | {Command.OPEN, Command.CLOSE, Command.FSYNC}
 
 class ReplicatedTransaction(Transaction):
     """A change sent to several servers: what its caller waits on (or whose callback
-    runs) once every server's part is done."""
+    runs) once every server's part is done. A caller that waits has ``parts`` (the
+    lock server's first) and waits for each in turn; one with a callback hears of
+    the last part's end (``_Change``)."""
 
-    __slots__ = ()
+    __slots__ = ("parts",)
+
+    def __init__(self, xid: int, cmd: Command,
+                 callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
+        super().__init__(xid, cmd, None, None, callback)
+        self.parts: list[tuple[str, Connection, Transaction]] = []
 
 
 class _Change:
@@ -116,22 +123,38 @@ class ReplicatedConnection:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
         if xid is None:
             xid = self.lock_server._exchange.next_xid()
-        tx = ReplicatedTransaction(xid, cmd, None, None, callback)
+        tx = ReplicatedTransaction(xid, cmd, callback)
+        if callback is None:  # (no callbacks: the caller's thread does the settling)
+            tx.parts.append((self.address, self.lock_server,
+                             self.lock_server.start(cmd, xid=xid, oid=oid, **kw)))  # fmt: skip
+            for address, conn in replicas.items():
+                try:
+                    tx.parts.append((address, conn, conn.start(
+                        cmd, xid=xid, oid=handles.get(address, 0),
+                        **self._fields_for_replica(cmd, kw))))  # fmt: skip
+                except OSError as e:
+                    self._leave(address, str(e))
+            return tx
         change = _Change(tx, 1 + len(replicas) + 1)  # (+1: until every part is sent)
         self.lock_server.start(cmd, callback=lambda t: self._part(change, t, ""), xid=xid,
                                oid=oid, **kw)  # fmt: skip
         for address, conn in replicas.items():
-            fields = dict(kw)
-            if cmd is Command.OPEN:  # no cache lock from a replica; its own file ids
-                fields.update(cache=p.CacheMode.RELEASE, fid=ANY_FILE)
             try:
                 conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
-                           oid=handles.get(address, 0), **fields)  # fmt: skip
+                           oid=handles.get(address, 0),
+                           **self._fields_for_replica(cmd, kw))  # fmt: skip
             except OSError as e:
                 self._leave(address, str(e))
                 self._part(change, None, address)
         self._part(change, None, None)
         return tx
+
+    @staticmethod
+    def _fields_for_replica(cmd: Command, fields: dict[str, Any]) -> dict[str, Any]:
+        if cmd is not Command.OPEN:
+            return fields
+        # No cache lock from a replica; file ids are each server's own.
+        return dict(fields, cache=p.CacheMode.RELEASE, fid=ANY_FILE)
 
     def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
         """One part is done (or could not be sent: None; or, address None, all are sent)."""
@@ -149,23 +172,30 @@ class ReplicatedConnection:
         """Every part is done: the replicas that differ leave; the caller is told."""
         first, tx = change.first, change.tx
         assert first is not None
+        self._compare(tx.cmd, first, change.others)
+        tx.reply, tx.error, tx.frames = first.reply, first.error, first.frames
+        tx.complete()
+
+    def _compare(self, cmd: Command, first: Transaction,
+                 others: dict[str, Transaction]) -> None:  # fmt: skip
+        """The replicas whose part failed or answered otherwise leave; an OPEN's handles
+        are followed."""
         answer = first.reply if first.error is None else None
-        for address, part in change.others.items():
+        for address, part in others.items():
             if part.error is not None:
-                self._leave(address, f"{tx.cmd.name} failed: {part.error}")
-            elif answer is not None and part.reply is not None \
-                    and part.reply.status != answer.status:  # fmt: skip
-                self._leave(address, f"{tx.cmd.name} answered errno {part.reply.status} where "
+                self._leave(address, f"{cmd.name} failed: {part.error}")
+            elif part.reply is None:
+                self._leave(address, f"{cmd.name} was not answered")
+            elif answer is not None and part.reply.status != answer.status:
+                self._leave(address, f"{cmd.name} answered errno {part.reply.status} where "
                             f"{self.address} answered {answer.status}")  # fmt: skip
-        if answer is not None and tx.cmd is Command.OPEN and not answer.status:
-            opened = {a: t.reply for a, t in change.others.items()
+        if answer is not None and cmd is Command.OPEN and not answer.status:
+            opened = {a: t.reply for a, t in others.items()
                       if t.reply is not None and not t.reply.status}  # fmt: skip
             with self._lock:
                 opened = {a: r for a, r in opened.items() if a in self._replicas}
                 self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
-        tx.reply, tx.error, tx.frames = first.reply, first.error, first.frames
-        tx.complete()
 
     def fids(self, oid: int) -> dict[str, bytes]:
         """The identities on the replicas of the file open as the lock server's ``oid``."""
@@ -187,10 +217,26 @@ class ReplicatedConnection:
 
     def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
              forever: bool = False) -> Message:  # fmt: skip
-        if isinstance(tx, ReplicatedTransaction):
-            tx.done.acquire()  # (each part ends: answered, timed out, or its connection lost)
+        if not isinstance(tx, ReplicatedTransaction):
+            return self.lock_server.wait(tx, path, path2, forever)
+        if not tx.parts:  # a callback's: each part ends (answered, timed out, or lost)
+            tx.done.acquire()
             return self.lock_server.result(tx, path, path2)
-        return self.lock_server.wait(tx, path, path2, forever)
+        (_, _, first), *others = tx.parts
+        failure: OSError | None = None
+        try:
+            reply = self.lock_server.wait(first, path, path2)
+        except OSError as e:
+            failure = e
+        for _, conn, part in others:
+            try:
+                conn.wait(part)
+            except OSError:
+                pass  # (looked at below: its error, or no reply at all)
+        self._compare(tx.cmd, first, {a: t for a, _, t in others})
+        if failure is not None:
+            raise failure
+        return reply
 
     def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
         return self.lock_server.result(tx, path, path2)
@@ -204,8 +250,11 @@ class ReplicatedConnection:
         return [*tx.frames, last]
 
     def cancel(self, tx: Transaction) -> None:
-        if not isinstance(tx, ReplicatedTransaction):  # (a change places no data: nothing
-            self.lock_server.cancel(tx)  # to wait for; its parts end on their own)
+        if not isinstance(tx, ReplicatedTransaction):
+            self.lock_server.cancel(tx)
+            return
+        for _, conn, part in tx.parts:  # (a callback's parts end on their own)
+            conn.cancel(part)
 
     def answer(self, notification: Message) -> None:
         self.lock_server.answer(notification)
