@@ -111,11 +111,14 @@ class ReplicatedConnection:
               xid: int | None = None, oid: int = 0, **kw: Any) -> Transaction:  # fmt: skip
         with self._lock:
             replicas = dict(self._replicas) if cmd in REPLICATED else {}
-            handles = dict(self._handles.get(oid, {})) if oid else {}
+            mapped = self._handles.get(oid) if oid else None
+            handles = dict(mapped) if mapped is not None else {}
             if cmd is Command.CLOSE:
                 self._handles.pop(oid, None)
                 self._fids.pop(oid, None)
-        if oid:  # a replica without this file's handle cannot apply what is done to it
+        if oid and mapped is None and cmd is Command.CLOSE:
+            replicas = {}  # a lease given back: the lock server's alone
+        elif oid:  # a replica without this file's handle cannot apply what is done to it
             for address in [a for a in replicas if a not in handles]:
                 self._leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]

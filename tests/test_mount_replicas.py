@@ -1,0 +1,110 @@
+"""A mount of two servers: what is written through it lands on both, compared file by
+file, and a replica killed with SIGKILL in the middle of writing costs the writer
+nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import MountProcess, ServerProcess, requires_fuse, wait_until
+from test_replication import replica_view
+
+pytestmark = [requires_fuse, pytest.mark.timeout(120)]
+
+
+class TwoServers:
+    def __init__(self, top: Path) -> None:
+        self.exports = [top / "export0", top / "export1"]
+        self.mnt = top / "mnt"
+        self.mnt.mkdir()
+        self.servers: list[ServerProcess] = []
+        self.mount: MountProcess | None = None
+        try:
+            for d in self.exports:
+                d.mkdir()
+                self.servers.append(ServerProcess(d))
+            self.mount = MountProcess(",".join(s.address for s in self.servers), self.mnt)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.mount is not None:
+            self.mount.stop()
+        for s in self.servers:
+            s.stop()
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[TwoServers]:
+    t = TwoServers(tmp_path)
+    yield t
+    t.stop()
+
+
+def test_what_is_written_through_the_mount_lands_on_both_servers(two: TwoServers) -> None:
+    m = two.mnt
+    (m / "d/e").mkdir(parents=True)
+    (m / "d/small").write_bytes(b"small\n")
+    big = os.urandom(3 << 20)
+    (m / "d/big").write_bytes(big)
+    with open(m / "d/small", "ab") as f:
+        for _ in range(100):  # small writes: held back under the exclusive lock, then sent
+            f.write(b"x" * 100)
+    os.rename(m / "d/small", m / "d/e/moved")
+    os.symlink("../big", m / "d/e/link")
+    os.chmod(m / "d/big", 0o640)
+    os.setxattr(m / "d/big", "user.k", b"v")
+    os.truncate(m / "d/big", 1 << 20)
+    os.utime(m / "d/big", ns=(1_000_000_000, 2_000_000_000))
+    (m / "gone").mkdir()
+    (m / "gone/f").write_bytes(b"f")
+    os.unlink(m / "gone/f")
+    os.rmdir(m / "gone")
+    os.sync()
+    two.mount.stop()  # type: ignore[union-attr]  # (every write is out once it unmounted)
+    two.mount = None
+    first = replica_view(two.exports[0])
+    assert (two.exports[0] / "d/e/moved").stat().st_size == 6 + 100 * 100
+    assert replica_view(two.exports[1]) == first
+
+
+def test_a_replica_killed_while_the_mount_writes_costs_the_writer_nothing(
+    two: TwoServers,
+) -> None:
+    written: dict[str, str] = {}
+    errors: list[BaseException] = []
+    halfway = threading.Event()
+
+    def writer() -> None:
+        try:
+            for n in range(24):
+                data = os.urandom(1 << 20)
+                with open(two.mnt / f"f{n:02d}", "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                written[f"f{n:02d}"] = hashlib.sha256(data).hexdigest()
+                if n == 8:
+                    halfway.set()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert halfway.wait(60)
+    os.kill(two.servers[1].pid, signal.SIGKILL)
+    t.join(90)
+    assert not t.is_alive() and errors == []
+    assert len(written) == 24
+    got = {n: hashlib.sha256((two.exports[0] / n).read_bytes()).hexdigest() for n in written}
+    assert got == written
+    wait_until(lambda: "left this client's server set" in two.mount.log.read_text(),  # type: ignore[union-attr]
+               10, "the mount to log the replica leaving")  # fmt: skip
