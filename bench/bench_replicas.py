@@ -2,8 +2,11 @@
 
 Prints, in one run, each server a separate process on 127.0.0.1 exporting its own
 directory under one temporary directory (the same disk):
-  (a) sequential write of SIZE MiB, 1 MiB calls, with one server (the ceiling) and
-      with two replicas, and the ratio (the issue's target: at least 70%)
+  (a) sequential write of SIZE MiB, 1 MiB calls, with one server and with two
+      replicas, three rounds each, interleaved, and the ratio of the medians (the
+      issue's target: at least 70%); beside it the physical ceiling on this disk: the
+      same bytes written locally as one copy and as two copies at once (the two
+      servers' exports share one disk and one page cache)
   (b) untar-like metadata work (create, write 4 KiB, close; 2,000 files in 20
       directories) with one server and with two replicas, and the ratio of times
       (target: at most 1.5x), with the CPU seconds the client and the servers spent:
@@ -54,6 +57,32 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_copies(top: str, size: int, copies: int) -> float:
+    """MB/s of ``size`` bytes written (1 MiB calls, closed, not synced) to each of
+    ``copies`` files at once: what the disk under the exports takes."""
+    block = os.urandom(1 << 20)
+
+    def one(n: int) -> None:
+        with open(os.path.join(top, f"local{n}"), "wb") as f:
+            for _ in range(size >> 20):
+                f.write(block)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(copies)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    dt = time.perf_counter() - t
+    for n in range(copies):
+        os.unlink(os.path.join(top, f"local{n}"))
+    return size / dt / 1e6
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
 
 
 def untar_like(addresses: list[str], pids: list[int], files: int = 2000,
@@ -121,10 +150,19 @@ def main() -> None:
     procs = [start_server(r) for r in roots[:2]]
     try:
         one, two = [procs[0][1]], [procs[0][1], procs[1][1]]
-        w1, w2 = sequential_write(one, size), sequential_write(two, size)
+        w1s, w2s, l1s, l2s = [], [], [], []
+        for _ in range(3):
+            w1s.append(sequential_write(one, size))
+            w2s.append(sequential_write(two, size))
+            l1s.append(local_copies(top, size, 1))
+            l2s.append(local_copies(top, size, 2))
+        w1, w2, l1, l2 = median(w1s), median(w2s), median(l1s), median(l2s)
+        runs = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(w1s, w2s, strict=True))
         print(
-            f"(a) sequential write, {args.size_mib} MiB: one server {w1:.0f} MB/s, "
-            f"two replicas {w2:.0f} MB/s: {w2 / w1:.0%} of one server (target >= 70%)"
+            f"(a) sequential write, {args.size_mib} MiB: one server {w1:.0f} MB/s, two "
+            f"replicas {w2:.0f} MB/s (rounds, one/two: {runs}): {w2 / w1:.0%} of one "
+            f"server (target >= 70%); ceiling, local disk: one copy {l1:.0f} MB/s, two "
+            f"at once {l2:.0f} MB/s each: {l2 / l1:.0%}"
         )
         pids = [proc.pid for proc, _ in procs]
         (u1, c1, s1), (u2, c2, s2) = untar_like(one, pids[:1]), untar_like(two, pids)

@@ -114,12 +114,13 @@ def test_the_lock_server_is_the_highest_priority(servers: list[Server]) -> None:
 
 def write_files(c: Any, count: int, size: int, written: dict[str, str],
                 halfway: threading.Event) -> None:  # fmt: skip
-    """Files written one after another; ``written``: each one's checksum once its
-    close returned (what the application was told is written)."""
+    """Files written one after another, in appends (so that a piece applied twice
+    shows); ``written``: each one's checksum once its close returned (what the
+    application was told is written)."""
     for n in range(count):
         data = os.urandom(size)
         name = f"f{n:03d}"
-        with c.open(name, "wb") as f:
+        with c.open(name, "ab") as f:
             for pos in range(0, size, 256 << 10):
                 f.write(data[pos : pos + (256 << 10)])
         written[name] = hashlib.sha256(data).hexdigest()
@@ -159,3 +160,52 @@ def test_a_server_lost_in_the_middle_of_writing_costs_the_writer_nothing(
         assert c.connection().address == address_of(staying)
     assert len(written) == 30
     assert checksums(root_of(staying), sorted(written)) == written
+
+
+def test_a_server_missing_at_connect_is_never_taken_back_stale(servers: list[Server]) -> None:
+    """It would miss what is changed meanwhile: it leaves the set, and when the one in
+    use is lost, the client does not go back to it."""
+    a, b = servers
+    a_address = address_of(a)
+    a.stop()
+    with make_client([a_address, address_of(b)], timeout=5, connect_timeout=2) as c:
+        assert c.connection().address == address_of(b)
+        assert c.server_set.members()[0].state == GONE
+        c.mkdir("made-while-a-was-away")
+        c.connection().close()
+        assert c.connection().address == address_of(b)
+        assert c.isdir("made-while-a-was-away")
+
+
+def test_leases_given_back_keep_the_replicas(servers: list[Server]) -> None:
+    with make_client([address_of(s) for s in servers], timeout=5) as c:
+        (root_of(servers[0]) / "f").write_bytes(b"x")
+        (root_of(servers[1]) / "f").write_bytes(b"x")
+
+        class Holder:
+            def revoked(self, keep: int, start: int, length: int) -> None:
+                pass
+
+        _, conn, oid = c.lease("f", None, Holder())
+        assert oid
+        c.unlease(conn, oid)
+        c.mkdir("after")
+        assert isinstance(c.connection(), ReplicatedConnection)
+        assert c.connection().replicas == [address_of(servers[1])]
+        assert (root_of(servers[1]) / "after").is_dir()
+
+
+def test_a_replica_opens_the_very_file_on_reopen(servers: list[Server]) -> None:
+    """Each server's file identity is kept: a reopen after a lost connection finds the
+    file on the replica by its own identity, not whatever has the name."""
+    a, b = servers
+    with make_client([address_of(a), address_of(b)], timeout=5) as c:
+        f = c.open("f", "wb", buffering=0)
+        f.write(b"first")
+        os.rename(root_of(b) / "f", root_of(b) / "elsewhere")  # the replica's name moves
+        (root_of(b) / "f").write_bytes(b"another")
+        c.connection().lock_server.close()  # type: ignore[attr-defined]
+        with pytest.raises(OSError):
+            f.write(b"second")  # not onto the other file of that name
+        f.close()
+    assert (root_of(b) / "f").read_bytes() == b"another"

@@ -168,6 +168,8 @@ class Client:
                 raise ValueError("client is closed")
             if self._conn is not None and not self._conn.closed:
                 return self._conn
+            if self._conn is not None:  # (before its loss is heard: never taken back)
+                self.connector.group_lost(self._conn)
             self._conn = self.connector.connect()
             return self._conn
 
@@ -216,8 +218,7 @@ class Client:
 
     def _disconnected(self, conn: Connection) -> None:
         if isinstance(conn, ReplicatedConnection):
-            if conn.replicas:  # the others go on without it
-                self.connector.server_lost(conn.address, conn.close_reason)
+            self.connector.group_lost(conn)  # the others go on without it
             conn.close()  # its replicas' handles went with the lock server's
         for f in self.held.files():
             f.drop_held(conn)

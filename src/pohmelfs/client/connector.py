@@ -45,8 +45,9 @@ class Connector:
     def connect(self) -> Connection:
         """The connection to use: to the first live server that answers and, if
         others answer too, a group of it (the lock server) and them. A server that
-        does not answer while a later one does leaves the set (it would miss
-        changes); with one server left, it stays, to be tried again."""
+        does not answer while a later one does leaves the set: it would miss the
+        changes made from now on (and be taken back stale). The last one stays, to
+        be tried again."""
         members = sorted(self.servers.members(), key=lambda m: -m.spec.prio)
         live = [m.spec.address for m in members if m.state == LIVE]
         group: list[Any] = []  # the connection notifications and the loss are told as
@@ -60,6 +61,8 @@ class Connector:
             n += 1
         if lock_server is None:
             raise last
+        for address in live[: n - 1]:
+            self.server_lost(address, f"unreachable: {last}")
         replicas = []
         for address in live[n:]:
             try:
@@ -69,8 +72,6 @@ class Connector:
         if not replicas:
             group.append(lock_server)
             return lock_server
-        for address in live[: n - 1]:
-            self.server_lost(address, "unreachable")
         group.append(ReplicatedConnection(lock_server, replicas, self.server_lost))
         return group[0]  # type: ignore[no-any-return]
 
@@ -90,6 +91,14 @@ class Connector:
                           before_request=None if group is None else t.before_request,
                           security=t.security,
                           session=t.session, xids=t.xids)  # fmt: skip
+
+    def group_lost(self, group: Connection) -> None:
+        """The lock server of ``group`` was lost: it leaves the set if another server
+        of the group is still live (that one goes on, and it would miss changes)."""
+        states = {m.spec.address: m.state for m in self.servers.members()}
+        if states.get(group.address) == LIVE and any(
+                states.get(a) == LIVE for a in group.members - {group.address}):  # fmt: skip
+            self.server_lost(group.address, f"lost: {group.close_reason}")
 
     def server_lost(self, address: str, why: str) -> None:
         """A server leaves the set: it misses changes from now on (until resynced)."""

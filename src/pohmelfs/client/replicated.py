@@ -73,6 +73,10 @@ class ReplicatedConnection:
         self.members = frozenset([lock_server.address, *self._replicas])
         self._lost = lost
         self._lock = threading.Lock()
+        # Held from a change's first send to its last, so that every server gets the
+        # changes of this client in one order (re-entrant: a send may first push the
+        # writes held back, which are changes too).
+        self._sending = threading.RLock()
         # The lock server's handle -> each replica's handle of the same open file, and
         # the file's identity there.
         self._handles: dict[int, dict[str, int]] = {}
@@ -108,7 +112,17 @@ class ReplicatedConnection:
     # --- sending ----------------------------------------------------------------------
 
     def start(self, cmd: Command, *, callback: Callable[[Transaction], None] | None = None,
-              xid: int | None = None, oid: int = 0, **kw: Any) -> Transaction:  # fmt: skip
+              xid: int | None = None, oid: int = 0, fids: dict[str, bytes] | None = None,
+              **kw: Any) -> Transaction:  # fmt: skip
+        """``fids``: for an OPEN, the file's identity on each server (a reopen)."""
+        if cmd not in REPLICATED:
+            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
+        with self._sending:
+            return self._replicated(cmd, callback, xid, oid, fids or {}, kw)
+
+    def _replicated(self, cmd: Command, callback: Callable[[Transaction], None] | None,
+                    xid: int | None, oid: int, fids: dict[str, bytes],
+                    kw: dict[str, Any]) -> Transaction:  # fmt: skip
         with self._lock:
             replicas = dict(self._replicas) if cmd in REPLICATED else {}
             mapped = self._handles.get(oid) if oid else None
@@ -134,7 +148,7 @@ class ReplicatedConnection:
                 try:
                     tx.parts.append((address, conn, conn.start(
                         cmd, xid=xid, oid=handles.get(address, 0),
-                        **self._fields_for_replica(cmd, kw))))  # fmt: skip
+                        **self._fields_for_replica(cmd, kw, fids, address))))  # fmt: skip
                 except OSError as e:
                     self._leave(address, str(e))
             return tx
@@ -145,7 +159,7 @@ class ReplicatedConnection:
             try:
                 conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
                            oid=handles.get(address, 0),
-                           **self._fields_for_replica(cmd, kw))  # fmt: skip
+                           **self._fields_for_replica(cmd, kw, fids, address))  # fmt: skip
             except OSError as e:
                 self._leave(address, str(e))
                 self._part(change, None, address)
@@ -153,11 +167,12 @@ class ReplicatedConnection:
         return tx
 
     @staticmethod
-    def _fields_for_replica(cmd: Command, fields: dict[str, Any]) -> dict[str, Any]:
+    def _fields_for_replica(cmd: Command, fields: dict[str, Any], fids: dict[str, bytes],
+                            address: str) -> dict[str, Any]:  # fmt: skip
         if cmd is not Command.OPEN:
             return fields
         # No cache lock from a replica; file ids are each server's own.
-        return dict(fields, cache=p.CacheMode.RELEASE, fid=ANY_FILE)
+        return dict(fields, cache=p.CacheMode.RELEASE, fid=fids.get(address, ANY_FILE))
 
     def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
         """One part is done (or could not be sent: None; or, address None, all are sent)."""

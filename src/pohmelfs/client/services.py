@@ -86,9 +86,10 @@ class FileServices:
         raw = encode_path(path)
 
         def send(conn: Connection, xid: int, resent: bool) -> tuple[Connection, p.Message]:
+            each = {"fids": fids} if fids and isinstance(conn, ReplicatedConnection) else {}
             return conn, conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
                                    path=raw, flags=flags, mode=perm, cache=cache,
-                                   fid=(fids or {}).get(conn.address, ANY_FILE),
+                                   fid=(fids or {}).get(conn.address, ANY_FILE), **each,
                                    xid=xid, resent=resent)  # fmt: skip
 
         # Only an open that may create or truncate is a change (applied once: a resend
