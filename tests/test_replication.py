@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import address_of, make_client, start_server, tree_snapshot
+from conftest import ServerProcess, address_of, make_client, start_server, tree_snapshot
 from pohmelfs.client.replicated import ReplicatedConnection
 from pohmelfs.client.serverset import GONE, LIVE
 from pohmelfs.server.service import Server
@@ -209,3 +211,35 @@ def test_a_replica_opens_the_very_file_on_reopen(servers: list[Server]) -> None:
             f.write(b"second")  # not onto the other file of that name
         f.close()
     assert (root_of(b) / "f").read_bytes() == b"another"
+
+
+def test_a_silent_lock_server_is_taken_for_lost_and_the_next_one_answers(
+    tmp_path: Path,
+) -> None:
+    """Stopped (SIGSTOP), the lock server says nothing: after the time-out the call
+    goes to the other server instead of failing."""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    a, b = ServerProcess(dirs[0]), ServerProcess(dirs[1])
+    try:
+        with make_client([a.address, b.address], timeout=1) as c:
+            with c.open("f", "wb") as f:
+                f.write(b"on both")
+            os.kill(a.pid, signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+                assert c.stat("f").st_size == 7  # a read
+                c.mkdir("d")  # and a change
+                with c.open("f", "rb") as f:
+                    assert f.read() == b"on both"
+                elapsed = time.monotonic() - t
+            finally:
+                os.kill(a.pid, signal.SIGCONT)
+            assert elapsed < 4, elapsed
+            assert c.connection().address == b.address
+            assert c.server_set.members()[0].state == GONE
+        assert (dirs[1] / "d").is_dir() and not (dirs[0] / "d").exists()
+    finally:
+        a.stop()
+        b.stop()

@@ -422,6 +422,11 @@ class Connection:
         log.error("connection to %s: %s: closed", self.address, e)
         return OSError(errno.EIO, f"{self.address}: reply {e}: closed")
 
+    def lose(self, why: str) -> None:
+        """Give the connection up as lost (``why``): what is in flight fails, and
+        the loss is told as if the server had closed it."""
+        self._fail(why)
+
     def _fail(self, why: str) -> None:
         """Mark the connection dead and fail every transaction in flight."""
         with self._lock:

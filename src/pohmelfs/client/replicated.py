@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message
 from .connection import Connection, Transaction
@@ -236,14 +237,14 @@ class ReplicatedConnection:
     def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
              forever: bool = False) -> Message:  # fmt: skip
         if not isinstance(tx, ReplicatedTransaction):
-            return self.lock_server.wait(tx, path, path2, forever)
+            return self._heard(tx, lambda: self.lock_server.wait(tx, path, path2, forever))
         if not tx.parts:  # a callback's: each part ends (answered, timed out, or lost)
             tx.done.acquire()
             return self.lock_server.result(tx, path, path2)
         (_, _, first), *others = tx.parts
         failure: OSError | None = None
         try:
-            reply = self.lock_server.wait(first, path, path2)
+            reply = self._heard(first, lambda: self.lock_server.wait(first, path, path2))
         except OSError as e:
             failure = e
         for _, conn, part in others:
@@ -255,6 +256,19 @@ class ReplicatedConnection:
         if failure is not None:
             raise failure
         return reply
+
+    def _heard(self, tx: Transaction, wait: Callable[[], Message]) -> Message:
+        """``wait()`` for the lock server's answer to ``tx``. A lock server silent for
+        the whole time-out, while other servers are there, is taken for lost: the
+        request goes to the next one (``resend.py``) instead of failing."""
+        try:
+            return wait()
+        except TimeoutError:
+            if tx.reply is not None or tx.error is not None or not self.replicas:
+                raise  # (an answer that says ETIMEDOUT, or nowhere else to go)
+            why = f"silent for {self.timeout:g} s"
+            self.lock_server.lose(why)
+            raise errors.connection_error(self.address, why) from None
 
     def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
         return self.lock_server.result(tx, path, path2)

@@ -83,7 +83,8 @@ class SessionReplies:
         self._cache = cache
         self._lock = threading.Lock()
         self._done: OrderedDict[int, tuple[Message, int]] = OrderedDict()  # xid -> (reply, cost)
-        self._running: dict[int, threading.Event] = {}
+        # Changes running, and what a resend of one waits on (made only for a resend).
+        self._running: dict[int, threading.Event | None] = {}
         self._forgotten_upto = 0  # the highest id whose reply was let go
         self.bytes = 0
         self.counted = 0  # of ``bytes``, what the cache counts (under the cache's lock)
@@ -103,12 +104,14 @@ class SessionReplies:
             done = self._done.get(m.xid)
             if done is not None:
                 return Replay(done[0])
-            running = self._running.get(m.xid)
-            if running is not None:
+            if m.xid in self._running:
+                running = self._running[m.xid]
+                if running is None:
+                    running = self._running[m.xid] = threading.Event()
                 return Running(running)
             if resent and m.xid <= self._forgotten_upto:
                 return FORGOTTEN
-            self._running[m.xid] = threading.Event()
+            self._running[m.xid] = None
         return None
 
     def answered(self, reply: Message) -> None:
@@ -118,9 +121,9 @@ class SessionReplies:
             return
         cost = _cost(reply)
         with self._lock:
-            event = self._running.pop(reply.xid, None)
-            if event is None:
+            if reply.xid not in self._running:
                 return
+            event = self._running.pop(reply.xid)
             old = self._done.pop(reply.xid, None)
             if old is not None:
                 self.bytes -= old[1]
@@ -129,14 +132,15 @@ class SessionReplies:
             grown = cost - (old[1] if old is not None else 0)
             while self._done and (len(self._done) > MAX_REPLIES or self.bytes > MAX_BYTES):
                 grown -= self._forget_oldest()
-        event.set()
+        if event is not None:
+            event.set()
         self._cache.grew(self, grown)
 
     def dropped(self, xid: int) -> None:
         """A change that ``begin`` let run was never run (its connection went first)."""
         with self._lock:
             event = self._running.pop(xid, None)
-        if event is not None:
+        if event is not None:  # (a resend waits: it runs the change now)
             event.set()
 
     def shrink(self, want: int) -> int:
