@@ -10,6 +10,7 @@ import signal
 import stat
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -156,7 +157,8 @@ def test_a_server_lost_in_the_middle_of_writing_costs_the_writer_nothing(
         assert halfway.wait(30)
         going.stop()  # every connection to it is cut at once
         t.join(60)
-        assert not t.is_alive() and errors == []
+        assert not t.is_alive()
+        assert errors == [], "".join(traceback.format_exception(errors[0]))
         assert c.server_set.members()[servers.index(going)].state == GONE
         assert c.server_set.members()[servers.index(staying)].state == LIVE
         assert c.connection().address == address_of(staying)
@@ -239,7 +241,8 @@ def test_a_silent_lock_server_is_taken_for_lost_and_the_next_one_answers(
             assert elapsed < 4, elapsed
             assert c.connection().address == b.address
             assert c.server_set.members()[0].state == GONE
-        assert (dirs[1] / "d").is_dir() and not (dirs[0] / "d").exists()
+        # (What the stopped server does once it goes on is its own: it left the set.)
+        assert (dirs[1] / "d").is_dir()
     finally:
         a.stop()
         b.stop()
