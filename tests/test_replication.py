@@ -246,3 +246,24 @@ def test_a_silent_lock_server_is_taken_for_lost_and_the_next_one_answers(
     finally:
         a.stop()
         b.stop()
+
+
+def test_each_servers_requests_are_counted_and_reads_go_to_the_lock_server(
+    servers: list[Server],
+) -> None:
+    a, b = servers
+    with make_client([address_of(a), address_of(b)], timeout=5) as c:
+        before = {s["address"]: s["requests"] for s in c.server_stats()}
+        for n in range(10):
+            c.mkdir(f"d{n}")
+        for n in range(10):
+            c.stat(f"d{n}")
+            c.listdir(f"d{n}")
+        stats = {s["address"]: s for s in c.server_stats()}
+    lock, replica = stats[address_of(a)], stats[address_of(b)]
+    assert (lock["role"], replica["role"]) == ("lock server", "replica")
+    assert replica["requests"] - before[address_of(b)] == 10  # the changes, nothing else
+    assert lock["requests"] - before[address_of(a)] == 30  # the changes and the reads
+    assert lock["answered"] == lock["requests"] and lock["failed"] == 0
+    assert lock["bytes_in"] > replica["bytes_in"] > 0 and lock["latency_mean_ms"] > 0
+    assert lock["connections"] == replica["connections"] == 1

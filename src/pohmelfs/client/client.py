@@ -292,6 +292,13 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def server_stats(self) -> list[dict[str, Any]]:
+        """Each server of the set, highest priority first: its address, priority,
+        state (live, gone...), role (``lock server``, ``replica`` or ``-``), and what
+        this client sent it and heard back (requests, answers, errors, bytes, mean and
+        longest latency, connections made)."""
+        return self.connector.report(self._conn)
+
     def server_info(self) -> dict[str, Any]:
         """What the server announced at connect: capabilities and space."""
         conn = self.connection()

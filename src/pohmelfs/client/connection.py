@@ -24,10 +24,12 @@ from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message, ProtocolError
 from ..protocol.exchange import ClientExchange, DataFor, Notified, Replied, StillWorking
+from ..protocol.frames import packed_payload_len
 from ..security.config import ClientSecurity
 from ..security.hello import AuthFailed, ClientHandshake, Declined
 from ..security.tags import Sealer, TagError, Verifier
 from ..wire import FrameWriter, PeerClosed, SocketReader, send_parts, shutdown
+from .stats import ServerStats
 
 log = logging.getLogger("pohmelfs.client")
 
@@ -52,7 +54,7 @@ class Transaction:
     """
 
     __slots__ = ("xid", "cmd", "done", "into", "sink", "callback", "deadline", "nbytes",
-                 "reply", "frames", "error", "check")  # fmt: skip
+                 "reply", "frames", "error", "check", "sent_at")  # fmt: skip
 
     def __init__(self, xid: int, cmd: Command, into: memoryview | None, sink: Sink | None,
                  callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
@@ -69,6 +71,7 @@ class Transaction:
         self.frames: list[Message] = []
         self.error: BaseException | None = None
         self.check: Callable[[], None] | None = None  # of the tag of what ``into`` got
+        self.sent_at = 0.0
 
     def complete(self) -> None:
         if self.callback is None:
@@ -96,11 +99,14 @@ class Connection:
         security: ClientSecurity | None = None,
         session: bytes | None = None,
         xids: Iterator[int] | None = None,
+        stats: ServerStats | None = None,
     ) -> None:
         """``session``: the client session this connection carries on (its own if
         None); ``xids``: the session's request ids, shared by its connections."""
         self.address = address
         self.timeout = timeout
+        self.stats = stats if stats is not None else ServerStats()
+        self.stats.connections += 1
         self.serial = next(_SERIALS)  # unlike id(), never reused by a later connection
         host, _, port = address.rpartition(":")
         try:
@@ -244,8 +250,10 @@ class Connection:
             self._exchange.sent(xid, cmd, tx, into is not None or sink is not None)
             if callback is not None and self._sweeper is None:
                 self._start_sweeper()
+            self.stats.requests += 1
+            self.stats.bytes_out += packed_payload_len(parts[0])
+            tx.sent_at = self._last_send = time.monotonic()
         try:
-            self._last_send = time.monotonic()
             self.writer.send(parts)
         except OSError as e:
             self._fail(f"send failed: {e}")
@@ -347,7 +355,7 @@ class Connection:
     # --- receiving ---------------------------------------------------------------
 
     def _receive_loop(self) -> None:
-        reader, exchange, lock = self.reader, self._exchange, self._lock
+        reader, exchange, lock, stats = self.reader, self._exchange, self._lock, self.stats
         current: Transaction | None = None  # being received when an error strikes
         try:
             while True:
@@ -398,6 +406,8 @@ class Connection:
                             waiting.deadline = time.monotonic() + self.timeout
                     continue
                 current = None
+                stats.answer(header.payload_len, time.monotonic() - tx.sent_at,
+                             bool(header.status))  # fmt: skip
                 tx.complete()
                 del tx
         except PeerClosed:

@@ -14,6 +14,7 @@ from ..security.config import ClientSecurity
 from .connection import Connection
 from .replicated import ReplicatedConnection
 from .serverset import GONE, LIVE, ServerSet
+from .stats import ServerStats
 
 log = logging.getLogger("pohmelfs.client")
 
@@ -40,6 +41,8 @@ class Connector:
                  notified: Callable[[Any, Message], None],
                  disconnected: Callable[[Any], None]) -> None:  # fmt: skip
         self.servers, self.terms = servers, terms
+        # What this client saw of each server, across its connections to it.
+        self.stats = {m.spec.address: ServerStats() for m in servers.members()}
         self._notified, self._disconnected = notified, disconnected
 
     def connect(self) -> Connection:
@@ -90,7 +93,8 @@ class Connector:
                           on_close=None if group is None else lost,
                           before_request=None if group is None else t.before_request,
                           security=t.security,
-                          session=t.session, xids=t.xids)  # fmt: skip
+                          session=t.session, xids=t.xids,
+                          stats=self.stats[address])  # fmt: skip
 
     def group_lost(self, group: Connection) -> None:
         """The lock server of ``group`` was lost: it leaves the set if another server
@@ -99,6 +103,20 @@ class Connector:
         if states.get(group.address) == LIVE and any(
                 states.get(a) == LIVE for a in group.members - {group.address}):  # fmt: skip
             self.server_lost(group.address, f"lost: {group.close_reason}")
+
+    def report(self, conn: Connection | None) -> list[dict[str, Any]]:
+        """``Client.server_stats``: each server, with its role for ``conn``."""
+        lock = conn.address if conn is not None and not conn.closed else None
+        replicas = set(conn.replicas) if isinstance(conn, ReplicatedConnection) else set()
+        states = {m.spec.address: m.state for m in self.servers.members()}
+        out = []
+        for spec in self.servers.by_priority():
+            role = "lock server" if spec.address == lock else (
+                "replica" if spec.address in replicas else "-")  # fmt: skip
+            out.append({"address": spec.address, "priority": spec.prio,
+                        "state": states[spec.address], "role": role,
+                        **self.stats[spec.address].snapshot()})  # fmt: skip
+        return out
 
     def server_lost(self, address: str, why: str) -> None:
         """A server leaves the set: it misses changes from now on (until resynced)."""
