@@ -267,3 +267,26 @@ def test_each_servers_requests_are_counted_and_reads_go_to_the_lock_server(
     assert lock["answered"] == lock["requests"] and lock["failed"] == 0
     assert lock["bytes_in"] > replica["bytes_in"] > 0 and lock["latency_mean_ms"] > 0
     assert lock["connections"] == replica["connections"] == 1
+
+
+@pytest.mark.parametrize("servers", [3], indirect=True)
+def test_servers_are_removed_while_the_client_works(servers: list[Server]) -> None:
+    a, b, c3 = (address_of(s) for s in servers)
+    with make_client([a, b, c3], timeout=5) as c:
+        c.mkdir("before")
+        c.remove_server(b)  # a replica
+        c.mkdir("without-b")
+        assert c.connection().replicas == [c3]  # type: ignore[attr-defined]
+        c.remove_server(a)  # the lock server: the next call goes to the next one
+        c.mkdir("without-a")
+        assert c.connection().address == c3
+        with pytest.raises(ValueError, match="last live server"):
+            c.remove_server(c3)
+        with pytest.raises(ValueError, match="not one of"):
+            c.remove_server("127.0.0.1:1")
+        states = {s["address"]: s["state"] for s in c.server_stats()}
+        assert states == {a: GONE, b: GONE, c3: LIVE}
+    roots = [root_of(s) for s in servers]
+    assert (roots[1] / "before").is_dir() and not (roots[1] / "without-b").exists()
+    assert (roots[0] / "without-b").is_dir() and not (roots[0] / "without-a").exists()
+    assert all((roots[2] / n).is_dir() for n in ("before", "without-b", "without-a"))

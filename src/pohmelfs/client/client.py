@@ -292,6 +292,13 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def remove_server(self, address: str) -> None:
+        """Take a server out of the set while the client works: it gets no more
+        changes (and so stays out: it would be stale). If it is the lock server, the
+        next call goes to the next one, as after its loss. ValueError for a server
+        not in the set, or the last live one."""
+        self.connector.remove(address, self._conn)
+
     def server_stats(self) -> list[dict[str, Any]]:
         """Each server of the set, highest priority first: its address, priority,
         state (live, gone...), role (``lock server``, ``replica`` or ``-``), and what

@@ -13,7 +13,7 @@ from ..protocol import Message
 from ..security.config import ClientSecurity
 from .connection import Connection
 from .replicated import ReplicatedConnection
-from .serverset import GONE, LIVE, ServerSet
+from .serverset import GONE, LIVE, ServerSet, parse_server
 from .stats import ServerStats
 
 log = logging.getLogger("pohmelfs.client")
@@ -103,6 +103,23 @@ class Connector:
         if states.get(group.address) == LIVE and any(
                 states.get(a) == LIVE for a in group.members - {group.address}):  # fmt: skip
             self.server_lost(group.address, f"lost: {group.close_reason}")
+
+    def remove(self, address: str, conn: Connection | None) -> None:
+        """``Client.remove_server``: ``address`` leaves the set, and ``conn`` (the
+        connection in use) lets go of it."""
+        address = parse_server(address).address
+        states = {m.spec.address: m.state for m in self.servers.members()}
+        if address not in states:
+            raise ValueError(f"{address} is not one of this client's servers")
+        if not any(s == LIVE for a, s in states.items() if a != address):
+            raise ValueError(f"{address} is the last live server of the set: not removed")
+        self.server_lost(address, "removed")
+        if conn is None or conn.closed:
+            return
+        if conn.address == address:
+            conn.lose("the server was removed from the set")
+        elif isinstance(conn, ReplicatedConnection):
+            conn.leave(address, "removed")
 
     def report(self, conn: Connection | None) -> list[dict[str, Any]]:
         """``Client.server_stats``: each server, with its role for ``conn``."""

@@ -135,7 +135,7 @@ class ReplicatedConnection:
             replicas = {}  # a lease given back: the lock server's alone
         elif oid:  # a replica without this file's handle cannot apply what is done to it
             for address in [a for a in replicas if a not in handles]:
-                self._leave(address, f"it has no handle for a {cmd.name}")
+                self.leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]
         if not replicas:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
@@ -151,7 +151,7 @@ class ReplicatedConnection:
                         cmd, xid=xid, oid=handles.get(address, 0),
                         **self._fields_for_replica(cmd, kw, fids, address))))  # fmt: skip
                 except OSError as e:
-                    self._leave(address, str(e))
+                    self.leave(address, str(e))
             return tx
         change = _Change(tx, 1 + len(replicas) + 1)  # (+1: until every part is sent)
         self.lock_server.start(cmd, callback=lambda t: self._part(change, t, ""), xid=xid,
@@ -162,7 +162,7 @@ class ReplicatedConnection:
                            oid=handles.get(address, 0),
                            **self._fields_for_replica(cmd, kw, fids, address))  # fmt: skip
             except OSError as e:
-                self._leave(address, str(e))
+                self.leave(address, str(e))
                 self._part(change, None, address)
         self._part(change, None, None)
         return tx
@@ -202,11 +202,11 @@ class ReplicatedConnection:
         answer = first.reply if first.error is None else None
         for address, part in others.items():
             if part.error is not None:
-                self._leave(address, f"{cmd.name} failed: {part.error}")
+                self.leave(address, f"{cmd.name} failed: {part.error}")
             elif part.reply is None:
-                self._leave(address, f"{cmd.name} was not answered")
+                self.leave(address, f"{cmd.name} was not answered")
             elif answer is not None and part.reply.status != answer.status:
-                self._leave(address, f"{cmd.name} answered errno {part.reply.status} where "
+                self.leave(address, f"{cmd.name} answered errno {part.reply.status} where "
                             f"{self.address} answered {answer.status}")  # fmt: skip
         if answer is not None and cmd is Command.OPEN and not answer.status:
             opened = {a: t.reply for a, t in others.items()
@@ -221,7 +221,8 @@ class ReplicatedConnection:
         with self._lock:
             return dict(self._fids.get(oid, {}))
 
-    def _leave(self, address: str, why: str) -> None:
+    def leave(self, address: str, why: str) -> None:
+        """The replica at ``address`` leaves the group (and the client's set)."""
         with self._lock:
             conn = self._replicas.pop(address, None)
             for handles in self._handles.values():
@@ -290,6 +291,10 @@ class ReplicatedConnection:
 
     def answer(self, notification: Message) -> None:
         self.lock_server.answer(notification)
+
+    def lose(self, why: str) -> None:
+        """Give the group up as lost (its lock server's loss: ``Connection.lose``)."""
+        self.lock_server.lose(why)
 
     def close(self) -> None:
         with self._lock:
