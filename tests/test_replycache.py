@@ -235,3 +235,13 @@ def test_the_count_stays_true_when_a_session_goes_while_it_answers(
     new.begin(unlink(1), False)
     new.answered(p.reply(unlink(1), status=errno.EIO))
     assert cache.bytes == new.counted == new.bytes
+
+
+def test_a_resends_own_refusal_is_not_taken_for_the_changes_answer() -> None:
+    replies, _ = attach(ReplyCache())
+    replies.begin(unlink(6), False)  # the first run goes on
+    replies.not_kept(6)
+    replies.answered(p.reply(unlink(6), status=errno.EAGAIN))  # the resend is refused
+    replies.answered(p.reply(unlink(6), status=errno.ENOENT))  # the first run's answer
+    again = replies.begin(unlink(6), True)
+    assert isinstance(again, Replay) and again.reply.status == errno.ENOENT

@@ -297,7 +297,8 @@ class Client:
         changes (and so stays out: it would be stale). If it is the lock server, the
         next call goes to the next one, as after its loss. ValueError for a server
         not in the set, or the last live one."""
-        self.connector.remove(address, self._conn)
+        with self._lock:  # (not while a new group is being made)
+            self.connector.remove(address, self._conn)
 
     def server_stats(self) -> list[dict[str, Any]]:
         """Each server of the set, highest priority first: its address, priority,

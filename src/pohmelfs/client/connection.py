@@ -106,7 +106,6 @@ class Connection:
         self.address = address
         self.timeout = timeout
         self.stats = stats if stats is not None else ServerStats()
-        self.stats.connections += 1
         self.serial = next(_SERIALS)  # unlike id(), never reused by a later connection
         host, _, port = address.rpartition(":")
         try:
@@ -150,6 +149,7 @@ class Connection:
             sock.close()
             raise
         sock.settimeout(None)
+        self.stats.connections += 1  # (made: connected, and the handshake done)
         self._receiver = threading.Thread(
             target=self._receive_loop, daemon=True, name=f"pohmelfs-recv-{address}"
         )
@@ -385,8 +385,11 @@ class Connection:
                     payload = bytes(reader.read_view(header.payload_len))
                     reader.end_frame()
                     msg = p.decode_payload(header, payload)
-                    if event.more:
+                    if event.more:  # a frame of a streamed answer: the server is at it
                         tx.frames.append(msg)
+                        stats.bytes_in += header.payload_len
+                        if tx.deadline != float("inf"):
+                            tx.deadline = time.monotonic() + self.timeout
                         current = None
                         continue
                     tx.reply = msg

@@ -265,8 +265,8 @@ class ReplicatedConnection:
         try:
             return wait()
         except TimeoutError:
-            if tx.reply is not None or tx.error is not None or not self.replicas:
-                raise  # (an answer that says ETIMEDOUT, or nowhere else to go)
+            if tx.reply is not None or tx.error is not None or tx.frames or not self.replicas:
+                raise  # (an answer that says ETIMEDOUT, one under way, or nowhere to go)
             why = f"silent for {self.timeout:g} s"
             self.lock_server.lose(why)
             raise errors.connection_error(self.address, why) from None

@@ -1,8 +1,9 @@
 """What a client saw of each server: requests, answers, bytes and latency.
 
 One ``ServerStats`` per server of the set, carried on from one connection to the
-next; its counters move under the connection's own locks (the sender's and the
-receive thread's), so counting costs the hot path no lock of its own.
+next. Requests are counted under the sending connection's lock, answers by its
+receive thread; an old connection still draining and its successor may both count,
+unlocked against each other: figures to read, not to balance accounts with.
 """
 
 from __future__ import annotations

@@ -144,11 +144,13 @@ class Dispatch:
         while not running.done.wait(1.0):
             if self.waits.closed or time.monotonic() > deadline:
                 why = "the first run of this resent request has not ended"
+                self.replies.not_kept(msg.xid)  # (the first run's answer will be)
                 return reply_for(msg, OSError(errno.EAGAIN, why))
         ran = self.replies.begin(msg, True)
         if ran is None:
             return self.requests.handle(msg)
         if isinstance(ran, Running):
+            self.replies.not_kept(msg.xid)
             return reply_for(msg, OSError(errno.EAGAIN, "resent again while it runs"))
         return self._answer_again(msg, ran)
 
@@ -171,6 +173,10 @@ class Dispatch:
                 why = "too many slow requests of this connection at once"
                 self.send(reply_for(msg, OSError(errno.EAGAIN, why)))
                 return
+            # Slow, not waiting for anyone: the client hears PENDING all the same, so that
+            # a long fsync or tree removal is not taken for a silent server.
+            self._shared.keepalive.waiting(self.sid, self.writer, msg.cmd, msg.xid,
+                                           self.waits.keepalive)  # fmt: skip
             self._shared.pool.submit(self._execute_slow, msg)
         else:
             self.execute(msg)
@@ -194,6 +200,7 @@ class Dispatch:
         try:
             self.execute(msg)
         finally:
+            self._shared.keepalive.done(self.sid, msg.xid)
             with self._slow_lock:
                 self._slow -= 1
 

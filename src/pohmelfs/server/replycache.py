@@ -86,6 +86,7 @@ class SessionReplies:
         # Changes running, and what a resend of one waits on (made only for a resend).
         self._running: dict[int, threading.Event | None] = {}
         self._forgotten_upto = 0  # the highest id whose reply was let go
+        self._not_kept: set[int] = set()  # the next answer with this id is not the change's
         self.bytes = 0
         self.counted = 0  # of ``bytes``, what the cache counts (under the cache's lock)
         self.owner: object | None = None  # the connection it has now (None: none)
@@ -121,6 +122,9 @@ class SessionReplies:
             return
         cost = _cost(reply)
         with self._lock:
+            if reply.xid in self._not_kept:  # a resend's own refusal, not the change's
+                self._not_kept.discard(reply.xid)
+                return
             if reply.xid not in self._running:
                 return
             event = self._running.pop(reply.xid)
@@ -135,6 +139,13 @@ class SessionReplies:
         if event is not None:
             event.set()
         self._cache.grew(self, grown)
+
+    def not_kept(self, xid: int) -> None:
+        """The next answer with id ``xid`` is a resend's refusal while the change
+        runs: it must not be taken for the change's answer."""
+        with self._lock:
+            if xid in self._running:
+                self._not_kept.add(xid)
 
     def dropped(self, xid: int) -> None:
         """A change that ``begin`` let run was never run (its connection went first)."""

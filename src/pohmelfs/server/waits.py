@@ -44,7 +44,7 @@ class Waits:
         self._shared = shared
         self._handles = handles
         self._writer = writer
-        self._keepalive = keepalive  # seconds between PENDING frames (asked at HELLO)
+        self.keepalive = keepalive  # seconds between PENDING frames (asked at HELLO)
         self._lock = threading.Lock()
         self._parked = self._parked_bytes = 0
         self._queued = 0
@@ -96,7 +96,7 @@ class Waits:
             self._parked_bytes += size
         if isinstance(data, memoryview):
             m.fields["data"] = bytes(data)
-        self._shared.keepalive.waiting(self.sid, self._writer, m.cmd, m.xid, self._keepalive)
+        self._shared.keepalive.waiting(self.sid, self._writer, m.cmd, m.xid, self.keepalive)
 
     def unpark(self, m: Message) -> None:
         self._shared.keepalive.done(self.sid, m.xid)
