@@ -144,12 +144,18 @@ def test_a_client_that_reads_nothing_does_not_silence_keepalives_to_others(
 
         b = Connection(address_of(srv), security=CLIENT_KEY, timeout=1.0, connect_timeout=5)
         bo = open_raw(b, b"f")
-        threading.Timer(2.5, lambda: a.call(Command.LOCK, oid=ao, offset=0, length=0, owner=1,
-                                            type=F_UNLCK, flags=0, pid=1)).start()  # fmt: skip
+        unlock = threading.Timer(
+            2.5,
+            lambda: a.call(
+                Command.LOCK, oid=ao, offset=0, length=0, owner=1, type=F_UNLCK, flags=0, pid=1
+            ),
+        )
+        unlock.start()  # fmt: skip
         started = time.monotonic()
         b.call(Command.LOCK, oid=bo, offset=100, length=100, owner=3, type=F_RDLCK,
                flags=p.LOCK_WAIT, pid=3)  # fmt: skip
         assert 2.2 < time.monotonic() - started < 10
+        unlock.join(10)  # (its answer may come after b's grant: a stays open for it)
     finally:
         if b is not None:
             b.close()
