@@ -165,3 +165,24 @@ def test_locking_many_files_keeps_few_handles_and_every_lock(
     finally:
         a.close()
         b.close()
+
+
+def test_a_blocking_lock_waits_longer_than_the_time_out_while_the_server_speaks(
+    server: Server, export_dir: Path
+) -> None:
+    """The wait has no end of its own: the server's PENDING keeps it alive as long as
+    the holder keeps the lock (only a silent server would time it out)."""
+    (export_dir / "f").write_bytes(b"x")
+    holder = make_client([address_of(server)], timeout=5)
+    waiter = make_client([address_of(server)], timeout=0.5)
+    try:
+        holder.lock("f")
+        threading.Timer(2.0, holder.unlock, ("f",)).start()
+        t = time.monotonic()
+        waiter.lock("f")  # four time-outs long
+        assert 1.8 < time.monotonic() - t < 8
+        waiter.unlock("f")
+    finally:
+        time.sleep(0.1)
+        waiter.close()
+        holder.close()

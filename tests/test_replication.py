@@ -304,3 +304,27 @@ def test_servers_are_removed_while_the_client_works(servers: list[Server]) -> No
     assert (roots[1] / "before").is_dir() and not (roots[1] / "without-b").exists()
     assert (roots[0] / "without-b").is_dir() and not (roots[0] / "without-a").exists()
     assert all((roots[2] / n).is_dir() for n in ("before", "without-b", "without-a"))
+
+
+def test_a_blocking_lock_on_a_silent_lock_server_goes_to_the_next(tmp_path: Path) -> None:
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+        (d / "f").write_bytes(b"x")
+    a, b = ServerProcess(dirs[0]), ServerProcess(dirs[1])
+    try:
+        with make_client([a.address, b.address], timeout=1) as c:
+            c.lock("f")  # the file the lock requests go through is open from now on
+            c.unlock("f")
+            os.kill(a.pid, signal.SIGSTOP)
+            try:
+                t = time.monotonic()
+                c.lock("f", exclusive=True, wait=True)  # no deadline of its own: PENDING's
+                assert time.monotonic() - t < 6
+            finally:
+                os.kill(a.pid, signal.SIGCONT)
+            assert c.connection().address == b.address
+            c.unlock("f")
+    finally:
+        a.stop()
+        b.stop()

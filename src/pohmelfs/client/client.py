@@ -526,7 +526,7 @@ class Client:
 
         def send(conn: Connection, oid: int, _resent: bool) -> p.Message:
             tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)
-            return conn.wait(tx, path, forever=bool(flags & p.LOCK_WAIT))
+            return conn.wait(tx, path)  # (as long as it likes: PENDING meanwhile)
 
         # A lock lost with its connection is asked for again on the next one (the
         # server let every lock of the old one go: a second run takes it once).

@@ -476,7 +476,7 @@ class RemoteFile(io.RawIOBase):
         tx = conn.start(Command.CACHE, oid=oid, offset=start, length=length,
                         type=CacheMode.EXCLUSIVE if exclusive else CacheMode.SHARED)  # fmt: skip
         if abandon is None:
-            reply = conn.wait(tx, self.name, forever=True)
+            reply = conn.wait(tx, self.name)  # (PENDING while others give way)
         else:
             while not tx.done.acquire(timeout=ABANDON_POLL):
                 if abandon():
