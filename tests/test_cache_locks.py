@@ -14,8 +14,7 @@ import pytest
 
 from conftest import CLIENT_KEY, address_of, make_client, start_server, stopping
 from pohmelfs import Client
-from pohmelfs.client.services import ANY_FILE
-from pohmelfs.protocol import Command, Cred
+from pohmelfs.protocol import ANY_FILE, Command, Cred
 from pohmelfs.server.cachelocks import (
     END,
     EXCLUSIVE,

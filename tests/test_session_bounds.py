@@ -18,8 +18,7 @@ import pytest
 from conftest import CLIENT_KEY, SECRET_FILE, address_of, make_client, start_server, stopping
 from pohmelfs import protocol as p
 from pohmelfs.client.connection import Connection
-from pohmelfs.client.services import ANY_FILE
-from pohmelfs.protocol import Command, Cred
+from pohmelfs.protocol import ANY_FILE, Command, Cred
 from pohmelfs.security.keys import load_secret
 from pohmelfs.server import waits
 from pohmelfs.server.service import Server

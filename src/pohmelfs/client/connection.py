@@ -259,6 +259,10 @@ class Connection:
             self._fail(f"send failed: {e}")
         return tx
 
+    def next_xid(self) -> int:
+        """An id for a request of this connection's session."""
+        return self._exchange.next_xid()
+
     @property
     def members(self) -> frozenset[str]:
         """The servers a request sent here went to (this one)."""

@@ -32,7 +32,6 @@ from .connection import Connection, Transaction
 
 log = logging.getLogger("pohmelfs.client")
 
-ANY_FILE = bytes(p.FID_SIZE)
 # Sent to every server: what changes the export, and what a replica's handles follow.
 REPLICATED = p.CHANGES | {Command.OPEN, Command.CLOSE, Command.FSYNC}
 
@@ -125,7 +124,7 @@ class ReplicatedConnection:
                     xid: int | None, oid: int, fids: dict[str, bytes],
                     kw: dict[str, Any]) -> Transaction:  # fmt: skip
         with self._lock:
-            replicas = dict(self._replicas) if cmd in REPLICATED else {}
+            replicas = dict(self._replicas)
             mapped = self._handles.get(oid) if oid else None
             handles = dict(mapped) if mapped is not None else {}
             if cmd is Command.CLOSE:
@@ -140,7 +139,7 @@ class ReplicatedConnection:
         if not replicas:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
         if xid is None:
-            xid = self.lock_server._exchange.next_xid()
+            xid = self.lock_server.next_xid()
         tx = ReplicatedTransaction(xid, cmd, callback)
         if callback is None:  # (no callbacks: the caller's thread does the settling)
             tx.parts.append((self.address, self.lock_server,
@@ -173,7 +172,7 @@ class ReplicatedConnection:
         if cmd is not Command.OPEN:
             return fields
         # No cache lock from a replica; file ids are each server's own.
-        return dict(fields, cache=p.CacheMode.RELEASE, fid=fids.get(address, ANY_FILE))
+        return dict(fields, cache=p.CacheMode.RELEASE, fid=fids.get(address, p.ANY_FILE))
 
     def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
         """One part is done (or could not be sent: None; or, address None, all are sent)."""

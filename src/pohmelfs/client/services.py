@@ -20,8 +20,6 @@ from .registry import FileRegistry
 from .replicated import ReplicatedConnection
 from .resend import Resender
 
-ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
-
 
 class WriteBudget:
     """Bytes sent behind and not yet answered, bounded: a writer waits for answers
@@ -89,7 +87,7 @@ class FileServices:
             each = {"fids": fids} if fids and isinstance(conn, ReplicatedConnection) else {}
             return conn, conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
                                    path=raw, flags=flags, mode=perm, cache=cache,
-                                   fid=(fids or {}).get(conn.address, ANY_FILE), **each,
+                                   fid=(fids or {}).get(conn.address, p.ANY_FILE), **each,
                                    xid=xid, resent=resent)  # fmt: skip
 
         # Only an open that may create or truncate is a change (applied once: a resend

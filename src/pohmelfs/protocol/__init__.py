@@ -40,6 +40,7 @@ from .commands import (
     schema_for,
 )
 from .fields import (
+    ANY_FILE,
     ATTR_SIZE,
     DEFAULT_MAX_PAYLOAD,
     FID_SIZE,
@@ -75,6 +76,7 @@ from .frames import (
 )
 
 __all__ = [
+    "ANY_FILE",
     "ATTR_SIZE",
     "AUTH_NONE",
     "AUTH_SECRET",

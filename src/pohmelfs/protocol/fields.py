@@ -15,6 +15,7 @@ MAX_NAME = 4096  # names, symlink targets, xattr names
 # PATH_MAX (4,096) still has one; a frame's payload limit bounds them too.
 MAX_PATH = 1 << 20
 FID_SIZE = 16  # a file's identity (see server/identity.py)
+ANY_FILE = bytes(FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
 NONCE_SIZE = 32  # a handshake's fresh random value, or a proof (HMAC-SHA256)
 SESSION_SIZE = 16  # a client session's id (random: 128 bits)
 MAX_GROUPS = 1024

@@ -27,7 +27,6 @@ from .storage import OpenFile, attr_of
 
 READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
 NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when nothing was made
-ANY_FILE = bytes(p.FID_SIZE)  # OPEN's ``fid`` when any file of that name will do
 
 
 class FileRequests:
@@ -46,7 +45,7 @@ class FileRequests:
     def open(self, m: Message) -> Message | None:
         path, flags, mode = m["path"], m["flags"], m["mode"]
         self.handles.check_room()
-        if m["fid"] != ANY_FILE and flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
+        if m["fid"] != p.ANY_FILE and flags & (os.O_CREAT | os.O_EXCL | os.O_TRUNC):
             # A reopen of a file it had: it must change nothing before the check.
             raise OSError(errno.EINVAL, "a file id is for reopening: no O_CREAT, O_EXCL, O_TRUNC")
         if flags & os.O_CREAT:  # creating a name changes its directory; opening one does not
@@ -113,7 +112,7 @@ class FileRequests:
     def _open_reply(self, m: Message, oid: int, h: Handle, attr: p.Attr,
                     directory: p.Attr = NO_ATTR) -> Message:  # fmt: skip
         fid = h.file.file_id()
-        if m["fid"] != ANY_FILE and m["fid"] != fid:
+        if m["fid"] != p.ANY_FILE and m["fid"] != fid:
             # A reopen (after a lost connection) that found another file by that name:
             # the client's handle is stale, and nothing may be done to this one.
             self._drop_handle(oid)

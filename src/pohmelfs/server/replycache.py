@@ -120,6 +120,8 @@ class SessionReplies:
         notifications the session sends have ids of the server's own)."""
         if reply.flags & (p.FLAG_MORE | p.FLAG_NOTIFY | p.FLAG_PENDING) or not reply.is_reply:
             return
+        if reply.xid not in self._running and not self._not_kept:
+            return  # (most replies: no lock taken; ``begin`` added it before it ran)
         cost = _cost(reply)
         with self._lock:
             if reply.xid in self._not_kept:  # a resend's own refusal, not the change's
