@@ -57,6 +57,22 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "cond
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def stop_process(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads has stopped."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append(task.joinpath("stat").read_text().rsplit(") ", 1)[1][0])
+            except (OSError, IndexError):
+                continue
+        return bool(states) and all(st in "tT" for st in states)
+
+    wait_until(all_stopped, what=f"process {pid} to stop")
+
+
 def start_server(root: Path, read_only: bool = False, **kw: object) -> Server:
     """An in-process server on 127.0.0.1 that takes the test key (``security``: others)."""
     export = LocalExport(str(root), read_only=read_only)

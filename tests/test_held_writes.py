@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TwoMounts, address_of, make_client, requires_fuse
+from conftest import TwoMounts, address_of, make_client, requires_fuse, stop_process
 from pohmelfs import Client
 from pohmelfs.client.held import HeldWrites
 from pohmelfs.server.service import Server
@@ -190,7 +190,7 @@ def test_async_close_returns_before_the_server_has_the_writes_but_others_see_the
         fd = os.open(two.a / "f", os.O_RDWR)
         os.pwrite(fd, b"ab", 0)  # held
         closer = threading.Thread(target=os.close, args=(fd,))
-        os.kill(two.server.pid, signal.SIGSTOP)
+        stop_process(two.server.pid)
         try:
             closer.start()
             closer.join(5)

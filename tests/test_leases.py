@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TwoMounts, address_of, make_client, requires_fuse
+from conftest import TwoMounts, address_of, make_client, requires_fuse, stop_process
 from pohmelfs import Client
 from pohmelfs.server.service import Server
 
@@ -99,7 +99,7 @@ def test_a_mount_answers_a_stat_under_its_lease_without_the_server(two: TwoMount
     (two.a / "f").write_bytes(b"abc")
     assert os.stat(two.a / "f").st_size == 3  # looked up: leased
     result: list[int] = []
-    os.kill(two.server.pid, signal.SIGSTOP)
+    stop_process(two.server.pid)
     try:
         t = threading.Thread(target=lambda: result.append(os.stat(two.a / "f").st_size))
         t.start()

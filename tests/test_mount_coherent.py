@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_FILE, TwoMounts, make_client, requires_fuse, wait_until
+from conftest import SECRET_FILE, TwoMounts, make_client, requires_fuse, stop_process, wait_until
 
 pytestmark = requires_fuse
 
@@ -79,7 +79,7 @@ def test_frozen_mount_loses_its_lock_and_nothing_is_lost_silently(tmp_path: Path
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
         assert a_side.stdout is not None and a_side.stdin is not None
         assert a_side.stdout.readline() == "ready\n"
-        os.kill(mounts[0].pid, signal.SIGSTOP)
+        stop_process(mounts[0].pid)
         try:
             started = time.monotonic()
             proc = subprocess.run(
@@ -396,7 +396,7 @@ def test_unlink_under_an_exclusive_directory_lock_is_sent_ahead(cm: TwoMounts) -
     os.unlink(d / "f0")  # one removal alone waits for the server
     os.unlink(d / "f1")  # a run: the mount takes the directory exclusively
     os.stat(d)  # its attributes, kept under the lock: no request for the next walk
-    os.kill(cm.server.pid, signal.SIGSTOP)
+    stop_process(cm.server.pid)
     try:
         os.unlink(d / "f2")  # answered by the mount alone (else: ETIMEDOUT after 5 s)
     finally:
@@ -419,7 +419,7 @@ def test_misses_answered_from_a_directory_listing_stay_true(cm: TwoMounts) -> No
     d.mkdir()
     for i in range(4):
         (d / f"f{i}").write_bytes(b"x")  # each create misses first
-    os.kill(cm.server.pid, signal.SIGSTOP)
+    stop_process(cm.server.pid)
     try:
         assert not (d / "absent").exists()  # answered by the mount alone
     finally:

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Mounted, ServerProcess, requires_fuse
+from conftest import Mounted, ServerProcess, requires_fuse, stop_process
 from pohmelfs.fuse import device
 
 pytestmark = requires_fuse
@@ -1256,7 +1256,7 @@ def test_stopped_server_gives_errors_not_hangs(private: Mounted) -> None:
     (e / "before").write_bytes(b"1")
     (e / "during").write_bytes(b"2")
     assert (m / "before").read_bytes() == b"1"
-    os.kill(private.server.pid, signal.SIGSTOP)
+    stop_process(private.server.pid)
     try:
         what, elapsed = stat_in_child(m / "during")
         assert what in ("EIO", "ETIMEDOUT"), what
@@ -1337,7 +1337,7 @@ def test_a_stuck_daemon_is_cut_off_by_aborting_its_connection(private: Mounted) 
 
     m = private.mnt
     (m / "f").write_bytes(b"x")
-    os.kill(private.mount.pid, signal.SIGSTOP)
+    stop_process(private.mount.pid)
     try:
         abort_fuse_connection(str(m))
         what, elapsed = stat_in_child(m / "g", timeout=10)

@@ -24,6 +24,7 @@ from conftest import (
     address_of,
     make_client,
     start_server,
+    stop_process,
     tree_snapshot,
 )
 from pohmelfs.client.replicated import ReplicatedConnection
@@ -242,7 +243,7 @@ def test_a_silent_lock_server_is_taken_for_lost_and_the_next_one_answers(
         with make_client([a.address, b.address], timeout=1) as c:
             with c.open("f", "wb") as f:
                 f.write(b"on both")
-            os.kill(a.pid, signal.SIGSTOP)
+            stop_process(a.pid)
             try:
                 t = time.monotonic()
                 assert c.stat("f").st_size == 7  # a read
@@ -316,7 +317,7 @@ def test_a_blocking_lock_on_a_silent_lock_server_goes_to_the_next(tmp_path: Path
         with make_client([a.address, b.address], timeout=1) as c:
             c.lock("f")  # the file the lock requests go through is open from now on
             c.unlock("f")
-            os.kill(a.pid, signal.SIGSTOP)
+            stop_process(a.pid)
             try:
                 t = time.monotonic()
                 c.lock("f", exclusive=True, wait=True)  # no deadline of its own: PENDING's

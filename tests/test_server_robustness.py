@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_FILE, ServerProcess, address_of, make_client, wait_until
+from conftest import SECRET_FILE, ServerProcess, address_of, make_client, stop_process, wait_until
 from pohmelfs import Client, Cred
 from pohmelfs import protocol as p
 from pohmelfs.protocol import Command, Flag, Header, Message
@@ -56,22 +56,6 @@ def run_threads(fn: Callable[[int], None], n: int, timeout: float = 30.0) -> Non
     assert not alive, f"{len(alive)} of {n} threads still running after {timeout} s"
     if errors:
         raise errors[0]
-
-
-def stop_process(pid: int) -> None:
-    """SIGSTOP ``pid`` and wait until every one of its threads has stopped."""
-    os.kill(pid, signal.SIGSTOP)
-
-    def all_stopped() -> bool:
-        states = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                states.append(task.joinpath("stat").read_text().rsplit(") ", 1)[1][0])
-            except (OSError, IndexError):
-                continue
-        return bool(states) and all(st in "tT" for st in states)
-
-    wait_until(all_stopped, what=f"process {pid} to stop")
 
 
 def free_port() -> int:
