@@ -221,13 +221,17 @@ class Connection:
         length: int = 0,
         xid: int | None = None,
         resent: bool = False,
+        fids: dict[str, bytes] | None = None,
         **fields: Any,
     ) -> Transaction:
         """Send a request and return its transaction without waiting. ``behind``: our
         caller will not wait for it (a write sent behind, a close): the server applies
         every later request of this connection after it. ``xid``: the request's id
         if it has one already, ``resent``: it was sent before on a lost connection
-        of this session (``resend.py``)."""
+        of this session (``resend.py``). ``fids``: for an OPEN, the file's identity on
+        each server (a reopen): only this server's will do (none: any file)."""
+        if fids is not None:
+            fields["fid"] = fids.get(self.address, p.ANY_FILE)
         if (cmd is not Command.WRITE and self._before_request is not None
                 and threading.current_thread() is not self._receiver):  # fmt: skip
             self._before_request()  # (never on the receiver: it must not wait)
@@ -258,6 +262,10 @@ class Connection:
         except OSError as e:
             self._fail(f"send failed: {e}")
         return tx
+
+    def fids(self, oid: int) -> dict[str, bytes]:
+        """The identities on other servers of the file open as ``oid``: none (one server)."""
+        return {}
 
     def next_xid(self) -> int:
         """An id for a request of this connection's session."""

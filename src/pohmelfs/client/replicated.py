@@ -118,10 +118,10 @@ class ReplicatedConnection:
         if cmd not in REPLICATED:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
         with self._sending:
-            return self._replicated(cmd, callback, xid, oid, fids or {}, kw)
+            return self._replicated(cmd, callback, xid, oid, fids, kw)
 
     def _replicated(self, cmd: Command, callback: Callable[[Transaction], None] | None,
-                    xid: int | None, oid: int, fids: dict[str, bytes],
+                    xid: int | None, oid: int, fids: dict[str, bytes] | None,
                     kw: dict[str, Any]) -> Transaction:  # fmt: skip
         with self._lock:
             replicas = dict(self._replicas)
@@ -137,29 +137,31 @@ class ReplicatedConnection:
                 self.leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]
         if not replicas:
-            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
+            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
+                                          **kw)  # fmt: skip
         if xid is None:
             xid = self.lock_server.next_xid()
         tx = ReplicatedTransaction(xid, cmd, callback)
         if callback is None:  # (no callbacks: the caller's thread does the settling)
             tx.parts.append((self.address, self.lock_server,
-                             self.lock_server.start(cmd, xid=xid, oid=oid, **kw)))  # fmt: skip
+                             self.lock_server.start(cmd, xid=xid, oid=oid, fids=fids,
+                                                    **kw)))  # fmt: skip
             for address, conn in replicas.items():
                 try:
                     tx.parts.append((address, conn, conn.start(
-                        cmd, xid=xid, oid=handles.get(address, 0),
-                        **self._fields_for_replica(cmd, kw, fids, address))))  # fmt: skip
+                        cmd, xid=xid, oid=handles.get(address, 0), fids=fids,
+                        **self._fields_for_replica(cmd, kw))))  # fmt: skip
                 except OSError as e:
                     self.leave(address, str(e))
             return tx
         change = _Change(tx, 1 + len(replicas) + 1)  # (+1: until every part is sent)
         self.lock_server.start(cmd, callback=lambda t: self._part(change, t, ""), xid=xid,
-                               oid=oid, **kw)  # fmt: skip
+                               oid=oid, fids=fids, **kw)  # fmt: skip
         for address, conn in replicas.items():
             try:
                 conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
-                           oid=handles.get(address, 0),
-                           **self._fields_for_replica(cmd, kw, fids, address))  # fmt: skip
+                           oid=handles.get(address, 0), fids=fids,
+                           **self._fields_for_replica(cmd, kw))  # fmt: skip
             except OSError as e:
                 self.leave(address, str(e))
                 self._part(change, None, address)
@@ -167,12 +169,10 @@ class ReplicatedConnection:
         return tx
 
     @staticmethod
-    def _fields_for_replica(cmd: Command, fields: dict[str, Any], fids: dict[str, bytes],
-                            address: str) -> dict[str, Any]:  # fmt: skip
+    def _fields_for_replica(cmd: Command, fields: dict[str, Any]) -> dict[str, Any]:
         if cmd is not Command.OPEN:
             return fields
-        # No cache lock from a replica; file ids are each server's own.
-        return dict(fields, cache=p.CacheMode.RELEASE, fid=fids.get(address, p.ANY_FILE))
+        return dict(fields, cache=p.CacheMode.RELEASE)  # no cache lock from a replica
 
     def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
         """One part is done (or could not be sent: None; or, address None, all are sent)."""

@@ -17,7 +17,6 @@ from .grants import Grants
 from .held import HeldFiles
 from .paths import PathArg, encode_path
 from .registry import FileRegistry
-from .replicated import ReplicatedConnection
 from .resend import Resender
 
 
@@ -84,18 +83,14 @@ class FileServices:
         raw = encode_path(path)
 
         def send(conn: Connection, xid: int, resent: bool) -> tuple[Connection, p.Message]:
-            each = {"fids": fids} if fids and isinstance(conn, ReplicatedConnection) else {}
             return conn, conn.call(Command.OPEN, path if shown is None else shown, cred=cred,
                                    path=raw, flags=flags, mode=perm, cache=cache,
-                                   fid=(fids or {}).get(conn.address, p.ANY_FILE), **each,
-                                   xid=xid, resent=resent)  # fmt: skip
+                                   fids=fids or {}, xid=xid, resent=resent)  # fmt: skip
 
         # Only an open that may create or truncate is a change (applied once: a resend
         # opens the file it made); any other is simply sent again.
         conn, reply = self.resender.call(send, not flags & (os.O_CREAT | os.O_TRUNC))
         directory = reply["dir"] if reply["dir"].ino else None
-        fids = {conn.address: reply["fid"]}
-        if isinstance(conn, ReplicatedConnection):
-            fids.update(conn.fids(reply.oid))
+        fids = {conn.address: reply["fid"], **conn.fids(reply.oid)}
         return Opened(conn, reply.oid, reply["attr"], reply["writers"], reply["cached"],
                       directory, fids, reply["watchers"])  # fmt: skip
