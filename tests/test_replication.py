@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import (
+    CLIENT_KEY,
     TRUSTED,
     ServerProcess,
     address_of,
@@ -26,9 +27,13 @@ from conftest import (
     start_server,
     stop_process,
     tree_snapshot,
+    wait_until,
 )
+from pohmelfs import errors
+from pohmelfs.client.connection import Connection
 from pohmelfs.client.replicated import ReplicatedConnection
 from pohmelfs.client.serverset import GONE, LIVE
+from pohmelfs.protocol import Command, Cred
 from pohmelfs.server.export import LocalExport
 from pohmelfs.server.service import Server
 
@@ -173,6 +178,45 @@ def test_a_server_lost_in_the_middle_of_writing_costs_the_writer_nothing(
         assert c.connection().address == address_of(staying)
     assert len(written) == 30
     assert checksums(root_of(staying), sorted(written)) == written
+
+
+class _ClosedWithTheGroup:
+    """A replica whose connection the group's loss closed just before its part was
+    sent (the lock server had answered by then): the race of a lock server lost in
+    the middle of a change."""
+
+    address, max_payload = "127.0.0.1:1", 1 << 20
+
+    def __init__(self) -> None:
+        self.group: ReplicatedConnection | None = None
+
+    def start(self, cmd: Command, **_kw: Any) -> None:
+        assert self.group is not None
+        ls = self.group.lock_server
+        wait_until(lambda: ls.in_flight() == 0, what="the lock server's answer")
+        ls.lose("lost in the middle of the change")
+        raise errors.connection_error(self.address, "closed by client")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_change_the_group_lost_before_every_server_had_it_is_not_told_done(
+    servers: list[Server],
+) -> None:
+    """Answered by the lock server, then the group is lost before a replica got it:
+    the change must go again (to the next group), not return done on the lock
+    server's word: the replica that goes on would not have it."""
+    replica = _ClosedWithTheGroup()
+    ls = Connection(address_of(servers[0]), security=CLIENT_KEY, timeout=10, connect_timeout=5)
+    group = ReplicatedConnection(ls, [replica], lambda _a, _why: None)  # type: ignore[list-item]
+    replica.group = group
+    try:
+        with pytest.raises(ConnectionError, match="before every server answered a MKDIR"):
+            group.call(Command.MKDIR, "d", cred=Cred(0, 0, ()), path=b"d", mode=0o755)
+    finally:
+        group.close()
+    assert (root_of(servers[0]) / "d").is_dir()  # (the lock server had applied it)
 
 
 def test_a_server_missing_at_connect_is_never_taken_back_stale(servers: list[Server]) -> None:

@@ -40,14 +40,16 @@ class ReplicatedTransaction(Transaction):
     """A change sent to several servers: what its caller waits on (or whose callback
     runs) once every server's part is done. A caller that waits has ``parts`` (the
     lock server's first) and waits for each in turn; one with a callback hears of
-    the last part's end (``_Change``)."""
+    the last part's end (``_Change``). ``replicas``: the servers besides the lock
+    server it is for (whether or not their part could be sent)."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("parts", "replicas")
 
-    def __init__(self, xid: int, cmd: Command,
-                 callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
+    def __init__(self, xid: int, cmd: Command, callback: Callable[[Transaction], None] | None,
+                 replicas: frozenset[str]) -> None:  # fmt: skip
         super().__init__(xid, cmd, None, None, callback)
         self.parts: list[tuple[str, Connection, Transaction]] = []
+        self.replicas = replicas
 
 
 class _Change:
@@ -141,7 +143,7 @@ class ReplicatedConnection:
                                           **kw)  # fmt: skip
         if xid is None:
             xid = self.lock_server.next_xid()
-        tx = ReplicatedTransaction(xid, cmd, callback)
+        tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas))
         if callback is None:  # (no callbacks: the caller's thread does the settling)
             tx.parts.append((self.address, self.lock_server,
                              self.lock_server.start(cmd, xid=xid, oid=oid, fids=fids,
@@ -190,15 +192,25 @@ class ReplicatedConnection:
         """Every part is done: the replicas that differ leave; the caller is told."""
         first, tx = change.first, change.tx
         assert first is not None
-        self._compare(tx.cmd, first, change.others)
+        unknown = self._compare(tx, first, change.others)
         tx.reply, tx.error, tx.frames = first.reply, first.error, first.frames
+        if unknown is not None and tx.error is None:
+            tx.reply, tx.error = None, unknown
         tx.complete()
 
-    def _compare(self, cmd: Command, first: Transaction,
-                 others: dict[str, Transaction]) -> None:  # fmt: skip
+    def _compare(self, tx: ReplicatedTransaction, first: Transaction,
+                 others: dict[str, Transaction]) -> OSError | None:  # fmt: skip
         """The replicas whose part failed or answered otherwise leave; an OPEN's handles
-        are followed."""
+        are followed. Returns the error the change ends with when the group itself was
+        lost before every replica answered: one that is still a good server may not
+        have it (the group's loss closed its connection, maybe before its part was
+        sent), so the change goes again to the next group (``resend.py``) instead of
+        being told done on the lock server's word alone."""
+        cmd = tx.cmd
         answer = first.reply if first.error is None else None
+        if self.closed and any(a not in others or others[a].reply is None for a in tx.replicas):
+            return errors.connection_error(self.address, f"lost before every server "
+                                           f"answered a {cmd.name}")  # fmt: skip
         for address, part in others.items():
             if part.error is not None:
                 self.leave(address, f"{cmd.name} failed: {part.error}")
@@ -214,6 +226,7 @@ class ReplicatedConnection:
                 opened = {a: r for a, r in opened.items() if a in self._replicas}
                 self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
+        return None
 
     def fids(self, oid: int) -> dict[str, bytes]:
         """The identities on the replicas of the file open as the lock server's ``oid``."""
@@ -252,9 +265,11 @@ class ReplicatedConnection:
                 conn.wait(part)
             except OSError:
                 pass  # (looked at below: its error, or no reply at all)
-        self._compare(tx.cmd, first, {a: t for a, _, t in others})
+        unknown = self._compare(tx, first, {a: t for a, _, t in others})
         if failure is not None:
             raise failure
+        if unknown is not None:
+            raise unknown
         return reply
 
     def _heard(self, tx: Transaction, wait: Callable[[], Message]) -> Message:
