@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ TRUSTED = ServerSecurity.from_options(
 )
 CLIENT_KEY = ClientSecurity.from_options(secret_file=SECRET_FILE)  # for raw Connections
 SERVE_KEY = ("--secret-file", SECRET_FILE, "--squash", "no_root_squash", "--allow-setuid")
+# Versions files of the servers the tests start (never /var/lib/pohmelfs).
+os.environ.setdefault("POHMELFS_STATE_DIR", os.path.join(_KEYS, "state"))
 
 
 @pytest.fixture
@@ -89,6 +91,19 @@ def stopping(srv: Server) -> Iterator[Server]:
     finally:
         srv.stop()
         srv.export.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[list[Server]]:
+    """Two in-process servers, each on its own export (``export0``, ``export1``)."""
+    with ExitStack() as stack:
+        started = []
+        for n in range(2):
+            d = tmp_path / f"export{n}"
+            d.mkdir()
+            os.chmod(d, 0o777)
+            started.append(stack.enter_context(stopping(start_server(d))))
+        yield started
 
 
 def make_client(*args: Any, **kw: Any) -> Client:

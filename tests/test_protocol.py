@@ -172,6 +172,9 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         c.REVOKE: ({}, {}),
         c.RESIZE: ({}, {}),  # likewise only ever an answer
         c.LEASE: ({}, path),
+        c.VERSION: ({}, path),
+        # a resync's: the version of the copy, if the object is still as it was read
+        c.SETVERSION: ({}, {**path, "expect": (1 << 62) - 1, "version": 1 << 61}),
     }
 
 
@@ -225,6 +228,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.GETLK: ({"offset": 100, "length": 0}, {"type": 1, "pid": 4242}),
             c.CACHE: ({}, {"attr": ATTR_FILE, "writers": 0, "watchers": 3}),
             c.LEASE: ({"oid": 78}, {"attr": ATTR_FILE, "cached": 0}),
+            c.VERSION: ({}, {"version": (1 << 62) - 1, "busy": 2}),
         }
     )
     return out
@@ -796,7 +800,7 @@ def test_resent_marks_a_request_only() -> None:
     expect_error(raw_header(Command.REVOKE, flags=p.FLAG_RESENT | p.FLAG_NOTIFY))
 
 
-@pytest.mark.parametrize("flags", [0x8, 0x40, 0x8000, 0xFFFF, 0xD, 0xA, 0x11])
+@pytest.mark.parametrize("flags", [0x8, 0x80, 0x8000, 0xFFFF, 0xD, 0xA, 0x11])
 def test_unknown_flags_sets_skip(flags: int) -> None:
     e = expect_error(raw_frame(Command.LOOKUP, b"\0" * 12, flags=flags, xid=3))
     assert e.skip == (Command.LOOKUP, 3, 12)

@@ -29,6 +29,7 @@ LOCAL = (
     "inotify.py",
     "watchthread.py",
     "linux.py",
+    "versionfile.py",  # the server's own state, outside the export
 )
 
 

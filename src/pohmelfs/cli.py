@@ -11,7 +11,9 @@ import shutil
 import signal
 import stat
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 
@@ -44,6 +46,7 @@ def _server_security(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _serve(args: argparse.Namespace) -> int:
     from .server.export import LocalExport
     from .server.service import Limits, Server
+    from .server.versionfile import default_state_dir, open_versions
 
     root = os.path.abspath(args.dir)
     if not os.path.isdir(root):
@@ -66,13 +69,24 @@ def _serve(args: argparse.Namespace) -> int:
         watch="off" if args.no_watch else args.watch,
     )
     report = _daemonize(args) if args.daemon else None
+    # Block the stop signals in every thread (threads inherit the mask; the first
+    # starts with the versions) and take them synchronously below, so one reaching
+    # another thread cannot leave the main thread asleep.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
+        try:
+            versions = open_versions(args.state_dir or default_state_dir(), root)
+        except OSError as e:
+            raise UserError(e.strerror or str(e)) from None
         export = LocalExport(root, read_only=args.read_only, devices=args.allow_devices)
         try:
             server = Server(export, host, port, max_payload=args.max_payload << 20,
                             workers=args.workers, lease=args.lease, security=security,
-                            limits=limits, allow_setuid=args.allow_setuid)  # fmt: skip
+                            limits=limits, allow_setuid=args.allow_setuid,
+                            versions=versions)  # fmt: skip
         except OSError as e:
+            versions.close()
             why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise UserError(f"cannot listen on {host}:{port}: {why}") from None
     except (UserError, OSError) as e:
@@ -81,11 +95,6 @@ def _serve(args: argparse.Namespace) -> int:
         os.write(report, f"error {e}".encode())
         _remove_pid_file(args)
         os._exit(2)
-    # Block the stop signals in every thread (threads inherit the mask) and
-    # take them synchronously here, so one reaching a worker thread cannot
-    # leave the main thread asleep.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server.start()
     how = ("no authentication, every client squashed" if args.insecure
            else f"{len(security.keys)} client key(s)")  # fmt: skip
@@ -184,11 +193,44 @@ def _umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _client(args: argparse.Namespace, server: str | None = None,  # type: ignore[no-untyped-def]
+            **kw: Any):  # fmt: skip
     from .client.client import Client
 
-    return Client(args.server, timeout=args.timeout, secret_file=args.secret_file, key=args.key,
-                  tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)  # fmt: skip
+    return Client(server or args.server, timeout=args.timeout, secret_file=args.secret_file,
+                  key=args.key, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+                  **kw)  # fmt: skip
+
+
+def _resync(args: argparse.Namespace) -> int:
+    from .client.resync import Progress, Resync, count_objects
+
+    if args.passes < 1:
+        raise UserError("--passes must be at least 1")
+    with _client(args) as source, _client(args, args.target, unversioned=True) as target:
+        bar = sys.stderr.isatty()
+        total = count_objects(source) if bar else 0
+        shown = [0.0]
+
+        def progress(s: Progress) -> None:
+            now = time.monotonic()
+            if bar and now - shown[0] >= 0.1:
+                shown[0] = now
+                done = min(s.seen, total) * 30 // max(total, 1)
+                print(f"\rpass {s.passes} [{'#' * done}{'.' * (30 - done)}] {s.seen}/{total} "
+                      f"objects, {s.copied} copied, {s.bytes >> 20} MiB ", end="",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+        result = Resync(source, target, max_passes=args.passes, progress=progress).run()
+    if bar:
+        print(file=sys.stderr)
+    took = time.monotonic() - result.started
+    if not result.clean:
+        raise UserError(f"{args.target} is not yet the same as {args.server}: objects "
+                        f"still changed in pass {result.passes} (run it again)")  # fmt: skip
+    print(f"pohmelfs: {args.target} is the same as {args.server} ({result.passes} passes, "
+          f"{result.seen} objects, {result.bytes >> 20} MiB copied, {took:.1f} s)")  # fmt: skip
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -362,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the same as --watch off",
     )
     serve.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the server keeps the versions of the export's objects, which tell a "
+        "server that missed changes (outside the export; default: $POHMELFS_STATE_DIR, "
+        "else /var/lib/pohmelfs as root, else ~/.local/state/pohmelfs)",
+    )
+    serve.add_argument(
         "--daemon",
         action="store_true",
         help="run in the background; returns once the server listens",
@@ -384,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--tls-key", metavar="FILE", help="mutual TLS: its private key")
         cmd.add_argument("--tls-ca", metavar="FILE", help="mutual TLS: the server's CA")
         return cmd
+
+    resync = client_cmd("resync", "make a server that missed changes (TARGET) the same as a "
+                        "current one (SERVER), while clients go on working")  # fmt: skip
+    resync.add_argument("target", metavar="TARGET", help="HOST:PORT of the server to mend")
+    resync.add_argument("--passes", type=int, default=10,
+                        help="at most this many passes over the tree (default: 10)")  # fmt: skip
+    resync.set_defaults(func=_resync)
 
     mount = sub.add_parser(
         "mount",

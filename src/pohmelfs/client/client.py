@@ -23,7 +23,7 @@ from .connector import ConnectionTerms, Connector
 from .file import RemoteFile
 from .grants import Grants, Revocable
 from .held import HeldFiles
-from .oslike import ScanEntry, float_to_ns, mode_flags, process_umask, stat_result
+from .oslike import ScanEntry, mode_flags, process_umask, stat_result, statvfs_result, utime_args
 from .paths import PathArg, encode_path, normal_path
 from .registry import FileRegistry
 from .replicated import ReplicatedConnection
@@ -55,9 +55,8 @@ class Client:
 
     ``servers`` is a list of ``"host:port[/prio=N]"`` (or one comma-separated
     string; the syntax: ``serverset.py``). Requests go to the server of the
-    highest priority that answers (the given order among equals) and move to the
-    next one when it cannot be reached; replication to several at once is still
-    to come, so every server must be read-write. Every call is thread-safe; many threads share one
+    highest priority that answers; every change goes to all of them
+    (``replicated.py``). Every call is thread-safe; many threads share one
     connection with their requests in flight at once. A call that gets no
     answer within ``timeout`` seconds raises ``TimeoutError`` (ETIMEDOUT); a
     lost connection is re-established by the next call. ``write_behind_limit``
@@ -75,6 +74,8 @@ class Client:
     failed"; a client with a key never falls back to an unauthenticated server.
     ``tls_cert``, ``tls_key`` and ``tls_ca`` instead: mutual TLS 1.3 (the server's
     certificate must name the address's host, or ``tls_server_name``).
+    ``unversioned``: changes leave the versions of objects alone (root only: a
+    resync's, which sets them with ``set_version``).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class Client:
         tls_key: str | None = None,
         tls_ca: str | None = None,
         tls_server_name: str | None = None,
+        unversioned: bool = False,
     ) -> None:
         self.security = ClientSecurity.from_options(
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
@@ -125,6 +127,7 @@ class Client:
                 self.session,
                 self.resender.xids,
                 self.held.push_all,
+                unversioned,
             ),
             self._notified,
             self._disconnected,
@@ -307,6 +310,16 @@ class Client:
         longest latency, connections made)."""
         return self.connector.report(self._conn)
 
+    def version(self, path: PathArg) -> tuple[int, int]:
+        """The version of the object at ``path`` on the server (``server/versions.py``)
+        and how many changes of it are under way there."""
+        got = self._path_call(Command.VERSION, path)
+        return got["version"], got["busy"]
+
+    def set_version(self, path: PathArg, expect: int, version: int) -> None:
+        """Set the object's version if it is still ``expect`` (else ESTALE; root only)."""
+        self._path_call(Command.SETVERSION, path, expect=expect, version=version)
+
     def server_info(self) -> dict[str, Any]:
         """What the server announced at connect: capabilities and space."""
         conn = self.connection()
@@ -358,21 +371,7 @@ class Client:
 
     def statvfs(self, path: PathArg = "/") -> os.statvfs_result:
         s = self._as_me.statfs(path)
-        flag = os.ST_RDONLY if self.connection().caps & p.Cap.READ_ONLY else 0
-        return os.statvfs_result(
-            (
-                s.bsize,
-                s.frsize,
-                s.blocks,
-                s.bfree,
-                s.bavail,
-                s.files,
-                s.ffree,
-                s.ffree,
-                flag,
-                s.namemax,
-            )
-        )
+        return statvfs_result(s, bool(self.connection().caps & p.Cap.READ_ONLY))
 
     def chmod(self, path: PathArg, mode: int) -> None:
         self._as_me.object(path).chmod(mode)
@@ -390,15 +389,7 @@ class Client:
         ns: tuple[int, int] | None = None,
     ) -> None:
         """Set access and modification times, as ``os.utime`` (never follows symlinks)."""
-        if times is not None and ns is not None:
-            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
-        which = 0
-        if ns is None and times is None:
-            which, ns = p.UTIME_ATIME_NOW | p.UTIME_MTIME_NOW, (0, 0)
-        elif ns is None:
-            assert times is not None
-            ns = (float_to_ns(times[0]), float_to_ns(times[1]))
-        self._as_me.object(path).utimes(ns[0], ns[1], which)
+        self._as_me.object(path).utimes(*utime_args(times, ns))
 
     def truncate(self, path: PathArg, length: int) -> None:
         if length < 0:

@@ -100,9 +100,11 @@ class Connection:
         session: bytes | None = None,
         xids: Iterator[int] | None = None,
         stats: ServerStats | None = None,
+        unversioned: bool = False,
     ) -> None:
         """``session``: the client session this connection carries on (its own if
-        None); ``xids``: the session's request ids, shared by its connections."""
+        None); ``xids``: the session's request ids, shared by its connections;
+        ``unversioned``: its changes leave versions alone (``Flag.UNVERSIONED``)."""
         self.address = address
         self.timeout = timeout
         self.stats = stats if stats is not None else ServerStats()
@@ -131,7 +133,7 @@ class Connection:
         self.writer = FrameWriter(sock)
         self._last_send = time.monotonic()
         self._lock = threading.Lock()  # around the exchange
-        self._exchange = ClientExchange[Transaction](max_payload, xids)
+        self._exchange = ClientExchange[Transaction](max_payload, xids, unversioned)
         self.session = session if session is not None else os.urandom(p.SESSION_SIZE)
         self.resumed = False  # the server knew the session (and kept its replies)
         self._on_notify = on_notify

@@ -31,6 +31,7 @@ class ConnectionTerms:
     session: bytes
     xids: Iterator[int]  # the session's request ids, shared by its connections
     before_request: Callable[[], None]  # run before any request but a WRITE
+    unversioned: bool = False  # changes leave versions alone (a resync's target)
 
 
 class Connector:
@@ -94,7 +95,7 @@ class Connector:
                           before_request=None if group is None else t.before_request,
                           security=t.security,
                           session=t.session, xids=t.xids,
-                          stats=self.stats[address])  # fmt: skip
+                          stats=self.stats[address], unversioned=t.unversioned)  # fmt: skip
 
     def group_lost(self, group: Connection) -> None:
         """The lock server of ``group`` was lost: it leaves the set if another server

@@ -8,6 +8,7 @@ import os
 import stat as stat_mod
 from collections.abc import Callable
 
+from .. import protocol as p
 from ..protocol import Attr
 
 
@@ -16,6 +17,24 @@ def float_to_ns(t: float) -> int:
     frac, whole = math.modf(t)
     ns = math.floor(frac * 1e9)
     return int(whole) * 1_000_000_000 + ns
+
+
+def utime_args(times: tuple[float, float] | None,
+               ns: tuple[int, int] | None) -> tuple[int, int, int]:  # fmt: skip
+    """``os.utime``'s arguments as UTIMES' atime, mtime (ns) and which (``p.UTIME_*``)."""
+    if times is not None and ns is not None:
+        raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+    if ns is not None:
+        return ns[0], ns[1], 0
+    if times is None:
+        return 0, 0, p.UTIME_ATIME_NOW | p.UTIME_MTIME_NOW
+    return float_to_ns(times[0]), float_to_ns(times[1]), 0
+
+
+def statvfs_result(s: p.StatFs, read_only: bool) -> os.statvfs_result:
+    flag = os.ST_RDONLY if read_only else 0
+    return os.statvfs_result((s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files,
+                              s.ffree, s.ffree, flag, s.namemax))  # fmt: skip
 
 
 def process_umask() -> int:

@@ -33,7 +33,8 @@ from .connection import Connection, Transaction
 log = logging.getLogger("pohmelfs.client")
 
 # Sent to every server: what changes the export, and what a replica's handles follow.
-REPLICATED = p.CHANGES | {Command.OPEN, Command.CLOSE, Command.FSYNC}
+# (SETVERSION is a resync's, of one server.)
+REPLICATED = (p.CHANGES - {Command.SETVERSION}) | {Command.OPEN, Command.CLOSE, Command.FSYNC}
 
 
 class ReplicatedTransaction(Transaction):

@@ -21,14 +21,18 @@ class Flag(enum.IntFlag):
     # On a request: sent before, on a connection of this client session that was lost
     # before its answer came; a server that applied it then answers as it did then.
     RESENT = 0x20
+    # On a change: it leaves the versions of what it changes alone (a resync's copy,
+    # which sets the copied object's version itself, with SETVERSION).
+    UNVERSIONED = 0x40
 
 
 KNOWN_FLAGS = int(Flag.REPLY | Flag.NOTIFY | Flag.MORE | Flag.PENDING | Flag.BEHIND
-                  | Flag.RESENT)  # fmt: skip
+                  | Flag.RESENT | Flag.UNVERSIONED)  # fmt: skip
 # Plain ints for the hot paths: IntFlag arithmetic builds enum objects.
 FLAG_REPLY, FLAG_NOTIFY, FLAG_MORE = int(Flag.REPLY), int(Flag.NOTIFY), int(Flag.MORE)
 FLAG_PENDING, FLAG_BEHIND, FLAG_RESENT = int(Flag.PENDING), int(Flag.BEHIND), int(Flag.RESENT)
-REQUEST_FLAGS = FLAG_BEHIND | FLAG_RESENT  # the flags a request may carry
+FLAG_UNVERSIONED = int(Flag.UNVERSIONED)
+REQUEST_FLAGS = FLAG_BEHIND | FLAG_RESENT | FLAG_UNVERSIONED  # the flags a request may carry
 
 
 class Cap(enum.IntFlag):
@@ -95,6 +99,8 @@ class Command(enum.IntEnum):
     LEASE = 36
     RESIZE = 37
     AUTH = 38
+    VERSION = 39
+    SETVERSION = 40
 
 
 # The commands that change the export (besides OPEN with O_CREAT or O_TRUNC): what a
@@ -103,7 +109,7 @@ CHANGES = frozenset({
     Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,
     Command.MAKEDIRS, Command.RMDIR, Command.RMTREE, Command.UNLINK, Command.RENAME,
     Command.LINK, Command.SYMLINK, Command.MKNOD, Command.CHMOD, Command.CHOWN,
-    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR,
+    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR, Command.SETVERSION,
 })  # fmt: skip
 
 # HELLO's and AUTH's ``auth``: how the client proves its key.
@@ -213,6 +219,11 @@ REQUESTS: dict[Command, Schema] = {
     # file, with no handle (a lease): the reply's oid names it (0: none), for REVOKE
     # and for CLOSE, which gives it back.
     _C.LEASE: (("cred", "cred"), ("path", "path")),
+    # The version of the object at ``path`` on this server (``server/versions.py``).
+    _C.VERSION: (("cred", "cred"), ("path", "path")),
+    # Set it to ``version`` if it is still ``expect`` and no change of it is under
+    # way; otherwise ESTALE (a resync's copy is then done again).
+    _C.SETVERSION: (("cred", "cred"), ("path", "path"), ("expect", "u64"), ("version", "u64")),
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
@@ -265,6 +276,9 @@ REPLIES.update(
         _C.LEASE: (("attr", "attr"), ("cached", "u32")),  # cached: 0 leased, 2 not
         _C.GETLK: (("type", "u32"), ("pid", "u32")),  # a conflicting lock: offset, length
         _C.LISTXATTR: (("names", "names"),),
+        # busy: changes of the object under way (applied, or being applied, and not yet
+        # counted in ``version``)
+        _C.VERSION: (("version", "u64"), ("busy", "u32")),
     }
 )
 # An error reply (status != 0) carries a human-readable message as its data.
@@ -306,7 +320,7 @@ def _flag_problem(flags: int, status: int) -> str | None:
     if flags & FLAG_PENDING and (flags & ~FLAG_PENDING != FLAG_REPLY or status):
         return "PENDING only on a plain reply with no status"
     if flags & REQUEST_FLAGS and flags & (FLAG_REPLY | FLAG_NOTIFY):
-        return "BEHIND and RESENT only on a request"
+        return "BEHIND, RESENT and UNVERSIONED only on a request"
     if status and not flags & FLAG_REPLY:
         return "status set on a frame that is not a reply"
     return None

@@ -25,6 +25,7 @@ from .commands import (
     FLAG_PENDING,
     FLAG_REPLY,
     FLAG_RESENT,
+    FLAG_UNVERSIONED,
     NOTIFICATIONS,
     REQUEST_FLAGS,
     Command,
@@ -139,10 +140,13 @@ class ClientExchange(Generic[T]):
     """The client's end: ids for its requests, and what each frame from the server
     means. ``T``: the caller's record of a request (kept, handed back with its
     reply). ``xids``: where request ids come from; a client session's connections
-    share one source, so that an id names one request of the session."""
+    share one source, so that an id names one request of the session.
+    ``unversioned``: every request carries ``Flag.UNVERSIONED`` (a resync's copy)."""
 
-    def __init__(self, max_payload: int, xids: Iterator[int] | None = None) -> None:
+    def __init__(self, max_payload: int, xids: Iterator[int] | None = None,
+                 unversioned: bool = False) -> None:  # fmt: skip
         self.max_payload = max_payload  # the server's, once the handshake told it
+        self._flags = FLAG_UNVERSIONED if unversioned else 0
         self._xids = xids if xids is not None else itertools.count(1)
         self._in_flight: dict[int, _InFlight[T]] = {}
 
@@ -157,7 +161,7 @@ class ClientExchange(Generic[T]):
         """Request ``xid``'s buffers (``resent``: see ``Flag.RESENT``). ProtocolError
         if a field is out of range; ValueError if it is larger than the server takes
         (it would drop us)."""
-        flags = (FLAG_BEHIND if behind else 0) | (FLAG_RESENT if resent else 0)
+        flags = (FLAG_BEHIND if behind else 0) | (FLAG_RESENT if resent else 0) | self._flags
         if cmd is Command.READ:  # the hot path: a bare header, no payload to encode
             return [read_request(xid, oid, offset, length, flags)]
         msg = Message(cmd, xid, flags, 0, oid, offset, length, fields)

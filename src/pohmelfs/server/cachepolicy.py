@@ -27,6 +27,7 @@ from .shared import Shared
 from .sizes import EMPTY
 from .stamps import Touch, at_path, not_at_hand, of_file, stat_at
 from .storage import FileKey, attr_of
+from .versions import change_id
 from .waits import Waits, Work
 
 # Name changes that move the ctime of the object named (its link count changes).
@@ -38,12 +39,19 @@ NAME_READERS = frozenset({
     Command.TRUNCATE, Command.LINK, Command.CHMOD, Command.CHOWN, Command.UTIMES,
     Command.GETXATTR, Command.SETXATTR, Command.LISTXATTR, Command.REMOVEXATTR,
 })  # fmt: skip
+# Changes that make the object their reply's ``attr`` names (an OPEN: when it went
+# through ``naming``, that is, may have created).
+CREATES = frozenset({Command.MKDIR, Command.MAKEDIRS, Command.SYMLINK, Command.MKNOD})
 
 
 class CachePolicy:
+    """``session``: the client session whose requests these are (the ids of its
+    changes count in the versions of what they change: ``versions.py``)."""
+
     def __init__(self, sid: int, shared: Shared, handles: HandleTable, notifier: Notifier,
-                 waits: Waits) -> None:  # fmt: skip
+                 waits: Waits, session: bytes = b"") -> None:  # fmt: skip
         self.sid = sid
+        self._session = session
         self._shared = shared
         self._cache = shared.cache
         self._handles = handles
@@ -173,6 +181,7 @@ class CachePolicy:
         wait for it (BEHIND), in this session's queue, which every later request of
         the connection then joins, in order."""
         cache, waits = self._cache, self._waits
+        run = self._versioned(m, h, keys, touches, run)
         run = self._stamped(h, keys, touches, run)
         # A change that other clients must hear of (RESIZE) waits for their answers:
         # never on the reader, which must go on taking them.
@@ -204,6 +213,32 @@ class CachePolicy:
         else:
             waits.answer_later(m, held, wait_and_run)
         return None
+
+    def _versioned(self, m: Message, h: Handle | None, keys: Sequence[FileKey],
+                   touches: Sequence[Touch] | None, run: Work) -> Work:  # fmt: skip
+        """``run`` as a change that counts in the versions of what it changes (unless
+        its client asked it not to): busy while it runs, counted once it applied."""
+        if m.flags & p.FLAG_UNVERSIONED:
+            return run
+        versions = self._shared.versions
+        changed = [*keys, *(t.key for t in touches or ())]
+        creates = m.cmd in CREATES or (m.cmd is Command.OPEN and h is None)
+        dev = keys[0][0] if keys else None
+
+        def counted() -> Message | None:
+            busy = versions.begin(changed)
+            applied = created = None
+            try:
+                out = run()
+                if out is not None and not out.status:
+                    applied = change_id(self._session, m.xid)
+                    if creates and dev is not None:
+                        created = dev, out["attr"].ino
+                return out
+            finally:
+                versions.end(busy, applied, created)
+
+        return counted
 
     def _stamped(self, h: Handle | None, keys: Sequence[FileKey],
                  touches: Sequence[Touch] | None, run: Work) -> Work:  # fmt: skip

@@ -57,7 +57,8 @@ class Dispatch:
         self.notifier = Notifier(self.send, self.handles.key_of)
         self.waits = Waits(sid, peer, shared, self.handles, writer, admitted.keepalive,
                            replies)  # fmt: skip
-        self.policy = CachePolicy(sid, shared, self.handles, self.notifier, self.waits)
+        self.policy = CachePolicy(sid, shared, self.handles, self.notifier, self.waits,
+                                  replies.session)  # fmt: skip
         guard = RequestGuard(admitted.policy, shared.allow_setuid)
         self.guard = guard
         self.requests = Requests(Context(sid, peer, shared, self.handles, self.waits, self.policy,

@@ -9,7 +9,8 @@ and ``trusted.`` namespaces (file capabilities, LSM labels) are refused
 unless the request acts as an unsquashed root, and the setuid and setgid bits
 of files are dropped from every mode a client sets, unless the server runs
 with ``allow_setuid``: a client must not be able to make a program that runs
-with more rights on the server host than its user has there.
+with more rights on the server host than its user has there. Versions
+(SETVERSION, changes marked UNVERSIONED) are for an unsquashed root too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import errno
 import os
 import stat
 
-from ..protocol import CHANGES, Command, Message
+from ..protocol import CHANGES, FLAG_UNVERSIONED, Command, Message
 from ..security.policy import ClientPolicy
 from .storage import opens_for_writing
 
@@ -49,11 +50,16 @@ class RequestGuard:
             cmd in CHANGES or (cmd is Command.OPEN and opens_for_writing(fields["flags"]))
         ):
             raise _refused(errno.EROFS, "this client's key is read-only")
+        root = self.policy.trusts_root and cred is not None and cred.uid == 0
+        if (cmd is Command.SETVERSION or m.flags & FLAG_UNVERSIONED) and not (
+            self.policy.trusts_root and (cred is None or cred.uid == 0)
+        ):  # (by handle: a key that trusts root may claim it anyway)
+            # A change that leaves versions alone, or a version set, could make a
+            # stale server look current: a resync's, which copies owners anyway.
+            raise _refused(errno.EPERM, "versions are set by the server's root only")
         if cmd in (Command.SETXATTR, Command.REMOVEXATTR):
             name = bytes(fields["name"])
-            if name.startswith(PRIVILEGED_XATTRS) and not (
-                self.policy.trusts_root and cred is not None and cred.uid == 0
-            ):
+            if name.startswith(PRIVILEGED_XATTRS) and not root:
                 raise _refused(errno.EPERM, f"{name.decode(errors='replace')} is for the "
                                "server's root only")  # fmt: skip
         if self.allow_setuid:

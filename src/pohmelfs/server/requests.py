@@ -49,6 +49,8 @@ class Requests:
             Command.GETLK: locks.getlk,
             Command.CACHE: locks.cache,
             Command.TRUNCATE: files.truncate,
+            Command.VERSION: self._version,
+            Command.SETVERSION: self._set_version,
             # Names created or removed (see CachePolicy.naming); the replies carry
             # the changed directories as they are after (``dir``, ``new_dir``).
             Command.MKDIR: lambda m: naming(
@@ -123,6 +125,17 @@ class Requests:
         if handler is None:  # HELLO after the handshake, REVOKE sent as a request
             raise OSError(errno.EPROTO, f"{msg.cmd.name} is not a request here")
         return handler(msg)
+
+    def _version(self, m: Message) -> Message:
+        st = self.export.stat(m["path"])
+        version, busy = self.ctx.shared.versions.get((st.st_dev, st.st_ino))
+        return p.reply(m, version=version, busy=busy)
+
+    def _set_version(self, m: Message) -> Message:
+        st = self.export.stat(m["path"])
+        if not self.ctx.shared.versions.set_if((st.st_dev, st.st_ino), m["expect"], m["version"]):
+            raise OSError(errno.ESTALE, "the object changed since its version was read")
+        return p.reply(m)
 
     def _rmtree(self, m: Message) -> Message:
         self.ctx.shared.stamps.tree_removed(self.export.rmtree(m["path"]))

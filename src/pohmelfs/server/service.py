@@ -34,6 +34,7 @@ from .shared import Budget, Shared
 from .sizes import SizeWatchers
 from .stamps import Stamps
 from .storage import Storage, Watched
+from .versions import Versions
 
 log = logging.getLogger("pohmelfs.server")
 
@@ -72,7 +73,9 @@ class Server:
         security: ServerSecurity,
         limits: Limits | None = None,
         allow_setuid: bool = False,
+        versions: Versions | None = None,
     ) -> None:
+        """``versions``: where the versions of objects are kept (none: in memory)."""
         security.check_listen(host)
         linux.raise_descriptor_limit()
         self.export = export
@@ -103,6 +106,7 @@ class Server:
                 initializer=linux.private_umask_zero,
             ),
             replies=ReplyCache(),
+            versions=versions if versions is not None else Versions(),
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting
@@ -243,5 +247,6 @@ class Server:
         self.shared.pool.shutdown(wait=True)
         self.cache.close()
         self.shared.keepalive.close()
+        self.shared.versions.close()
         self._accept_thread.join(timeout)
         log.info("stopped")

@@ -17,6 +17,7 @@ from .replycache import ReplyCache
 from .sizes import SizeWatchers
 from .stamps import Stamps
 from .storage import Storage
+from .versions import Versions
 
 
 class Budget:
@@ -53,4 +54,5 @@ class Shared:
     waiting: Budget  # requests waiting for other clients, on the whole server
     pool: ThreadPoolExecutor  # slow requests (fsync, listings, tree removal)
     replies: ReplyCache  # client sessions' recent replies, for resent changes
+    versions: Versions  # of the objects changed: which server missed a change
     allow_setuid: bool

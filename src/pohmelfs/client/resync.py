@@ -1,0 +1,276 @@
+"""Resync: make a server that missed changes (the target) the same as a current one
+(the source), object by object, while clients go on changing the source.
+
+Both are single-server clients; the target's is made ``unversioned`` (its copies
+leave versions alone) and as a root the target's key trusts. Each pass walks
+the source's tree. An object whose versions differ (``server/versions.py``; a
+missing one differs) is copied whole: content, type, mode, owner, times,
+extended attributes, symlink target, hard links (by the source's inode). Names
+the target has and the source has not are removed. Then the source's version is
+read again: if it moved, or a change of the object was under way, the object
+goes again in the next pass; else the target's version is set to it with
+SETVERSION, refused (the next pass again) if the target's changed since the
+copy began. Passes go on until one finds nothing to do, at most ``max_passes``.
+
+Why a change racing the copy is neither lost nor undone: it is counted on the
+source (and, when the target is in the clients' write set, on the target)
+only once applied. Applied on the source before the version is read again, it
+is seen there; after, the target's version either missed it (then it differs
+from the source's, and the next pass copies again) or counts it, and then the
+target applied it after the copy as the source did.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol import Attr, DirEntry
+from .client import Client
+
+CHUNK = 1 << 20
+NOT_ON_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)  # xattrs of symlinks
+
+
+@dataclass
+class Progress:
+    """Where a resync is: reported after each object."""
+
+    passes: int = 0  # the pass under way (1 is the first)
+    seen: int = 0  # objects looked at in this pass
+    copied: int = 0  # objects copied in this pass
+    removed: int = 0  # names removed from the target in this pass
+    again: int = 0  # objects that changed under the copy: the next pass takes them
+    bytes: int = 0  # file content copied, in all passes
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def clean(self) -> bool:
+        """This pass found the target the same as the source everywhere."""
+        return not (self.copied or self.removed or self.again)
+
+
+class Resync:
+    """Resync ``target`` from ``source`` (``progress``: told after each object)."""
+
+    def __init__(self, source: Client, target: Client, *, max_passes: int = 10,
+                 progress: Callable[[Progress], None] | None = None) -> None:  # fmt: skip
+        if max_passes < 1:
+            raise ValueError("max_passes must be at least 1")
+        self.source, self.target = source, target
+        self.max_passes = max_passes
+        self._progress = progress or (lambda _: None)
+        self.state = Progress()
+        self._links: dict[int, bytes] = {}  # source inode -> its first path this pass
+
+    def run(self) -> Progress:
+        """Passes until one is clean; the last pass's figures (``clean``: done)."""
+        for n in range(1, self.max_passes + 1):
+            s = self.state
+            self.state = Progress(passes=n, bytes=s.bytes, started=s.started)
+            self._links.clear()
+            self._directory(b"", self.source.stat(b"").st_mode)
+            if self.state.clean:
+                break
+        return self.state
+
+    # --- one directory, one object ---------------------------------------------------
+
+    def _directory(self, path: bytes, mode: int) -> None:
+        """The directory at ``path``: made on the target, its names, then itself."""
+        t = self.target
+        begun = self._begin(path, mode)
+        if begun is None:
+            return
+        version, expect, same = begun
+        # The target's names first: one made on both after this listing is no extra.
+        try:
+            theirs = {e.name: e.attr for e in t.readdir(path)}
+        except FileNotFoundError:
+            theirs = {}
+        try:
+            ours = self.source.readdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self.state.again += 1  # (removed or replaced meanwhile: the next pass)
+            return
+        names = {e.name for e in ours}
+        renamed = bool(theirs.keys() ^ names)  # (the target's times move with its names)
+        for name, attr in theirs.items():
+            if name not in names:
+                self._remove(_join(path, name), attr.mode)
+        for e in ours:
+            child = _join(path, e.name)
+            if stat.S_ISDIR(e.attr.mode):
+                self._directory(child, e.attr.mode)
+            else:
+                there = theirs.get(e.name)
+                self._gone_meanwhile(lambda c=child, e=e, t=there: self._other(c, e, t))
+        if not same or renamed:
+            self._gone_meanwhile(lambda: self._copy_attributes(path, self.source.stat(path)))
+        self._end(path, version, expect, same)
+
+    def _gone_meanwhile(self, copy: Callable[..., None]) -> None:
+        """``copy()``, which finds an object removed or renamed under it (on the source,
+        or on the target by a client): the next pass takes what is there then."""
+        try:
+            copy()
+        except (FileNotFoundError, NotADirectoryError):
+            self.state.again += 1
+
+    def _other(self, path: bytes, e: DirEntry, theirs: Attr | None) -> None:
+        begun = self._begin(path, e.attr.mode, theirs)
+        if begun is None:
+            return
+        version, expect, same = begun
+        first = self._links.get(e.attr.ino) if e.attr.nlink > 1 else None
+        if first is None and e.attr.nlink > 1:
+            self._links[e.attr.ino] = path
+        if not same and first is not None:  # another name of a file copied in this pass
+            self._remove(path, theirs.mode if theirs is not None else None)
+            self.target.link(first, path)
+        elif not same and self._copy(path, e.attr):
+            expect = None
+        if expect is None:  # (made by the copy: its version is what it is now)
+            expect = self.target.version(path)[0]
+        self._end(path, version, expect, same)
+
+    def _begin(self, path: bytes, mode: int,
+               theirs: Attr | None = None) -> tuple[int, int | None, bool] | None:  # fmt: skip
+        """The source's version, the target's (what SETVERSION is to expect; None: the
+        target has no such object yet, made by the copy), and whether they are the
+        same. None: the object is gone from the source, or busy (the next pass
+        takes it). A directory is made on the target here, before its names."""
+        s = self.state
+        s.seen += 1
+        try:
+            version, busy = self.source.version(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # removed meanwhile: its name goes in the next pass
+        if busy:
+            s.again += 1
+            return None
+        try:
+            there, _ = self.target.version(path)
+            kind = theirs.mode if theirs is not None else self.target.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            there, kind = None, None
+        if there == version and kind is not None and stat.S_IFMT(kind) == stat.S_IFMT(mode):
+            return version, there, True
+        if stat.S_ISDIR(mode):
+            if kind is not None and not stat.S_ISDIR(kind):
+                self._remove(path, kind)
+                kind = None
+            if kind is None:
+                self.target.mkdir(path, 0o700)  # (its mode is set once its names are)
+            there, _ = self.target.version(path)
+        elif kind is None or stat.S_IFMT(kind) != stat.S_IFMT(mode):
+            there = None  # made anew by the copy
+        return version, there, False
+
+    def _end(self, path: bytes, version: int, expect: int | None, same: bool) -> None:
+        s = self.state
+        if not same:
+            s.copied += 1
+            again, busy = self.source.version(path)
+            try:
+                if again != version or busy:
+                    raise OSError(errno.ESTALE, "changed under the copy")
+                self.target.set_version(path, expect or 0, version)
+            except OSError as e:
+                if e.errno not in (errno.ESTALE, errno.ENOENT):
+                    raise
+                s.again += 1
+        self._progress(s)
+
+    # --- copies ------------------------------------------------------------------------
+
+    def _copy(self, path: bytes, attr: Attr) -> bool:
+        """A regular file, symlink, or special file: made anew (True) unless it is a
+        regular file with one name on the target (rewritten in place)."""
+        src, dst = self.source, self.target
+        try:
+            st = dst.stat(path)
+        except FileNotFoundError:
+            st = None
+        mode, anew = attr.mode, True
+        if stat.S_ISREG(mode):
+            if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_nlink > 1):
+                self._remove(path, st.st_mode)
+            else:
+                anew = st is None
+            self._content(path)
+        else:
+            self._remove(path, st.st_mode if st is not None else None)
+            if stat.S_ISLNK(mode):
+                dst.symlink(src.readlink(path), path)
+            else:
+                dst.mknod(path, mode, attr.rdev)
+        self._copy_attributes(path, src.stat(path))
+        return anew
+
+    def _content(self, path: bytes) -> None:
+        with self.source.open(path, "rb", buffering=0) as f, \
+                self.target.open(path, "wb", buffering=0) as g:  # fmt: skip
+            offset = 0
+            while True:
+                data = f.pread(CHUNK, offset)
+                if not data:
+                    break
+                if data.count(0) != len(data):  # (holes stay holes)
+                    g.pwrite(data, offset)
+                offset += len(data)
+                self.state.bytes += len(data)
+            g.truncate(offset)
+
+    def _copy_attributes(self, path: bytes, st: os.stat_result) -> None:
+        src, dst = self.source, self.target
+        link = stat.S_ISLNK(st.st_mode)
+        dst.chown(path, st.st_uid, st.st_gid)
+        if not link:
+            dst.chmod(path, stat.S_IMODE(st.st_mode))
+        try:
+            wanted = {n: src.getxattr(path, n) for n in src.listxattr(path)}
+            for name in dst.listxattr(path):
+                if name not in wanted:
+                    dst.removexattr(path, name)
+            for name, value in wanted.items():
+                dst.setxattr(path, name, value)
+        except OSError as e:
+            if not (link and e.errno in NOT_ON_LINKS) and e.errno not in (errno.ENOTSUP,):
+                raise
+        dst.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def _remove(self, path: bytes, mode: int | None) -> None:
+        """The target's object at ``path`` goes (``mode``: its; None: there is none)."""
+        if mode is None:
+            return
+        try:
+            if stat.S_ISDIR(mode):
+                self.target.rmtree(path)
+            else:
+                self.target.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.state.removed += 1
+
+
+def count_objects(client: Client, limit: int = 10_000_000) -> int:
+    """How many objects the export holds (for a progress bar; at most ``limit``)."""
+    n, dirs = 1, [b""]
+    while dirs and n < limit:
+        path = dirs.pop()
+        try:
+            entries = client.readdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        n += len(entries)
+        dirs.extend(_join(path, e.name) for e in entries if stat.S_ISDIR(e.attr.mode))
+    return n
+
+
+def _join(path: bytes, name: bytes) -> bytes:
+    return path + b"/" + name if path else name
