@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -431,3 +432,29 @@ def tree_snapshot(top: Path, skip: Path | None = None) -> dict[str, Any]:
                 continue
             record(d / name)
     return out
+
+
+def same_view(top: Path) -> dict[str, Any]:
+    """All but what each filesystem gives by itself (inode numbers, ctimes, the
+    size of a directory), with the names that share an inode."""
+    view = tree_snapshot(top)
+    inodes: dict[int, list[str]] = defaultdict(list)
+    for name, entry in view.items():
+        inodes[entry.pop("ino")].append(name)
+        entry.pop("ctime")
+        if stat.S_ISDIR(entry["mode"]):
+            entry.pop("size")
+    for names in inodes.values():
+        for name in names:
+            view[name]["names"] = sorted(names)
+    view.pop(".")["mode"]  # (the export's own directory: the fixture made it)
+    return view
+
+
+def settle_times(c: Client, path: bytes) -> None:
+    """The same times on every server (each gives a change its own clock's time)."""
+    for e in c.readdir(path):
+        child = path + b"/" + e.name if path else e.name
+        if stat.S_ISDIR(e.attr.mode):
+            settle_times(c, child)
+        c.utime(child, ns=(10**18, 10**18 + len(child)))

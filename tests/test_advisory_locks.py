@@ -146,7 +146,7 @@ def test_locking_many_files_keeps_few_handles_and_every_lock(
     """The library opens a file to send lock requests on; it keeps at most
     LOCK_FILES of them open (it used to keep one for every path ever locked). The
     locks stay: the server keeps them by file and owner, not by handle."""
-    from pohmelfs.client.client import LOCK_FILES
+    from pohmelfs.client.pathlocks import LOCK_FILES
 
     for i in range(3 * LOCK_FILES):
         (export_dir / f"f{i}").write_bytes(b"")

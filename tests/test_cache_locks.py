@@ -632,7 +632,7 @@ def test_a_change_that_waited_is_refused_if_its_lock_was_lost_meanwhile(
     deadline = time.monotonic() + 5
     while not server.cache.waiting(_key(export_dir / "f")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    here = conn.sock.getsockname()[:2]
+    here = conn.lock_server.sock.getsockname()[:2]
     (sid,) = [s.sid for s in server.sessions if s.sock.getpeername()[:2] == here]
     server.cache.fenced.add((sid, oid))  # as if its lease ran out meanwhile
     release.set()

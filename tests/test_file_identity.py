@@ -16,7 +16,7 @@ from pohmelfs import Client
 
 def lose_connection(c: Client) -> None:
     """Cut the client's connection as a network failure would."""
-    conn = c.connection()
+    conn = c.connection().lock_server  # type: ignore[attr-defined]
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn._receiver.join(5)
     assert conn.closed

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from conftest import (
     ServerProcess,
     address_of,
     make_client,
-    tree_snapshot,
+    same_view,
+    settle_times,
 )
 from pohmelfs import Client
 from pohmelfs.client.resync import Progress, Resync
@@ -34,23 +34,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def root_of(srv: Server) -> Path:
     return Path(srv.export.root)  # type: ignore[attr-defined]
-
-
-def same_view(top: Path) -> dict[str, Any]:
-    """All but what each filesystem gives by itself (inode numbers, ctimes, the
-    size of a directory), with the names that share an inode."""
-    view = tree_snapshot(top)
-    inodes: dict[int, list[str]] = defaultdict(list)
-    for name, entry in view.items():
-        inodes[entry.pop("ino")].append(name)
-        entry.pop("ctime")
-        if stat.S_ISDIR(entry["mode"]):
-            entry.pop("size")
-    for names in inodes.values():
-        for name in names:
-            view[name]["names"] = sorted(names)
-    view.pop(".")["mode"]  # (the export's own directory: the fixture made it)
-    return view
 
 
 def resync(source: Server | str, target: Server | str, **kw: Any) -> Progress:
@@ -76,15 +59,6 @@ def base_tree(c: Client) -> None:
     with c.open("kind", "wb") as f:
         f.write(b"a file, to be a directory")
     settle_times(c, b"")
-
-
-def settle_times(c: Client, path: bytes) -> None:
-    """The same times on every server (each gives a change its own clock's time)."""
-    for e in c.readdir(path):
-        child = path + b"/" + e.name if path else e.name
-        if stat.S_ISDIR(e.attr.mode):
-            settle_times(c, child)
-        c.utime(child, ns=(10**18, 10**18 + len(child)))
 
 
 def missed_changes(c: Client) -> None:

@@ -6,10 +6,8 @@ import errno
 import io
 import logging
 import os
-import random
 import stat as stat_mod
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -23,12 +21,14 @@ from .connector import ConnectionTerms, Connector
 from .file import RemoteFile
 from .grants import Grants, Revocable
 from .held import HeldFiles
+from .membership import Membership
 from .oslike import ScanEntry, mode_flags, process_umask, stat_result, statvfs_result, utime_args
-from .paths import PathArg, encode_path, normal_path
+from .pathlocks import PathLocks
+from .paths import PathArg, encode_path
 from .registry import FileRegistry
 from .replicated import ReplicatedConnection
 from .resend import Resender, resending
-from .serverset import ServerSet, all_read_write, parse_servers
+from .serverset import ServerSet, all_read_write, parse_server, parse_servers
 from .services import FileServices, WriteBudget
 
 log = logging.getLogger("pohmelfs.client")
@@ -45,9 +45,6 @@ IDEMPOTENT = frozenset(
         Command.PING,
     }
 )
-
-
-LOCK_FILES = 64  # files kept open for advisory lock requests (least recently used go)
 
 
 class Client:
@@ -75,7 +72,9 @@ class Client:
     ``tls_cert``, ``tls_key`` and ``tls_ca`` instead: mutual TLS 1.3 (the server's
     certificate must name the address's host, or ``tls_server_name``).
     ``unversioned``: changes leave the versions of objects alone (root only: a
-    resync's, which sets them with ``set_version``).
+    resync's, which sets them with ``set_version``). A server of the set that was
+    lost is tried again every ``retry_every`` seconds (0: never) and, once it
+    answers, resynced and taken back (``membership.py``; ``add_server`` likewise).
     """
 
     def __init__(
@@ -98,6 +97,7 @@ class Client:
         tls_ca: str | None = None,
         tls_server_name: str | None = None,
         unversioned: bool = False,
+        retry_every: float = 5.0,
     ) -> None:
         self.security = ClientSecurity.from_options(
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
@@ -144,14 +144,17 @@ class Client:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._closed = False
-        self._lock_owner = random.getrandbits(63)  # this client's advisory locks
+        self._path_locks = PathLocks(self.services)  # the advisory locks taken by path
+        self._key = dict(secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key,
+                         tls_ca=tls_ca, tls_server_name=tls_server_name)  # fmt: skip
+        self.membership = Membership(self.connector, self.connection, self.files.writing,  # type: ignore[arg-type]
+                                     self._single, retry_every)  # fmt: skip
         # Notifications run on threads of their own, never the reader's; several: one
         # revocation may wait (for writes, or changes sent ahead) while others go on.
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")
-        self._lock_files: OrderedDict[tuple[bytes, bool], RemoteFile] = OrderedDict()
-        self._lock_files_lock = threading.Lock()
         self._on_disconnect: list[Callable[[], None]] = []  # see when_disconnected
         self.connection()  # fail early when no server can be reached
+        self.membership.begin()
 
     # --- connections ---------------------------------------------------------
 
@@ -221,7 +224,8 @@ class Client:
 
     def _disconnected(self, conn: Connection) -> None:
         if isinstance(conn, ReplicatedConnection):
-            self.connector.group_lost(conn)  # the others go on without it
+            if not self._closed:
+                self.connector.group_lost(conn)  # the others go on without it
             conn.close()  # its replicas' handles went with the lock server's
         for f in self.held.files():
             f.drop_held(conn)
@@ -271,17 +275,14 @@ class Client:
         self.files.renamed(old, new, exchange)
 
     def close(self) -> None:
+        self.membership.close()
         self.held.close()
         try:  # what files still hold goes out, and is waited for a while
             self.held.push_all()
             self.write_budget.drained(self.timeout)
         except OSError:
             pass
-        for f in list(self._lock_files.values()):
-            try:
-                f.close()  # the server drops our locks with the connection anyway
-            except OSError:
-                pass
+        self._path_locks.close()
         with self._lock:
             self._closed = True
             conn, self._conn = self._conn, None
@@ -294,6 +295,27 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _single(self, address: str, unversioned: bool) -> Client:
+        """A client of one server of the set, with this one's key (for a resync)."""
+        return Client(
+            [address],
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            unversioned=unversioned,
+            retry_every=0,
+            **self._key,
+        )  # type: ignore[arg-type]
+
+    def add_server(self, server: str) -> None:
+        """A server (``HOST:PORT[/prio=N]``) joins the set while the client works: it
+        gets every change at once, is resynced from the lock server in the
+        background, and is read from only once it is the same (``server_stats``
+        shows it ``resyncing``, then ``live``). OSError if it cannot be reached;
+        ValueError if it is in the set already."""
+        spec = parse_server(server)
+        all_read_write([spec])
+        self.membership.add(spec)
 
     def remove_server(self, address: str) -> None:
         """Take a server out of the set while the client works: it gets no more
@@ -486,43 +508,6 @@ class Client:
 
     # --- advisory locks ------------------------------------------------------------
 
-    def _lock_file(self, path: PathArg, writable: bool) -> RemoteFile:
-        """An open handle of the file to send lock requests on: open for writing to
-        take an exclusive lock (POSIX: one who may only read the file cannot hold up
-        its writers). The server keeps locks by file and owner, not by handle, so
-        only the LOCK_FILES used last stay open."""
-        key = (normal_path(encode_path(path)), writable)
-        with self._lock_files_lock:
-            f = self._lock_files.pop(key, None)
-        if f is None or f.closed:
-            flags, mode = (os.O_RDWR, "r+") if writable else (os.O_RDONLY, "r")
-            f = RemoteFile(self.services, os.fspath(path), flags, 0, mode)
-        with self._lock_files_lock:
-            self._lock_files[key] = f
-            full = len(self._lock_files) > LOCK_FILES
-            old = self._lock_files.popitem(last=False)[1] if full else None
-        if old is not None:
-            try:
-                old.close()
-            except OSError:
-                pass
-        return f
-
-    def _lock_request(self, path: PathArg, start: int, length: int, type_: int, flags: int,
-                      cmd: Command = Command.LOCK) -> p.Message:  # fmt: skip
-        if start < 0 or length < 0:
-            raise OSError(errno.EINVAL, "negative lock range", path)
-        f = self._lock_file(path, cmd is Command.LOCK and type_ == LockType.WRLCK)
-        fields = {"owner": self._lock_owner, "type": type_, "flags": flags, "pid": os.getpid()}
-
-        def send(conn: Connection, oid: int, _resent: bool) -> p.Message:
-            tx = conn.start(cmd, oid=oid, offset=start, length=length, **fields)
-            return conn.wait(tx, path)  # (as long as it likes: PENDING meanwhile)
-
-        # A lock lost with its connection is asked for again on the next one (the
-        # server let every lock of the old one go: a second run takes it once).
-        return resending(f.handle, send, True)
-
     def lock(self, path: PathArg, start: int = 0, length: int = 0, exclusive: bool = True,
              wait: bool = True) -> None:  # fmt: skip
         """Take an advisory record lock on ``length`` bytes at ``start`` (0: to the end).
@@ -533,20 +518,20 @@ class Client:
         (EAGAIN). Locks go with :meth:`unlock`, :meth:`close` or a lost connection.
         """
         flags = p.LOCK_WAIT if wait else 0
-        self._lock_request(
+        self._path_locks.request(
             path, start, length, LockType.WRLCK if exclusive else LockType.RDLCK, flags
         )
 
     def unlock(self, path: PathArg, start: int = 0, length: int = 0) -> None:
         """Release this client's locks on the range (0: to the end)."""
-        self._lock_request(path, start, length, LockType.UNLCK, 0)
+        self._path_locks.request(path, start, length, LockType.UNLCK, 0)
 
     def lock_holder(self, path: PathArg, start: int = 0, length: int = 0,
                     exclusive: bool = True) -> tuple[int, int, int, bool] | None:  # fmt: skip
         """Like F_GETLK: a lock of another client that the lock asked for would conflict
         with, as (start, length, pid, exclusive), or None."""
         want = LockType.WRLCK if exclusive else LockType.RDLCK
-        reply = self._lock_request(path, start, length, want, 0, Command.GETLK)
+        reply = self._path_locks.request(path, start, length, want, 0, Command.GETLK)
         if reply["type"] == LockType.UNLCK:
             return None
         return reply.offset, reply.length, reply["pid"], reply["type"] == LockType.WRLCK

@@ -1,5 +1,6 @@
 """How a client connects to its server set: the lock server first, then every other
-live writable server (``replicated.py``), or the one server there is."""
+live writable server (``replicated.py``), and the servers being resynced; and how
+servers join and leave the set while the client works."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..protocol import Message
 from ..security.config import ClientSecurity
 from .connection import Connection
 from .replicated import ReplicatedConnection
-from .serverset import GONE, LIVE, ServerSet, parse_server
+from .serverset import GONE, LIVE, RESYNCING, ServerSet, ServerSpec, parse_server
 from .stats import ServerStats
 
 log = logging.getLogger("pohmelfs.client")
@@ -73,11 +74,16 @@ class Connector:
                 replicas.append(self._connect(address, 0, None))
             except OSError as e:
                 self.server_lost(address, str(e))
-        if not replicas:
-            group.append(lock_server)
-            return lock_server
-        group.append(ReplicatedConnection(lock_server, replicas, self.server_lost))
-        return group[0]  # type: ignore[no-any-return]
+        # (a group even of one: servers may join it while the client works)
+        made = ReplicatedConnection(lock_server, replicas, self.server_lost)
+        group.append(made)
+        for m in members:
+            if m.state == RESYNCING:
+                try:
+                    made.join(self._connect(m.spec.address, 0, None))
+                except OSError as e:
+                    self.server_lost(m.spec.address, str(e))
+        return made
 
     def _connect(self, address: str, notices: int, group: list[Any] | None) -> Connection:
         t = self.terms
@@ -105,9 +111,9 @@ class Connector:
                 states.get(a) == LIVE for a in group.members - {group.address}):  # fmt: skip
             self.server_lost(group.address, f"lost: {group.close_reason}")
 
-    def remove(self, address: str, conn: Connection | None) -> None:
-        """``Client.remove_server``: ``address`` leaves the set, and ``conn`` (the
-        connection in use) lets go of it."""
+    def remove(self, address: str, conn: ReplicatedConnection | None) -> None:
+        """``Client.remove_server``: ``address`` leaves the set for good, and ``conn``
+        (the connection in use) lets go of it."""
         address = parse_server(address).address
         states = {m.spec.address: m.state for m in self.servers.members()}
         if address not in states:
@@ -115,21 +121,59 @@ class Connector:
         if not any(s == LIVE for a, s in states.items() if a != address):
             raise ValueError(f"{address} is the last live server of the set: not removed")
         self.server_lost(address, "removed")
+        self.servers.discard(address)
         if conn is None or conn.closed:
             return
         if conn.address == address:
             conn.lose("the server was removed from the set")
-        elif isinstance(conn, ReplicatedConnection):
+        else:
             conn.leave(address, "removed")
+
+    def join(self, spec: ServerSpec, conn: ReplicatedConnection, new: bool) -> None:
+        """``spec`` joins the write set of ``conn`` as resyncing: a new server (``new``)
+        or a gone one back. OSError if it cannot be reached (a new one is then not
+        added); ValueError if it is in the set (``new``) or not gone (else)."""
+        address = spec.address
+        if new:
+            self.servers.add(spec, GONE)
+            self.stats.setdefault(address, ServerStats())
+        elif self.servers.state(address) != GONE:
+            raise ValueError(f"{address} is not a gone server of this client's set")
+        try:
+            joined = self._connect(address, 0, None)
+        except OSError:
+            if new:
+                self.servers.discard(address)
+            raise
+        self.servers.set_state(address, RESYNCING)
+        try:
+            conn.join(joined)
+        except BaseException:
+            self.servers.set_state(address, GONE)
+            joined.close()
+            raise
+        log.warning("server %s joined the write set; resyncing it", address)
+
+    def promote(self, address: str, conn: ReplicatedConnection, skipped: int,
+                writing: set[int]) -> bool:  # fmt: skip
+        """A resynced server is current (``ReplicatedConnection.promote_if``): live,
+        read and written like the others. False if it is not (yet)."""
+        if not conn.promote_if(address, skipped, writing):
+            return False
+        self.servers.set_state(address, LIVE)
+        log.warning("server %s is resynced and live", address)
+        return True
 
     def report(self, conn: Connection | None) -> list[dict[str, Any]]:
         """``Client.server_stats``: each server, with its role for ``conn``."""
         lock = conn.address if conn is not None and not conn.closed else None
         replicas = set(conn.replicas) if isinstance(conn, ReplicatedConnection) else set()
+        resyncing = set(conn.resyncing) if isinstance(conn, ReplicatedConnection) else set()
         states = {m.spec.address: m.state for m in self.servers.members()}
         out = []
         for spec in self.servers.by_priority():
             role = "lock server" if spec.address == lock else (
+                "resyncing" if spec.address in resyncing else
                 "replica" if spec.address in replicas else "-")  # fmt: skip
             out.append({"address": spec.address, "priority": spec.prio,
                         "state": states[spec.address], "role": role,
@@ -138,5 +182,7 @@ class Connector:
 
     def server_lost(self, address: str, why: str) -> None:
         """A server leaves the set: it misses changes from now on (until resynced)."""
+        if self.servers.state(address) in (None, GONE):
+            return  # (removed, or told already)
         log.warning("server %s left this client's server set: %s", address, why)
         self.servers.set_state(address, GONE)

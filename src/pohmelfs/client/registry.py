@@ -24,6 +24,8 @@ class Reopenable(Protocol):
 
     def moved(self, src: bytes, dst: bytes, exchange: bool = False) -> None: ...
 
+    def writable(self) -> bool: ...
+
 
 class FileRegistry:
     def __init__(self) -> None:
@@ -38,6 +40,12 @@ class FileRegistry:
         with self._lock:
             self._files.add(f)
             self._by_handle[conn.serial, oid] = f
+
+    def writing(self, conn: Connection) -> set[int]:
+        """The handles of ``conn`` of the files open for writing."""
+        with self._lock:
+            return {oid for (serial, oid), f in self._by_handle.items()
+                    if serial == conn.serial and f.writable()}  # fmt: skip
 
     def closed(self, conn: Connection, oid: int) -> None:
         with self._lock:

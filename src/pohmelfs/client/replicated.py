@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import errors
 from .. import protocol as p
@@ -31,6 +31,7 @@ from ..protocol import Command, Message
 from .connection import Connection, Transaction
 
 log = logging.getLogger("pohmelfs.client")
+T = TypeVar("T")
 
 # Sent to every server: what changes the export, and what a replica's handles follow.
 # (SETVERSION is a resync's, of one server.)
@@ -72,6 +73,11 @@ class ReplicatedConnection:
                  lost: Callable[[str, str], None]) -> None:  # fmt: skip
         self.lock_server = lock_server
         self._replicas = {c.address: c for c in replicas}
+        # Replicas that joined while the client works and are being resynced: they get
+        # every change they can apply, and what they cannot (a file opened before they
+        # joined, a name they do not have yet) the resync copies; they never leave for it.
+        self._resyncing: set[str] = set()
+        self._skipped: dict[str, int] = {}  # by resyncing replica: changes it did not apply
         # The servers a change sent on this group went to (each keeps its answer).
         self.members = frozenset([lock_server.address, *self._replicas])
         self._lost = lost
@@ -103,11 +109,50 @@ class ReplicatedConnection:
             return list(self._replicas)
 
     @property
+    def resyncing(self) -> list[str]:
+        with self._lock:
+            return sorted(self._resyncing)
+
+    @property
     def max_payload(self) -> int:
         """The largest payload every server takes."""
+        if not self._replicas:
+            return self.lock_server.max_payload
         with self._lock:
             sizes = [c.max_payload for c in self._replicas.values()]
         return min([self.lock_server.max_payload, *sizes])
+
+    def join(self, conn: Connection) -> None:
+        """A server joins the write set as resyncing (``promote`` once it is current)."""
+        with self._sending, self._lock:  # (between two changes: each goes to all or not)
+            if conn.address in self._replicas or conn.address == self.address:
+                raise ValueError(f"{conn.address} is already in the write set")
+            self._replicas[conn.address] = conn
+            self._resyncing.add(conn.address)
+            self.members = self.members | {conn.address}
+
+    def skipped(self, address: str) -> int:
+        """How many changes the resyncing replica ``address`` did not apply so far."""
+        with self._lock:
+            return self._skipped.get(address, 0)
+
+    def promote_if(self, address: str, skipped: int, writing: set[int]) -> bool:
+        """The resyncing replica ``address`` becomes a replica like the others if it
+        missed no change since ``skipped`` (read before the resync pass that found it
+        current) and every file open for writing (``writing``: the lock server's
+        handles) is open on it too. From then on, a change it fails makes it leave."""
+        with self._sending, self._lock:
+            if address not in self._resyncing or self._skipped.get(address, 0) != skipped:
+                return False
+            if any(address not in self._handles.get(oid, ()) for oid in writing):
+                return False
+            self._resyncing.discard(address)
+            self._skipped.pop(address, None)
+            return True
+
+    def _skip(self, address: str) -> None:
+        with self._lock:
+            self._skipped[address] = self._skipped.get(address, 0) + 1
 
     def in_flight(self) -> int:
         return self.lock_server.in_flight()
@@ -118,8 +163,9 @@ class ReplicatedConnection:
               xid: int | None = None, oid: int = 0, fids: dict[str, bytes] | None = None,
               **kw: Any) -> Transaction:  # fmt: skip
         """``fids``: for an OPEN, the file's identity on each server (a reopen)."""
-        if cmd not in REPLICATED:
-            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, **kw)
+        if cmd not in REPLICATED or not self._replicas:  # (the lock server's alone)
+            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
+                                          **kw)  # fmt: skip
         with self._sending:
             return self._replicated(cmd, callback, xid, oid, fids, kw)
 
@@ -128,6 +174,7 @@ class ReplicatedConnection:
                     kw: dict[str, Any]) -> Transaction:  # fmt: skip
         with self._lock:
             replicas = dict(self._replicas)
+            resyncing = set(self._resyncing)
             mapped = self._handles.get(oid) if oid else None
             handles = dict(mapped) if mapped is not None else {}
             if cmd is Command.CLOSE:
@@ -137,7 +184,10 @@ class ReplicatedConnection:
             replicas = {}  # a lease given back: the lock server's alone
         elif oid:  # a replica without this file's handle cannot apply what is done to it
             for address in [a for a in replicas if a not in handles]:
-                self.leave(address, f"it has no handle for a {cmd.name}")
+                if address in resyncing:  # (the resync copies what it missed)
+                    self._skip(address)
+                else:
+                    self.leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]
         if not replicas:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
@@ -212,7 +262,14 @@ class ReplicatedConnection:
         if self.closed and any(a not in others or others[a].reply is None for a in tx.replicas):
             return errors.connection_error(self.address, f"lost before every server "
                                            f"answered a {cmd.name}")  # fmt: skip
+        with self._lock:
+            resyncing = set(self._resyncing)
         for address, part in others.items():
+            if address in resyncing and part.reply is not None:
+                expected = answer.status if answer is not None else part.reply.status
+                if part.error is not None or part.reply.status != expected:
+                    self._skip(address)  # (what it could not apply, the resync copies)
+                continue
             if part.error is not None:
                 self.leave(address, f"{cmd.name} failed: {part.error}")
             elif part.reply is None:
@@ -226,6 +283,8 @@ class ReplicatedConnection:
             with self._lock:
                 opened = {a: r for a, r in opened.items() if a in self._replicas}
                 self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
+                # (one whose part was not sent, or failed, gets no handle: a resyncing
+                # replica then stays resyncing while the file is open)
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
         return None
 
@@ -238,6 +297,8 @@ class ReplicatedConnection:
         """The replica at ``address`` leaves the group (and the client's set)."""
         with self._lock:
             conn = self._replicas.pop(address, None)
+            self._resyncing.discard(address)
+            self._skipped.pop(address, None)
             for handles in self._handles.values():
                 handles.pop(address, None)
         if conn is None:
@@ -251,6 +312,8 @@ class ReplicatedConnection:
     def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
              forever: bool = False) -> Message:  # fmt: skip
         if not isinstance(tx, ReplicatedTransaction):
+            if not self._replicas:  # (silent alone: nowhere else to go)
+                return self.lock_server.wait(tx, path, path2, forever)
             return self._heard(tx, lambda: self.lock_server.wait(tx, path, path2, forever))
         if not tx.parts:  # a callback's: each part ends (answered, timed out, or lost)
             tx.done.acquire()
@@ -273,7 +336,7 @@ class ReplicatedConnection:
             raise unknown
         return reply
 
-    def _heard(self, tx: Transaction, wait: Callable[[], Message]) -> Message:
+    def _heard(self, tx: Transaction, wait: Callable[[], T]) -> T:
         """``wait()`` for the lock server's answer to ``tx``. A lock server silent for
         the whole time-out, while other servers are there, is taken for lost: the
         request goes to the next one (``resend.py``) instead of failing."""
@@ -294,6 +357,8 @@ class ReplicatedConnection:
         return self.wait(self.start(cmd, **kwargs), shown, shown2)
 
     def stream(self, tx: Transaction, path: Any = None) -> list[Message]:
+        if not isinstance(tx, ReplicatedTransaction):  # (a listing: the lock server's)
+            return self._heard(tx, lambda: self.lock_server.stream(tx, path))
         last = self.wait(tx, path)
         return [*tx.frames, last]
 

@@ -132,6 +132,25 @@ class ServerSet:
             specs = [m.spec for m in self._members.values()]
         return sorted(specs, key=lambda s: -s.prio)
 
+    def add(self, spec: ServerSpec, state: str = RESYNCING) -> None:
+        """A server joins the set (ValueError if it is there, or the set is full)."""
+        with self._lock:
+            if spec.address.lower() in {a.lower() for a in self._members}:
+                raise ValueError(f"{spec.address} is already one of this client's servers")
+            if len(self._members) >= MAX_SERVERS:
+                raise ValueError(f"at most {MAX_SERVERS} servers")
+            self._members[spec.address] = Member(spec, state)
+
+    def discard(self, address: str) -> None:
+        """A server leaves the set for good (not tried again)."""
+        with self._lock:
+            self._members.pop(address, None)
+
+    def state(self, address: str) -> str | None:
+        with self._lock:
+            m = self._members.get(address)
+            return None if m is None else m.state
+
     def set_state(self, address: str, state: str) -> None:
         if state not in (LIVE, STALE, RESYNCING, GONE):
             raise ValueError(f"unknown server state {state!r}")

@@ -1,0 +1,182 @@
+"""Servers joining a live client's set (client/membership.py): one added at run time,
+and one that was killed and comes back, are resynced while the client works, never
+read from before they are the same, and then replicas like the others."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import (
+    ServerProcess,
+    address_of,
+    make_client,
+    same_view,
+    settle_times,
+    tree_snapshot,
+    wait_until,
+)
+from pohmelfs import Client
+from pohmelfs.client.serverset import GONE, LIVE, RESYNCING
+from pohmelfs.server.service import Server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def root_of(srv: Server) -> Path:
+    return Path(srv.export.root)  # type: ignore[attr-defined]
+
+
+def state_of(c: Client, address: str) -> dict[str, Any]:
+    (row,) = [s for s in c.server_stats() if s["address"] == address]
+    return row
+
+
+def contents_view(top: Path) -> dict[str, Any]:
+    """Names, kinds, modes, owners, contents, xattrs (not times: each server gives a
+    replicated change its own clock's)."""
+    view = tree_snapshot(top)
+    for entry in view.values():
+        for key in ("ino", "ctime", "mtime"):
+            entry.pop(key)
+        if stat.S_ISDIR(entry["mode"]):
+            entry.pop("size")
+    view.pop(".")
+    return view
+
+
+def test_a_server_added_at_run_time_is_resynced_then_live(pair: list[Server]) -> None:
+    a, b = pair
+    with make_client([address_of(a)], retry_every=0.2) as c:
+        c.makedirs("d/e")
+        for n in range(30):
+            with c.open(f"d/f{n}", "wb") as f:
+                f.write(os.urandom(20_000 + n))
+        c.symlink("f1", "d/link")
+        c.setxattr("d/f2", "user.x", b"1")
+        kept = c.open("d/kept", "wb", buffering=0)  # open for writing before B joins
+        kept.write(b"before")
+        settle_times(c, b"")
+        c.add_server(address_of(b))
+        assert state_of(c, address_of(b))["state"] == RESYNCING
+        assert state_of(c, address_of(b))["role"] == "resyncing"
+        kept.write(b" and after")  # (B has no handle for it: the resync copies it)
+        for n in range(30):  # reads meanwhile: never from B
+            with c.open(f"d/f{n}", "rb") as f:
+                assert len(f.read()) == 20_000 + n
+        for _ in range(30):  # passes go on while the file is open for writing
+            assert state_of(c, address_of(b))["state"] == RESYNCING
+            time.sleep(0.1)
+        assert state_of(c, address_of(b))["bytes_in"] < 64 << 10  # no data read from B
+        kept.close()
+        wait_until(lambda: state_of(c, address_of(b))["state"] == LIVE, 20, "B live")
+        assert state_of(c, address_of(b))["role"] == "replica"
+        c.mkdir("after")
+        with c.open("d/f3", "r+b") as f:
+            f.write(b"replicated")
+        c.utime("d/f3", ns=(10**18, 10**18))
+        c.utime("", ns=(10**18, 10**18))
+    assert same_view(root_of(a)) == same_view(root_of(b))
+    with pytest.raises(ValueError, match="already"):
+        with make_client([address_of(a), address_of(b)]) as c:
+            c.add_server(address_of(b))
+
+
+def test_adding_a_server_that_does_not_answer_changes_nothing(pair: list[Server]) -> None:
+    with make_client([address_of(pair[0])], connect_timeout=2) as c:
+        with pytest.raises(OSError):
+            c.add_server("127.0.0.1:1")
+        assert [s["address"] for s in c.server_stats()] == [address_of(pair[0])]
+        with pytest.raises(ValueError):
+            c.add_server("127.0.0.1:1/rw/prio=300")
+        c.mkdir("still-works")
+
+
+def test_a_removed_server_added_back_is_resynced(pair: list[Server]) -> None:
+    a, b = pair
+    with make_client([address_of(a), address_of(b)], retry_every=0.2) as c:
+        c.mkdir("both")
+        c.remove_server(address_of(b))
+        c.mkdir("only-a")
+        time.sleep(0.5)  # (removed: not tried again)
+        assert [s["address"] for s in c.server_stats()] == [address_of(a)]
+        c.add_server(address_of(b))
+        wait_until(lambda: state_of(c, address_of(b))["state"] == LIVE, 20, "B live")
+    assert (root_of(b) / "only-a").is_dir()
+
+
+def test_a_killed_server_comes_back_and_is_resynced_under_writes(tmp_path: Path) -> None:
+    """The issue's case: SIGKILL of a server during writes and reads; it restarts on
+    its port, is tried again, resynced while the writer goes on, and live again. No
+    application error; no read ever returns other than what was written; afterwards
+    every file is the same on both, by checksum."""
+    exports = [tmp_path / "e0", tmp_path / "e1"]
+    procs = []
+    for n, d in enumerate(exports):
+        d.mkdir()
+        procs.append(ServerProcess(d, "--state-dir", str(tmp_path / f"state{n}")))
+    a, b = procs
+    written: dict[str, str] = {}
+    problems: list[BaseException] = []
+    stop = threading.Event()
+    roles: set[str] = set()
+
+    def writer(c: Client) -> None:
+        try:
+            n = 0
+            while not stop.is_set() and n < 20_000:
+                n += 1
+                name = f"w/{n % 150}"
+                data = os.urandom(4096 + n % 8192)
+                with c.open(name, "wb") as f:
+                    f.write(data)
+                written[name] = hashlib.sha256(data).hexdigest()
+                with c.open(name, "rb") as f:  # (read back: the lock server's answer)
+                    got = hashlib.sha256(f.read()).hexdigest()
+                if got != written[name]:
+                    raise AssertionError(f"{name}: read back other data than written")
+                if n % 10 == 0:
+                    roles.add(
+                        state_of(c, b.address)["state"] + "/" + state_of(c, b.address)["role"]
+                    )
+        except BaseException as e:
+            problems.append(e)
+
+    try:
+        with make_client([a.address, b.address], timeout=5, connect_timeout=2,
+                         retry_every=0.3) as c:  # fmt: skip
+            c.mkdir("w")
+            t = threading.Thread(target=writer, args=(c,))
+            t.start()
+            try:
+                wait_until(lambda: len(written) >= 50, 30, "writes")
+                os.kill(b.pid, signal.SIGKILL)
+                b.proc.wait(10)
+                wait_until(lambda: state_of(c, b.address)["state"] == GONE, 30, "B gone")
+                time.sleep(0.5)  # (writes B misses)
+                b = ServerProcess(exports[1], "--state-dir", str(tmp_path / "state1"),
+                                  listen=b.address, retry_for=10)  # fmt: skip
+                wait_until(lambda: state_of(c, b.address)["state"] == LIVE, 60, "B live again")
+                time.sleep(0.5)  # (writes to both again)
+            finally:
+                stop.set()
+                t.join(60)
+            assert not problems, problems
+            assert not any(r.startswith(("resyncing", "gone")) and r.endswith("lock server")
+                           for r in roles), roles  # fmt: skip
+            assert {"resyncing/resyncing", "live/replica"} <= roles, roles
+    finally:
+        for p in (a, b):
+            p.stop()
+    assert contents_view(exports[0]) == contents_view(exports[1])
+    for name, digest in written.items():
+        for d in exports:
+            assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest, (d, name)
