@@ -35,6 +35,15 @@ def connection_error(address: str, why: str, path: str | bytes | None = None) ->
     return OSError(errno.ECONNRESET, f"connection to server {address} lost: {why}", path)
 
 
+class Rerouted(ConnectionResetError):
+    """A request's server left the client's set: it goes again, to another server of
+    the same connection (``client/resend.py``)."""
+
+
+def rerouted_error(address: str, why: str) -> Rerouted:
+    return Rerouted(errno.ECONNRESET, f"server {address} left: {why}")
+
+
 def unreachable_error(address: str, why: str) -> OSError:
     return OSError(errno.ECONNREFUSED, f"cannot reach server {address}: {why}")
 

@@ -54,7 +54,7 @@ class Transaction:
     """
 
     __slots__ = ("xid", "cmd", "done", "into", "sink", "callback", "deadline", "nbytes",
-                 "reply", "frames", "error", "check", "sent_at")  # fmt: skip
+                 "reply", "frames", "error", "check", "sent_at", "via")  # fmt: skip
 
     def __init__(self, xid: int, cmd: Command, into: memoryview | None, sink: Sink | None,
                  callback: Callable[[Transaction], None] | None) -> None:  # fmt: skip
@@ -72,6 +72,7 @@ class Transaction:
         self.error: BaseException | None = None
         self.check: Callable[[], None] | None = None  # of the tag of what ``into`` got
         self.sent_at = 0.0
+        self.via: Any = None  # a group's: the connection it went on, if not the lock server's
 
     def complete(self) -> None:
         if self.callback is None:

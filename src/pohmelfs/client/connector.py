@@ -71,21 +71,29 @@ class Connector:
         replicas = []
         for address in live[n:]:
             try:
-                replicas.append(self._connect(address, 0, None))
+                replicas.append(self._replica(address, group))
             except OSError as e:
                 self.server_lost(address, str(e))
         # (a group even of one: servers may join it while the client works)
-        made = ReplicatedConnection(lock_server, replicas, self.server_lost)
+        prio = {m.spec.address: m.spec.prio for m in members}
+        made = ReplicatedConnection(lock_server, replicas, self.server_lost, prio)
         group.append(made)
         for m in members:
             if m.state == RESYNCING:
                 try:
-                    made.join(self._connect(m.spec.address, 0, None))
+                    made.join(self._replica(m.spec.address, group), m.spec.prio)
                 except OSError as e:
                     self.server_lost(m.spec.address, str(e))
         return made
 
-    def _connect(self, address: str, notices: int, group: list[Any] | None) -> Connection:
+    def _replica(self, address: str, group: list[Any]) -> Connection:
+        """A connection to a replica of ``group`` (which tells it of its REVOKEs)."""
+        return self._connect(address, 0, None,
+                             lambda conn, msg: group[0].replica_notified(conn, msg))  # fmt: skip
+
+    def _connect(self, address: str, notices: int, group: list[Any] | None,
+                 replica_notified: Callable[[Connection, Message], None] | None = None,
+                 ) -> Connection:  # fmt: skip
         t = self.terms
 
         def notified(conn: Connection, msg: Message) -> None:
@@ -96,7 +104,7 @@ class Connector:
 
         return Connection(address, timeout=t.timeout, connect_timeout=t.connect_timeout,
                           max_payload=t.max_payload, notices=notices,
-                          on_notify=None if group is None else notified,
+                          on_notify=replica_notified if group is None else notified,
                           on_close=None if group is None else lost,
                           before_request=None if group is None else t.before_request,
                           security=t.security,
@@ -140,14 +148,14 @@ class Connector:
         elif self.servers.state(address) != GONE:
             raise ValueError(f"{address} is not a gone server of this client's set")
         try:
-            joined = self._connect(address, 0, None)
+            joined = self._connect(address, 0, None, conn.replica_notified)
         except OSError:
             if new:
                 self.servers.discard(address)
             raise
         self.servers.set_state(address, RESYNCING)
         try:
-            conn.join(joined)
+            conn.join(joined, spec.prio)
         except BaseException:
             self.servers.set_state(address, GONE)
             joined.close()

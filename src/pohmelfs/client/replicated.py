@@ -21,6 +21,7 @@ where the range locks of ``server/rangelock.py`` order them against writes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message
 from .connection import Connection, Transaction
+from .readroutes import ReadRoutes
 
 log = logging.getLogger("pohmelfs.client")
 T = TypeVar("T")
@@ -45,13 +47,14 @@ class ReplicatedTransaction(Transaction):
     the last part's end (``_Change``). ``replicas``: the servers besides the lock
     server it is for (whether or not their part could be sent)."""
 
-    __slots__ = ("parts", "replicas")
+    __slots__ = ("parts", "replicas", "reader")
 
     def __init__(self, xid: int, cmd: Command, callback: Callable[[Transaction], None] | None,
-                 replicas: frozenset[str]) -> None:  # fmt: skip
+                 replicas: frozenset[str], reader: str | None) -> None:  # fmt: skip
         super().__init__(xid, cmd, None, None, callback)
         self.parts: list[tuple[str, Connection, Transaction]] = []
         self.replicas = replicas
+        self.reader = reader  # an OPEN's: the server to read the file from
 
 
 class _Change:
@@ -67,11 +70,14 @@ class _Change:
 
 class ReplicatedConnection:
     """``lock_server`` and the connections to the other live writable servers;
-    ``lost(address, why)`` is told of a replica that leaves."""
+    ``lost(address, why)`` is told of a replica that leaves; ``prio``: each server's
+    priority (reads: ``readroutes.py``)."""
 
     def __init__(self, lock_server: Connection, replicas: list[Connection],
-                 lost: Callable[[str, str], None]) -> None:  # fmt: skip
+                 lost: Callable[[str, str], None],
+                 prio: dict[str, int] | None = None) -> None:  # fmt: skip
         self.lock_server = lock_server
+        self._reads = ReadRoutes(prio or {})
         self._replicas = {c.address: c for c in replicas}
         # Replicas that joined while the client works and are being resynced: they get
         # every change they can apply, and what they cannot (a file opened before they
@@ -122,11 +128,12 @@ class ReplicatedConnection:
             sizes = [c.max_payload for c in self._replicas.values()]
         return min([self.lock_server.max_payload, *sizes])
 
-    def join(self, conn: Connection) -> None:
+    def join(self, conn: Connection, prio: int = 0) -> None:
         """A server joins the write set as resyncing (``promote`` once it is current)."""
         with self._sending, self._lock:  # (between two changes: each goes to all or not)
             if conn.address in self._replicas or conn.address == self.address:
                 raise ValueError(f"{conn.address} is already in the write set")
+            self._reads.add_server(conn.address, prio)
             self._replicas[conn.address] = conn
             self._resyncing.add(conn.address)
             self.members = self.members | {conn.address}
@@ -163,6 +170,10 @@ class ReplicatedConnection:
               xid: int | None = None, oid: int = 0, fids: dict[str, bytes] | None = None,
               **kw: Any) -> Transaction:  # fmt: skip
         """``fids``: for an OPEN, the file's identity on each server (a reopen)."""
+        if cmd is Command.READ and self._reads:
+            route = self._reads.route(oid)
+            if route is not None:
+                return self._read_on(route, callback, xid, kw)
         if cmd not in REPLICATED or not self._replicas:  # (the lock server's alone)
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
@@ -180,6 +191,7 @@ class ReplicatedConnection:
             if cmd is Command.CLOSE:
                 self._handles.pop(oid, None)
                 self._fids.pop(oid, None)
+                self._reads.closed(oid)
         if oid and mapped is None and cmd is Command.CLOSE:
             replicas = {}  # a lease given back: the lock server's alone
         elif oid:  # a replica without this file's handle cannot apply what is done to it
@@ -194,7 +206,10 @@ class ReplicatedConnection:
                                           **kw)  # fmt: skip
         if xid is None:
             xid = self.lock_server.next_xid()
-        tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas))
+        reader = None
+        if cmd is Command.OPEN and kw["flags"] & os.O_ACCMODE != os.O_WRONLY:
+            reader = self._reads.pick([self.address, *(a for a in replicas if a not in resyncing)])
+        tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
         if callback is None:  # (no callbacks: the caller's thread does the settling)
             tx.parts.append((self.address, self.lock_server,
                              self.lock_server.start(cmd, xid=xid, oid=oid, fids=fids,
@@ -203,7 +218,7 @@ class ReplicatedConnection:
                 try:
                     tx.parts.append((address, conn, conn.start(
                         cmd, xid=xid, oid=handles.get(address, 0), fids=fids,
-                        **self._fields_for_replica(cmd, kw))))  # fmt: skip
+                        **self._fields_for_replica(cmd, kw, address == reader))))  # fmt: skip
                 except OSError as e:
                     self.leave(address, str(e))
             return tx
@@ -214,7 +229,7 @@ class ReplicatedConnection:
             try:
                 conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
                            oid=handles.get(address, 0), fids=fids,
-                           **self._fields_for_replica(cmd, kw))  # fmt: skip
+                           **self._fields_for_replica(cmd, kw, address == reader))  # fmt: skip
             except OSError as e:
                 self.leave(address, str(e))
                 self._part(change, None, address)
@@ -222,10 +237,45 @@ class ReplicatedConnection:
         return tx
 
     @staticmethod
-    def _fields_for_replica(cmd: Command, fields: dict[str, Any]) -> dict[str, Any]:
+    def _fields_for_replica(cmd: Command, fields: dict[str, Any],
+                            reader: bool) -> dict[str, Any]:  # fmt: skip
         if cmd is not Command.OPEN:
             return fields
-        return dict(fields, cache=p.CacheMode.RELEASE)  # no cache lock from a replica
+        # A replica's cache lock is only the read server's, and only shared.
+        return dict(fields, cache=p.CacheMode.SHARED if reader else p.CacheMode.RELEASE)
+
+    def _read_on(self, route: tuple[Connection, int], callback: Callable[[Transaction], None]
+                 | None, xid: int | None, kw: dict[str, Any]) -> Transaction:  # fmt: skip
+        """A READ on the file's read server (a replica: ``readroutes.py``). A replica
+        that does not answer leaves, and the read goes again to the lock server."""
+        conn, its = route
+        if callback is not None:
+            given = callback
+
+            def callback(t: Transaction) -> None:
+                if isinstance(t.error, (ConnectionError, TimeoutError)):
+                    self.leave(conn.address, f"a READ failed: {t.error}")
+                    t.error = errors.rerouted_error(conn.address, "its READ failed")
+                given(t)
+
+        try:
+            tx = conn.start(Command.READ, callback=callback, xid=xid, oid=its, **kw)
+        except OSError as e:
+            self.leave(conn.address, f"a READ could not be sent: {e}")
+            raise errors.rerouted_error(conn.address, "its READ failed") from None
+        tx.via = conn
+        return tx
+
+    def replica_notified(self, conn: Connection, msg: Message) -> None:
+        """A replica's notification (its receive thread): a REVOKE of the cache lock of
+        a file read from it; reads go back to the lock server, then the answer goes."""
+        if msg.cmd is Command.REVOKE:
+            if msg["keep"] != p.CacheMode.SHARED:  # (a shared lock kept: reads stay)
+                self._reads.revoked(conn.address, msg.oid)
+            try:
+                conn.answer(msg)
+            except OSError:
+                pass
 
     def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
         """One part is done (or could not be sent: None; or, address None, all are sent)."""
@@ -281,11 +331,14 @@ class ReplicatedConnection:
             opened = {a: t.reply for a, t in others.items()
                       if t.reply is not None and not t.reply.status}  # fmt: skip
             with self._lock:
-                opened = {a: r for a, r in opened.items() if a in self._replicas}
-                self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
                 # (one whose part was not sent, or failed, gets no handle: a resyncing
                 # replica then stays resyncing while the file is open)
+                opened = {a: r for a, r in opened.items() if a in self._replicas}
+                self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
+                read_on = self._replicas.get(tx.reader) if tx.reader in opened else None
+            if read_on is not None and opened[read_on.address]["cached"] == p.CacheMode.SHARED:
+                self._reads.granted(answer.oid, read_on, opened[read_on.address].oid)
         return None
 
     def fids(self, oid: int) -> dict[str, bytes]:
@@ -301,6 +354,7 @@ class ReplicatedConnection:
             self._skipped.pop(address, None)
             for handles in self._handles.values():
                 handles.pop(address, None)
+        self._reads.left(address)
         if conn is None:
             return
         log.warning("server %s leaves the write set: %s", address, why)
@@ -312,6 +366,8 @@ class ReplicatedConnection:
     def wait(self, tx: Transaction, path: Any = None, path2: Any = None,
              forever: bool = False) -> Message:  # fmt: skip
         if not isinstance(tx, ReplicatedTransaction):
+            if tx.via is not None:  # a READ on a replica
+                return self._wait_on_replica(tx, path, path2)
             if not self._replicas:  # (silent alone: nowhere else to go)
                 return self.lock_server.wait(tx, path, path2, forever)
             return self._heard(tx, lambda: self.lock_server.wait(tx, path, path2, forever))
@@ -349,8 +405,16 @@ class ReplicatedConnection:
             self.lock_server.lose(why)
             raise errors.connection_error(self.address, why) from None
 
+    def _wait_on_replica(self, tx: Transaction, path: Any, path2: Any) -> Message:
+        conn = tx.via
+        try:
+            return conn.wait(tx, path, path2)  # type: ignore[no-any-return]
+        except (ConnectionError, TimeoutError) as e:
+            self.leave(conn.address, f"a READ failed: {e}")
+            raise errors.rerouted_error(conn.address, "its READ failed") from None
+
     def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
-        return self.lock_server.result(tx, path, path2)
+        return (tx.via or self.lock_server).result(tx, path, path2)  # type: ignore[no-any-return]
 
     def call(self, cmd: Command, shown: Any = None, shown2: Any = None, /,
              **kwargs: Any) -> Message:  # fmt: skip
@@ -364,7 +428,7 @@ class ReplicatedConnection:
 
     def cancel(self, tx: Transaction) -> None:
         if not isinstance(tx, ReplicatedTransaction):
-            self.lock_server.cancel(tx)
+            (tx.via or self.lock_server).cancel(tx)
             return
         for _, conn, part in tx.parts:  # (a callback's parts end on their own)
             conn.cancel(part)

@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from ..errors import Rerouted
 from .connection import Connection
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ def resending(where: Callable[[], tuple[Connection, Target]],
         try:
             return send(conn, target, attempt > 0)
         except ConnectionError as e:
-            if not conn.closed:
+            if not conn.closed and not isinstance(e, Rerouted):
                 raise
             lost, lost_on = e, conn
         attempt += 1

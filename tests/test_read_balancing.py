@@ -1,0 +1,131 @@
+"""Reads balanced over a group's servers (client/readroutes.py): files read from the
+servers of the highest priority in turn, each under a shared cache lock of the
+server it reads from; another client's change takes reads back to the lock
+server; a read server that dies costs the reader nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import ServerProcess, address_of, make_client
+from pohmelfs import Client
+from pohmelfs.server.service import Server
+
+pytestmark = pytest.mark.timeout(120)
+
+SIZE = 1 << 20
+
+
+def bytes_from(c: Client) -> dict[str, int]:
+    return {s["address"]: s["bytes_in"] for s in c.server_stats()}
+
+
+def routed(c: Client, f: object) -> str | None:
+    """The replica ``f``'s reads go to (None: the lock server)."""
+    conn, oid = f.handle()  # type: ignore[attr-defined]
+    route = conn._reads.route(oid)
+    return None if route is None else route[0].address
+
+
+def write_files(c: Client, n: int) -> dict[str, bytes]:
+    data = {f"f{i}": os.urandom(SIZE) for i in range(n)}
+    for name, content in data.items():
+        with c.open(name, "wb") as f:
+            f.write(content)
+    return data
+
+
+def test_files_are_read_from_equal_servers_in_turn(pair: list[Server]) -> None:
+    a, b = (address_of(s) for s in pair)
+    with make_client([a, b]) as c:
+        data = write_files(c, 8)
+        before = bytes_from(c)
+        files = [c.open(name, "rb", buffering=0) for name in data]
+        try:
+            assert sorted(routed(c, f) or a for f in files) == sorted([a, b] * 4)
+            for f, content in zip(files, data.values(), strict=True):
+                assert f.pread(SIZE, 0) == content
+        finally:
+            for f in files:
+                f.close()
+        after = bytes_from(c)
+        got = {s: after[s] - before[s] for s in (a, b)}
+        assert got[a] >= 3 * SIZE and got[b] >= 3 * SIZE, got
+
+
+def test_the_highest_priority_takes_every_read(pair: list[Server]) -> None:
+    a, b = (address_of(s) for s in pair)
+    with make_client([f"{a}/prio=1", f"{b}/prio=2"]) as c:  # b: the lock server too
+        data = write_files(c, 4)
+        before = bytes_from(c)
+        for name, content in data.items():
+            with c.open(name, "rb", buffering=0) as f:
+                assert routed(c, f) is None and f.pread(SIZE, 0) == content
+        after = bytes_from(c)
+        assert after[a] - before[a] < 64 << 10 and after[b] - before[b] >= 4 * SIZE
+
+
+def test_another_clients_write_takes_reads_back_to_the_lock_server(pair: list[Server]) -> None:
+    a, b = (address_of(s) for s in pair)
+    with make_client([a, b]) as x, make_client([a, b]) as y:
+        write_files(x, 1)
+        f = next(g for g in (x.open("f0", "rb", buffering=0) for _ in range(4))
+                 if routed(x, g) == b)  # fmt: skip
+        assert len(f.pread(SIZE, 0)) == SIZE
+        new = os.urandom(4096)
+        with y.open("f0", "r+b", buffering=0) as g:
+            g.pwrite(new, 0)  # (revokes x's lock on b before b applies it)
+        assert routed(x, f) is None
+        assert f.pread(4096, 0) == new
+        f.close()
+
+
+def test_a_read_server_killed_under_readers_costs_nothing(tmp_path: Path) -> None:
+    procs = []
+    for n in range(2):
+        d = tmp_path / f"e{n}"
+        d.mkdir()
+        procs.append(ServerProcess(d, "--state-dir", str(tmp_path / f"s{n}")))
+    a, b = procs
+    problems: list[BaseException] = []
+    stop = threading.Event()
+    try:
+        with make_client([a.address, b.address], timeout=5, retry_every=0) as c:
+            data = write_files(c, 4)
+            files = {name: c.open(name, "rb", buffering=0) for name in data}
+            assert {routed(c, f) for f in files.values()} == {None, b.address}
+
+            def reader(name: str) -> None:
+                try:
+                    n = 0
+                    while not stop.is_set() and n < 100_000:
+                        n += 1
+                        off = (n * 65536) % SIZE
+                        if files[name].pread(65536, off) != data[name][off : off + 65536]:
+                            raise AssertionError(f"{name}: other data than written")
+                except BaseException as e:
+                    problems.append(e)
+
+            threads = [threading.Thread(target=reader, args=(n,)) for n in files]
+            for t in threads:
+                t.start()
+            try:
+                threading.Event().wait(0.5)
+                os.kill(b.pid, signal.SIGKILL)
+                threading.Event().wait(1.0)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(30)
+            assert not problems, problems
+            assert all(routed(c, f) is None for f in files.values())
+            for f in files.values():
+                f.close()
+    finally:
+        for p in procs:
+            p.stop()
