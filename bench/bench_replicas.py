@@ -15,8 +15,11 @@ directory under one temporary directory (the same disk):
       with SIGKILL; the longest stall one call saw, and whether every byte the writer
       was told was written is on the server that stayed (by checksum)
 
-Reads still go to the lock server only (read balancing is to come), so the issue's
-read figure is not measured here yet.
+  (d) parallel reads: four reader processes, each with its own client and two files
+      open at once (64 MiB each, in the servers' page cache), read 1 MiB at a time,
+      with one server and with two of equal priority (each file is read from one
+      of them in turn: client/readroutes.py); the ratio (target: at least 1.5x),
+      beside the ceiling of the same reads made locally from the exports' files
 
 Usage: python bench/bench_replicas.py [--size-mib 512]
 """
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
+from typing import Any
 
 import pohmelfs
 from bench_core import start_server
@@ -109,6 +114,70 @@ def untar_like(addresses: list[str], pids: list[int], files: int = 2000,
     return dt, mine, servers
 
 
+READERS, FILES_EACH, READ_FILE = 4, 2, 64 << 20
+
+
+def _reader(addresses: list[str], names: list[str], passes: int, go: Any, out: Any) -> None:
+    with client(addresses) as c:
+        files = [c.open(n, "rb", buffering=0) for n in names]
+        buf = bytearray(1 << 20)
+        go.wait()
+        total = 0
+        for _ in range(passes):
+            for off in range(0, READ_FILE, len(buf)):
+                for f in files:
+                    total += f.preadinto(buf, off)
+        for f in files:
+            f.close()
+    out.put(total)
+
+
+def parallel_read(addresses: list[str], passes: int = 2) -> float:
+    """MB/s of READERS processes reading FILES_EACH files each (see (d))."""
+    ctx = multiprocessing.get_context("fork")
+    go, out = ctx.Barrier(READERS + 1), ctx.Queue()
+    names = [[f"par/r{r}f{n}" for n in range(FILES_EACH)] for r in range(READERS)]
+    procs = [ctx.Process(target=_reader, args=(addresses, names[r], passes, go, out))
+             for r in range(READERS)]  # fmt: skip
+    for p in procs:
+        p.start()
+    go.wait()
+    t = time.perf_counter()
+    total = sum(out.get() for _ in procs)
+    dt = time.perf_counter() - t
+    for p in procs:
+        p.join()
+    return total / dt / 1e6
+
+
+def local_parallel_read(root: str, passes: int = 2) -> float:
+    """The ceiling of (d): the same reads, made locally from the files of an export."""
+
+    def one(r: int, out: Any, go: Any) -> None:
+        fds = [os.open(os.path.join(root, f"par/r{r}f{n}"), os.O_RDONLY) for n in range(FILES_EACH)]
+        buf = bytearray(1 << 20)
+        go.wait()
+        total = 0
+        for _ in range(passes):
+            for off in range(0, READ_FILE, len(buf)):
+                for fd in fds:
+                    total += os.preadv(fd, [buf], off)
+        out.put(total)
+
+    ctx = multiprocessing.get_context("fork")
+    go, out = ctx.Barrier(READERS + 1), ctx.Queue()
+    procs = [ctx.Process(target=one, args=(r, out, go)) for r in range(READERS)]
+    for p in procs:
+        p.start()
+    go.wait()
+    t = time.perf_counter()
+    total = sum(out.get() for _ in procs)
+    dt = time.perf_counter() - t
+    for p in procs:
+        p.join()
+    return total / dt / 1e6
+
+
 def failover_gap(roots: list[str]) -> tuple[float, bool, int]:
     procs = [start_server(r) for r in roots]
     addresses = [a for _, a in procs]
@@ -183,6 +252,29 @@ def main() -> None:
             f"server {s1:.2f} s), two replicas {u2:.2f} s (CPU: client {c2:.2f} s, servers "
             f"{s2:.2f} s): {u2 / u1:.2f}x the time (target <= 1.5x); the {cores}-core "
             f"ceiling for two replicas, all CPU busy: {floor:.2f} s = {floor / u1:.2f}x"
+        )
+        with client(two) as c:  # the files, on both servers
+            c.mkdir("par")
+            block = os.urandom(1 << 20)
+            for r in range(READERS):
+                for n in range(FILES_EACH):
+                    with c.open(f"par/r{r}f{n}", "wb", buffering=0) as f:
+                        for _ in range(READ_FILE >> 20):
+                            f.write(block)
+        parallel_read(one, 1)  # warm-up: the servers' page caches
+        r1s, r2s, locals_ = [], [], []
+        for _ in range(3):
+            r1s.append(parallel_read(one))
+            r2s.append(parallel_read(two))
+            locals_.append(local_parallel_read(roots[0]))
+        r1, r2, rl = median(r1s), median(r2s), median(locals_)
+        runs = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(r1s, r2s, strict=True))
+        print(
+            f"(d) parallel read, {READERS} readers x {FILES_EACH} files of "
+            f"{READ_FILE >> 20} MiB: one server {r1:.0f} MB/s, two equal servers "
+            f"{r2:.0f} MB/s (rounds, one/two: {runs}): {r2 / r1:.2f}x one server (target "
+            f">= 1.5x); ceiling, the same reads made locally: {rl:.0f} MB/s "
+            f"({rl / r1:.2f}x one server), on {cores} cores"
         )
     finally:
         for proc, _ in procs:

@@ -10,6 +10,7 @@ import signal
 import stat
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from conftest import (
     make_client,
     same_view,
     settle_times,
+    start_server,
+    stopping,
     tree_snapshot,
     wait_until,
 )
@@ -180,3 +183,43 @@ def test_a_killed_server_comes_back_and_is_resynced_under_writes(tmp_path: Path)
     for name, digest in written.items():
         for d in exports:
             assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest, (d, name)
+
+
+def test_a_file_read_since_before_a_server_joined_keeps_it_when_closed(tmp_path: Path) -> None:
+    """(Found by review.) Its CLOSE has nothing to close on the new server."""
+    with ExitStack() as stack:
+        srv = []
+        for n in range(3):
+            d = tmp_path / f"e{n}"
+            d.mkdir()
+            srv.append(stack.enter_context(stopping(start_server(d))))
+        a, b, c3 = (address_of(s) for s in srv)
+        with make_client([a, b], retry_every=30) as c:
+            with c.open("f", "wb") as f:
+                f.write(b"x")
+            reader = c.open("f", "rb", buffering=0)  # opened before c3 joins
+            c.add_server(c3)
+            wait_until(lambda: state_of(c, c3)["state"] == LIVE, 30, "c3 live")
+            reader.close()
+            time.sleep(0.3)
+            assert state_of(c, c3)["state"] == LIVE
+
+
+def test_close_stops_a_resync_under_way(tmp_path: Path) -> None:
+    """(Found by review.) A resync of a large file does not outlive the client."""
+    with ExitStack() as stack:
+        srv = []
+        for n in range(2):
+            d = tmp_path / f"e{n}"
+            d.mkdir()
+            srv.append(stack.enter_context(stopping(start_server(d))))
+        with open(tmp_path / "e0" / "big", "wb") as fh:
+            fh.truncate(200 << 30)  # sparse: 200 GiB of zeros to read
+        a, b = (address_of(s) for s in srv)
+        c = make_client([a], retry_every=30)
+        c.add_server(b)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        c.close()
+        assert time.monotonic() - t0 < 5
+        assert not [t for t in threading.enumerate() if t.name == "pohmelfs-membership"]

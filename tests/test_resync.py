@@ -201,3 +201,101 @@ def test_resync_of_an_unreachable_server_is_one_line(pair: list[Server]) -> None
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "127.0.0.1:1" in r.stderr
+
+
+# --- races a pass meets (found by review) -------------------------------------------
+
+
+class BusyOnce:
+    """The source, where the first look at each of ``paths`` finds a change of it under
+    way (as a client's write that ends a moment later would)."""
+
+    def __init__(self, client: Client, paths: tuple[bytes, ...]) -> None:
+        self._c, self._paths, self._seen = client, paths, False
+
+    def version(self, path: bytes) -> tuple[int, int]:
+        v, busy = self._c.version(path)
+        if path in self._paths and not self._seen:
+            self._seen = True
+            return v, 1
+        return v, busy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+
+def test_hard_links_stay_one_file_when_the_first_name_was_busy(pair: list[Server]) -> None:
+    a, b = pair
+    with make_client([address_of(a)]) as src, make_client([address_of(b)], unversioned=True) as dst:
+        src.mkdir("d")
+        with src.open("d/a", "wb") as f:
+            f.write(b"one")
+        src.link("d/a", "d/b")
+        done = Resync(BusyOnce(src, (b"d/a", b"d/b")), dst).run()  # type: ignore[arg-type]
+        assert done.clean and done.passes >= 2
+        ta, tb = (root_of(b) / "d" / n for n in ("a", "b"))
+        assert ta.stat().st_ino == tb.stat().st_ino and ta.stat().st_nlink == 2
+        assert ta.read_bytes() == b"one"
+
+
+class ReplacedAfterListing:
+    """The source, where a client replaces ``name`` right after the pass listed it."""
+
+    def __init__(self, client: Client, name: str, how: str) -> None:
+        self._c, self._name, self._how, self._done = client, name, how, False
+
+    def readdir(self, path: bytes) -> list[Any]:
+        out = self._c.readdir(path)
+        if not self._done and any(e.name == self._name.encode() for e in out):
+            self._done = True
+            self._c.unlink(self._name)
+            if self._how == "directory":
+                self._c.mkdir(self._name)
+            else:
+                self._c.symlink("elsewhere", self._name)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
+
+
+@pytest.mark.parametrize("how", ["directory", "symlink"])
+def test_a_file_replaced_under_the_pass_goes_again(pair: list[Server], how: str) -> None:
+    a, b = pair
+    with make_client([address_of(a)]) as src, make_client([address_of(b)], unversioned=True) as dst:
+        with src.open("f", "wb") as f:
+            f.write(b"data")
+        done = Resync(ReplacedAfterListing(src, "f", how), dst).run()  # type: ignore[arg-type]
+        assert done.clean
+    assert same_view(root_of(a)) == same_view(root_of(b))
+
+
+def test_a_directory_changed_all_the_time_still_lets_a_pass_be_clean(pair: list[Server]) -> None:
+    """A directory's version covers only its names and attributes: it is set before
+    its tree is walked, so a name made in the root every 100 ms (by a client writing
+    to both, as once the target joined) does not keep every pass unclean."""
+    a, b = pair
+    with make_client([address_of(a)]) as src:
+        for n in range(20):
+            src.makedirs(f"t{n}")
+            for k in range(40):
+                with src.open(f"t{n}/f{k}", "wb") as f:
+                    f.write(b"x")
+    stop = threading.Event()
+
+    def churn() -> None:
+        with make_client([address_of(a), address_of(b)]) as c:
+            n = 0
+            while not stop.is_set() and n < 2000:
+                n += 1
+                c.mkdir(f"spool{n}")
+                time.sleep(0.1)
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        done = resync(a, b, max_passes=6)
+    finally:
+        stop.set()
+        t.join(30)
+    assert done.clean, done

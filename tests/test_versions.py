@@ -26,6 +26,7 @@ from conftest import (
     stopping,
     wait_until,
 )
+from pohmelfs.client.resync import Resync
 from pohmelfs.security.config import ServerSecurity
 from pohmelfs.security.policy import ClientPolicy
 from pohmelfs.server.service import Server
@@ -77,7 +78,7 @@ def test_a_create_sets_the_new_objects_version() -> None:
 
 def test_the_version_file_keeps_them_and_has_one_owner(tmp_path: Path) -> None:
     path = str(tmp_path / "v.sqlite")
-    v = Versions(VersionFile(path))
+    v = Versions(VersionFile(path, empty_export=True))
     v.end(v.begin([KEY_A]), 41)
     v.set_if(KEY_B, 0, MASK)
     with pytest.raises(OSError) as e:
@@ -95,7 +96,7 @@ def test_the_version_file_keeps_them_and_has_one_owner(tmp_path: Path) -> None:
 
 def test_bumps_are_written_behind_without_a_close(tmp_path: Path) -> None:
     path = str(tmp_path / "v.sqlite")
-    v = Versions(VersionFile(path))
+    v = Versions(VersionFile(path, empty_export=True))
     try:
         v.end(v.begin([KEY_A]), 3)
         db = sqlite3.connect(path)
@@ -260,31 +261,85 @@ def test_only_a_trusted_root_sets_versions(tmp_path: Path, how: str) -> None:
 # --- a server process: state directory and restarts --------------------------------
 
 
-def test_versions_outlive_a_sigterm_and_a_sigkill(tmp_path: Path) -> None:
+def test_versions_outlive_a_clean_stop(tmp_path: Path) -> None:
+    export, state = tmp_path / "export", tmp_path / "state"
+    export.mkdir()
+    srv = ServerProcess(export, "--state-dir", str(state))
+    try:
+        with make_client([srv.address]) as c:
+            assert c.version("")[0] == 0  # (a new, empty export: its history is known)
+            c.mkdir("d")
+            c.chmod("d", 0o700)
+            kept = c.version("d")[0]
+            root = c.version("")[0]
+        srv.stop()
+        srv = ServerProcess(export, "--state-dir", str(state))
+        with make_client([srv.address]) as c:
+            assert c.version("d")[0] == kept and c.version("")[0] == root
+    finally:
+        srv.stop()
+
+
+def test_after_a_sigkill_every_version_is_unknown(tmp_path: Path) -> None:
+    """Bumps are written behind: a SIGKILL may lose some while the data stayed. So
+    the next start believes none of them: every object takes a new random version,
+    which no other server has (a resync then copies everything), also objects the
+    server never changed."""
     export, state = tmp_path / "export", tmp_path / "state"
     export.mkdir()
     srv = ServerProcess(export, "--state-dir", str(state))
     try:
         with make_client([srv.address]) as c:
             c.mkdir("d")
-            kept = c.version("d")[0]
-        srv.stop()
-        srv = ServerProcess(export, "--state-dir", str(state))
-        with make_client([srv.address]) as c:
-            assert c.version("d")[0] == kept
-            c.chmod("d", 0o700)
-            kept = c.version("d")[0]
-        db = sqlite3.connect(state_file(str(state), str(export)))
-        wait_until(lambda: kept in {v for (v,) in db.execute("SELECT version FROM versions")},
-                   what="the bump written behind")  # fmt: skip
-        db.close()
+            with c.open("f", "wb") as f:
+                f.write(b"x")
+            before = {p: c.version(p)[0] for p in ("", "d", "f")}
         os.kill(srv.pid, signal.SIGKILL)
         srv.proc.wait(10)
         srv = ServerProcess(export, "--state-dir", str(state))
         with make_client([srv.address]) as c:
-            assert c.version("d")[0] == kept
+            after = {p: c.version(p)[0] for p in ("", "d", "f")}
+        assert not set(before.values()) & set(after.values()), (before, after)
+        assert len(set(after.values())) == 1  # (the new epoch)
+        srv.stop()
+        srv = ServerProcess(export, "--state-dir", str(state))  # a clean stop: believed
+        with make_client([srv.address]) as c:
+            assert {p: c.version(p)[0] for p in ("", "d", "f")} == after
     finally:
         srv.stop()
+
+
+def test_a_stale_server_never_looks_current_after_the_current_one_was_killed(
+    tmp_path: Path,
+) -> None:
+    """(Found by review.) T misses a write that S applies, and S is killed before it
+    wrote the bump: S must not come back with T's version, or resync leaves T stale."""
+    ex = [tmp_path / "s", tmp_path / "t"]
+    st = [str(tmp_path / "state-s"), str(tmp_path / "state-t")]
+    for d in ex:
+        d.mkdir()
+    s = ServerProcess(ex[0], "--state-dir", st[0])
+    t = ServerProcess(ex[1], "--state-dir", st[1])
+    try:
+        with make_client([s.address, t.address], timeout=3, retry_every=0) as c:
+            with c.open("f", "wb") as f:
+                f.write(b"old")
+        os.kill(t.pid, signal.SIGKILL)
+        t.proc.wait(10)
+        with make_client([s.address], timeout=3, retry_every=0) as c:
+            with c.open("f", "r+b", buffering=0) as f:
+                f.write(b"NEW")
+        os.kill(s.pid, signal.SIGKILL)  # (at once: within the write-behind delay)
+        s.proc.wait(10)
+        s = ServerProcess(ex[0], "--state-dir", st[0])
+        t = ServerProcess(ex[1], "--state-dir", st[1])
+        with make_client([s.address]) as src, make_client([t.address], unversioned=True) as dst:
+            assert src.version("f") != dst.version("f")
+            assert Resync(src, dst).run().clean
+        assert (ex[1] / "f").read_bytes() == b"NEW"
+    finally:
+        s.stop()
+        t.stop()
 
 
 def test_serve_refuses_a_state_directory_it_cannot_use(tmp_path: Path) -> None:

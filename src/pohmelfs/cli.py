@@ -76,7 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         try:
-            versions = open_versions(args.state_dir or default_state_dir(), root)
+            versions = open_versions(args.state_dir or default_state_dir(), root,
+                                     empty_export=not os.listdir(root))  # fmt: skip
         except OSError as e:
             raise UserError(e.strerror or str(e)) from None
         export = LocalExport(root, read_only=args.read_only, devices=args.allow_devices)

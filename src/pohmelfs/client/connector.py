@@ -143,26 +143,31 @@ class Connector:
         added); ValueError if it is in the set (``new``) or not gone (else)."""
         address = spec.address
         if new:
-            self.servers.add(spec, GONE)
+            self.servers.add(spec, RESYNCING)  # (taken: no one else joins it meanwhile)
             self.stats.setdefault(address, ServerStats())
-        elif self.servers.state(address) != GONE:
+        elif not self.servers.transition(address, GONE, RESYNCING):
             raise ValueError(f"{address} is not a gone server of this client's set")
+
+        def undo() -> None:
+            if new:
+                self.servers.discard(address)
+            else:
+                self.servers.transition(address, RESYNCING, GONE)
+
         try:
             joined = self._connect(address, 0, None, conn.replica_notified)
         except OSError:
-            if new:
-                self.servers.discard(address)
+            undo()
             raise
-        self.servers.set_state(address, RESYNCING)
         try:
             conn.join(joined, spec.prio)
         except BaseException:
-            self.servers.set_state(address, GONE)
+            undo()
             joined.close()
             raise
         log.warning("server %s joined the write set; resyncing it", address)
 
-    def promote(self, address: str, conn: ReplicatedConnection, skipped: int,
+    def promote(self, address: str, conn: ReplicatedConnection, skipped: tuple[int, int],
                 writing: set[int]) -> bool:  # fmt: skip
         """A resynced server is current (``ReplicatedConnection.promote_if``): live,
         read and written like the others. False if it is not (yet)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from .connector import Connector
 from .replicated import ReplicatedConnection
-from .resync import Resync
+from .resync import Resync, Stopped
 from .serverset import GONE, ServerSpec
 
 log = logging.getLogger("pohmelfs.client")
@@ -43,6 +43,7 @@ class Membership:
         self._connector, self._group, self._writing, self._make = connector, group, writing, make
         self.retry_every = retry_every
         self._due: dict[str, tuple[float, float]] = {}  # address -> (next try, backoff)
+        self._due_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,7 +57,8 @@ class Membership:
     def add(self, spec: ServerSpec) -> None:
         """``spec`` joins the write set now, resynced in the background."""
         self._connector.join(spec, self._group(), new=True)
-        self._due.pop(spec.address, None)
+        with self._due_lock:
+            self._due.pop(spec.address, None)
         self._start()
         self._wake.set()
 
@@ -75,7 +77,11 @@ class Membership:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pause = self._round()
+            try:
+                pause = self._round()
+            except Exception:  # (it must go on: the set would never heal)
+                log.exception("taking servers back failed")
+                pause = self.retry_every or 5.0
             self._wake.wait(pause)
             self._wake.clear()
 
@@ -99,7 +105,8 @@ class Membership:
                 break
             if self._is_due(address, time.monotonic()):
                 self._resync(group, address)
-        pending = [at for at, _ in self._due.values()]
+        with self._due_lock:
+            pending = [at for at, _ in self._due.values()]
         nearest = min(pending, default=now + (self.retry_every or 3600.0)) - time.monotonic()
         return max(0.05, min(nearest, self.retry_every or 3600.0))
 
@@ -109,22 +116,28 @@ class Membership:
             with ExitStack() as stack:
                 source = stack.enter_context(self._make(group.address, False))
                 target = stack.enter_context(self._make(address, True))
-                done = Resync(source, target).run()
+                done = Resync(source, target, stop=self._stop.is_set).run()
+        except Stopped:
+            return
         except (OSError, ValueError) as e:
             log.warning("resync of %s from %s failed: %s", address, group.address, e)
             self._failed(address, time.monotonic())
             return
         if done.clean and self._connector.promote(address, group, skipped,
                                                   self._writing(group)):  # fmt: skip
-            self._due.pop(address, None)
+            with self._due_lock:
+                self._due.pop(address, None)
             return
-        self._due[address] = (time.monotonic() + WAIT_FOR_FILES, 0.0)
+        with self._due_lock:
+            self._due[address] = (time.monotonic() + WAIT_FOR_FILES, 0.0)
 
     def _is_due(self, address: str, now: float) -> bool:
-        at, _ = self._due.get(address, (0.0, 0.0))
+        with self._due_lock:
+            at, _ = self._due.get(address, (0.0, 0.0))
         return now >= at
 
     def _failed(self, address: str, now: float) -> None:
-        _, backoff = self._due.get(address, (0.0, 0.0))
-        backoff = min(BACKOFF_MAX, max(self.retry_every or 5.0, 2 * backoff))
-        self._due[address] = (now + backoff, backoff)
+        with self._due_lock:
+            _, backoff = self._due.get(address, (0.0, 0.0))
+            backoff = min(BACKOFF_MAX, max(self.retry_every or 5.0, 2 * backoff))
+            self._due[address] = (now + backoff, backoff)

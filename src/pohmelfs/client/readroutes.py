@@ -18,6 +18,7 @@ mount's leases and name locks, which one server grants.
 from __future__ import annotations
 
 import itertools
+import random
 import threading
 from typing import Any
 
@@ -29,7 +30,7 @@ class ReadRoutes:
 
     def __init__(self, prio: dict[str, int]) -> None:
         self._prio = dict(prio)
-        self._turns = itertools.count()
+        self._turns = itertools.count(random.randrange(1 << 16))  # (clients spread out)
         self._lock = threading.Lock()
         self._routes: dict[int, tuple[Any, int]] = {}  # lock server handle -> (conn, its)
         self._locks: dict[tuple[str, int], int] = {}  # (replica, its handle) -> ours

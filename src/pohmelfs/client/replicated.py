@@ -20,6 +20,7 @@ where the range locks of ``server/rangelock.py`` order them against writes.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -84,6 +85,8 @@ class ReplicatedConnection:
         # joined, a name they do not have yet) the resync copies; they never leave for it.
         self._resyncing: set[str] = set()
         self._skipped: dict[str, int] = {}  # by resyncing replica: changes it did not apply
+        self._joins = itertools.count(1)
+        self._joined: dict[str, int] = {}  # by replica that joined: which join it is
         # The servers a change sent on this group went to (each keeps its answer).
         self.members = frozenset([lock_server.address, *self._replicas])
         self._lost = lost
@@ -136,20 +139,25 @@ class ReplicatedConnection:
             self._reads.add_server(conn.address, prio)
             self._replicas[conn.address] = conn
             self._resyncing.add(conn.address)
+            self._joined[conn.address] = next(self._joins)
             self.members = self.members | {conn.address}
 
-    def skipped(self, address: str) -> int:
-        """How many changes the resyncing replica ``address`` did not apply so far."""
+    def skipped(self, address: str) -> tuple[int, int]:
+        """Which join of the resyncing replica ``address`` this is, and how many
+        changes it did not apply since it joined."""
         with self._lock:
-            return self._skipped.get(address, 0)
+            return self._joined.get(address, 0), self._skipped.get(address, 0)
 
-    def promote_if(self, address: str, skipped: int, writing: set[int]) -> bool:
+    def promote_if(self, address: str, skipped: tuple[int, int], writing: set[int]) -> bool:
         """The resyncing replica ``address`` becomes a replica like the others if it
-        missed no change since ``skipped`` (read before the resync pass that found it
-        current) and every file open for writing (``writing``: the lock server's
-        handles) is open on it too. From then on, a change it fails makes it leave."""
+        is still in the same join and missed no change since ``skipped`` (both read
+        before the resync pass that found it current), and every file open for
+        writing (``writing``: the lock server's handles) is open on it too. From
+        then on, a change it fails makes it leave."""
         with self._sending, self._lock:
-            if address not in self._resyncing or self._skipped.get(address, 0) != skipped:
+            if self.closed or address not in self._resyncing:
+                return False
+            if (self._joined.get(address, 0), self._skipped.get(address, 0)) != skipped:
                 return False
             if any(address not in self._handles.get(oid, ()) for oid in writing):
                 return False
@@ -198,7 +206,7 @@ class ReplicatedConnection:
             for address in [a for a in replicas if a not in handles]:
                 if address in resyncing:  # (the resync copies what it missed)
                     self._skip(address)
-                else:
+                elif cmd is not Command.CLOSE:  # (a file read since before it joined)
                     self.leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]
         if not replicas:
@@ -352,6 +360,7 @@ class ReplicatedConnection:
             conn = self._replicas.pop(address, None)
             self._resyncing.discard(address)
             self._skipped.pop(address, None)
+            self._joined.pop(address, None)
             for handles in self._handles.values():
                 handles.pop(address, None)
         self._reads.left(address)

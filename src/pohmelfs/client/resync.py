@@ -33,6 +33,9 @@ from typing import Any, Protocol
 from ..protocol import Attr, DirEntry
 
 CHUNK = 1 << 20
+# What a copy meets when a client removed, renamed or replaced the object under it.
+MOVED_MEANWHILE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP,
+                             errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY})  # fmt: skip
 NOT_ON_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)  # xattrs of symlinks
 
 
@@ -60,6 +63,10 @@ class Side(Protocol):
     def removexattr(self, path: bytes, attribute: str) -> None: ...
 
 
+class Stopped(Exception):
+    """The resync was told to stop (``Resync(stop=...)``)."""
+
+
 @dataclass
 class Progress:
     """Where a resync is: reported after each object."""
@@ -82,14 +89,18 @@ class Resync:
     """Resync ``target`` from ``source`` (``progress``: told after each object)."""
 
     def __init__(self, source: Side, target: Side, *, max_passes: int = 10,
-                 progress: Callable[[Progress], None] | None = None) -> None:  # fmt: skip
+                 progress: Callable[[Progress], None] | None = None,
+                 stop: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
+        """``stop()``: give up (``Stopped``) as soon as it says so."""
         if max_passes < 1:
             raise ValueError("max_passes must be at least 1")
         self.source, self.target = source, target
         self.max_passes = max_passes
-        self._progress = progress or (lambda _: None)
+        self._told = progress or (lambda _: None)
+        self._stop = stop
         self.state = Progress()
-        self._links: dict[int, bytes] = {}  # source inode -> its first path this pass
+        # Source inode -> its first name this pass, and whether that copy went through.
+        self._links: dict[int, tuple[bytes, bool]] = {}
 
     def run(self) -> Progress:
         """Passes until one is clean; the last pass's figures (``clean``: done)."""
@@ -105,7 +116,8 @@ class Resync:
     # --- one directory, one object ---------------------------------------------------
 
     def _directory(self, path: bytes, mode: int) -> None:
-        """The directory at ``path``: made on the target, its names, then itself."""
+        """The directory at ``path``: made on the target, its names and attributes,
+        its version (which covers only those), then what it holds."""
         t = self.target
         begun = self._begin(path, mode)
         if begun is None:
@@ -126,41 +138,70 @@ class Resync:
         for name, attr in theirs.items():
             if name not in names:
                 self._remove(_join(path, name), attr.mode)
-        for e in ours:
-            child = _join(path, e.name)
-            if stat.S_ISDIR(e.attr.mode):
-                self._directory(child, e.attr.mode)
-            else:
-                there = theirs.get(e.name)
-                self._gone_meanwhile(lambda c=child, e=e, t=there: self._other(c, e, t))
         if not same or renamed:
             self._gone_meanwhile(lambda: self._copy_attributes(path, self.source.stat(path)))
         self._end(path, version, expect, same)
+        copied = self.state.copied
+        for e in ours:
+            child = _join(path, e.name)
+            if stat.S_ISDIR(e.attr.mode):
+                self._gone_meanwhile(lambda c=child, m=e.attr.mode: self._directory(c, m))
+            else:
+                there = theirs.get(e.name)
+                self._gone_meanwhile(lambda c=child, e=e, t=there: self._other(c, e, t))
+        if self.state.copied != copied:  # (names made here moved the target's times)
+            self._gone_meanwhile(lambda: self._copy_times(path))
 
     def _gone_meanwhile(self, copy: Callable[..., None]) -> None:
-        """``copy()``, which finds an object removed or renamed under it (on the source,
-        or on the target by a client): the next pass takes what is there then."""
+        """``copy()``, which finds an object removed, renamed or replaced under it (on
+        the source, or on the target by a client): the next pass takes what is there
+        then."""
         try:
             copy()
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError as e:
+            if e.errno not in MOVED_MEANWHILE:
+                raise
             self.state.again += 1
 
     def _other(self, path: bytes, e: DirEntry, theirs: Attr | None) -> None:
+        linked = e.attr.nlink > 1
+        first = self._links.get(e.attr.ino) if linked else None
+        if first is not None:
+            self._another_name(path, e, theirs, *first)
+            return
         begun = self._begin(path, e.attr.mode, theirs)
         if begun is None:
+            if linked:
+                self._links[e.attr.ino] = (path, False)  # (its other names: next pass)
             return
         version, expect, same = begun
-        first = self._links.get(e.attr.ino) if e.attr.nlink > 1 else None
-        if first is None and e.attr.nlink > 1:
-            self._links[e.attr.ino] = path
-        if not same and first is not None:  # another name of a file copied in this pass
-            self._remove(path, theirs.mode if theirs is not None else None)
-            self.target.link(first, path)
-        elif not same and self._copy(path, e.attr):
+        if not same and self._copy(path, e.attr):
             expect = None
         if expect is None:  # (made by the copy: its version is what it is now)
             expect = self.target.version(path)[0]
-        self._end(path, version, expect, same)
+        done = self._end(path, version, expect, same)
+        if linked:
+            self._links[e.attr.ino] = (path, done)
+
+    def _another_name(self, path: bytes, e: DirEntry, theirs: Attr | None, first: bytes,
+                      done: bool) -> None:  # fmt: skip
+        """A name of a file whose first name this pass took: the same file on the
+        target (linked to it), set to its version only if that copy went through."""
+        s = self.state
+        s.seen += 1
+        if not done:
+            s.again += 1
+            return
+        try:
+            linked = theirs is not None and self.target.stat(path).st_ino == \
+                self.target.stat(first).st_ino  # fmt: skip
+        except FileNotFoundError:
+            linked = False
+        if not linked:
+            self._remove(path, theirs.mode if theirs is not None else None)
+            self.target.link(first, path)
+            s.copied += 1
+        self._progress(s)
 
     def _begin(self, path: bytes, mode: int,
                theirs: Attr | None = None) -> tuple[int, int | None, bool] | None:  # fmt: skip
@@ -195,8 +236,11 @@ class Resync:
             there = None  # made anew by the copy
         return version, there, False
 
-    def _end(self, path: bytes, version: int, expect: int | None, same: bool) -> None:
+    def _end(self, path: bytes, version: int, expect: int | None, same: bool) -> bool:
+        """The object's version on the target is the source's if it did not move
+        meanwhile (True), else the next pass takes it again."""
         s = self.state
+        done = True
         if not same:
             s.copied += 1
             again, busy = self.source.version(path)
@@ -208,7 +252,9 @@ class Resync:
                 if e.errno not in (errno.ESTALE, errno.ENOENT):
                     raise
                 s.again += 1
+                done = False
         self._progress(s)
+        return done
 
     # --- copies ------------------------------------------------------------------------
 
@@ -241,6 +287,8 @@ class Resync:
                 self.target.open(path, "wb", buffering=0) as g:  # fmt: skip
             offset = 0
             while True:
+                if self._stop():
+                    raise Stopped("the resync was stopped")
                 data = f.pread(CHUNK, offset)
                 if not data:
                     break
@@ -267,6 +315,15 @@ class Resync:
             if not (link and e.errno in NOT_ON_LINKS) and e.errno not in (errno.ENOTSUP,):
                 raise
         dst.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def _progress(self, s: Progress) -> None:
+        if self._stop():
+            raise Stopped("the resync was stopped")
+        self._told(s)
+
+    def _copy_times(self, path: bytes) -> None:
+        st = self.source.stat(path)
+        self.target.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _remove(self, path: bytes, mode: int | None) -> None:
         """The target's object at ``path`` goes (``mode``: its; None: there is none)."""

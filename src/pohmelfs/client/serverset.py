@@ -151,6 +151,15 @@ class ServerSet:
             m = self._members.get(address)
             return None if m is None else m.state
 
+    def transition(self, address: str, old: str, new: str) -> bool:
+        """``address`` goes from state ``old`` to ``new``; False if it was not ``old``."""
+        with self._lock:
+            m = self._members.get(address)
+            if m is None or m.state != old:
+                return False
+            m.state = new
+            return True
+
     def set_state(self, address: str, state: str) -> None:
         if state not in (LIVE, STALE, RESYNCING, GONE):
             raise ValueError(f"unknown server state {state!r}")

@@ -3,21 +3,36 @@ outside the export (the server's own state, not the export's files)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
+import secrets
 import sqlite3
 import threading
+import time
 
 from .storage import FileKey
 from .versions import Versions
 
+log = logging.getLogger("pohmelfs.server")
+
 
 class VersionFile:
-    """Versions in a SQLite file (WAL, not synced: see the module's docstring)."""
+    """Versions in a SQLite file (WAL, not synced: see the module's docstring).
 
-    def __init__(self, path: str) -> None:
+    What a server that stopped without closing it (SIGKILL, a crash, a power
+    loss) had not yet written is lost, and with it what told the objects it
+    changed from their copies elsewhere. So such a file is not believed: its
+    versions are dropped, and every object takes a random ``epoch`` until a
+    change or a resync sets its own, which matches no other server's: the next
+    resync copies everything. A new file for an export that already holds
+    something starts the same way (its history is not known). A file that cannot
+    be read is set aside (``.corrupt``) and replaced by a new one."""
+
+    def __init__(self, path: str, empty_export: bool = False) -> None:
         self.path = path
         # One server per file: a second one's bumps would be lost to the first's.
         self._owner = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -26,24 +41,57 @@ class VersionFile:
         except BlockingIOError:
             os.close(self._owner)
             raise OSError(errno.EBUSY, f"another server keeps its versions in {path}") from None
+        self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db, self.epoch, self.trusted = self._open(path, empty_export)
+        except sqlite3.DatabaseError as e:
+            log.warning("the versions file %s cannot be read (%s): set aside, every object "
+                        "now looks changed to the other servers", path, e)  # fmt: skip
+            os.replace(path, f"{path}.corrupt-{int(time.time())}")
+            for tail in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + tail)
+            try:
+                self._db, self.epoch, self.trusted = self._open(path, False)
+            except BaseException:
+                os.close(self._owner)
+                raise
         except BaseException:
             os.close(self._owner)
             raise
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS versions (dev INTEGER, ino INTEGER,"
-            " version INTEGER NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID"
-        )
+
+    @staticmethod
+    def _open(path: str, empty_export: bool) -> tuple[sqlite3.Connection, int, bool]:
+        new = not os.path.exists(path)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # (the start and the clean stop)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS versions (dev INTEGER, ino INTEGER,"
+                " version INTEGER NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID"
+            )
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER)")
+            meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+            trusted = (meta.get("running") == 0) or (new and empty_export)
+            epoch = int(meta.get("epoch", 0)) if trusted else secrets.randbits(62) or 1
+            db.execute("BEGIN")
+            if not trusted:
+                db.execute("DELETE FROM versions")
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [("epoch", epoch), ("running", 1)])  # fmt: skip
+            db.execute("COMMIT")
+            db.execute("PRAGMA synchronous=OFF")
+        except BaseException:
+            db.close()
+            raise
+        return db, epoch, trusted
 
     def read(self, key: FileKey) -> int:
         with self._lock:
             row = self._db.execute("SELECT version FROM versions WHERE dev = ? AND ino = ?",
                                    key).fetchone()  # fmt: skip
-        return 0 if row is None else int(row[0])
+        return self.epoch if row is None else int(row[0])
 
     def write(self, values: dict[FileKey, int]) -> None:
         rows = [(dev, ino, v) for (dev, ino), v in values.items()]
@@ -57,22 +105,14 @@ class VersionFile:
             self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """A clean stop (after the last write): the next start believes the file."""
         with self._lock:
-            self._db.close()
-            os.close(self._owner)
-
-
-def open_versions(state_dir: str, export_root: str) -> Versions:
-    """The versions of the export at ``export_root``, kept in ``state_dir`` (which
-    must not be inside the export: clients would see, and could change, them).
-    OSError with the reason when they cannot be."""
-    real_state, real_root = os.path.realpath(state_dir), os.path.realpath(export_root)
-    if os.path.commonpath([real_state, real_root]) == real_root:
-        raise OSError(errno.EINVAL, f"the state directory {state_dir} is inside the export")
-    try:
-        return Versions(VersionFile(state_file(state_dir, export_root)))
-    except sqlite3.Error as e:
-        raise OSError(errno.EIO, f"cannot open the versions file in {state_dir}: {e}") from None
+            try:
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("UPDATE meta SET value = 0 WHERE name = 'running'")
+            finally:
+                self._db.close()
+                os.close(self._owner)
 
 
 def state_file(state_dir: str, export_root: str) -> str:
@@ -94,3 +134,17 @@ def default_state_dir() -> str:
         return "/var/lib/pohmelfs"
     base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(base, "pohmelfs")
+
+
+def open_versions(state_dir: str, export_root: str, empty_export: bool = False) -> Versions:
+    """The versions of the export at ``export_root``, kept in ``state_dir`` (which
+    must not be inside the export: clients would see, and could change, them);
+    ``empty_export``: it holds nothing yet (a new versions file is then believed).
+    OSError with the reason when they cannot be."""
+    real_state, real_root = os.path.realpath(state_dir), os.path.realpath(export_root)
+    if os.path.commonpath([real_state, real_root]) == real_root:
+        raise OSError(errno.EINVAL, f"the state directory {state_dir} is inside the export")
+    try:
+        return Versions(VersionFile(state_file(state_dir, export_root), empty_export))
+    except sqlite3.Error as e:
+        raise OSError(errno.EIO, f"cannot open the versions file in {state_dir}: {e}") from None

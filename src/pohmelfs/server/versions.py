@@ -14,12 +14,12 @@ A change is counted after it was applied, never before: while it runs the
 object is ``busy`` (``VERSION`` says so, and ``SETVERSION`` refuses), and a
 crash between the two leaves the object looking stale, never fresh.
 
-Kept in SQLite (``VersionFile``) outside the export, written behind: bumps are
-gathered in memory and written together at most ``FLUSH_EVERY`` seconds apart
-(so a change costs no write of its own). What a SIGKILL loses of them makes
-the objects look stale, which a resync mends; what the machine's crash loses
-of the export's own data while the versions file kept the bump is not seen
-(the versions file is not synced with the data: see docs/design.md).
+Kept in SQLite (``versionfile.py``) outside the export, written behind: bumps
+are gathered in memory and written together at most ``FLUSH_EVERY`` seconds
+apart (so a change costs no write of its own). A server that stopped without
+closing the file (SIGKILL, a crash) may have lost some while the data stayed,
+so its next start believes none: every object then has a version no other
+server has, and the next resync copies everything (see ``VersionFile``).
 """
 
 from __future__ import annotations
