@@ -223,3 +223,70 @@ def test_close_stops_a_resync_under_way(tmp_path: Path) -> None:
         c.close()
         assert time.monotonic() - t0 < 5
         assert not [t for t in threading.enumerate() if t.name == "pohmelfs-membership"]
+
+
+def test_a_server_another_client_still_leaves_out_is_not_taken_back(tmp_path: Path) -> None:
+    """(Found by review.) c1 resyncs T while c2 still writes without it: T must not
+    be taken for current by c1 (so that c1, failing over, never reads what c2 wrote
+    missing on T); once c2 is gone, c1's next pass takes T back with c2's writes."""
+    exports = [tmp_path / "s", tmp_path / "t"]
+    for d in exports:
+        d.mkdir()
+    s = ServerProcess(exports[0], "--state-dir", str(tmp_path / "st-s"))
+    t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"))
+    try:
+        with make_client([s.address, t.address], timeout=3, connect_timeout=2,
+                         retry_every=0.2) as c1:  # fmt: skip
+            c2 = make_client([s.address, t.address], timeout=3, connect_timeout=2,
+                             retry_every=0)  # fmt: skip
+            try:
+                with c1.open("f", "wb") as f:
+                    f.write(b"v1")
+                os.kill(t.pid, signal.SIGKILL)
+                t.proc.wait(10)
+                for c in (c1, c2):
+                    c.mkdir(f"seen-{id(c)}")  # (each finds T gone)
+                    wait_until(lambda c=c: state_of(c, t.address)["state"] == GONE, 10, "gone")
+                t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"),
+                                  listen=t.address, retry_for=10)  # fmt: skip
+                wait_until(lambda: state_of(c1, t.address)["state"] == RESYNCING, 20, "rejoin")
+                with c2.open("f", "wb") as f:
+                    f.write(b"v2 from another client")
+                for _ in range(20):  # passes go on; c2 still leaves T out
+                    assert state_of(c1, t.address)["state"] == RESYNCING
+                    time.sleep(0.1)
+            finally:
+                c2.close()
+            wait_until(lambda: state_of(c1, t.address)["state"] == LIVE, 30, "T live")
+        assert (exports[1] / "f").read_bytes() == b"v2 from another client"
+    finally:
+        s.stop()
+        t.stop()
+
+
+def test_a_server_others_mark_behind_is_resynced_by_a_new_client(tmp_path: Path) -> None:
+    """T was down while a client wrote to S: a client connecting later to both finds T
+    marked behind on S, and resyncs it before reading from it."""
+    exports = [tmp_path / "s", tmp_path / "t"]
+    for d in exports:
+        d.mkdir()
+    s = ServerProcess(exports[0], "--state-dir", str(tmp_path / "st-s"))
+    t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"))
+    try:
+        t_address = t.address
+        t.stop()
+        with make_client([s.address, t_address], connect_timeout=2, retry_every=0) as c:
+            with c.open("f", "wb") as f:
+                f.write(b"made while T was down")
+        t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"),
+                          listen=t_address, retry_for=10)  # fmt: skip
+        with make_client([s.address, t.address], retry_every=0.2) as c:
+            assert state_of(c, t.address)["state"] == RESYNCING
+            wait_until(lambda: state_of(c, t.address)["state"] == LIVE, 30, "T live")
+            for _ in range(4):  # reads from either: the same
+                with c.open("f", "rb") as f:
+                    assert f.read() == b"made while T was down"
+        assert (exports[1] / "f").read_bytes() == b"made while T was down"
+    finally:
+        s.stop()
+        t.stop()

@@ -175,6 +175,9 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         c.VERSION: ({}, path),
         # a resync's: the version of the copy, if the object is still as it was read
         c.SETVERSION: ({}, {**path, "expect": (1 << 62) - 1, "version": 1 << 61}),
+        c.PEERS: ({}, {}),
+        c.MISSING: ({}, {"names": (b"10.0.0.2:7400", b"[::1]:7401")}),
+        c.CLEAR: ({}, {"cred": CRED, "names": (b"10.0.0.2:7400",), "expect": 7}),
     }
 
 
@@ -229,6 +232,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
             c.CACHE: ({}, {"attr": ATTR_FILE, "writers": 0, "watchers": 3}),
             c.LEASE: ({"oid": 78}, {"attr": ATTR_FILE, "cached": 0}),
             c.VERSION: ({}, {"version": (1 << 62) - 1, "busy": 2}),
+            c.PEERS: ({}, {"behind": (b"10.0.0.2:7400 3",)}),
         }
     )
     return out

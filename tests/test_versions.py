@@ -360,3 +360,51 @@ def test_serve_refuses_a_state_directory_it_cannot_use(tmp_path: Path) -> None:
         assert r.returncode != 0 and "another server" in r.stderr
     finally:
         first.stop()
+
+
+# --- servers behind (server/peers.py) ----------------------------------------------
+
+T, U = b"10.0.0.2:7400", b"10.0.0.3:7400"
+
+
+def test_a_server_left_out_is_marked_behind_until_cleared() -> None:
+    peers = Versions().peers
+    peers.missing(1, [T])
+    gen = peers.behind()[T]
+    peers.applied(1)  # a change that did not reach T
+    assert peers.behind()[T] == gen + 1
+    assert not peers.clear(T, gen)  # moved since the resync read it
+    assert not peers.clear(T, gen + 1)  # session 1 still leaves it out
+    peers.missing(1, [])  # it reaches T again (joined as resyncing)
+    assert peers.clear(T, gen + 1) and T not in peers.behind()
+    peers.applied(1)
+    assert peers.behind() == {}
+    peers.missing(2, [U])
+    peers.ended(2)  # (the mark stays: the changes it missed are still missed)
+    assert U in peers.behind() and peers.clear(U, peers.behind()[U])
+
+
+def test_marks_outlive_any_stop(tmp_path: Path) -> None:
+    path = str(tmp_path / "v.sqlite")
+    killed = (  # a server that marks, then dies without closing its versions file
+        "import os, sys\n"
+        "from pohmelfs.server.versionfile import VersionFile\n"
+        "from pohmelfs.server.versions import Versions\n"
+        "v = Versions(VersionFile(sys.argv[1], empty_export=True))\n"
+        f"v.peers.missing(1, [{T!r}, {U!r}])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", killed, path], check=True, timeout=30)
+    again = Versions(VersionFile(path))
+    try:
+        assert set(again.peers.behind()) == {T, U}
+    finally:
+        again.close()
+
+
+def test_marks_are_bounded() -> None:
+    peers = Versions().peers
+    with pytest.raises(OSError) as e:
+        for n in range(300):
+            peers.missing(n, [b"10.1.%d.%d:7400" % (n // 250, n % 250)])
+    assert e.value.errno == errno.ENOSPC

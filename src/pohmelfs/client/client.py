@@ -148,7 +148,7 @@ class Client:
         self._key = dict(secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key,
                          tls_ca=tls_ca, tls_server_name=tls_server_name)  # fmt: skip
         self.membership = Membership(self.connector, self.connection, self.files.writing,  # type: ignore[arg-type]
-                                     self._single, retry_every)  # fmt: skip
+                                     self._single, retry_every, self.cred)  # fmt: skip
         # Notifications run on threads of their own, never the reader's; several: one
         # revocation may wait (for writes, or changes sent ahead) while others go on.
         self._revoker = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pohmelfs-revoke")

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..protocol import Message
 from ..security.config import ClientSecurity
+from .behind import marked_behind
 from .connection import Connection
 from .replicated import ReplicatedConnection
 from .serverset import GONE, LIVE, RESYNCING, ServerSet, ServerSpec, parse_server
@@ -84,7 +85,41 @@ class Connector:
                     made.join(self._replica(m.spec.address, group), m.spec.prio)
                 except OSError as e:
                     self.server_lost(m.spec.address, str(e))
+        made.set_missing({m.spec.address for m in members} - set(made.connections()))
+        stale = self._stale(made)
+        for address in stale - {made.address} - set(made.resyncing):
+            log.warning("server %s missed changes another server has: resyncing it", address)
+            made.demote(address)
+            self.servers.set_state(address, RESYNCING)
+        if made.address in stale:  # (the lock server itself: the next one, then)
+            log.warning("server %s missed changes another server has: resyncing it",
+                        made.address)  # fmt: skip
+            self.servers.set_state(made.address, RESYNCING)
+            made.close()
+            return self.connect()
         return made
+
+    def _stale(self, made: ReplicatedConnection) -> set[str]:
+        """The servers of ``made`` another of them marks behind (``behind.py``). If
+        each is marked by another (their histories split: see docs/design.md), the
+        lock server's is taken for the current one."""
+        reports: dict[str, set[str]] = {}
+        conns = made.connections()
+        if len(conns) < 2:
+            return set()  # (no other server to know)
+        for address, conn in conns.items():
+            try:
+                reports[address] = set(marked_behind(conn))
+            except OSError as e:
+                log.warning("cannot ask server %s which servers missed changes: %s", address, e)
+                reports[address] = set()
+        stale = {x for x in reports if any(x in r for y, r in reports.items() if y != x)}
+        if len(reports) > 1 and stale >= set(reports):
+            log.error("servers %s each missed changes the others have (a split): %s is "
+                      "taken for current, the others are resynced from it",
+                      ", ".join(sorted(reports)), made.address)  # fmt: skip
+            stale.discard(made.address)
+        return stale
 
     def _replica(self, address: str, group: list[Any]) -> Connection:
         """A connection to a replica of ``group`` (which tells it of its REVOKEs)."""

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+from ..protocol import Cred
+from .behind import clear_marks, marked_behind
 from .connector import Connector
 from .replicated import ReplicatedConnection
 from .resync import Resync, Stopped
@@ -37,11 +39,13 @@ class Membership:
 
     def __init__(self, connector: Connector, group: Callable[[], ReplicatedConnection],
                  writing: Callable[[ReplicatedConnection], set[int]],
-                 make: Callable[[str, bool], Any], retry_every: float) -> None:  # fmt: skip
+                 make: Callable[[str, bool], Any], retry_every: float,
+                 cred: Cred) -> None:  # fmt: skip
         if retry_every < 0:
             raise ValueError("retry_every must be 0 (never) or more seconds")
         self._connector, self._group, self._writing, self._make = connector, group, writing, make
         self.retry_every = retry_every
+        self._cred = cred
         self._due: dict[str, tuple[float, float]] = {}  # address -> (next try, backoff)
         self._due_lock = threading.Lock()
         self._wake = threading.Event()
@@ -113,18 +117,24 @@ class Membership:
     def _resync(self, group: ReplicatedConnection, address: str) -> None:
         skipped = group.skipped(address)
         try:
+            # The marks other servers hold of it (``behind.py``), before the resync: a
+            # change another client makes without it moves them, and a pass that
+            # ends clean clears only marks that did not move.
+            others = {a: c for a, c in group.connections().items() if a != address}
+            marks = {a: marked_behind(c).get(address, 0) for a, c in others.items()}
             with ExitStack() as stack:
                 source = stack.enter_context(self._make(group.address, False))
                 target = stack.enter_context(self._make(address, True))
                 done = Resync(source, target, stop=self._stop.is_set).run()
+            cleared = done.clean and clear_marks(others, address, marks, self._cred)
         except Stopped:
             return
         except (OSError, ValueError) as e:
             log.warning("resync of %s from %s failed: %s", address, group.address, e)
             self._failed(address, time.monotonic())
             return
-        if done.clean and self._connector.promote(address, group, skipped,
-                                                  self._writing(group)):  # fmt: skip
+        if cleared and self._connector.promote(address, group, skipped,
+                                               self._writing(group)):  # fmt: skip
             with self._due_lock:
                 self._due.pop(address, None)
             return

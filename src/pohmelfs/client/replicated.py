@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from .. import errors
 from .. import protocol as p
 from ..protocol import Command, Message
+from .behind import announce_missing
 from .connection import Connection, Transaction
 from .readroutes import ReadRoutes
 
@@ -86,6 +87,7 @@ class ReplicatedConnection:
         self._resyncing: set[str] = set()
         self._skipped: dict[str, int] = {}  # by resyncing replica: changes it did not apply
         self._joins = itertools.count(1)
+        self._missing: set[str] = set()  # servers of the set this group's changes miss
         self._joined: dict[str, int] = {}  # by replica that joined: which join it is
         # The servers a change sent on this group went to (each keeps its answer).
         self.members = frozenset([lock_server.address, *self._replicas])
@@ -141,6 +143,30 @@ class ReplicatedConnection:
             self._resyncing.add(conn.address)
             self._joined[conn.address] = next(self._joins)
             self.members = self.members | {conn.address}
+            self._missing.discard(conn.address)
+            missing, conns = set(self._missing), list(self._replicas.values())
+        announce_missing([self.lock_server, *conns], missing)  # (its changes reach it again)
+
+    def connections(self) -> dict[str, Connection]:
+        """The group's connections by server: the lock server's, the replicas'."""
+        with self._lock:
+            return {self.address: self.lock_server, **self._replicas}
+
+    def set_missing(self, addresses: set[str]) -> None:
+        """The servers of the client's set this group's changes do not reach: each
+        server of the group is told (and marks them behind: ``server/peers.py``)."""
+        with self._lock:
+            self._missing = set(addresses)
+            conns = list(self._replicas.values())
+        if addresses:
+            announce_missing([self.lock_server, *conns], addresses)
+
+    def demote(self, address: str) -> None:
+        """A replica another server marks behind: it is resynced before it is used."""
+        with self._sending, self._lock:
+            if address in self._replicas:
+                self._resyncing.add(address)
+                self._joined[address] = next(self._joins)
 
     def skipped(self, address: str) -> tuple[int, int]:
         """Which join of the resyncing replica ``address`` this is, and how many
@@ -368,6 +394,10 @@ class ReplicatedConnection:
             return
         log.warning("server %s leaves the write set: %s", address, why)
         conn.close()
+        with self._lock:
+            self._missing.add(address)
+            missing, conns = set(self._missing), list(self._replicas.values())
+        announce_missing([self.lock_server, *conns], missing)
         self._lost(address, why)
 
     # --- waiting ----------------------------------------------------------------------

@@ -101,6 +101,9 @@ class Command(enum.IntEnum):
     AUTH = 38
     VERSION = 39
     SETVERSION = 40
+    PEERS = 41
+    MISSING = 42
+    CLEAR = 43
 
 
 # The commands that change the export (besides OPEN with O_CREAT or O_TRUNC): what a
@@ -224,6 +227,15 @@ REQUESTS: dict[Command, Schema] = {
     # Set it to ``version`` if it is still ``expect`` and no change of it is under
     # way; otherwise ESTALE (a resync's copy is then done again).
     _C.SETVERSION: (("cred", "cred"), ("path", "path"), ("expect", "u64"), ("version", "u64")),
+    # The servers this server knows missed changes it applied (``server/peers.py``).
+    _C.PEERS: (),
+    # The servers of the client's set its changes do not reach from now on (their
+    # addresses as the client names them): each is marked behind here.
+    _C.MISSING: (("names", "names"),),
+    # A resync made ``names[0]`` the same as this server: its mark goes if it is
+    # still at generation ``expect`` and no session connected leaves it out; else
+    # ESTALE.
+    _C.CLEAR: (("cred", "cred"), ("names", "names"), ("expect", "u64")),
 }
 
 _ATTR_REPLY: Schema = (("attr", "attr"),)
@@ -279,6 +291,8 @@ REPLIES.update(
         # busy: changes of the object under way (applied, or being applied, and not yet
         # counted in ``version``)
         _C.VERSION: (("version", "u64"), ("busy", "u32")),
+        # behind: b"ADDRESS GENERATION" for each server marked behind
+        _C.PEERS: (("behind", "names"),),
     }
 )
 # An error reply (status != 0) carries a human-readable message as its data.

@@ -232,6 +232,7 @@ class CachePolicy:
                 out = run()
                 if out is not None and not out.status:
                     applied = change_id(self._session, m.xid)
+                    versions.peers.applied(self.sid)
                     if creates and dev is not None:
                         created = dev, out["attr"].ino
                 return out

@@ -242,6 +242,7 @@ class Dispatch:
         self.waits.close()
         self._shared.locks.drop_session(self.sid)
         self._shared.cache.drop_session(self.sid)
+        self._shared.versions.peers.ended(self.sid)
 
     def close_files(self) -> None:
         """Whoever waits for an answer of this client goes on; its files close."""

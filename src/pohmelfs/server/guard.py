@@ -51,7 +51,7 @@ class RequestGuard:
         ):
             raise _refused(errno.EROFS, "this client's key is read-only")
         root = self.policy.trusts_root and cred is not None and cred.uid == 0
-        if (cmd is Command.SETVERSION or m.flags & FLAG_UNVERSIONED) and not (
+        if (cmd in (Command.SETVERSION, Command.CLEAR) or m.flags & FLAG_UNVERSIONED) and not (
             self.policy.trusts_root and (cred is None or cred.uid == 0)
         ):  # (by handle: a key that trusts root may claim it anyway)
             # A change that leaves versions alone, or a version set, could make a

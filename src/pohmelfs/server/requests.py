@@ -14,6 +14,8 @@ from .lockrequests import LockRequests
 from .stamps import at_path
 from .storage import OpenFile
 
+MAX_SERVERS = 32  # a client's set, at most (client/serverset.py)
+
 Handler = Callable[[Message], Message | None]
 
 
@@ -51,6 +53,9 @@ class Requests:
             Command.TRUNCATE: files.truncate,
             Command.VERSION: self._version,
             Command.SETVERSION: self._set_version,
+            Command.PEERS: self._peers,
+            Command.MISSING: self._missing,
+            Command.CLEAR: self._clear,
             # Names created or removed (see CachePolicy.naming); the replies carry
             # the changed directories as they are after (``dir``, ``new_dir``).
             Command.MKDIR: lambda m: naming(
@@ -135,6 +140,24 @@ class Requests:
         st = self.export.stat(m["path"])
         if not self.ctx.shared.versions.set_if((st.st_dev, st.st_ino), m["expect"], m["version"]):
             raise OSError(errno.ESTALE, "the object changed since its version was read")
+        return p.reply(m)
+
+    def _peers(self, m: Message) -> Message:
+        marks = self.ctx.shared.versions.peers.behind()
+        return p.reply(m, behind=[a + b" %d" % g for a, g in sorted(marks.items())])
+
+    def _missing(self, m: Message) -> Message:
+        if len(m["names"]) > MAX_SERVERS:
+            raise OSError(errno.EINVAL, f"more than {MAX_SERVERS} servers named")
+        if not self.ctx.guard.policy.read_only:  # (a key that changes nothing leaves none behind)
+            self.ctx.shared.versions.peers.missing(self.ctx.sid, m["names"])
+        return p.reply(m)
+
+    def _clear(self, m: Message) -> Message:
+        if len(m["names"]) != 1:
+            raise OSError(errno.EINVAL, "CLEAR names one server")
+        if not self.ctx.shared.versions.peers.clear(m["names"][0], m["expect"]):
+            raise OSError(errno.ESTALE, "the server missed changes since, or still misses them")
         return p.reply(m)
 
     def _rmtree(self, m: Message) -> Message:

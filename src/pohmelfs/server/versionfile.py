@@ -72,6 +72,7 @@ class VersionFile:
                 " version INTEGER NOT NULL, PRIMARY KEY (dev, ino)) WITHOUT ROWID"
             )
             db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER)")
+            db.execute("CREATE TABLE IF NOT EXISTS behind (address BLOB PRIMARY KEY)")
             meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
             trusted = (meta.get("running") == 0) or (new and empty_export)
             epoch = int(meta.get("epoch", 0)) if trusted else secrets.randbits(62) or 1
@@ -103,6 +104,23 @@ class VersionFile:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def marks(self) -> set[bytes]:
+        """The servers marked behind (``peers.py``): kept through any stop."""
+        with self._lock:
+            return {bytes(a) for (a,) in self._db.execute("SELECT address FROM behind")}
+
+    def mark(self, address: bytes, behind: bool) -> None:
+        """Mark (or unmark) a server behind, written through to the disk."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                if behind:
+                    self._db.execute("INSERT OR IGNORE INTO behind VALUES (?)", (address,))
+                else:
+                    self._db.execute("DELETE FROM behind WHERE address = ?", (address,))
+            finally:
+                self._db.execute("PRAGMA synchronous=OFF")
 
     def close(self) -> None:
         """A clean stop (after the last write): the next start believes the file."""

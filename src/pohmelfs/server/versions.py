@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterable
 from typing import Protocol
 
+from .peers import MarkStore, Peers
 from .storage import FileKey
 
 log = logging.getLogger("pohmelfs.server")
@@ -46,8 +47,9 @@ def change_id(session: bytes, xid: int) -> int:
     return (int.from_bytes(h, "big") & MASK) or 1
 
 
-class Backing(Protocol):
-    """Where versions outlive the server: all of them read, the changed ones written."""
+class Backing(MarkStore, Protocol):
+    """Where versions outlive the server: all of them read, the changed ones written
+    (and the servers marked behind: ``peers.py``)."""
 
     def read(self, key: FileKey) -> int: ...
 
@@ -61,6 +63,7 @@ class Versions:
 
     def __init__(self, backing: Backing | None = None) -> None:
         self._backing = backing
+        self.peers = Peers(backing)
         self._values: dict[FileKey, int] = {}  # changed since the last write (or all)
         self._busy: dict[FileKey, int] = {}  # changes under way, by object
         self._lock = threading.Lock()
