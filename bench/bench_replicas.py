@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -132,8 +133,11 @@ def _reader(addresses: list[str], names: list[str], passes: int, go: Any, out: A
     out.put(total)
 
 
-def parallel_read(addresses: list[str], passes: int = 2) -> float:
-    """MB/s of READERS processes reading FILES_EACH files each (see (d))."""
+def parallel_read(addresses: list[str], passes: int = 2,
+                  pids: tuple[int, ...] = ()) -> tuple[float, float]:  # fmt: skip
+    """(MB/s, CPU seconds the readers and the servers ``pids`` spent) of READERS
+    processes reading FILES_EACH files each (see (d))."""
+    before = _children_cpu() + sum(cpu_seconds(p) for p in pids)
     ctx = multiprocessing.get_context("fork")
     go, out = ctx.Barrier(READERS + 1), ctx.Queue()
     names = [[f"par/r{r}f{n}" for n in range(FILES_EACH)] for r in range(READERS)]
@@ -147,7 +151,13 @@ def parallel_read(addresses: list[str], passes: int = 2) -> float:
     dt = time.perf_counter() - t
     for p in procs:
         p.join()
-    return total / dt / 1e6
+    cpu = _children_cpu() + sum(cpu_seconds(p) for p in pids) - before
+    return total / dt / 1e6, cpu
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def local_parallel_read(root: str, passes: int = 2) -> float:
@@ -262,19 +272,24 @@ def main() -> None:
                         for _ in range(READ_FILE >> 20):
                             f.write(block)
         parallel_read(one, 1)  # warm-up: the servers' page caches
-        r1s, r2s, locals_ = [], [], []
+        r1s, r2s, locals_, cpus = [], [], [], []
         for _ in range(3):
-            r1s.append(parallel_read(one))
-            r2s.append(parallel_read(two))
+            r1s.append(parallel_read(one, pids=tuple(pids[:1]))[0])
+            rate, cpu = parallel_read(two, pids=tuple(pids))
+            r2s.append(rate)
+            cpus.append(cpu)
             locals_.append(local_parallel_read(roots[0]))
         r1, r2, rl = median(r1s), median(r2s), median(locals_)
+        read_bytes = READERS * FILES_EACH * READ_FILE * 2
+        busy = read_bytes / (median(cpus) / cores) / 1e6
         runs = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(r1s, r2s, strict=True))
         print(
-            f"(d) parallel read, {READERS} readers x {FILES_EACH} files of "
+            f"(d) parallel read, {READERS} reader processes x {FILES_EACH} files of "
             f"{READ_FILE >> 20} MiB: one server {r1:.0f} MB/s, two equal servers "
             f"{r2:.0f} MB/s (rounds, one/two: {runs}): {r2 / r1:.2f}x one server (target "
-            f">= 1.5x); ceiling, the same reads made locally: {rl:.0f} MB/s "
-            f"({rl / r1:.2f}x one server), on {cores} cores"
+            f">= 1.5x); ceilings: {cores} cores all busy with the CPU two servers and the "
+            f"readers took ({median(cpus):.2f} s): {busy:.0f} MB/s ({busy / r1:.2f}x one "
+            f"server); the same reads made locally: {rl:.0f} MB/s"
         )
     finally:
         for proc, _ in procs:
