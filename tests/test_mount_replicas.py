@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +110,44 @@ def test_a_replica_killed_while_the_mount_writes_costs_the_writer_nothing(
     assert got == written
     wait_until(lambda: "left this client's server set" in two.mount.log.read_text(),  # type: ignore[union-attr]
                10, "the mount to log the replica leaving")  # fmt: skip
+
+
+def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pohmelfs.cli", *args], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line.strip()}
+
+
+def test_ctl_changes_a_mounts_servers_while_it_is_used(two: TwoServers, tmp_path: Path) -> None:
+    """``pohmelfs ctl`` lists, removes and adds servers of a live mount (an added one
+    is resynced, then live), ``modify`` changes a priority, and ``pohmelfs stats``
+    shows what the mount sent each; the files stay readable throughout."""
+    m, (a, b) = two.mnt, (s.address for s in two.servers)
+    (m / "before").write_bytes(b"1" * 10_000)
+    r = ctl("ctl", str(m), "list")
+    assert r.returncode == 0, r.stderr
+    listed = rows(r.stdout)
+    assert listed[a][1:] == ["live", "lock-server"] and listed[b][1:] == ["live", "replica"]
+    r = ctl("ctl", str(m), "remove", b)
+    assert r.returncode == 0, r.stderr
+    assert set(rows(r.stdout)) == {a}
+    (m / "while-b-was-out").write_bytes(b"2" * 10_000)
+    r = ctl("ctl", str(m), "add", b, "--prio", "0")
+    assert r.returncode == 0, r.stderr
+    assert rows(r.stdout)[b][1] in ("resyncing", "live")
+    wait_until(lambda: rows(ctl("ctl", str(m), "list").stdout)[b][1] == "live", 30, "b live")
+    assert (two.exports[1] / "while-b-was-out").read_bytes() == b"2" * 10_000
+    r = ctl("ctl", str(m), "modify", b, "--prio", "7")
+    assert r.returncode == 0 and rows(r.stdout)[b][0] == "7", r.stdout + r.stderr
+    r = ctl("stats", str(m))
+    assert r.returncode == 0, r.stderr
+    stats = rows(r.stdout)
+    assert int(stats[a][2]) > 0 and int(stats[b][2]) > 0  # requests sent to each
+    for bad in (["ctl", str(m), "remove", "127.0.0.1:1"], ["ctl", str(m), "modify", b],
+                ["ctl", str(tmp_path), "list"], ["stats", str(tmp_path)]):  # fmt: skip
+        r = ctl(*bad)
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+    assert (m / "before").read_bytes() == b"1" * 10_000

@@ -11,18 +11,15 @@ import shutil
 import signal
 import stat
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .cli_servers import add_server_commands
+from .errors import UserError
 
 DEFAULT_PORT = 7400
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line, exit status 2."""
 
 
 def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
@@ -201,37 +198,6 @@ def _client(args: argparse.Namespace, server: str | None = None,  # type: ignore
     return Client(server or args.server, timeout=args.timeout, secret_file=args.secret_file,
                   key=args.key, tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
                   **kw)  # fmt: skip
-
-
-def _resync(args: argparse.Namespace) -> int:
-    from .client.resync import Progress, Resync, count_objects
-
-    if args.passes < 1:
-        raise UserError("--passes must be at least 1")
-    with _client(args) as source, _client(args, args.target, unversioned=True) as target:
-        bar = sys.stderr.isatty()
-        total = count_objects(source) if bar else 0
-        shown = [0.0]
-
-        def progress(s: Progress) -> None:
-            now = time.monotonic()
-            if bar and now - shown[0] >= 0.1:
-                shown[0] = now
-                done = min(s.seen, total) * 30 // max(total, 1)
-                print(f"\rpass {s.passes} [{'#' * done}{'.' * (30 - done)}] {s.seen}/{total} "
-                      f"objects, {s.copied} copied, {s.bytes >> 20} MiB ", end="",
-                      file=sys.stderr, flush=True)  # fmt: skip
-
-        result = Resync(source, target, max_passes=args.passes, progress=progress).run()
-    if bar:
-        print(file=sys.stderr)
-    took = time.monotonic() - result.started
-    if not result.clean:
-        raise UserError(f"{args.target} is not yet the same as {args.server}: objects "
-                        f"still changed in pass {result.passes} (run it again)")  # fmt: skip
-    print(f"pohmelfs: {args.target} is the same as {args.server} ({result.passes} passes, "
-          f"{result.seen} objects, {result.bytes >> 20} MiB copied, {took:.1f} s)")  # fmt: skip
-    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -435,13 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--tls-ca", metavar="FILE", help="mutual TLS: the server's CA")
         return cmd
 
-    resync = client_cmd("resync", "make a server that missed changes (TARGET) the same as a "
-                        "current one (SERVER), while clients go on working")  # fmt: skip
-    resync.add_argument("target", metavar="TARGET", help="HOST:PORT of the server to mend")
-    resync.add_argument("--passes", type=int, default=10,
-                        help="at most this many passes over the tree (default: 10)")  # fmt: skip
-    resync.set_defaults(func=_resync)
-
+    add_server_commands(sub, client_cmd, _client)
     mount = sub.add_parser(
         "mount",
         help="mount an export as a local filesystem (FUSE)",

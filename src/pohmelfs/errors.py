@@ -51,3 +51,7 @@ def unreachable_error(address: str, why: str) -> OSError:
 def auth_error(address: str, why: str) -> OSError:
     """The handshake failed for a reason retrying will not change."""
     return PermissionError(errno.EACCES, f"server {address}: {why}")
+
+
+class UserError(Exception):
+    """A mistake the user can fix (the CLI's): printed as one line, exit status 2."""

@@ -325,6 +325,11 @@ class Client:
         with self._lock:  # (not while a new group is being made)
             self.connector.remove(address, self._conn)
 
+    def modify_server(self, address: str, prio: int) -> None:
+        """A server's priority (0-255): reads follow at once, the choice of lock server
+        at the next connection. ValueError for a server not in the set."""
+        self.connector.modify(parse_server(address).address, prio, self._conn)
+
     def server_stats(self) -> list[dict[str, Any]]:
         """Each server of the set, highest priority first: its address, priority,
         state (live, gone...), role (``lock server``, ``replica`` or ``-``), and what

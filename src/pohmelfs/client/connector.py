@@ -172,6 +172,12 @@ class Connector:
         else:
             conn.leave(address, "removed")
 
+    def modify(self, address: str, prio: int, conn: ReplicatedConnection | None) -> None:
+        """``Client.modify_server``."""
+        self.servers.modify(address, prio)
+        if conn is not None:
+            conn.reprioritize(address, prio)
+
     def join(self, spec: ServerSpec, conn: ReplicatedConnection, new: bool) -> None:
         """``spec`` joins the write set of ``conn`` as resyncing: a new server (``new``)
         or a gone one back. OSError if it cannot be reached (a new one is then not

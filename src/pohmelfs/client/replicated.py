@@ -147,6 +147,10 @@ class ReplicatedConnection:
             missing, conns = set(self._missing), list(self._replicas.values())
         announce_missing([self.lock_server, *conns], missing)  # (its changes reach it again)
 
+    def reprioritize(self, address: str, prio: int) -> None:
+        """A server's new priority, for the files opened from now on."""
+        self._reads.add_server(address, prio)
+
     def connections(self) -> dict[str, Connection]:
         """The group's connections by server: the lock server's, the replicas'."""
         with self._lock:

@@ -151,6 +151,14 @@ class ServerSet:
             m = self._members.get(address)
             return None if m is None else m.state
 
+    def modify(self, address: str, prio: int) -> None:
+        """A server's new priority (ValueError if out of range or not in the set)."""
+        if not 0 <= prio <= MAX_PRIO:
+            raise ValueError(f"prio must be 0-{MAX_PRIO}, got {prio}")
+        with self._lock:
+            m = self._member(address)
+            m.spec = ServerSpec(m.spec.host, m.spec.port, prio, m.spec.perm)
+
     def transition(self, address: str, old: str, new: str) -> bool:
         """``address`` goes from state ``old`` to ``new``; False if it was not ``old``."""
         with self._lock:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .. import protocol as p
 from ..client.client import Client
+from ..control import ControlServer
 from . import device
 from .operations import Operations
 from .options import Options
@@ -109,9 +110,17 @@ def run_dir() -> str:
 
 
 def pid_file(mountpoint: str) -> str:
+    return os.path.join(run_dir(), f"mount-{_name(mountpoint)}.pid")
+
+
+def control_path(mountpoint: str) -> str:
+    """The daemon's control socket (``control.py``: ``pohmelfs ctl``, ``stats``)."""
+    return os.path.join(run_dir(), f"mount-{_name(mountpoint)}.sock")
+
+
+def _name(mountpoint: str) -> str:
     # abspath, not realpath: no system call, so a hung mount cannot hang us here.
-    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
-    return os.path.join(run_dir(), f"mount-{name}.pid")
+    return os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
 
 
 def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
@@ -132,6 +141,7 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     fd = device.mount(cfg.mountpoint, source, max_read=MAX_WRITE, allow_other=cfg.allow_other,
                       default_permissions=cfg.default_permissions)  # fmt: skip
     session = FuseSession(fd, ops, cfg.threads)
+    control: ControlServer | None = None
     stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
     # Taken synchronously by this thread; blocked in the threads started below.
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
@@ -141,6 +151,7 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
         device.set_readahead(cfg.mountpoint, cfg.readahead_kib)
         with open(pidf, "w") as f:
             f.write(f"{os.getpid()}\n")
+        control = ControlServer(control_path(cfg.mountpoint), client)
         if ready is not None:
             ready(f"pohmelfs: mounted {source} on {cfg.mountpoint}")
         while not session.stopped.is_set():
@@ -156,6 +167,8 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     finally:
         if device.is_mounted(cfg.mountpoint) and not session.stopped.is_set():
             unmount_quietly(cfg.mountpoint)
+        if control is not None:
+            control.close()
         session.close()
         ops.close()
         client.close()

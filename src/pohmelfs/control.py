@@ -1,0 +1,149 @@
+"""A mount's control socket: ``pohmelfs ctl`` and ``pohmelfs stats`` ask the daemon
+serving a mount to list, add, remove or re-prioritize its servers, and for what it
+saw of each.
+
+A Unix stream socket beside the daemon's PID file (mode 0600, and the peer must be
+root or the daemon's own user, by SO_PEERCRED); one JSON object per line each way:
+``{"op": "list" | "stats" | "add" | "remove" | "modify", "server": "HOST:PORT",
+"prio": N}`` and ``{"ok": true, "servers": [...]}`` or ``{"ok": false, "error":
+"..."}``. Requests are taken one at a time, at most ``MAX_REQUEST`` bytes, each
+connection for at most ``TIMEOUT`` seconds: nothing a caller sends can hold the
+daemon up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from typing import Any, Protocol
+
+log = logging.getLogger("pohmelfs.control")
+
+MAX_REQUEST = 64 << 10
+TIMEOUT = 10.0  # seconds a caller has to send its request and take the answer
+OPS = ("list", "stats", "add", "remove", "modify")
+
+
+class Controlled(Protocol):
+    """What a control socket works on (``Client``)."""
+
+    def server_stats(self) -> list[dict[str, Any]]: ...
+    def add_server(self, server: str) -> None: ...
+    def remove_server(self, address: str) -> None: ...
+    def modify_server(self, address: str, prio: int) -> None: ...
+
+
+class ControlServer:
+    """Serves ``path`` for ``client`` on a thread of its own until ``close``."""
+
+    def __init__(self, path: str, client: Controlled) -> None:
+        self.path, self._client = path, client
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # (a dead daemon's)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            self._sock.bind(path)
+        finally:
+            os.umask(old)
+        self._sock.listen(8)
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="pohmelfs-control")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        self._thread.join(TIMEOUT + 1)
+
+    def _serve(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # (closed)
+            with conn:
+                try:
+                    self._one(conn)
+                except OSError as e:
+                    log.info("control connection: %s", e)
+
+    def _one(self, conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid not in (0, os.geteuid()):
+            _send(conn, {"ok": False, "error": "only root or the mount's owner may ask"})
+            return
+        data = b""
+        while not data.endswith(b"\n"):
+            got = conn.recv(4096)
+            if not got:
+                break
+            data += got
+            if len(data) > MAX_REQUEST:
+                _send(conn, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
+                return
+        _send(conn, self.answer(data))
+
+    def answer(self, data: bytes) -> dict[str, Any]:
+        """The answer to one request (as bytes of JSON)."""
+        try:
+            req = json.loads(data)
+            if not isinstance(req, dict):
+                raise ValueError("a request is a JSON object")
+            op = req.get("op")
+            if op not in OPS:
+                raise ValueError(f"op must be one of {', '.join(OPS)}")
+            c = self._client
+            if op in ("add", "remove", "modify"):
+                server = req.get("server")
+                if not isinstance(server, str):
+                    raise ValueError(f"{op} needs a server (HOST:PORT)")
+                if op == "add":
+                    c.add_server(server)
+                elif op == "remove":
+                    c.remove_server(server)
+                else:
+                    prio = req.get("prio")
+                    if not isinstance(prio, int) or isinstance(prio, bool):
+                        raise ValueError("modify needs prio (a number)")
+                    c.modify_server(server, prio)
+            return {"ok": True, "servers": c.server_stats()}
+        except (ValueError, OSError) as e:
+            return {"ok": False, "error": str(e)}
+
+
+def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
+    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def ask(path: str, request: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+    """Send one request to the control socket at ``path``; its answer. OSError if
+    there is no daemon there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            got = s.recv(65536)
+            if not got:
+                break
+            data += got
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise OSError(f"the daemon at {path} answered {data[:80]!r}") from None
+    if not isinstance(reply, dict):
+        raise OSError(f"the daemon at {path} answered {reply!r}")
+    return reply
