@@ -290,3 +290,28 @@ def test_a_server_others_mark_behind_is_resynced_by_a_new_client(tmp_path: Path)
     finally:
         s.stop()
         t.stop()
+
+
+def test_a_file_opened_for_writing_during_an_earlier_pass_holds_the_server_back(
+    pair: list[Server],
+) -> None:
+    """(Found under load.) A pass may remove a name the new server got from a client
+    before the source had it (it looked like an extra): a handle opened on it before
+    the last pass began may be on a removed file there. So every file open for
+    writing must have been opened since the pass that found the server current
+    began; until it is closed the server stays resyncing."""
+    a, b = pair
+    with make_client([address_of(a)], retry_every=0.2) as c:
+        for n in range(200):
+            with c.open(f"f{n}", "wb") as f:
+                f.write(b"x")
+        c.add_server(address_of(b))
+        during = c.open("during", "wb", buffering=0)  # (B has its handle)
+        during.write(b"first")
+        for _ in range(60):  # (passes take well under a second each here)
+            assert state_of(c, address_of(b))["state"] == RESYNCING
+            time.sleep(0.1)
+        during.write(b" second")
+        during.close()
+        wait_until(lambda: state_of(c, address_of(b))["state"] == LIVE, 30, "B live")
+    assert (root_of(b) / "during").read_bytes() == b"first second"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,8 @@ class Connector:
         self.servers, self.terms = servers, terms
         # What this client saw of each server, across its connections to it.
         self.stats = {m.spec.address: ServerStats() for m in servers.members()}
+        self._joining: set[str] = set()  # servers being joined now
+        self._joins_lock = threading.Lock()
         self._notified, self._disconnected = notified, disconnected
 
     def connect(self) -> Connection:
@@ -183,36 +186,38 @@ class Connector:
         or a gone one back. OSError if it cannot be reached (a new one is then not
         added); ValueError if it is in the set (``new``) or not gone (else)."""
         address = spec.address
-        if new:
-            self.servers.add(spec, RESYNCING)  # (taken: no one else joins it meanwhile)
-            self.stats.setdefault(address, ServerStats())
-        elif not self.servers.transition(address, GONE, RESYNCING):
-            raise ValueError(f"{address} is not a gone server of this client's set")
-
-        def undo() -> None:
+        with self._joins_lock:  # (one join of a server at a time)
+            if address in self._joining:
+                raise ValueError(f"{address} is joining already")
             if new:
-                self.servers.discard(address)
-            else:
-                self.servers.transition(address, RESYNCING, GONE)
-
+                self.servers.add(spec, GONE)
+                self.stats.setdefault(address, ServerStats())
+            elif self.servers.state(address) != GONE:
+                raise ValueError(f"{address} is not a gone server of this client's set")
+            self._joining.add(address)
         try:
-            joined = self._connect(address, 0, None, conn.replica_notified)
-        except OSError:
-            undo()
-            raise
-        try:
-            conn.join(joined, spec.prio)
-        except BaseException:
-            undo()
-            joined.close()
-            raise
+            try:
+                joined = self._connect(address, 0, None, conn.replica_notified)
+                try:
+                    conn.join(joined, spec.prio)
+                except BaseException:
+                    joined.close()
+                    raise
+            except BaseException:
+                if new:
+                    self.servers.discard(address)
+                raise
+            self.servers.set_state(address, RESYNCING)
+        finally:
+            with self._joins_lock:
+                self._joining.discard(address)
         log.warning("server %s joined the write set; resyncing it", address)
 
     def promote(self, address: str, conn: ReplicatedConnection, skipped: tuple[int, int],
-                writing: set[int]) -> bool:  # fmt: skip
+                writing: set[int], since: int = 0) -> bool:  # fmt: skip
         """A resynced server is current (``ReplicatedConnection.promote_if``): live,
         read and written like the others. False if it is not (yet)."""
-        if not conn.promote_if(address, skipped, writing):
+        if not conn.promote_if(address, skipped, writing, since):
             return False
         self.servers.set_state(address, LIVE)
         log.warning("server %s is resynced and live", address)

@@ -80,14 +80,17 @@ class Membership:
                 self._thread.start()
 
     def _run(self) -> None:
+        pause = self.retry_every or 3600.0  # (a server gone at connect: not at once)
         while not self._stop.is_set():
+            self._wake.wait(pause)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 pause = self._round()
             except Exception:  # (it must go on: the set would never heal)
                 log.exception("taking servers back failed")
                 pause = self.retry_every or 5.0
-            self._wake.wait(pause)
-            self._wake.clear()
 
     def _round(self) -> float:
         """Rejoin what answers, resync what joined; the seconds until the next round."""
@@ -115,7 +118,13 @@ class Membership:
         return max(0.05, min(nearest, self.retry_every or 3600.0))
 
     def _resync(self, group: ReplicatedConnection, address: str) -> None:
-        skipped = group.skipped(address)
+        # Read as each pass begins: what the last (clean) pass vouches for.
+        skipped, since = group.skipped(address), group.open_sequence()
+
+        def begins(_n: int) -> None:
+            nonlocal skipped, since
+            skipped, since = group.skipped(address), group.open_sequence()
+
         try:
             # The marks other servers hold of it (``behind.py``), before the resync: a
             # change another client makes without it moves them, and a pass that
@@ -125,7 +134,7 @@ class Membership:
             with ExitStack() as stack:
                 source = stack.enter_context(self._make(group.address, False))
                 target = stack.enter_context(self._make(address, True))
-                done = Resync(source, target, stop=self._stop.is_set).run()
+                done = Resync(source, target, stop=self._stop.is_set, on_pass=begins).run()
             cleared = done.clean and clear_marks(others, address, marks, self._cred)
         except Stopped:
             return
@@ -133,8 +142,8 @@ class Membership:
             log.warning("resync of %s from %s failed: %s", address, group.address, e)
             self._failed(address, time.monotonic())
             return
-        if cleared and self._connector.promote(address, group, skipped,
-                                               self._writing(group)):  # fmt: skip
+        if cleared and self._connector.promote(address, group, skipped, self._writing(group),
+                                               since):  # fmt: skip
             with self._due_lock:
                 self._due.pop(address, None)
             return

@@ -49,7 +49,7 @@ class ReplicatedTransaction(Transaction):
     the last part's end (``_Change``). ``replicas``: the servers besides the lock
     server it is for (whether or not their part could be sent)."""
 
-    __slots__ = ("parts", "replicas", "reader")
+    __slots__ = ("parts", "replicas", "reader", "sent")
 
     def __init__(self, xid: int, cmd: Command, callback: Callable[[Transaction], None] | None,
                  replicas: frozenset[str], reader: str | None) -> None:  # fmt: skip
@@ -57,6 +57,7 @@ class ReplicatedTransaction(Transaction):
         self.parts: list[tuple[str, Connection, Transaction]] = []
         self.replicas = replicas
         self.reader = reader  # an OPEN's: the server to read the file from
+        self.sent = 0  # an OPEN's: the group's count of OPENs sent before it
 
 
 class _Change:
@@ -88,6 +89,8 @@ class ReplicatedConnection:
         self._skipped: dict[str, int] = {}  # by resyncing replica: changes it did not apply
         self._joins = itertools.count(1)
         self._missing: set[str] = set()  # servers of the set this group's changes miss
+        self._opens = itertools.count()  # OPENs sent, in order
+        self._opened_at: dict[int, int] = {}  # lock server handle -> its OPEN's place
         self._joined: dict[str, int] = {}  # by replica that joined: which join it is
         # The servers a change sent on this group went to (each keeps its answer).
         self.members = frozenset([lock_server.address, *self._replicas])
@@ -178,7 +181,13 @@ class ReplicatedConnection:
         with self._lock:
             return self._joined.get(address, 0), self._skipped.get(address, 0)
 
-    def promote_if(self, address: str, skipped: tuple[int, int], writing: set[int]) -> bool:
+    def open_sequence(self) -> int:
+        """How many OPENs were sent on this group so far."""
+        with self._lock:
+            return next(self._opens)
+
+    def promote_if(self, address: str, skipped: tuple[int, int], writing: set[int],
+                   since: int = 0) -> bool:  # fmt: skip
         """The resyncing replica ``address`` becomes a replica like the others if it
         is still in the same join and missed no change since ``skipped`` (both read
         before the resync pass that found it current), and every file open for
@@ -190,6 +199,11 @@ class ReplicatedConnection:
             if (self._joined.get(address, 0), self._skipped.get(address, 0)) != skipped:
                 return False
             if any(address not in self._handles.get(oid, ()) for oid in writing):
+                return False
+            # ... and was opened since the pass began (``since``: ``open_sequence``
+            # then): an earlier pass may have removed the name its handle there had
+            # (made there first, before the source had it, it looked like an extra).
+            if any(self._opened_at.get(oid, -1) < since for oid in writing):
                 return False
             self._resyncing.discard(address)
             self._skipped.pop(address, None)
@@ -229,6 +243,7 @@ class ReplicatedConnection:
             if cmd is Command.CLOSE:
                 self._handles.pop(oid, None)
                 self._fids.pop(oid, None)
+                self._opened_at.pop(oid, None)
                 self._reads.closed(oid)
         if oid and mapped is None and cmd is Command.CLOSE:
             replicas = {}  # a lease given back: the lock server's alone
@@ -248,6 +263,9 @@ class ReplicatedConnection:
         if cmd is Command.OPEN and kw["flags"] & os.O_ACCMODE != os.O_WRONLY:
             reader = self._reads.pick([self.address, *(a for a in replicas if a not in resyncing)])
         tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
+        if cmd is Command.OPEN:
+            with self._lock:
+                tx.sent = next(self._opens)
         if callback is None:  # (no callbacks: the caller's thread does the settling)
             tx.parts.append((self.address, self.lock_server,
                              self.lock_server.start(cmd, xid=xid, oid=oid, fids=fids,
@@ -374,6 +392,7 @@ class ReplicatedConnection:
                 opened = {a: r for a, r in opened.items() if a in self._replicas}
                 self._handles[answer.oid] = {a: r.oid for a, r in opened.items()}
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
+                self._opened_at[answer.oid] = tx.sent
                 read_on = self._replicas.get(tx.reader) if tx.reader in opened else None
             if read_on is not None and opened[read_on.address]["cached"] == p.CacheMode.SHARED:
                 self._reads.granted(answer.oid, read_on, opened[read_on.address].oid)

@@ -90,14 +90,17 @@ class Resync:
 
     def __init__(self, source: Side, target: Side, *, max_passes: int = 10,
                  progress: Callable[[Progress], None] | None = None,
-                 stop: Callable[[], bool] = lambda: False) -> None:  # fmt: skip
-        """``stop()``: give up (``Stopped``) as soon as it says so."""
+                 stop: Callable[[], bool] = lambda: False,
+                 on_pass: Callable[[int], None] = lambda _: None) -> None:  # fmt: skip
+        """``stop()``: give up (``Stopped``) as soon as it says so; ``on_pass(n)``: pass
+        ``n`` begins."""
         if max_passes < 1:
             raise ValueError("max_passes must be at least 1")
         self.source, self.target = source, target
         self.max_passes = max_passes
         self._told = progress or (lambda _: None)
         self._stop = stop
+        self._on_pass = on_pass
         self.state = Progress()
         # Source inode -> its first name this pass, and whether that copy went through.
         self._links: dict[int, tuple[bytes, bool]] = {}
@@ -108,6 +111,7 @@ class Resync:
             s = self.state
             self.state = Progress(passes=n, bytes=s.bytes, started=s.started)
             self._links.clear()
+            self._on_pass(n)
             self._directory(b"", self.source.stat(b"").st_mode)
             if self.state.clean:
                 break
@@ -137,7 +141,7 @@ class Resync:
         renamed = bool(theirs.keys() ^ names)  # (the target's times move with its names)
         for name, attr in theirs.items():
             if name not in names:
-                self._remove(_join(path, name), attr.mode)
+                self._gone_meanwhile(lambda n=name, m=attr.mode: self._extra(_join(path, n), m))
         if not same or renamed:
             self._gone_meanwhile(lambda: self._copy_attributes(path, self.source.stat(path)))
         self._end(path, version, expect, same)
@@ -320,6 +324,16 @@ class Resync:
         if self._stop():
             raise Stopped("the resync was stopped")
         self._told(s)
+
+    def _extra(self, path: bytes, mode: int) -> None:
+        """A name the target has and the source had not when listed: it goes, unless
+        the source has it now (a client's create that reached the target first)."""
+        try:
+            self.source.version(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self._remove(path, mode)
+            return
+        self.state.again += 1
 
     def _copy_times(self, path: bytes) -> None:
         st = self.source.stat(path)
