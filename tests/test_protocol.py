@@ -176,7 +176,7 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         # a resync's: the version of the copy, if the object is still as it was read
         c.SETVERSION: ({}, {**path, "expect": (1 << 62) - 1, "version": 1 << 61}),
         c.PEERS: ({}, {}),
-        c.MISSING: ({}, {"names": (b"10.0.0.2:7400", b"[::1]:7401")}),
+        c.MISSING: ({}, {"names": (b"10.0.0.2:7400", b"[::1]:7401"), "now": 1}),
         c.CLEAR: ({}, {"cred": CRED, "names": (b"10.0.0.2:7400",), "expect": 7}),
     }
 

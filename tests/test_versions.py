@@ -370,8 +370,10 @@ T, U = b"10.0.0.2:7400", b"10.0.0.3:7400"
 def test_a_server_left_out_is_marked_behind_until_cleared() -> None:
     peers = Versions().peers
     peers.missing(1, [T])
-    gen = peers.behind()[T]
+    assert peers.behind() == {}  # (nothing missed yet)
     peers.applied(1)  # a change that did not reach T
+    gen = peers.behind()[T]
+    peers.applied(1)
     assert peers.behind()[T] == gen + 1
     assert not peers.clear(T, gen)  # moved since the resync read it
     assert not peers.clear(T, gen + 1)  # session 1 still leaves it out
@@ -379,7 +381,7 @@ def test_a_server_left_out_is_marked_behind_until_cleared() -> None:
     assert peers.clear(T, gen + 1) and T not in peers.behind()
     peers.applied(1)
     assert peers.behind() == {}
-    peers.missing(2, [U])
+    peers.missing(2, [U], now=True)  # (it left in the middle of a change)
     peers.ended(2)  # (the mark stays: the changes it missed are still missed)
     assert U in peers.behind() and peers.clear(U, peers.behind()[U])
 
@@ -391,7 +393,7 @@ def test_marks_outlive_any_stop(tmp_path: Path) -> None:
         "from pohmelfs.server.versionfile import VersionFile\n"
         "from pohmelfs.server.versions import Versions\n"
         "v = Versions(VersionFile(sys.argv[1], empty_export=True))\n"
-        f"v.peers.missing(1, [{T!r}, {U!r}])\n"
+        f"v.peers.missing(1, [{T!r}, {U!r}], now=True)\n"
         "os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", killed, path], check=True, timeout=30)
@@ -406,5 +408,5 @@ def test_marks_are_bounded() -> None:
     peers = Versions().peers
     with pytest.raises(OSError) as e:
         for n in range(300):
-            peers.missing(n, [b"10.1.%d.%d:7400" % (n // 250, n % 250)])
+            peers.missing(n, [b"10.1.%d.%d:7400" % (n // 250, n % 250)], now=True)
     assert e.value.errno == errno.ENOSPC

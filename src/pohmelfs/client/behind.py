@@ -15,9 +15,11 @@ from .connection import Connection, Transaction
 log = logging.getLogger("pohmelfs.client")
 
 
-def announce_missing(conns: Iterable[Connection], addresses: Iterable[str]) -> None:
+def announce_missing(conns: Iterable[Connection], addresses: Iterable[str],
+                     now: bool = False) -> None:  # fmt: skip
     """Tell each of ``conns`` that this client's changes reach none of ``addresses``
-    from now on (every later request of a connection is applied after it there)."""
+    from now on (every later request of a connection is applied after it there);
+    ``now``: one may have missed a change already (it left in the middle of one)."""
     names = sorted(a.encode() for a in addresses)
     for conn in conns:
 
@@ -27,7 +29,7 @@ def announce_missing(conns: Iterable[Connection], addresses: Iterable[str]) -> N
                             conn.address, tx.error or tx.reply.status)  # type: ignore[union-attr]  # fmt: skip
 
         try:
-            conn.start(Command.MISSING, names=names, callback=heard)
+            conn.start(Command.MISSING, names=names, now=int(now), callback=heard)
         except OSError as e:
             log.warning("server %s was not told which servers miss changes: %s", conn.address, e)
 

@@ -75,6 +75,8 @@ class Client:
     resync's, which sets them with ``set_version``). A server of the set that was
     lost is tried again every ``retry_every`` seconds (0: never) and, once it
     answers, resynced and taken back (``membership.py``; ``add_server`` likewise).
+    ``majority``: a change needs more than half of the servers of the set; without a
+    majority reachable it fails with EROFS (docs/design.md, "Partitions").
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Client:
         tls_server_name: str | None = None,
         unversioned: bool = False,
         retry_every: float = 5.0,
+        majority: bool = False,
     ) -> None:
         self.security = ClientSecurity.from_options(
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
@@ -128,6 +131,7 @@ class Client:
                 self.resender.xids,
                 self.held.push_all,
                 unversioned,
+                majority,
             ),
             self._notified,
             self._disconnected,

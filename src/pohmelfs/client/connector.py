@@ -35,6 +35,7 @@ class ConnectionTerms:
     xids: Iterator[int]  # the session's request ids, shared by its connections
     before_request: Callable[[], None]  # run before any request but a WRITE
     unversioned: bool = False  # changes leave versions alone (a resync's target)
+    majority: bool = False  # a change needs a majority of the servers (majority mode)
 
 
 class Connector:
@@ -80,7 +81,8 @@ class Connector:
                 self.server_lost(address, str(e))
         # (a group even of one: servers may join it while the client works)
         prio = {m.spec.address: m.spec.prio for m in members}
-        made = ReplicatedConnection(lock_server, replicas, self.server_lost, prio)
+        quorum = (lambda: len(self.servers.members())) if self.terms.majority else None
+        made = ReplicatedConnection(lock_server, replicas, self.server_lost, prio, quorum)
         group.append(made)
         for m in members:
             if m.state == RESYNCING:
@@ -116,6 +118,10 @@ class Connector:
             except OSError as e:
                 log.warning("cannot ask server %s which servers missed changes: %s", address, e)
                 reports[address] = set()
+        if self.terms.majority:  # marked by a majority of the set: the other side's
+            total = len(self.servers.members())
+            return {x for x in reports
+                    if 2 * sum(x in r for y, r in reports.items() if y != x) > total}  # fmt: skip
         stale = {x for x in reports if any(x in r for y, r in reports.items() if y != x)}
         if len(reports) > 1 and stale >= set(reports):
             log.error("servers %s each missed changes the others have (a split): %s is "

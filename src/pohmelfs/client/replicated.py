@@ -20,6 +20,7 @@ where the range locks of ``server/rangelock.py`` order them against writes.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -37,6 +38,14 @@ from .readroutes import ReadRoutes
 log = logging.getLogger("pohmelfs.client")
 T = TypeVar("T")
 
+
+def changes(cmd: Command, fields: dict[str, Any]) -> bool:
+    """Does this request change the export (what majority mode refuses without one)?"""
+    if cmd is Command.OPEN:
+        return bool(fields["flags"] & (os.O_CREAT | os.O_TRUNC))
+    return cmd in p.CHANGES and cmd is not Command.SETVERSION
+
+
 # Sent to every server: what changes the export, and what a replica's handles follow.
 # (SETVERSION is a resync's, of one server.)
 REPLICATED = (p.CHANGES - {Command.SETVERSION}) | {Command.OPEN, Command.CLOSE, Command.FSYNC}
@@ -49,7 +58,7 @@ class ReplicatedTransaction(Transaction):
     the last part's end (``_Change``). ``replicas``: the servers besides the lock
     server it is for (whether or not their part could be sent)."""
 
-    __slots__ = ("parts", "replicas", "reader", "sent")
+    __slots__ = ("parts", "replicas", "reader", "sent", "changing")
 
     def __init__(self, xid: int, cmd: Command, callback: Callable[[Transaction], None] | None,
                  replicas: frozenset[str], reader: str | None) -> None:  # fmt: skip
@@ -58,6 +67,7 @@ class ReplicatedTransaction(Transaction):
         self.replicas = replicas
         self.reader = reader  # an OPEN's: the server to read the file from
         self.sent = 0  # an OPEN's: the group's count of OPENs sent before it
+        self.changing = False  # it changes the export (``changes``)
 
 
 class _Change:
@@ -77,9 +87,12 @@ class ReplicatedConnection:
     priority (reads: ``readroutes.py``)."""
 
     def __init__(self, lock_server: Connection, replicas: list[Connection],
-                 lost: Callable[[str, str], None],
-                 prio: dict[str, int] | None = None) -> None:  # fmt: skip
+                 lost: Callable[[str, str], None], prio: dict[str, int] | None = None,
+                 quorum: Callable[[], int] | None = None) -> None:  # fmt: skip
+        """``quorum``: majority mode, with how many writable servers the set has (a
+        change needs more than half of them: ``_majority``)."""
         self.lock_server = lock_server
+        self._quorum = quorum
         self._reads = ReadRoutes(prio or {})
         self._replicas = {c.address: c for c in replicas}
         # Replicas that joined while the client works and are being resynced: they get
@@ -226,6 +239,8 @@ class ReplicatedConnection:
             route = self._reads.route(oid)
             if route is not None:
                 return self._read_on(route, callback, xid, kw)
+        if self._quorum is not None and changes(cmd, kw):
+            self._majority_reachable(cmd)
         if cmd not in REPLICATED or not self._replicas:  # (the lock server's alone)
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
@@ -263,6 +278,7 @@ class ReplicatedConnection:
         if cmd is Command.OPEN and kw["flags"] & os.O_ACCMODE != os.O_WRONLY:
             reader = self._reads.pick([self.address, *(a for a in replicas if a not in resyncing)])
         tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
+        tx.changing = changes(cmd, kw)
         if cmd is Command.OPEN:
             with self._lock:
                 tx.sent = next(self._opens)
@@ -299,6 +315,19 @@ class ReplicatedConnection:
             return fields
         # A replica's cache lock is only the read server's, and only shared.
         return dict(fields, cache=p.CacheMode.SHARED if reader else p.CacheMode.RELEASE)
+
+    def _current(self) -> int:
+        """Servers of the group that are current: the lock server and the replicas
+        not being resynced."""
+        with self._lock:
+            return 1 + len(self._replicas.keys() - self._resyncing)
+
+    def _majority_reachable(self, cmd: Command) -> None:
+        assert self._quorum is not None
+        live, total = self._current(), self._quorum()
+        if 2 * live <= total:
+            raise OSError(errno.EROFS, f"{cmd.name} refused: {live} of the {total} servers "
+                          "reachable, no majority (majority mode)")  # fmt: skip
 
     def _read_on(self, route: tuple[Connection, int], callback: Callable[[Transaction], None]
                  | None, xid: int | None, kw: dict[str, Any]) -> Transaction:  # fmt: skip
@@ -368,6 +397,8 @@ class ReplicatedConnection:
         if self.closed and any(a not in others or others[a].reply is None for a in tx.replicas):
             return errors.connection_error(self.address, f"lost before every server "
                                            f"answered a {cmd.name}")  # fmt: skip
+        minority = (self._quorum is not None and tx.changing and answer is not None
+                    and not answer.status)  # fmt: skip
         with self._lock:
             resyncing = set(self._resyncing)
         for address, part in others.items():
@@ -396,6 +427,12 @@ class ReplicatedConnection:
                 read_on = self._replicas.get(tx.reader) if tx.reader in opened else None
             if read_on is not None and opened[read_on.address]["cached"] == p.CacheMode.SHARED:
                 self._reads.granted(answer.oid, read_on, opened[read_on.address].oid)
+        if minority:
+            applied = self._current()  # (those that answered otherwise left above)
+            if 2 * applied <= self._quorum():  # type: ignore[misc]
+                return OSError(errno.EIO, f"{cmd.name} was applied by only {applied} of the "
+                               f"{self._quorum()} servers, no majority: its outcome is "  # type: ignore[misc]
+                               "not known (majority mode)")  # fmt: skip
         return None
 
     def fids(self, oid: int) -> dict[str, bytes]:
@@ -420,7 +457,7 @@ class ReplicatedConnection:
         with self._lock:
             self._missing.add(address)
             missing, conns = set(self._missing), list(self._replicas.values())
-        announce_missing([self.lock_server, *conns], missing)
+        announce_missing([self.lock_server, *conns], missing, now=True)
         self._lost(address, why)
 
     # --- waiting ----------------------------------------------------------------------

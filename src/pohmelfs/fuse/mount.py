@@ -37,6 +37,7 @@ class MountConfig:
     writeback: bool = False
     coherent: bool = True  # cached locks; nocoherent: close-to-open with time-outs
     async_close: bool = False  # close(2) does not wait for the file's writes
+    majority: bool = False  # a change needs a majority of the servers
     secret_file: str | None = None  # the key's shared secret
     key: str | None = None  # the key's name in the server's exports
     tls_cert: str | None = None  # mutual TLS instead
@@ -58,7 +59,7 @@ class MountConfig:
                     cfg.default_permissions = False
                 elif key in ("attr_timeout", "entry_timeout", "timeout", "dirty_timeout"):
                     setattr(cfg, key, _number(key, value, float))
-                elif key in ("splice", "writeback", "async_close"):
+                elif key in ("splice", "writeback", "async_close", "majority"):
                     setattr(cfg, key, True)
                 elif key == "no_writeback":
                     cfg.writeback = False
@@ -132,7 +133,7 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
     client = Client(cfg.servers, timeout=cfg.timeout, umask=0, dirty_timeout=cfg.dirty_timeout,
                     notices=p.NOTICE_RESIZE, secret_file=cfg.secret_file, key=cfg.key,
                     tls_cert=cfg.tls_cert, tls_key=cfg.tls_key, tls_ca=cfg.tls_ca,
-                    tls_server_name=cfg.tls_server_name)  # fmt: skip
+                    tls_server_name=cfg.tls_server_name, majority=cfg.majority)  # fmt: skip
     opts = Options(cfg.attr_timeout, cfg.entry_timeout, MAX_WRITE, cfg.splice, cfg.writeback,
                    cfg.coherent, kernel_checks=cfg.default_permissions,
                    async_close=cfg.async_close)  # fmt: skip

@@ -230,8 +230,9 @@ REQUESTS: dict[Command, Schema] = {
     # The servers this server knows missed changes it applied (``server/peers.py``).
     _C.PEERS: (),
     # The servers of the client's set its changes do not reach from now on (their
-    # addresses as the client names them): each is marked behind here.
-    _C.MISSING: (("names", "names"),),
+    # addresses as the client names them): each is marked behind here once a change
+    # of this session is applied, or at once if ``now`` (one may have been missed).
+    _C.MISSING: (("names", "names"), ("now", "u32")),
     # A resync made ``names[0]`` the same as this server: its mark goes if it is
     # still at generation ``expect`` and no session connected leaves it out; else
     # ESTALE.

@@ -3,10 +3,12 @@
 
 A client tells each server of its write set, with MISSING, which servers of its
 set its changes do not reach now (lost, left, never reached). Each is marked
-behind here at once, and the mark is written through (it must outlive a crash of
-this server: see ``versionfile.py``); every change of that session applied here
-then moves the mark's generation. A client connecting reads the marks (PEERS)
-and takes a server marked behind for one to resync, never to read from. CLEAR
+behind here by the first change of that session applied here (or at once, when
+the client says one may have been missed already), and the mark is written
+through (it must outlive a crash of this server: see ``versionfile.py``); every
+change of that session applied here moves the mark's generation. A client
+connecting reads the marks (PEERS) and takes a server marked behind for one to
+resync, never to read from. CLEAR
 takes a mark away once a resync made that server the same as this one, and only
 if no change moved it since the resync read it and no session connected now
 still leaves that server out.
@@ -35,39 +37,39 @@ class Peers:
         self._generation: dict[bytes, int] = dict.fromkeys(store.marks() if store else (), 1)
         self._missing: dict[int, frozenset[bytes]] = {}  # by session: who it leaves out
 
-    def missing(self, sid: int, addresses: Iterable[bytes]) -> None:
+    def missing(self, sid: int, addresses: Iterable[bytes], now: bool = False) -> None:
         """Session ``sid``'s changes reach none of ``addresses`` from now on (the
-        ones it named before are reached again, unless named again). OSError
-        (ENOSPC) past ``MAX_MARKS``."""
+        ones it named before are reached again, unless named again); ``now``: mark
+        them at once. OSError (ENOSPC) past ``MAX_MARKS``."""
         names = frozenset(addresses)
         with self._lock:
             new = [a for a in names if a not in self._generation]
             if len(self._generation) + len(new) > MAX_MARKS:
                 raise OSError(errno.ENOSPC, f"more than {MAX_MARKS} servers marked behind")
-            for address in new:
-                if self._store is not None:
-                    self._store.mark(address, True)  # (written through, under the lock)
-                self._generation[address] = 1
+            if now:
+                self._mark(new)
             for address in names:
-                self._generation[address] += 1
+                if address in self._generation:
+                    self._generation[address] += 1
             if names:
                 self._missing[sid] = names
             else:
                 self._missing.pop(sid, None)
+
+    def _mark(self, addresses: Iterable[bytes]) -> None:
+        for address in addresses:
+            if self._store is not None:
+                self._store.mark(address, True)  # (written through, under the lock)
+            self._generation[address] = 1
 
     def applied(self, sid: int) -> None:
         """A change of session ``sid`` was applied here."""
         names = self._missing.get(sid)
         if names:
             with self._lock:
+                self._mark([a for a in names if a not in self._generation])
                 for address in names:
-                    if address in self._generation:
-                        self._generation[address] += 1
-                    elif self._store is not None:  # (cleared meanwhile: marked again)
-                        self._store.mark(address, True)
-                        self._generation[address] = 1
-                    else:
-                        self._generation[address] = 1
+                    self._generation[address] += 1
 
     def ended(self, sid: int) -> None:
         with self._lock:

@@ -150,7 +150,7 @@ class Requests:
         if len(m["names"]) > MAX_SERVERS:
             raise OSError(errno.EINVAL, f"more than {MAX_SERVERS} servers named")
         if not self.ctx.guard.policy.read_only:  # (a key that changes nothing leaves none behind)
-            self.ctx.shared.versions.peers.missing(self.ctx.sid, m["names"])
+            self.ctx.shared.versions.peers.missing(self.ctx.sid, m["names"], bool(m["now"]))
         return p.reply(m)
 
     def _clear(self, m: Message) -> Message:
