@@ -225,15 +225,26 @@ def test_close_stops_a_resync_under_way(tmp_path: Path) -> None:
         assert not [t for t in threading.enumerate() if t.name == "pohmelfs-membership"]
 
 
+def two_processes(top: Path) -> tuple[list[Path], tuple[ServerProcess, ServerProcess]]:
+    """Servers S and T as processes, each with its own export and state directory."""
+    exports = [top / "s", top / "t"]
+    for d in exports:
+        d.mkdir()
+    return exports, (ServerProcess(exports[0], "--state-dir", str(top / "st-s")),
+                     ServerProcess(exports[1], "--state-dir", str(top / "st-t")))  # fmt: skip
+
+
+def restarted(top: Path, address: str) -> ServerProcess:
+    """T again, on its old address."""
+    return ServerProcess(top / "t", "--state-dir", str(top / "st-t"), listen=address,
+                         retry_for=10)  # fmt: skip
+
+
 def test_a_server_another_client_still_leaves_out_is_not_taken_back(tmp_path: Path) -> None:
     """(Found by review.) c1 resyncs T while c2 still writes without it: T must not
     be taken for current by c1 (so that c1, failing over, never reads what c2 wrote
     missing on T); once c2 is gone, c1's next pass takes T back with c2's writes."""
-    exports = [tmp_path / "s", tmp_path / "t"]
-    for d in exports:
-        d.mkdir()
-    s = ServerProcess(exports[0], "--state-dir", str(tmp_path / "st-s"))
-    t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"))
+    exports, (s, t) = two_processes(tmp_path)
     try:
         with make_client([s.address, t.address], timeout=3, connect_timeout=2,
                          retry_every=0.2) as c1:  # fmt: skip
@@ -247,8 +258,7 @@ def test_a_server_another_client_still_leaves_out_is_not_taken_back(tmp_path: Pa
                 for c in (c1, c2):
                     c.mkdir(f"seen-{id(c)}")  # (each finds T gone)
                     wait_until(lambda c=c: state_of(c, t.address)["state"] == GONE, 10, "gone")
-                t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"),
-                                  listen=t.address, retry_for=10)  # fmt: skip
+                t = restarted(tmp_path, t.address)
                 wait_until(lambda: state_of(c1, t.address)["state"] == RESYNCING, 20, "rejoin")
                 with c2.open("f", "wb") as f:
                     f.write(b"v2 from another client")
@@ -267,19 +277,14 @@ def test_a_server_another_client_still_leaves_out_is_not_taken_back(tmp_path: Pa
 def test_a_server_others_mark_behind_is_resynced_by_a_new_client(tmp_path: Path) -> None:
     """T was down while a client wrote to S: a client connecting later to both finds T
     marked behind on S, and resyncs it before reading from it."""
-    exports = [tmp_path / "s", tmp_path / "t"]
-    for d in exports:
-        d.mkdir()
-    s = ServerProcess(exports[0], "--state-dir", str(tmp_path / "st-s"))
-    t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"))
+    exports, (s, t) = two_processes(tmp_path)
     try:
         t_address = t.address
         t.stop()
         with make_client([s.address, t_address], connect_timeout=2, retry_every=0) as c:
             with c.open("f", "wb") as f:
                 f.write(b"made while T was down")
-        t = ServerProcess(exports[1], "--state-dir", str(tmp_path / "st-t"),
-                          listen=t_address, retry_for=10)  # fmt: skip
+        t = restarted(tmp_path, t_address)
         with make_client([s.address, t.address], retry_every=0.2) as c:
             assert state_of(c, t.address)["state"] == RESYNCING
             wait_until(lambda: state_of(c, t.address)["state"] == LIVE, 30, "T live")
