@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from conftest import address_of, make_client, wait_until
 from pohmelfs import Client
 from pohmelfs.control import MAX_REQUEST, ControlServer, ask
+from pohmelfs.fuse.mount import control_path
 from pohmelfs.server.service import Server
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,3 +86,46 @@ def test_a_bad_request_gets_a_reason_and_the_socket_goes_on(
     got = raw(path, request_)
     assert got["ok"] is False and why in str(got["error"]), got
     assert ask(path, {"op": "list"})["ok"]
+
+
+# --- found by review -----------------------------------------------------------------
+
+
+def test_a_request_nested_too_deep_is_refused(controlled: tuple[str, Client]) -> None:
+    path, _ = controlled
+    got = raw(path, b"[" * 50_000 + b"\n")
+    assert got["ok"] is False and "nested" in str(got["error"])
+    assert ask(path, {"op": "list"})["ok"]
+
+
+def test_a_slow_caller_is_cut_off_for_the_others(
+    controlled: tuple[str, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = controlled
+    monkeypatch.setattr("pohmelfs.control.TIMEOUT", 1.0)
+    slow = socket.socket(socket.AF_UNIX)
+    slow.connect(path)
+    stop = threading.Event()
+
+    def dribble() -> None:  # a byte every 0.3 s: each wait is short, the whole is not
+        try:
+            while not stop.wait(0.3):
+                slow.sendall(b" ")
+        except OSError:
+            pass
+
+    t = threading.Thread(target=dribble)
+    t.start()
+    try:
+        t0 = time.monotonic()
+        assert ask(path, {"op": "list"}, timeout=10)["ok"]
+        assert time.monotonic() - t0 < 5  # (the slow one held the socket 1 s, not for good)
+    finally:
+        stop.set()
+        t.join(5)
+        slow.close()
+
+
+def test_two_mount_points_never_share_a_socket() -> None:
+    assert control_path("/mnt/a_b") != control_path("/mnt/a/b")
+    assert control_path("/mnt/x/") == control_path("/mnt/x")

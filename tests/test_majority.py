@@ -163,3 +163,41 @@ def test_majority_mode_with_one_server_lost_of_three_goes_on(tmp_path: Path) -> 
     finally:
         for s in servers:
             s.stop()
+
+
+def test_a_replica_leaving_right_after_the_check_is_still_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(Found by review.) The majority is counted again where the change is sent, so
+    a server leaving between the first look and the send cannot let a change through
+    to the lock server alone."""
+    from contextlib import ExitStack
+
+    from conftest import address_of, start_server, stopping
+    from pohmelfs.client.replicated import ReplicatedConnection
+
+    with ExitStack() as stack:
+        roots = []
+        for n in range(3):
+            d = tmp_path / f"e{n}"
+            d.mkdir()
+            os.chmod(d, 0o777)
+            roots.append(d)
+        srvs = [stack.enter_context(stopping(start_server(d))) for d in roots]
+        a, b, c = (address_of(s) for s in srvs)
+        with make_client([a, b, c], retry_every=0, majority=True) as cl:
+            cl.mkdir("d0")
+            group = cl.connection()
+            group.leave(c, "cut by the test")  # type: ignore[attr-defined]
+            first_look = ReplicatedConnection._majority_reachable
+
+            def then_b_leaves(self: ReplicatedConnection, cmd: object) -> None:
+                first_look(self, cmd)  # type: ignore[arg-type]
+                if self.replicas:
+                    self.leave(b, "cut by the test")
+
+            monkeypatch.setattr(ReplicatedConnection, "_majority_reachable", then_b_leaves)
+            with pytest.raises(OSError) as e:
+                cl.mkdir("d1")
+            assert e.value.errno == errno.EROFS
+            assert not any((r / "d1").exists() for r in roots)

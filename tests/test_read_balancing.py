@@ -129,3 +129,40 @@ def test_a_read_server_killed_under_readers_costs_nothing(tmp_path: Path) -> Non
     finally:
         for p in procs:
             p.stop()
+
+
+# --- found by review -----------------------------------------------------------------
+
+
+def test_a_read_on_a_replica_sends_this_clients_held_writes_first(pair: list[Server]) -> None:
+    a, b = (address_of(s) for s in pair)
+    with make_client([a, b], retry_every=0) as c:
+        with c.open("f", "wb") as f:
+            f.write(b"o" * 8192)
+        readers = [c.open("f", "rb", buffering=0) for _ in range(4)]
+        r = next(g for g in readers if routed(c, g) == b)
+        assert r.pread(4, 0) == b"oooo"
+        w = c.open("f", "r+b", buffering=0)
+        w.cache_lock(exclusive=True)  # (takes the readers' shared locks back)
+        assert w.hold(b"NEW!", 0)  # kept back here, not sent yet
+        assert r.pread(4, 0) == b"NEW!"
+        w.close()
+        for g in readers:
+            g.close()
+
+
+def test_a_writer_that_lost_the_read_server_still_takes_reads_back(pair: list[Server]) -> None:
+    """Y no longer reaches B (its changes go to A alone): X, reading from B, hears of
+    Y's write from A, the lock server, and reads from A from then on."""
+    a, b = (address_of(s) for s in pair)
+    with make_client([a, b], retry_every=0) as x, make_client([a, b], retry_every=0) as y:
+        with x.open("f", "wb") as f:
+            f.write(b"o" * 4096)
+        r = next(g for g in (x.open("f", "rb", buffering=0) for _ in range(4))
+                 if routed(x, g) == b)  # fmt: skip
+        assert r.pread(4, 0) == b"oooo"
+        y.connection().leave(b, "cut by the test")  # type: ignore[attr-defined]
+        with y.open("f", "r+b", buffering=0) as g:
+            g.pwrite(b"NEW!", 0)
+        assert routed(x, r) is None
+        assert r.pread(4, 0) == b"NEW!"

@@ -27,8 +27,10 @@ from conftest import (
     wait_until,
 )
 from pohmelfs.client.resync import Resync
+from pohmelfs.protocol import Command
 from pohmelfs.security.config import ServerSecurity
 from pohmelfs.security.policy import ClientPolicy
+from pohmelfs.server.peers import MAX_MARKS
 from pohmelfs.server.service import Server
 from pohmelfs.server.versionfile import VersionFile, open_versions, state_file
 from pohmelfs.server.versions import MASK, Versions, change_id
@@ -404,9 +406,26 @@ def test_marks_outlive_any_stop(tmp_path: Path) -> None:
         again.close()
 
 
-def test_marks_are_bounded() -> None:
+@pytest.mark.parametrize("now", [True, False])
+def test_marks_are_bounded(now: bool) -> None:
+    """Also those a session only names, to be made by its next change (found by review)."""
     peers = Versions().peers
     with pytest.raises(OSError) as e:
         for n in range(300):
-            peers.missing(n, [b"10.1.%d.%d:7400" % (n // 250, n % 250)], now=True)
+            peers.missing(n, [b"10.1.%d.%d:7400" % (n // 250, n % 250)], now=now)
     assert e.value.errno == errno.ENOSPC
+    for n in range(300):
+        peers.applied(n)
+    assert len(peers.behind()) <= MAX_MARKS
+
+
+def test_only_a_key_that_believes_root_marks_servers_behind(tmp_path: Path) -> None:
+    security = ServerSecurity.from_options(secret_file=SECRET_FILE,
+                                           policy=ClientPolicy(squash="root_squash"))  # fmt: skip
+    (tmp_path / "e").mkdir()
+    with stopping(start_server(tmp_path / "e", security=security)) as srv:
+        with make_client([address_of(srv)]) as c:
+            conn = c.connection().lock_server  # type: ignore[attr-defined]
+            with pytest.raises(PermissionError):
+                conn.call(Command.MISSING, names=[T], now=1)
+        assert srv.shared.versions.peers.behind() == {}

@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Any, Protocol
 
 log = logging.getLogger("pohmelfs.control")
@@ -46,11 +47,8 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # (a dead daemon's)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            self._sock.bind(path)
-        finally:
-            os.umask(old)
+        self._sock.bind(path)
+        os.chmod(path, 0o600)  # (and every caller's identity is checked anyway)
         self._sock.listen(8)
         self._closed = False
         self._thread = threading.Thread(target=self._serve, daemon=True, name="pohmelfs-control")
@@ -78,14 +76,17 @@ class ControlServer:
                     log.info("control connection: %s", e)
 
     def _one(self, conn: socket.socket) -> None:
-        conn.settimeout(TIMEOUT)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        if uid not in (0, os.geteuid()):
+        if peer_uid(conn) not in (0, os.geteuid()):
+            conn.settimeout(TIMEOUT)
             _send(conn, {"ok": False, "error": "only root or the mount's owner may ask"})
             return
+        deadline = time.monotonic() + TIMEOUT  # (for the whole request, not each piece)
         data = b""
         while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the caller took too long to ask")
+            conn.settimeout(left)
             got = conn.recv(4096)
             if not got:
                 break
@@ -93,6 +94,7 @@ class ControlServer:
             if len(data) > MAX_REQUEST:
                 _send(conn, {"ok": False, "error": f"request longer than {MAX_REQUEST} bytes"})
                 return
+        conn.settimeout(TIMEOUT)
         _send(conn, self.answer(data))
 
     def answer(self, data: bytes) -> dict[str, Any]:
@@ -121,6 +123,13 @@ class ControlServer:
             return {"ok": True, "servers": c.server_stats()}
         except (ValueError, OSError) as e:
             return {"ok": False, "error": str(e)}
+        except RecursionError:  # (a request nested too deep to read)
+            return {"ok": False, "error": "the request is nested too deeply"}
+
+
+def peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
 def _send(conn: socket.socket, reply: dict[str, Any]) -> None:
@@ -133,6 +142,8 @@ def ask(path: str, request: dict[str, Any], timeout: float = 60.0) -> dict[str, 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
         s.settimeout(timeout)
         s.connect(path)
+        if peer_uid(s) not in (0, os.geteuid()):  # (not the daemon: someone's socket)
+            raise OSError(f"the socket at {path} belongs to another user")
         s.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -216,6 +216,8 @@ class Client:
         """Receive thread: the server asks for something back (a cache lock) or tells
         of another client's change of a file open here (its size)."""
         if msg.cmd == Command.REVOKE:
+            if isinstance(conn, ReplicatedConnection):
+                conn.lock_server_revoked(msg)  # (at once: before anything else reads)
             self._revoker.submit(self.grants.revoke, conn, msg)
         elif msg.cmd == Command.RESIZE:
             self._revoker.submit(self.files.resized, conn, msg)

@@ -235,9 +235,8 @@ class Connection:
         each server (a reopen): only this server's will do (none: any file)."""
         if fids is not None:
             fields["fid"] = fids.get(self.address, p.ANY_FILE)
-        if (cmd is not Command.WRITE and self._before_request is not None
-                and threading.current_thread() is not self._receiver):  # fmt: skip
-            self._before_request()  # (never on the receiver: it must not wait)
+        if cmd is not Command.WRITE:
+            self.before_request()
         if xid is None:
             xid = self._exchange.next_xid()
         try:
@@ -265,6 +264,12 @@ class Connection:
         except OSError as e:
             self._fail(f"send failed: {e}")
         return tx
+
+    def before_request(self) -> None:
+        """What must go before any request but a WRITE (this client's held writes), if
+        any: run here unless on the receive thread (it must not wait)."""
+        if self._before_request is not None and threading.current_thread() is not self._receiver:
+            self._before_request()
 
     def fids(self, oid: int) -> dict[str, bytes]:
         """The identities on other servers of the file open as ``oid``: none (one server)."""

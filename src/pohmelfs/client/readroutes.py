@@ -2,12 +2,16 @@
 
 Each file opened through a group gets a read server when it opens: among the live
 servers (never one being resynced) of the highest priority, in turn. If that is
-a replica, its part of the OPEN asks it for a shared cache lock too, and the
-file's READs go to it while that lock holds: another client's change of the file
-on that replica revokes the lock before it is applied there, as on the lock
-server, so a replica never answers with data the lock server would not have
-given under the same locks. Once the lock is revoked (or the replica leaves),
-the file's reads go back to the lock server until it is opened again. Reads of
+a replica, the OPEN asks both it and the lock server for a shared cache lock
+(the lock server's may be the exclusive one the caller asked for), and the
+file's READs go to the replica while both hold: a change of the file by another
+client revokes the lock server's first (whether or not that client still
+reaches the replica), and the replica's before the change is applied there, so
+a replica never answers with data the lock server would not have given under
+the same locks. Once either lock is revoked or given back (or the replica
+leaves), the file's reads go to the lock server until it is opened again. A
+READ on a replica first sends this client's held writes, as one to the lock
+server does. Reads of
 this client's own writes stay in order: a replica applies a connection's
 requests in the order sent, and every change went to it first.
 
@@ -58,6 +62,8 @@ class ReadRoutes:
         with self._lock:
             if self._early.pop((conn.address, its), 0) is None:
                 return  # taken back already
+            if self._early.pop(("", oid), 0) is None:
+                return  # the lock server's lock too
             self._routes[oid] = (conn, its)
             self._locks[conn.address, its] = oid
 
@@ -78,6 +84,19 @@ class ReadRoutes:
                 return False
             self._routes.pop(oid, None)
             return True
+
+    def lock_server_revoked(self, oid: int) -> None:
+        """The lock server takes back the file's cache lock (another client changes
+        it, maybe without the replica: one it lost): reads go to the lock server,
+        for as long as the file stays open."""
+        with self._lock:
+            route = self._routes.pop(oid, None)
+            if route is None:
+                self._early["", oid] = None
+                if len(self._early) > MAX_EARLY:
+                    del self._early[next(iter(self._early))]
+                return
+            self._locks.pop((route[0].address, route[1]), None)
 
     def closed(self, oid: int) -> None:
         with self._lock:

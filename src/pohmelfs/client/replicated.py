@@ -239,9 +239,12 @@ class ReplicatedConnection:
             route = self._reads.route(oid)
             if route is not None:
                 return self._read_on(route, callback, xid, kw)
-        if self._quorum is not None and changes(cmd, kw):
-            self._majority_reachable(cmd)
-        if cmd not in REPLICATED or not self._replicas:  # (the lock server's alone)
+        elif cmd is Command.CACHE and kw.get("type") == p.CacheMode.RELEASE and self._reads:
+            self._reads.lock_server_revoked(oid)  # (given back: the same for reads)
+        counted = self._quorum is not None and changes(cmd, kw)
+        if counted:
+            self._majority_reachable(cmd)  # (and again where it is sent)
+        if cmd not in REPLICATED or not (self._replicas or counted):  # (the lock server's)
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
         with self._sending:
@@ -269,6 +272,12 @@ class ReplicatedConnection:
                 elif cmd is not Command.CLOSE:  # (a file read since before it joined)
                     self.leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]
+        if self._quorum is not None and changes(cmd, kw):  # (again: who it goes to now)
+            current = 1 + len(replicas.keys() - resyncing)
+            if 2 * current <= self._quorum():
+                raise OSError(errno.EROFS, f"{cmd.name} refused: {current} of the "
+                              f"{self._quorum()} servers reachable, no majority "
+                              "(majority mode)")  # fmt: skip
         if not replicas:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
@@ -277,6 +286,11 @@ class ReplicatedConnection:
         reader = None
         if cmd is Command.OPEN and kw["flags"] & os.O_ACCMODE != os.O_WRONLY:
             reader = self._reads.pick([self.address, *(a for a in replicas if a not in resyncing)])
+            if reader != self.address and kw["cache"] == p.CacheMode.RELEASE:
+                if kw["flags"] & os.O_ACCMODE == os.O_RDONLY:  # (a reader's: cheap to ask)
+                    kw = dict(kw, cache=p.CacheMode.SHARED)
+                else:
+                    reader = None  # (no lock asked: the lock server reads it)
         tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
         tx.changing = changes(cmd, kw)
         if cmd is Command.OPEN:
@@ -334,6 +348,7 @@ class ReplicatedConnection:
         """A READ on the file's read server (a replica: ``readroutes.py``). A replica
         that does not answer leaves, and the read goes again to the lock server."""
         conn, its = route
+        self.lock_server.before_request()  # (this client's held writes go first)
         if callback is not None:
             given = callback
 
@@ -350,6 +365,12 @@ class ReplicatedConnection:
             raise errors.rerouted_error(conn.address, "its READ failed") from None
         tx.via = conn
         return tx
+
+    def lock_server_revoked(self, msg: Message) -> None:
+        """The lock server's REVOKE (its receive thread, before the holder gives way):
+        a file read from a replica is read from the lock server from now on."""
+        if self._reads and msg["keep"] == p.CacheMode.RELEASE:
+            self._reads.lock_server_revoked(msg.oid)
 
     def replica_notified(self, conn: Connection, msg: Message) -> None:
         """A replica's notification (its receive thread): a REVOKE of the cache lock of
@@ -425,7 +446,8 @@ class ReplicatedConnection:
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
                 self._opened_at[answer.oid] = tx.sent
                 read_on = self._replicas.get(tx.reader) if tx.reader in opened else None
-            if read_on is not None and opened[read_on.address]["cached"] == p.CacheMode.SHARED:
+            if (read_on is not None and answer["cached"] != p.CacheMode.RELEASE
+                    and opened[read_on.address]["cached"] == p.CacheMode.SHARED):  # fmt: skip
                 self._reads.granted(answer.oid, read_on, opened[read_on.address].oid)
         if minority:
             applied = self._current()  # (those that answered otherwise left above)

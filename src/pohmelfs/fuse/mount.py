@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,9 +106,18 @@ def _number(key: str, value: str, kind: type) -> float:
 
 
 def run_dir() -> str:
-    base = "/run/pohmelfs" if os.geteuid() == 0 else os.environ.get("XDG_RUNTIME_DIR", "/tmp")
-    path = base if base.endswith("pohmelfs") else os.path.join(base, "pohmelfs")
-    os.makedirs(path, mode=0o755, exist_ok=True)
+    """Where the daemons' PID files and control sockets are: /run/pohmelfs as root,
+    else a directory of the user's own (OSError if one of that name is someone
+    else's, or others may write it)."""
+    if os.geteuid() == 0:
+        path = "/run/pohmelfs"
+    else:
+        base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+        path = os.path.join(base, f"pohmelfs-{os.geteuid()}")
+    os.makedirs(path, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{path} is not a directory of this user's alone", path)
     return path
 
 
@@ -115,8 +126,10 @@ def pid_file(mountpoint: str) -> str:
 
 
 def control_path(mountpoint: str) -> str:
-    """The daemon's control socket (``control.py``: ``pohmelfs ctl``, ``stats``)."""
-    return os.path.join(run_dir(), f"mount-{_name(mountpoint)}.sock")
+    """The daemon's control socket (``control.py``: ``pohmelfs ctl``, ``stats``): named
+    by a hash of the mount point's path, so that two mount points never share one."""
+    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:24]
+    return os.path.join(run_dir(), f"mount-{digest}.sock")
 
 
 def _name(mountpoint: str) -> str:

@@ -24,6 +24,7 @@ from ..security.policy import ClientPolicy
 from .storage import opens_for_writing
 
 PRIVILEGED_XATTRS = (b"security.", b"trusted.")
+VERSION_CHANGES = frozenset({Command.SETVERSION, Command.CLEAR, Command.MISSING})
 SETID = stat.S_ISUID | stat.S_ISGID
 NO_ID = 0xFFFFFFFF  # what setfsuid(-1) means: "tell me", never an identity
 
@@ -51,11 +52,12 @@ class RequestGuard:
         ):
             raise _refused(errno.EROFS, "this client's key is read-only")
         root = self.policy.trusts_root and cred is not None and cred.uid == 0
-        if (cmd in (Command.SETVERSION, Command.CLEAR) or m.flags & FLAG_UNVERSIONED) and not (
-            self.policy.trusts_root and (cred is None or cred.uid == 0)
-        ):  # (by handle: a key that trusts root may claim it anyway)
+        versions = cmd in VERSION_CHANGES or m.flags & FLAG_UNVERSIONED
+        if versions and not (self.policy.trusts_root and (cred is None or cred.uid == 0)):
+            # (by handle, or no identity: a key that trusts root may claim it anyway)
             # A change that leaves versions alone, or a version set, could make a
-            # stale server look current: a resync's, which copies owners anyway.
+            # stale server look current (a resync's, which copies owners anyway); marks
+            # of servers behind force resyncs and are bounded: the same keys only.
             raise _refused(errno.EPERM, "versions are set by the server's root only")
         if cmd in (Command.SETXATTR, Command.REMOVEXATTR):
             name = bytes(fields["name"])

@@ -44,7 +44,8 @@ class Peers:
         names = frozenset(addresses)
         with self._lock:
             new = [a for a in names if a not in self._generation]
-            if len(self._generation) + len(new) > MAX_MARKS:
+            promised = set().union(*self._missing.values()) - self._generation.keys()
+            if len(self._generation) + len(promised | set(new)) > MAX_MARKS:
                 raise OSError(errno.ENOSPC, f"more than {MAX_MARKS} servers marked behind")
             if now:
                 self._mark(new)
@@ -67,9 +68,12 @@ class Peers:
         names = self._missing.get(sid)
         if names:
             with self._lock:
-                self._mark([a for a in names if a not in self._generation])
+                new = [a for a in names if a not in self._generation]
+                room = MAX_MARKS - len(self._generation)
+                self._mark(new[: max(room, 0)])  # (past the bound: ``missing`` refused it)
                 for address in names:
-                    self._generation[address] += 1
+                    if address in self._generation:
+                        self._generation[address] += 1
 
     def ended(self, sid: int) -> None:
         with self._lock:
