@@ -94,16 +94,24 @@ def stopping(srv: Server) -> Iterator[Server]:
         srv.export.close()
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[list[Server]]:
-    """Two in-process servers, each on its own export (``export0``, ``export1``)."""
+@contextmanager
+def in_process_servers(top: Path, count: int) -> Iterator[list[Server]]:
+    """``count`` in-process servers, each on its own export (``top/export0``...),
+    stopped at the end."""
     with ExitStack() as stack:
         started = []
-        for n in range(2):
-            d = tmp_path / f"export{n}"
+        for n in range(count):
+            d = top / f"export{n}"
             d.mkdir()
             os.chmod(d, 0o777)
             started.append(stack.enter_context(stopping(start_server(d))))
+        yield started
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[list[Server]]:
+    """Two in-process servers, each on its own export (``export0``, ``export1``)."""
+    with in_process_servers(tmp_path, 2) as started:
         yield started
 
 

@@ -171,19 +171,11 @@ def test_a_replica_leaving_right_after_the_check_is_still_counted(
     """(Found by review.) The majority is counted again where the change is sent, so
     a server leaving between the first look and the send cannot let a change through
     to the lock server alone."""
-    from contextlib import ExitStack
-
-    from conftest import address_of, start_server, stopping
+    from conftest import address_of, in_process_servers
     from pohmelfs.client.replicated import ReplicatedConnection
 
-    with ExitStack() as stack:
-        roots = []
-        for n in range(3):
-            d = tmp_path / f"e{n}"
-            d.mkdir()
-            os.chmod(d, 0o777)
-            roots.append(d)
-        srvs = [stack.enter_context(stopping(start_server(d))) for d in roots]
+    with in_process_servers(tmp_path, 3) as srvs:
+        roots = [tmp_path / f"export{n}" for n in range(3)]
         a, b, c = (address_of(s) for s in srvs)
         with make_client([a, b, c], retry_every=0, majority=True) as cl:
             cl.mkdir("d0")
