@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import struct
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from conftest import TwoMounts, requires_fuse
+from conftest import TwoMounts, requires_fuse, stop_process
 
 pytestmark = requires_fuse
 
@@ -148,3 +150,78 @@ def test_sqlite_on_two_mounts_stays_consistent(two: TwoMounts) -> None:
     lines = check.stdout.splitlines()
     assert lines[0] == "ok", check.stderr
     assert lines[1] == "[('a', 150), ('b', 150)]"
+
+
+@pytest.fixture
+def quick(tmp_path: Path) -> Iterator[TwoMounts]:
+    """Two mounts with a 2 s network time-out."""
+    t = TwoMounts(tmp_path, "timeout=2")
+    yield t
+    t.stop()
+
+
+def test_a_blocking_lock_waits_longer_than_the_time_out_while_it_is_held(
+    quick: TwoMounts,
+) -> None:
+    """The server says it is still waiting (PENDING): waiting for another holder is
+    not silence, however long it lasts."""
+    (quick.a / "w").write_bytes(b"x")
+    fd = os.open(quick.a / "w", os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        fd = os.open({str(quick.b / 'w')!r}, os.O_RDWR)
+        t = time.monotonic()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        print(round(time.monotonic() - t, 2))
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(5.0)  # (2.5 time-outs)
+        assert waiter.poll() is None, waiter.communicate()
+        os.close(fd)
+        out, err = waiter.communicate(timeout=15)
+        assert float(out) >= 4.5, err
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(5)
+
+
+def test_a_blocking_lock_on_a_silent_server_ends_with_etimedout(quick: TwoMounts) -> None:
+    """A stopped server (SIGSTOP) ends a waiting fcntl lock with ETIMEDOUT after the
+    time-out, not never; once it answers again the lock can be taken (what it may
+    have granted late was given back)."""
+    (quick.a / "s").write_bytes(b"x")
+    fd = os.open(quick.a / "s", os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import errno, fcntl, os, time
+        fd = os.open({str(quick.b / 's')!r}, os.O_RDWR)
+        t = time.monotonic()
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            print("locked", round(time.monotonic() - t, 1))
+        except OSError as e:
+            print(errno.errorcode[e.errno], round(time.monotonic() - t, 1))
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.0)
+        stop_process(quick.server.pid)
+        try:
+            out, err = waiter.communicate(timeout=30)
+        finally:
+            os.kill(quick.server.pid, signal.SIGCONT)
+        what, took = out.split()
+        assert what == "ETIMEDOUT" and float(took) < 20, (out, err)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(5)
+        os.close(fd)
+    out = _other_process(f"""
+        import fcntl, os
+        fd = os.open({str(quick.b / "s")!r}, os.O_RDWR)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("locked")
+    """)
+    assert out.stdout.strip() == "locked", out.stderr

@@ -6,7 +6,10 @@ server. A process's POSIX locks on a file go when it closes any descriptor of
 it (FLUSH carries the owner); flock locks when the open file goes (RELEASE).
 A blocking SETLKW is answered by the client's receive thread once the server
 grants it; if the waiting process is interrupted, it gets EINTR at once and a
-lock granted afterwards is given back.
+lock granted afterwards is given back. It waits as long as the server says it is
+still waiting (PENDING), however long another holder keeps the lock; a server
+silent for the mount's time-out gives the process ETIMEDOUT (a grant that may
+still come is given back), never a hung process.
 """
 
 from __future__ import annotations
@@ -83,13 +86,19 @@ class FuseLocks:
                                behind=True)  # fmt: skip
                 return
             if failed:
+                if isinstance(tx.error, TimeoutError):  # (a grant may still come: give it back)
+                    try:
+                        start_lock(f, self._range(a), UNLCK, flags & p.LOCK_FLOCK,
+                                   callback=_ignore, behind=True)  # fmt: skip
+                    except OSError:
+                        pass  # (the connection went, and our locks with it)
                 reply.error(tx_errno(tx))
             else:
                 self.invalidate(req.nodeid)
                 reply.ok()
 
         try:
-            start_lock(f, self._range(a), a.type, flags, callback=granted, forever=True)
+            start_lock(f, self._range(a), a.type, flags, callback=granted)
         except BaseException:
             with self._lock:  # never sent: nobody will answer it
                 self._waiting.pop(req.unique, None)
