@@ -320,3 +320,19 @@ def test_a_file_opened_for_writing_during_an_earlier_pass_holds_the_server_back(
         during.close()
         wait_until(lambda: state_of(c, address_of(b))["state"] == LIVE, 30, "B live")
     assert (root_of(b) / "during").read_bytes() == b"first second"
+
+
+def test_every_client_hears_at_once_of_a_server_another_leaves_out(pair: list[Server]) -> None:
+    """Y loses B; its first change without B marks B behind on A, which tells every
+    client connected (MARKED): X stops using B at once, and resyncs it, and takes it
+    back only once Y no longer leaves it out."""
+    a, b = (address_of(s) for s in pair)
+    with make_client([a, b], retry_every=0.2) as x, make_client([a, b], retry_every=0) as y:
+        x.mkdir("d")
+        assert state_of(x, b)["state"] == LIVE
+        y.connection().leave(b, "cut by the test")  # type: ignore[attr-defined]
+        y.mkdir("e")
+        wait_until(lambda: state_of(x, b)["state"] == RESYNCING, 5, "x hears of it")
+        for _ in range(10):  # (y still leaves it out: not taken back)
+            assert state_of(x, b)["state"] == RESYNCING
+            time.sleep(0.1)

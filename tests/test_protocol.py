@@ -171,6 +171,7 @@ def _request_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
         c.CACHE: ({"oid": 42, "length": 1 << 20}, {"type": 1}),
         c.REVOKE: ({}, {}),
         c.RESIZE: ({}, {}),  # likewise only ever an answer
+        c.MARKED: ({}, {}),  # likewise
         c.LEASE: ({}, path),
         c.VERSION: ({}, path),
         # a resync's: the version of the copy, if the object is still as it was read

@@ -221,6 +221,8 @@ class Client:
             self._revoker.submit(self.grants.revoke, conn, msg)
         elif msg.cmd == Command.RESIZE:
             self._revoker.submit(self.files.resized, conn, msg)
+        elif msg.cmd == Command.MARKED and isinstance(conn, ReplicatedConnection):
+            conn.behind_notified(conn.lock_server, msg)
 
     def when_disconnected(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` each time a connection is lost, and with it every cache

@@ -83,6 +83,7 @@ class Connector:
         prio = {m.spec.address: m.spec.prio for m in members}
         quorum = (lambda: len(self.servers.members())) if self.terms.majority else None
         made = ReplicatedConnection(lock_server, replicas, self.server_lost, prio, quorum)
+        made.demoted = lambda address: self.servers.transition(address, LIVE, RESYNCING)  # type: ignore[assignment,return-value]
         group.append(made)
         for m in members:
             if m.state == RESYNCING:

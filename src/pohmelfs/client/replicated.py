@@ -93,6 +93,7 @@ class ReplicatedConnection:
         change needs more than half of them: ``_majority``)."""
         self.lock_server = lock_server
         self._quorum = quorum
+        self.demoted: Callable[[str], None] = lambda _: None  # (the set: resyncing)
         self._reads = ReadRoutes(prio or {})
         self._replicas = {c.address: c for c in replicas}
         # Replicas that joined while the client works and are being resynced: they get
@@ -372,10 +373,35 @@ class ReplicatedConnection:
         if self._reads and msg["keep"] == p.CacheMode.RELEASE:
             self._reads.lock_server_revoked(msg.oid)
 
+    def behind_notified(self, conn: Connection, msg: Message) -> None:
+        """A server's MARKED (a receive thread): the replicas it names missed changes
+        another client made without them; they are resynced before they are read
+        from again. On a thread of its own (a demotion waits for the send lock)."""
+
+        def demote() -> None:
+            for name in msg["names"]:
+                address = bytes(name).decode(errors="replace")
+                with self._lock:
+                    live = address in self._replicas and address not in self._resyncing
+                if live:
+                    log.warning("server %s missed changes of another client: resyncing it",
+                                address)  # fmt: skip
+                    self.demote(address)
+                    self._reads.left(address)
+                    self.demoted(address)
+            try:
+                conn.answer(msg)
+            except OSError:
+                pass
+
+        threading.Thread(target=demote, daemon=True, name="pohmelfs-behind").start()
+
     def replica_notified(self, conn: Connection, msg: Message) -> None:
         """A replica's notification (its receive thread): a REVOKE of the cache lock of
         a file read from it; reads go back to the lock server, then the answer goes."""
-        if msg.cmd is Command.REVOKE:
+        if msg.cmd is Command.MARKED:
+            self.behind_notified(conn, msg)
+        elif msg.cmd is Command.REVOKE:
             if msg["keep"] != p.CacheMode.SHARED:  # (a shared lock kept: reads stay)
                 self._reads.revoked(conn.address, msg.oid)
             try:

@@ -8,12 +8,14 @@ A blocking SETLKW is answered by the client's receive thread once the server
 grants it; if the waiting process is interrupted, it gets EINTR at once and a
 lock granted afterwards is given back. It waits as long as the server says it is
 still waiting (PENDING), however long another holder keeps the lock; a server
-silent for the mount's time-out gives the process ETIMEDOUT (a grant that may
-still come is given back), never a hung process.
+silent for the mount's time-out gives the process ETIMEDOUT, never a hung
+process, and the connection is given up (its end takes the waiting request away
+on the server; the next call goes to a new one, or to the next server).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 from collections.abc import Callable
@@ -86,12 +88,11 @@ class FuseLocks:
                                behind=True)  # fmt: skip
                 return
             if failed:
-                if isinstance(tx.error, TimeoutError):  # (a grant may still come: give it back)
-                    try:
-                        start_lock(f, self._range(a), UNLCK, flags & p.LOCK_FLOCK,
-                                   callback=_ignore, behind=True)  # fmt: skip
-                    except OSError:
-                        pass  # (the connection went, and our locks with it)
+                if isinstance(tx.error, TimeoutError):
+                    # Silent, not even PENDING: a grant may still come, and only the
+                    # connection's end takes the waiting request away on the server.
+                    with contextlib.suppress(OSError):
+                        f.handle()[0].lose("silent for the time-out about a blocking lock")
                 reply.error(tx_errno(tx))
             else:
                 self.invalidate(req.nodeid)

@@ -104,6 +104,7 @@ class Command(enum.IntEnum):
     PEERS = 41
     MISSING = 42
     CLEAR = 43
+    MARKED = 44
 
 
 # The commands that change the export (besides OPEN with O_CREAT or O_TRUNC): what a
@@ -218,6 +219,7 @@ REQUESTS: dict[Command, Schema] = {
     _C.CACHE: (("type", "u32"),),
     _C.REVOKE: (),  # only ever a client's answer to the REVOKE notification
     _C.RESIZE: (),  # likewise
+    _C.MARKED: (),  # likewise
     # LOOKUP that also asks for a shared cache lock on the attributes of a regular
     # file, with no handle (a lease): the reply's oid names it (0: none), for REVOKE
     # and for CLOSE, which gives it back.
@@ -307,6 +309,9 @@ ERROR_REPLY: Schema = (DATA,)
 NOTIFICATIONS: dict[Command, Schema] = {
     Command.REVOKE: (("keep", "u32"),),
     Command.RESIZE: (("attr", "attr"), ("last", "u32")),
+    # Servers newly marked behind here (``server/peers.py``): not to be read from, nor
+    # taken back, until resynced.
+    Command.MARKED: (("names", "names"),),
 }
 
 

@@ -110,6 +110,18 @@ class Notifiers:
         with self._lock:
             return self._by_session.get(sid)
 
+    def tell_all(self, cmd: Command, fields: dict[str, Any]) -> None:
+        """A notification that needs no more than its answer, to every session."""
+        with self._lock:
+            notifiers = list(self._by_session.values())
+        for notifier in notifiers:
+            if notifier.closed:
+                continue
+            try:
+                notifier.notify(cmd, 0, 0, 0, fields, lambda: None)
+            except OSError:
+                pass  # (gone, or too far behind in answering: it learns at its next connect)
+
     def revoke(self, holder: Holder, keep: int, done: Callable[[], None]) -> None:
         """A ``cachelocks.Revoker``: the holder's session is asked to give it up."""
         notifier = self.get(holder.owner[0])

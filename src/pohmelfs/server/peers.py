@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 MAX_MARKS = 256  # servers marked behind, at most (a client names at most 32 at once)
@@ -31,8 +31,12 @@ class MarkStore(Protocol):
 
 
 class Peers:
+    """``told``: called (outside the lock) with the servers newly marked behind, to
+    tell every client connected (``service.py``)."""
+
     def __init__(self, store: MarkStore | None = None) -> None:
         self._store = store
+        self.told: Callable[[list[bytes]], None] = lambda _: None
         self._lock = threading.Lock()
         self._generation: dict[bytes, int] = dict.fromkeys(store.marks() if store else (), 1)
         self._missing: dict[int, frozenset[bytes]] = {}  # by session: who it leaves out
@@ -47,8 +51,8 @@ class Peers:
             promised = set().union(*self._missing.values()) - self._generation.keys()
             if len(self._generation) + len(promised | set(new)) > MAX_MARKS:
                 raise OSError(errno.ENOSPC, f"more than {MAX_MARKS} servers marked behind")
-            if now:
-                self._mark(new)
+            marked = new if now else []
+            self._mark(marked)
             for address in names:
                 if address in self._generation:
                     self._generation[address] += 1
@@ -56,6 +60,8 @@ class Peers:
                 self._missing[sid] = names
             else:
                 self._missing.pop(sid, None)
+        if marked:
+            self.told(marked)
 
     def _mark(self, addresses: Iterable[bytes]) -> None:
         for address in addresses:
@@ -70,10 +76,13 @@ class Peers:
             with self._lock:
                 new = [a for a in names if a not in self._generation]
                 room = MAX_MARKS - len(self._generation)
-                self._mark(new[: max(room, 0)])  # (past the bound: ``missing`` refused it)
+                marked = new[: max(room, 0)]  # (past the bound: ``missing`` refused it)
+                self._mark(marked)
                 for address in names:
                     if address in self._generation:
                         self._generation[address] += 1
+            if marked:
+                self.told(marked)
 
     def ended(self, sid: int) -> None:
         with self._lock:

@@ -110,6 +110,7 @@ class Server:
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting
+        self.shared.versions.peers.told = self._tell_behind
         self.watched: Watched | None = None
         self.terms = Terms(security, max_payload, random.getrandbits(63) | 1,
                            limits.handshake_timeout, limits.idle_timeout)  # fmt: skip
@@ -123,6 +124,13 @@ class Server:
             target=self._accept_loop, name="pohmelfs-accept", daemon=True
         )
         self._threads: list[threading.Thread] = []
+
+    def _tell_behind(self, addresses: list[bytes]) -> None:
+        """Servers newly marked behind: every client connected hears it (MARKED), on a
+        thread of its own (the change that marked them must not wait for sockets)."""
+        threading.Thread(target=self.shared.notifiers.tell_all, daemon=True,
+                         args=(p.Command.MARKED, {"names": sorted(addresses)}),
+                         name="pohmelfs-behind").start()  # fmt: skip
 
     def start(self) -> Server:
         if self.limits.watch != "off":
