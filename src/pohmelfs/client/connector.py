@@ -93,10 +93,8 @@ class Connector:
                     self.server_lost(m.spec.address, str(e))
         made.set_missing({m.spec.address for m in members} - set(made.connections()))
         stale = self._stale(made)
-        for address in stale - {made.address} - set(made.resyncing):
-            log.warning("server %s missed changes another server has: resyncing it", address)
-            made.demote(address)
-            self.servers.set_state(address, RESYNCING)
+        for address in stale - {made.address}:
+            made.demote(address, "missed changes another server has")
         if made.address in stale:  # (the lock server itself: the next one, then)
             log.warning("server %s missed changes another server has: resyncing it",
                         made.address)  # fmt: skip

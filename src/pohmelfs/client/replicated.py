@@ -67,7 +67,7 @@ class ReplicatedTransaction(Transaction):
         self.replicas = replicas
         self.reader = reader  # an OPEN's: the server to read the file from
         self.sent = 0  # an OPEN's: the group's count of OPENs sent before it
-        self.changing = False  # it changes the export (``changes``)
+        self.changing = False  # a change that needs a majority (majority mode)
 
 
 class _Change:
@@ -182,12 +182,17 @@ class ReplicatedConnection:
         if addresses:
             announce_missing([self.lock_server, *conns], addresses)
 
-    def demote(self, address: str) -> None:
-        """A replica another server marks behind: it is resynced before it is used."""
+    def demote(self, address: str, why: str) -> None:
+        """A live replica another server marks behind: it is resynced before it is
+        used (read from no more; the set is told, ``demoted``)."""
         with self._sending, self._lock:
-            if address in self._replicas:
-                self._resyncing.add(address)
-                self._joined[address] = next(self._joins)
+            if address not in self._replicas or address in self._resyncing:
+                return
+            self._resyncing.add(address)
+            self._joined[address] = next(self._joins)
+        log.warning("server %s %s: resyncing it", address, why)
+        self._reads.left(address)
+        self.demoted(address)
 
     def skipped(self, address: str) -> tuple[int, int]:
         """Which join of the resyncing replica ``address`` this is, and how many
@@ -244,16 +249,17 @@ class ReplicatedConnection:
             self._reads.lock_server_revoked(oid)  # (given back: the same for reads)
         counted = self._quorum is not None and changes(cmd, kw)
         if counted:
-            self._majority_reachable(cmd)  # (and again where it is sent)
+            self._need_majority(cmd, self._current())  # (and again where it is sent)
         if cmd not in REPLICATED or not (self._replicas or counted):  # (the lock server's)
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
         with self._sending:
-            return self._replicated(cmd, callback, xid, oid, fids, kw)
+            return self._replicated(cmd, callback, xid, oid, fids, kw, counted)
 
     def _replicated(self, cmd: Command, callback: Callable[[Transaction], None] | None,
                     xid: int | None, oid: int, fids: dict[str, bytes] | None,
-                    kw: dict[str, Any]) -> Transaction:  # fmt: skip
+                    kw: dict[str, Any], counted: bool) -> Transaction:  # fmt: skip
+        """``counted``: a change that needs a majority (majority mode)."""
         with self._lock:
             replicas = dict(self._replicas)
             resyncing = set(self._resyncing)
@@ -273,12 +279,8 @@ class ReplicatedConnection:
                 elif cmd is not Command.CLOSE:  # (a file read since before it joined)
                     self.leave(address, f"it has no handle for a {cmd.name}")
                 del replicas[address]
-        if self._quorum is not None and changes(cmd, kw):  # (again: who it goes to now)
-            current = 1 + len(replicas.keys() - resyncing)
-            if 2 * current <= self._quorum():
-                raise OSError(errno.EROFS, f"{cmd.name} refused: {current} of the "
-                              f"{self._quorum()} servers reachable, no majority "
-                              "(majority mode)")  # fmt: skip
+        if counted:  # (again: who it goes to now)
+            self._need_majority(cmd, 1 + len(replicas.keys() - resyncing))
         if not replicas:
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
@@ -293,7 +295,7 @@ class ReplicatedConnection:
                 else:
                     reader = None  # (no lock asked: the lock server reads it)
         tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
-        tx.changing = changes(cmd, kw)
+        tx.changing = counted
         if cmd is Command.OPEN:
             with self._lock:
                 tx.sent = next(self._opens)
@@ -337,12 +339,13 @@ class ReplicatedConnection:
         with self._lock:
             return 1 + len(self._replicas.keys() - self._resyncing)
 
-    def _majority_reachable(self, cmd: Command) -> None:
+    def _need_majority(self, cmd: Command, current: int) -> None:
+        """EROFS unless ``current`` servers are more than half of the set."""
         assert self._quorum is not None
-        live, total = self._current(), self._quorum()
-        if 2 * live <= total:
-            raise OSError(errno.EROFS, f"{cmd.name} refused: {live} of the {total} servers "
-                          "reachable, no majority (majority mode)")  # fmt: skip
+        total = self._quorum()
+        if 2 * current <= total:
+            raise OSError(errno.EROFS, f"{cmd.name} refused: {current} of the {total} "
+                          "servers reachable, no majority (majority mode)")  # fmt: skip
 
     def _read_on(self, route: tuple[Connection, int], callback: Callable[[Transaction], None]
                  | None, xid: int | None, kw: dict[str, Any]) -> Transaction:  # fmt: skip
@@ -380,15 +383,8 @@ class ReplicatedConnection:
 
         def demote() -> None:
             for name in msg["names"]:
-                address = bytes(name).decode(errors="replace")
-                with self._lock:
-                    live = address in self._replicas and address not in self._resyncing
-                if live:
-                    log.warning("server %s missed changes of another client: resyncing it",
-                                address)  # fmt: skip
-                    self.demote(address)
-                    self._reads.left(address)
-                    self.demoted(address)
+                self.demote(bytes(name).decode(errors="replace"),
+                            "missed changes of another client")  # fmt: skip
             try:
                 conn.answer(msg)
             except OSError:
@@ -444,8 +440,7 @@ class ReplicatedConnection:
         if self.closed and any(a not in others or others[a].reply is None for a in tx.replicas):
             return errors.connection_error(self.address, f"lost before every server "
                                            f"answered a {cmd.name}")  # fmt: skip
-        minority = (self._quorum is not None and tx.changing and answer is not None
-                    and not answer.status)  # fmt: skip
+        minority = tx.changing and answer is not None and not answer.status
         with self._lock:
             resyncing = set(self._resyncing)
         for address, part in others.items():

@@ -27,10 +27,12 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .. import protocol as p
+
 READ, WRITE = 1, 2
 PERMS = {"r": READ, "w": WRITE, "rw": READ | WRITE, "wr": READ | WRITE}
 MAX_PRIO = 255
-MAX_SERVERS = 32  # a client's set: each is a connection and a copy of every change
+MAX_SERVERS = p.MAX_SERVERS  # a client's set: each a connection and a copy of every change
 LIVE, STALE, RESYNCING, GONE = "live", "stale", "resyncing", "gone"
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]|[^\s/:\[\]%]+):(\d{1,5})")
 

@@ -35,6 +35,9 @@ FLAG_UNVERSIONED = int(Flag.UNVERSIONED)
 REQUEST_FLAGS = FLAG_BEHIND | FLAG_RESENT | FLAG_UNVERSIONED  # the flags a request may carry
 
 
+MAX_SERVERS = 32  # a client's server set, at most: MISSING names no more
+
+
 class Cap(enum.IntFlag):
     READ_ONLY = 0x1
     XATTR = 0x2

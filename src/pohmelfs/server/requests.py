@@ -14,8 +14,6 @@ from .lockrequests import LockRequests
 from .stamps import at_path
 from .storage import OpenFile
 
-MAX_SERVERS = 32  # a client's set, at most (client/serverset.py)
-
 Handler = Callable[[Message], Message | None]
 
 
@@ -131,14 +129,16 @@ class Requests:
             raise OSError(errno.EPROTO, f"{msg.cmd.name} is not a request here")
         return handler(msg)
 
+    def _key_at(self, path: bytes) -> tuple[int, int]:
+        st = self.export.stat(path)
+        return st.st_dev, st.st_ino
+
     def _version(self, m: Message) -> Message:
-        st = self.export.stat(m["path"])
-        version, busy = self.ctx.shared.versions.get((st.st_dev, st.st_ino))
+        version, busy = self.ctx.shared.versions.get(self._key_at(m["path"]))
         return p.reply(m, version=version, busy=busy)
 
     def _set_version(self, m: Message) -> Message:
-        st = self.export.stat(m["path"])
-        if not self.ctx.shared.versions.set_if((st.st_dev, st.st_ino), m["expect"], m["version"]):
+        if not self.ctx.shared.versions.set_if(self._key_at(m["path"]), m["expect"], m["version"]):
             raise OSError(errno.ESTALE, "the object changed since its version was read")
         return p.reply(m)
 
@@ -147,8 +147,8 @@ class Requests:
         return p.reply(m, behind=[a + b" %d" % g for a, g in sorted(marks.items())])
 
     def _missing(self, m: Message) -> Message:
-        if len(m["names"]) > MAX_SERVERS:
-            raise OSError(errno.EINVAL, f"more than {MAX_SERVERS} servers named")
+        if len(m["names"]) > p.MAX_SERVERS:
+            raise OSError(errno.EINVAL, f"more than {p.MAX_SERVERS} servers named")
         if not self.ctx.guard.policy.read_only:  # (a key that changes nothing leaves none behind)
             self.ctx.shared.versions.peers.missing(self.ctx.sid, m["names"], bool(m["now"]))
         return p.reply(m)

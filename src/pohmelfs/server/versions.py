@@ -28,6 +28,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -39,6 +40,7 @@ log = logging.getLogger("pohmelfs.server")
 MASK = (1 << 62) - 1  # versions fit in SQLite's signed 64-bit integers
 FLUSH_EVERY = 0.2  # seconds
 FLUSH_AT = 8192  # bumps gathered: written at once
+WRITTEN_KEPT = 65536  # objects whose written version stays at hand
 
 
 def change_id(session: bytes, xid: int) -> int:
@@ -65,6 +67,9 @@ class Versions:
         self._backing = backing
         self.peers = Peers(backing)
         self._values: dict[FileKey, int] = {}  # changed since the last write (or all)
+        # Written lately, as written: the next change of a busy object (a directory
+        # filling up) reads it here, not from the file (under the lock), most recent last.
+        self._written: OrderedDict[FileKey, int] = OrderedDict()
         self._busy: dict[FileKey, int] = {}  # changes under way, by object
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one write to the backing at a time
@@ -119,11 +124,13 @@ class Versions:
     def _value(self, key: FileKey) -> int:
         value = self._values.get(key)
         if value is None:
+            value = self._written.get(key)
+        if value is None:
             value = 0 if self._backing is None else self._backing.read(key)
         return value
 
     def flush(self) -> None:
-        """Write what changed to the backing (and forget it from memory)."""
+        """Write what changed to the backing (the latest ``WRITTEN_KEPT`` stay at hand)."""
         if self._backing is None:
             return
         with self._write_lock:
@@ -136,6 +143,10 @@ class Versions:
                 for key, value in values.items():
                     if self._values.get(key) == value:  # (not changed again meanwhile)
                         del self._values[key]
+                    self._written[key] = value
+                    self._written.move_to_end(key)
+                while len(self._written) > WRITTEN_KEPT:
+                    self._written.popitem(last=False)
 
     def _flush_loop(self) -> None:
         while not self._closed:
