@@ -36,6 +36,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pohmelfs
@@ -133,16 +134,12 @@ def _reader(addresses: list[str], names: list[str], passes: int, go: Any, out: A
     out.put(total)
 
 
-def parallel_read(addresses: list[str], passes: int = 2,
-                  pids: tuple[int, ...] = ()) -> tuple[float, float]:  # fmt: skip
-    """(MB/s, CPU seconds the readers and the servers ``pids`` spent) of READERS
-    processes reading FILES_EACH files each (see (d))."""
-    before = _children_cpu() + sum(cpu_seconds(p) for p in pids)
+def _readers(one: Callable[[int, Any, Any], None]) -> float:
+    """MB/s of READERS processes each running ``one(r, out, go)``: it waits on the
+    barrier ``go``, reads, and puts the bytes it read on ``out``."""
     ctx = multiprocessing.get_context("fork")
     go, out = ctx.Barrier(READERS + 1), ctx.Queue()
-    names = [[f"par/r{r}f{n}" for n in range(FILES_EACH)] for r in range(READERS)]
-    procs = [ctx.Process(target=_reader, args=(addresses, names[r], passes, go, out))
-             for r in range(READERS)]  # fmt: skip
+    procs = [ctx.Process(target=one, args=(r, out, go)) for r in range(READERS)]
     for p in procs:
         p.start()
     go.wait()
@@ -151,8 +148,20 @@ def parallel_read(addresses: list[str], passes: int = 2,
     dt = time.perf_counter() - t
     for p in procs:
         p.join()
-    cpu = _children_cpu() + sum(cpu_seconds(p) for p in pids) - before
-    return total / dt / 1e6, cpu
+    return total / dt / 1e6
+
+
+def parallel_read(addresses: list[str], passes: int = 2,
+                  pids: tuple[int, ...] = ()) -> tuple[float, float]:  # fmt: skip
+    """(MB/s, CPU seconds the readers and the servers ``pids`` spent) of READERS
+    processes reading FILES_EACH files each (see (d))."""
+    before = _children_cpu() + sum(cpu_seconds(p) for p in pids)
+
+    def one(r: int, out: Any, go: Any) -> None:
+        _reader(addresses, [f"par/r{r}f{n}" for n in range(FILES_EACH)], passes, go, out)
+
+    rate = _readers(one)
+    return rate, _children_cpu() + sum(cpu_seconds(p) for p in pids) - before
 
 
 def _children_cpu() -> float:
@@ -174,18 +183,7 @@ def local_parallel_read(root: str, passes: int = 2) -> float:
                     total += os.preadv(fd, [buf], off)
         out.put(total)
 
-    ctx = multiprocessing.get_context("fork")
-    go, out = ctx.Barrier(READERS + 1), ctx.Queue()
-    procs = [ctx.Process(target=one, args=(r, out, go)) for r in range(READERS)]
-    for p in procs:
-        p.start()
-    go.wait()
-    t = time.perf_counter()
-    total = sum(out.get() for _ in procs)
-    dt = time.perf_counter() - t
-    for p in procs:
-        p.join()
-    return total / dt / 1e6
+    return _readers(one)
 
 
 def failover_gap(roots: list[str]) -> tuple[float, bool, int]:

@@ -193,6 +193,23 @@ class ServerProcess:
         return terminate(self.proc, 10)
 
 
+def server_processes(top: Path, count: int) -> list[ServerProcess]:
+    """``count`` servers as processes, each on its own export (``top/e0``...) and state
+    directory (``top/state0``...); the caller stops them (those started are, if one
+    cannot start)."""
+    started: list[ServerProcess] = []
+    try:
+        for n in range(count):
+            d = top / f"e{n}"
+            d.mkdir()
+            started.append(ServerProcess(d, "--state-dir", str(top / f"state{n}")))
+    except BaseException:
+        for s in started:
+            s.stop()
+        raise
+    return started
+
+
 def _with_key(extra: tuple[str, ...]) -> tuple[str, ...]:
     """Server arguments: the test key unless they name their own security."""
     own = {"--secret-file", "--exports", "--insecure"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, make_client, wait_until
+from conftest import make_client, server_processes, wait_until
 from pohmelfs import Client
 from pohmelfs.client.serverset import LIVE, RESYNCING
 
@@ -85,10 +85,7 @@ def state_of(c: Client, address: str) -> str:
 
 def test_a_partition_in_majority_mode_leaves_one_history(tmp_path: Path) -> None:
     exports = [tmp_path / f"e{n}" for n in range(3)]
-    servers = []
-    for n, d in enumerate(exports):
-        d.mkdir()
-        servers.append(ServerProcess(d, "--state-dir", str(tmp_path / f"state{n}")))
+    servers = server_processes(tmp_path, 3)
     s1, s2, s3 = (s.address for s in servers)
     # The minority client reaches S2 and S3 through links, the majority one S1.
     to_s2, to_s3, to_s1 = Link(s2), Link(s3), Link(s1)
@@ -136,11 +133,7 @@ def test_a_partition_in_majority_mode_leaves_one_history(tmp_path: Path) -> None
 
 
 def test_majority_mode_with_one_server_lost_of_three_goes_on(tmp_path: Path) -> None:
-    exports = [tmp_path / f"e{n}" for n in range(3)]
-    servers = []
-    for n, d in enumerate(exports):
-        d.mkdir()
-        servers.append(ServerProcess(d, "--state-dir", str(tmp_path / f"state{n}")))
+    servers = server_processes(tmp_path, 3)
     try:
         with make_client([s.address for s in servers], timeout=3, retry_every=0,
                          majority=True) as c:  # fmt: skip
@@ -181,14 +174,14 @@ def test_a_replica_leaving_right_after_the_check_is_still_counted(
             cl.mkdir("d0")
             group = cl.connection()
             group.leave(c, "cut by the test")  # type: ignore[attr-defined]
-            first_look = ReplicatedConnection._majority_reachable
+            first_look = ReplicatedConnection._need_majority
 
-            def then_b_leaves(self: ReplicatedConnection, cmd: object) -> None:
-                first_look(self, cmd)  # type: ignore[arg-type]
+            def then_b_leaves(self: ReplicatedConnection, cmd: object, current: int) -> None:
+                first_look(self, cmd, current)  # type: ignore[arg-type]
                 if self.replicas:
                     self.leave(b, "cut by the test")
 
-            monkeypatch.setattr(ReplicatedConnection, "_majority_reachable", then_b_leaves)
+            monkeypatch.setattr(ReplicatedConnection, "_need_majority", then_b_leaves)
             with pytest.raises(OSError) as e:
                 cl.mkdir("d1")
             assert e.value.errno == errno.EROFS

@@ -10,7 +10,6 @@ import signal
 import stat
 import threading
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,10 @@ import pytest
 from conftest import (
     ServerProcess,
     address_of,
+    in_process_servers,
     make_client,
     same_view,
     settle_times,
-    start_server,
-    stopping,
     tree_snapshot,
     wait_until,
 )
@@ -187,12 +185,7 @@ def test_a_killed_server_comes_back_and_is_resynced_under_writes(tmp_path: Path)
 
 def test_a_file_read_since_before_a_server_joined_keeps_it_when_closed(tmp_path: Path) -> None:
     """(Found by review.) Its CLOSE has nothing to close on the new server."""
-    with ExitStack() as stack:
-        srv = []
-        for n in range(3):
-            d = tmp_path / f"e{n}"
-            d.mkdir()
-            srv.append(stack.enter_context(stopping(start_server(d))))
+    with in_process_servers(tmp_path, 3) as srv:
         a, b, c3 = (address_of(s) for s in srv)
         with make_client([a, b], retry_every=30) as c:
             with c.open("f", "wb") as f:
@@ -207,13 +200,8 @@ def test_a_file_read_since_before_a_server_joined_keeps_it_when_closed(tmp_path:
 
 def test_close_stops_a_resync_under_way(tmp_path: Path) -> None:
     """(Found by review.) A resync of a large file does not outlive the client."""
-    with ExitStack() as stack:
-        srv = []
-        for n in range(2):
-            d = tmp_path / f"e{n}"
-            d.mkdir()
-            srv.append(stack.enter_context(stopping(start_server(d))))
-        with open(tmp_path / "e0" / "big", "wb") as fh:
+    with in_process_servers(tmp_path, 2) as srv:
+        with open(tmp_path / "export0" / "big", "wb") as fh:
             fh.truncate(200 << 30)  # sparse: 200 GiB of zeros to read
         a, b = (address_of(s) for s in srv)
         c = make_client([a], retry_every=30)

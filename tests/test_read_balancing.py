@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, address_of, make_client
+from conftest import address_of, make_client, server_processes
 from pohmelfs import Client
 from pohmelfs.server.service import Server
 
@@ -86,11 +86,7 @@ def test_another_clients_write_takes_reads_back_to_the_lock_server(pair: list[Se
 
 
 def test_a_read_server_killed_under_readers_costs_nothing(tmp_path: Path) -> None:
-    procs = []
-    for n in range(2):
-        d = tmp_path / f"e{n}"
-        d.mkdir()
-        procs.append(ServerProcess(d, "--state-dir", str(tmp_path / f"s{n}")))
+    procs = server_processes(tmp_path, 2)
     a, b = procs
     problems: list[BaseException] = []
     stop = threading.Event()

@@ -12,7 +12,6 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from conftest import (
     TRUSTED,
     ServerProcess,
     address_of,
+    in_process_servers,
     make_client,
-    start_server,
     stop_process,
     tree_snapshot,
     wait_until,
@@ -42,17 +41,7 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Server]]:
-    count = getattr(request, "param", 2)
-    with ExitStack() as stack:
-        started = []
-        for n in range(count):
-            d = tmp_path / f"export{n}"
-            d.mkdir()
-            os.chmod(d, 0o777)
-            srv = start_server(d)
-            stack.callback(srv.export.close)
-            stack.callback(srv.stop)
-            started.append(srv)
+    with in_process_servers(tmp_path, getattr(request, "param", 2)) as started:
         yield started
 
 

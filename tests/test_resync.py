@@ -23,6 +23,7 @@ from conftest import (
     address_of,
     make_client,
     same_view,
+    server_processes,
     settle_times,
 )
 from pohmelfs import Client
@@ -170,12 +171,7 @@ def test_resync_while_the_source_is_being_changed(pair: list[Server]) -> None:
 def test_pohmelfs_resync_after_a_server_was_killed(tmp_path: Path) -> None:
     """The issue's case: a server is SIGKILLed during writes, comes back stale on its
     port, and ``pohmelfs resync`` mends it."""
-    servers = []
-    for n in range(2):
-        d = tmp_path / f"e{n}"
-        d.mkdir()
-        servers.append(ServerProcess(d, "--state-dir", str(tmp_path / f"state{n}")))
-    a, b = servers
+    a, b = server_processes(tmp_path, 2)
     try:
         with make_client([a.address, b.address]) as c:
             base_tree(c)
