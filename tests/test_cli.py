@@ -461,8 +461,9 @@ def test_mount_refuses_a_bad_server_set_in_one_line(tmp_path: Path) -> None:
     assert "server given twice: 127.0.0.1:7400" in r.stderr
 
 
-def test_mount_refuses_a_server_that_is_not_read_write_before_it_daemonizes(
+def test_mount_refuses_a_set_of_read_only_servers_before_it_daemonizes(
     tmp_path: Path,
 ) -> None:
-    r = cli("mount", "127.0.0.1:7400/r", str(tmp_path))
-    assert r.returncode == 2 and "need versions and resync" in r.stderr
+    r = cli("mount", "127.0.0.1:7400/r,127.0.0.1:7401/prio=3/r", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "at least one must take changes" in r.stderr

@@ -61,6 +61,9 @@ def test_the_set_is_listed_changed_and_counted(controlled: tuple[str, Client],
     assert (Path(pair[1].export.root) / "d").is_dir()  # type: ignore[attr-defined]
     modified = ask(path, {"op": "modify", "server": b, "prio": 9})
     assert {s["address"]: s["priority"] for s in modified["servers"]}[b] == 9  # type: ignore[index]
+    reader = ask(path, {"op": "modify", "server": b, "perm": "r"})
+    assert {s["address"]: (s["permission"], s["role"])  # type: ignore[index]
+            for s in reader["servers"]}[b] == ("r", "reader")  # type: ignore[union-attr]  # fmt: skip
     stats = ask(path, {"op": "stats"})
     assert all(s["requests"] > 0 for s in stats["servers"])  # type: ignore[index]
     removed = ask(path, {"op": "remove", "server": b})
@@ -73,7 +76,9 @@ def test_the_set_is_listed_changed_and_counted(controlled: tuple[str, Client],
     (b'{"op": "format"}\n', "op must be one of"),
     (b'{"op": "add"}\n', "add needs a server"),
     (b'{"op": "add", "server": "nohost"}\n', "HOST:PORT"),
-    (b'{"op": "modify", "server": "127.0.0.1:1", "prio": "high"}\n', "needs prio"),
+    (b'{"op": "modify", "server": "127.0.0.1:1", "prio": "high"}\n', "prio must be a number"),
+    (b'{"op": "modify", "server": "127.0.0.1:1"}\n', "needs prio or perm"),
+    (b'{"op": "modify", "server": "127.0.0.1:1", "perm": 3}\n', "perm must be"),
     (b'{"op": "modify", "server": "127.0.0.1:1", "prio": 3}\n', "not one of"),
     (b'{"op": "remove", "server": "127.0.0.1:1"}\n', "not one of"),
     (b'{"op": "add", "server": "127.0.0.1:1"}\n', "127.0.0.1:1"),

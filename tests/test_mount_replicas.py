@@ -130,18 +130,29 @@ def test_ctl_changes_a_mounts_servers_while_it_is_used(two: TwoServers, tmp_path
     r = ctl("ctl", str(m), "list")
     assert r.returncode == 0, r.stderr
     listed = rows(r.stdout)
-    assert listed[a][1:] == ["live", "lock-server"] and listed[b][1:] == ["live", "replica"]
+    assert listed[a][1:] == ["rw", "live", "lock-server"]
+    assert listed[b][1:] == ["rw", "live", "replica"]
     r = ctl("ctl", str(m), "remove", b)
     assert r.returncode == 0, r.stderr
     assert set(rows(r.stdout)) == {a}
     (m / "while-b-was-out").write_bytes(b"2" * 10_000)
     r = ctl("ctl", str(m), "add", b, "--prio", "0")
     assert r.returncode == 0, r.stderr
-    assert rows(r.stdout)[b][1] in ("resyncing", "live")
-    wait_until(lambda: rows(ctl("ctl", str(m), "list").stdout)[b][1] == "live", 30, "b live")
+    assert rows(r.stdout)[b][2] in ("resyncing", "live")
+    wait_until(lambda: rows(ctl("ctl", str(m), "list").stdout)[b][2] == "live", 30, "b live")
     assert (two.exports[1] / "while-b-was-out").read_bytes() == b"2" * 10_000
     r = ctl("ctl", str(m), "modify", b, "--prio", "7")
     assert r.returncode == 0 and rows(r.stdout)[b][0] == "7", r.stdout + r.stderr
+    r = ctl("ctl", str(m), "modify", b, "--perm", "r")  # (read only: gets no changes)
+    assert r.returncode == 0 and rows(r.stdout)[b] == ["7", "r", "live", "reader"], r.stdout
+    (m / "while-b-was-r").write_bytes(b"3" * 10_000)
+    assert (m / "before").read_bytes() == b"1" * 10_000
+    assert not (two.exports[1] / "while-b-was-r").exists()
+    r = ctl("ctl", str(m), "modify", b, "--perm", "rw")
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: rows(ctl("ctl", str(m), "list").stdout)[b][2:] == ["live", "replica"],
+               30, "b resynced and live")  # fmt: skip
+    assert (two.exports[1] / "while-b-was-r").read_bytes() == b"3" * 10_000
     r = ctl("stats", str(m))
     assert r.returncode == 0, r.stderr
     stats = rows(r.stdout)
@@ -151,3 +162,35 @@ def test_ctl_changes_a_mounts_servers_while_it_is_used(two: TwoServers, tmp_path
         r = ctl(*bad)
         assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
     assert (m / "before").read_bytes() == b"1" * 10_000
+
+
+def test_a_mount_reads_from_a_read_only_server_where_it_is_current(
+    two: TwoServers, tmp_path: Path
+) -> None:
+    """A second mount with b read-only reads from b the file both servers have the
+    same, from a the one b missed (written through a mount of a alone), and its own
+    writes reach a only."""
+    a, b = (s.address for s in two.servers)
+    same, missed = os.urandom(2 << 20), os.urandom(2 << 20)
+    (two.mnt / "same").write_bytes(same)
+    (two.mnt / "missed").write_bytes(b"old" * 1000)
+    only_a, reader = tmp_path / "only-a", tmp_path / "reader"
+    only_a.mkdir()
+    reader.mkdir()
+    mounts = [MountProcess(a, only_a)]
+    try:
+        (only_a / "missed").write_bytes(missed)
+        mounts.append(MountProcess(f"{a},{b}/prio=1/r", reader))
+        assert hashlib.sha256((reader / "missed").read_bytes()).digest() == \
+            hashlib.sha256(missed).digest()  # fmt: skip
+        before = rows(ctl("stats", str(reader)).stdout)
+        assert (reader / "same").read_bytes() == same
+        after = rows(ctl("stats", str(reader)).stdout)
+        assert after[b][1] == "reader"
+        assert float(after[b][5]) - float(before[b][5]) >= 1.5  # MiB in, from b
+        (reader / "new").write_bytes(b"new")
+        assert (two.exports[0] / "new").read_bytes() == b"new"
+        assert not (two.exports[1] / "new").exists()
+    finally:
+        for mp in reversed(mounts):
+            mp.stop()

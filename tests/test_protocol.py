@@ -213,6 +213,7 @@ def _reply_fields() -> dict[Command, tuple[dict[str, Any], dict[str, Any]]]:
                     "dir": ATTR_DIR,
                     "fid": FID,
                     "watchers": 1,
+                    "version": (1 << 62) - 3,
                 },
             ),
             c.READ: ({"offset": 1 << 33}, {"data": memoryview(DATA)}),
@@ -927,6 +928,7 @@ BAD_PAYLOADS: list[tuple[str, Command, int, bytes]] = [
     ("second-path-missing", Command.RENAME, 0, _cred_bytes() + _path_bytes(b"a")),
     ("fid-truncated", Command.OPEN, 1, ATTR_BYTES + b"\0" * 8 + ATTR_BYTES + b"\0" * 15),
     ("watchers-missing", Command.OPEN, 1, ATTR_BYTES + b"\0" * 8 + ATTR_BYTES + b"\0" * 16),
+    ("version-truncated", Command.OPEN, 1, ATTR_BYTES + b"\0" * 8 + ATTR_BYTES + b"\0" * 27),
     (
         "blob-len-too-big",
         Command.SETXATTR,

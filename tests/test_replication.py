@@ -328,7 +328,7 @@ def test_servers_are_removed_while_the_client_works(servers: list[Server]) -> No
         c.remove_server(a)  # the lock server: the next call goes to the next one
         c.mkdir("without-a")
         assert c.connection().address == c3
-        with pytest.raises(ValueError, match="last live server"):
+        with pytest.raises(ValueError, match="last live writable server"):
             c.remove_server(c3)
         with pytest.raises(ValueError, match="not one of"):
             c.remove_server("127.0.0.1:1")

@@ -32,10 +32,9 @@ def test_the_highest_priority_that_answers(tmp_path: Path) -> None:
             assert c.connection().address == address_of(a)
 
 
-@pytest.mark.parametrize("perm", ["r", "w"])
-def test_a_server_not_read_write_is_refused_with_the_reason(perm: str) -> None:
-    with pytest.raises(ValueError, match="need versions and resync"):
-        make_client([f"127.0.0.1:1/{perm}"])
+def test_a_set_of_read_only_servers_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="at least one must take changes"):
+        make_client(["127.0.0.1:1/r", "127.0.0.1:2/prio=2/r"])
 
 
 def test_a_bad_server_says_why() -> None:

@@ -20,16 +20,18 @@ def add_server_commands(sub: Any, client_cmd: Callable[[str, str], argparse.Argu
     """Add ``ctl``, ``stats`` and ``resync`` to the subcommands ``sub``."""
     ctl = sub.add_parser("ctl", help="list, add, remove or re-prioritize a mount's servers",
                          description="Change a mounted filesystem's server set while it "
-                         "is used: 'list'; 'add HOST:PORT' (resynced before it is read "
-                         "from); 'remove HOST:PORT' (for good); 'modify HOST:PORT --prio "
-                         "N' (reads follow at once, the lock server at the next "
-                         "connection).")  # fmt: skip
+                         "is used: 'list'; 'add HOST:PORT' (a writable one is resynced "
+                         "before it is read from); 'remove HOST:PORT' (for good); "
+                         "'modify HOST:PORT --prio N' (reads follow at once, the lock "
+                         "server at the next connection) or '--perm r|w|rw' (it leaves "
+                         "and joins again).")  # fmt: skip
     ctl.add_argument("mountpoint", metavar="MOUNTPOINT")
     ctl.add_argument("op", choices=("list", "add", "remove", "modify"))
     ctl.add_argument("server", metavar="HOST:PORT", nargs="?")
     ctl.add_argument("--prio", type=int, help="priority, 0-255 (higher is read first)")
-    ctl.add_argument("--perm", choices=("rw",), default="rw",
-                     help="what the server is used for (only rw for now)")  # fmt: skip
+    ctl.add_argument("--perm", choices=("r", "w", "rw"),
+                     help="what the server is used for: r (read only: it gets no "
+                     "changes), w (written, never read) or rw (the default)")  # fmt: skip
     ctl.set_defaults(func=_ctl)
     stats = sub.add_parser("stats", help="what a mount saw of each of its servers",
                            description="Each server of a mount: its state (live, "
@@ -70,17 +72,18 @@ def _ctl(args: argparse.Namespace) -> int:
             raise UserError(f"ctl {args.op} needs HOST:PORT")
         server = args.server
         if args.op == "add":
-            server += f"/prio={args.prio or 0}/{args.perm}"
+            server += f"/prio={args.prio or 0}/{args.perm or 'rw'}"
         request["server"] = server
     if args.op == "modify":
-        if args.prio is None:
-            raise UserError("ctl modify needs --prio N")
-        request["prio"] = args.prio
+        if args.prio is None and args.perm is None:
+            raise UserError("ctl modify needs --prio N or --perm r|w|rw")
+        request["prio"], request["perm"] = args.prio, args.perm
     servers = _control(args.mountpoint, request)
-    print(f"{'server':24} {'prio':>4} {'state':10} {'role':12}")
+    print(f"{'server':24} {'prio':>4} {'perm':4} {'state':10} {'role':12}")
     for s in servers:
         role = s["role"].replace(" ", "-")
-        print(f"{s['address']:24} {s['priority']:4} {s['state']:10} {role:12}")
+        print(f"{s['address']:24} {s['priority']:4} {s.get('permission', 'rw'):4} "
+              f"{s['state']:10} {role:12}")  # fmt: skip
     return 0
 
 

@@ -5,10 +5,10 @@ saw of each.
 A Unix stream socket beside the daemon's PID file (mode 0600, and the peer must be
 root or the daemon's own user, by SO_PEERCRED); one JSON object per line each way:
 ``{"op": "list" | "stats" | "add" | "remove" | "modify", "server": "HOST:PORT",
-"prio": N}`` and ``{"ok": true, "servers": [...]}`` or ``{"ok": false, "error":
-"..."}``. Requests are taken one at a time, at most ``MAX_REQUEST`` bytes, each
-connection for at most ``TIMEOUT`` seconds: nothing a caller sends can hold the
-daemon up.
+"prio": N, "perm": "r" | "w" | "rw"}`` and ``{"ok": true, "servers": [...]}`` or
+``{"ok": false, "error": "..."}``. Requests are taken one at a time, at most
+``MAX_REQUEST`` bytes, each connection for at most ``TIMEOUT`` seconds: nothing a
+caller sends can hold the daemon up.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class Controlled(Protocol):
     def server_stats(self) -> list[dict[str, Any]]: ...
     def add_server(self, server: str) -> None: ...
     def remove_server(self, address: str) -> None: ...
-    def modify_server(self, address: str, prio: int) -> None: ...
+    def modify_server(
+        self, address: str, prio: int | None = None, perm: str | None = None
+    ) -> None: ...
 
 
 class ControlServer:
@@ -116,10 +118,14 @@ class ControlServer:
                 elif op == "remove":
                     c.remove_server(server)
                 else:
-                    prio = req.get("prio")
-                    if not isinstance(prio, int) or isinstance(prio, bool):
-                        raise ValueError("modify needs prio (a number)")
-                    c.modify_server(server, prio)
+                    prio, perm = req.get("prio"), req.get("perm")
+                    if prio is not None and (not isinstance(prio, int) or isinstance(prio, bool)):
+                        raise ValueError("prio must be a number")
+                    if perm is not None and not isinstance(perm, str):
+                        raise ValueError("perm must be r, w or rw")
+                    if prio is None and perm is None:
+                        raise ValueError("modify needs prio or perm")
+                    c.modify_server(server, prio, perm)
             return {"ok": True, "servers": c.server_stats()}
         except (ValueError, OSError) as e:
             return {"ok": False, "error": str(e)}

@@ -28,7 +28,7 @@ from .paths import PathArg, encode_path
 from .registry import FileRegistry
 from .replicated import ReplicatedConnection
 from .resend import Resender, resending
-from .serverset import ServerSet, all_read_write, parse_server, parse_servers
+from .serverset import ServerSet, parse_server, parse_servers
 from .services import FileServices, WriteBudget
 
 log = logging.getLogger("pohmelfs.client")
@@ -106,7 +106,6 @@ class Client:
             secret_file=secret_file, key=key, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
             tls_server_name=tls_server_name)  # fmt: skip
         self.server_set = ServerSet(parse_servers(servers))
-        all_read_write(self.server_set.by_priority())
         self.notices = notices  # notifications beyond REVOKE (p.NOTICE_*): the mount's
         self.timeout = timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
@@ -316,14 +315,13 @@ class Client:
         )  # type: ignore[arg-type]
 
     def add_server(self, server: str) -> None:
-        """A server (``HOST:PORT[/prio=N]``) joins the set while the client works: it
-        gets every change at once, is resynced from the lock server in the
-        background, and is read from only once it is the same (``server_stats``
-        shows it ``resyncing``, then ``live``). OSError if it cannot be reached;
-        ValueError if it is in the set already."""
-        spec = parse_server(server)
-        all_read_write([spec])
-        self.membership.add(spec)
+        """A server (``HOST:PORT[/prio=N][/r|w|rw]``) joins the set while the client
+        works. A writable one gets every change at once, is resynced from the lock
+        server in the background, and is read from only once it is the same
+        (``server_stats`` shows it ``resyncing``, then ``live``); a read-only one is
+        live at once (it reads only files whose versions agree). OSError if it
+        cannot be reached; ValueError if it is in the set already."""
+        self.membership.add(parse_server(server))
 
     def remove_server(self, address: str) -> None:
         """Take a server out of the set while the client works: it gets no more
@@ -333,10 +331,16 @@ class Client:
         with self._lock:  # (not while a new group is being made)
             self.connector.remove(address, self._conn)
 
-    def modify_server(self, address: str, prio: int) -> None:
+    def modify_server(self, address: str, prio: int | None = None,
+                      perm: str | None = None) -> None:  # fmt: skip
         """A server's priority (0-255): reads follow at once, the choice of lock server
-        at the next connection. ValueError for a server not in the set."""
-        self.connector.modify(parse_server(address).address, prio, self._conn)
+        at the next connection. A new permission (``r``, ``w``, ``rw``) makes it
+        leave the set and join again with it (a writable one resynced first).
+        ValueError for a server not in the set, or a bad value."""
+        again = self.connector.modify(parse_server(address).address, prio, perm, self._conn)
+        if again is not None:
+            self.remove_server(again.address)
+            self.add_server(str(again))
 
     def server_stats(self) -> list[dict[str, Any]]:
         """Each server of the set, highest priority first: its address, priority,

@@ -1,6 +1,6 @@
 """How a client connects to its server set: the lock server first, then every other
-live writable server (``replicated.py``), and the servers being resynced; and how
-servers join and leave the set while the client works."""
+live writable server (``replicated.py``), the servers being resynced and the
+read-only ones; and how servers join and leave the set while the client works."""
 
 from __future__ import annotations
 
@@ -16,7 +16,18 @@ from ..security.config import ClientSecurity
 from .behind import marked_behind
 from .connection import Connection
 from .replicated import ReplicatedConnection
-from .serverset import GONE, LIVE, RESYNCING, ServerSet, ServerSpec, parse_server
+from .serverset import (
+    GONE,
+    LIVE,
+    MAX_PRIO,
+    PERMS,
+    READ,
+    RESYNCING,
+    WRITE,
+    ServerSet,
+    ServerSpec,  # fmt: skip
+    parse_server,
+)
 from .stats import ServerStats
 
 log = logging.getLogger("pohmelfs.client")
@@ -59,7 +70,7 @@ class Connector:
         changes made from now on (and be taken back stale). The last one stays, to
         be tried again."""
         members = sorted(self.servers.members(), key=lambda m: -m.spec.prio)
-        live = [m.spec.address for m in members if m.state == LIVE]
+        live = [m.spec.address for m in members if m.state == LIVE and m.spec.perm & WRITE]
         group: list[Any] = []  # the connection notifications and the loss are told as
         last: OSError = OSError(errno.EHOSTUNREACH, "no live server left in the set")
         lock_server, n = None, 0
@@ -79,18 +90,28 @@ class Connector:
                 replicas.append(self._replica(address, group))
             except OSError as e:
                 self.server_lost(address, str(e))
+        readers = []
+        for m in members:
+            if m.state == LIVE and not m.spec.perm & WRITE:
+                try:
+                    readers.append(self._replica(m.spec.address, group))
+                except OSError as e:
+                    self.server_lost(m.spec.address, str(e))
         # (a group even of one: servers may join it while the client works)
         prio = {m.spec.address: m.spec.prio for m in members}
-        quorum = (lambda: len(self.servers.members())) if self.terms.majority else None
-        made = ReplicatedConnection(lock_server, replicas, self.server_lost, prio, quorum)
+        unread = {m.spec.address for m in members if not m.spec.perm & READ}
+        quorum = self.writable if self.terms.majority else None
+        made = ReplicatedConnection(lock_server, replicas, self.server_lost, prio, quorum,
+                                    readers, unread)  # fmt: skip
         made.demoted = lambda address: self.servers.transition(address, LIVE, RESYNCING)  # type: ignore[assignment,return-value]
         group.append(made)
         for m in members:
-            if m.state == RESYNCING:
+            if m.state == RESYNCING and m.spec.perm & WRITE:
                 try:
                     made.join(self._replica(m.spec.address, group), m.spec.prio)
                 except OSError as e:
                     self.server_lost(m.spec.address, str(e))
+        # (the read-only servers too: other clients must not take them for current)
         made.set_missing({m.spec.address for m in members} - set(made.connections()))
         stale = self._stale(made)
         for address in stale - {made.address}:
@@ -118,7 +139,7 @@ class Connector:
                 log.warning("cannot ask server %s which servers missed changes: %s", address, e)
                 reports[address] = set()
         if self.terms.majority:  # marked by a majority of the set: the other side's
-            total = len(self.servers.members())
+            total = self.writable()
             return {x for x in reports
                     if 2 * sum(x in r for y, r in reports.items() if y != x) > total}  # fmt: skip
         stale = {x for x in reports if any(x in r for y, r in reports.items() if y != x)}
@@ -128,6 +149,10 @@ class Connector:
                       ", ".join(sorted(reports)), made.address)  # fmt: skip
             stale.discard(made.address)
         return stale
+
+    def writable(self) -> int:
+        """How many servers of the set take changes (majority mode's whole)."""
+        return sum(1 for m in self.servers.members() if m.spec.perm & WRITE)
 
     def _replica(self, address: str, group: list[Any]) -> Connection:
         """A connection to a replica of ``group`` (which tells it of its REVOKEs)."""
@@ -166,11 +191,13 @@ class Connector:
         """``Client.remove_server``: ``address`` leaves the set for good, and ``conn``
         (the connection in use) lets go of it."""
         address = parse_server(address).address
-        states = {m.spec.address: m.state for m in self.servers.members()}
-        if address not in states:
+        members = {m.spec.address: m for m in self.servers.members()}
+        if address not in members:
             raise ValueError(f"{address} is not one of this client's servers")
-        if not any(s == LIVE for a, s in states.items() if a != address):
-            raise ValueError(f"{address} is the last live server of the set: not removed")
+        if not any(m.state == LIVE and m.spec.perm & WRITE
+                   for a, m in members.items() if a != address):  # fmt: skip
+            raise ValueError(f"{address} is the last live writable server of the set: "
+                             "not removed")  # fmt: skip
         self.server_lost(address, "removed")
         self.servers.discard(address)
         if conn is None or conn.closed:
@@ -180,11 +207,27 @@ class Connector:
         else:
             conn.leave(address, "removed")
 
-    def modify(self, address: str, prio: int, conn: ReplicatedConnection | None) -> None:
-        """``Client.modify_server``."""
-        self.servers.modify(address, prio)
-        if conn is not None:
-            conn.reprioritize(address, prio)
+    def modify(self, address: str, prio: int | None, perm: str | None,
+               conn: ReplicatedConnection | None) -> ServerSpec | None:  # fmt: skip
+        """``Client.modify_server``: a new priority is taken at once; a new permission
+        is returned, as the server to remove and add again (ValueError: a bad value,
+        or a server not in the set, and nothing changes)."""
+        spec = next((m.spec for m in self.servers.members() if m.spec.address == address),
+                    None)  # fmt: skip
+        if spec is None:
+            raise ValueError(f"{address} is not one of this client's servers")
+        if perm is not None and perm not in PERMS:
+            raise ValueError(f"permission must be r, w or rw, got {perm!r}")
+        if prio is not None and not 0 <= prio <= MAX_PRIO:
+            raise ValueError(f"prio must be 0-{MAX_PRIO}, got {prio}")
+        if perm is not None and PERMS[perm] != spec.perm:
+            return ServerSpec(spec.host, spec.port, spec.prio if prio is None else prio,
+                              PERMS[perm])  # fmt: skip
+        if prio is not None:
+            self.servers.modify(address, prio)
+            if conn is not None:
+                conn.reprioritize(address, prio)
+        return None
 
     def join(self, spec: ServerSpec, conn: ReplicatedConnection, new: bool) -> None:
         """``spec`` joins the write set of ``conn`` as resyncing: a new server (``new``)
@@ -200,11 +243,15 @@ class Connector:
             elif self.servers.state(address) != GONE:
                 raise ValueError(f"{address} is not a gone server of this client's set")
             self._joining.add(address)
+        writes = bool(spec.perm & WRITE)
         try:
             try:
                 joined = self._connect(address, 0, None, conn.replica_notified)
                 try:
-                    conn.join(joined, spec.prio)
+                    if writes:
+                        conn.join(joined, spec.prio)
+                    else:
+                        conn.add_reader(joined, spec.prio)
                 except BaseException:
                     joined.close()
                     raise
@@ -212,11 +259,14 @@ class Connector:
                 if new:
                     self.servers.discard(address)
                 raise
-            self.servers.set_state(address, RESYNCING)
+            self.servers.set_state(address, RESYNCING if writes else LIVE)
         finally:
             with self._joins_lock:
                 self._joining.discard(address)
-        log.warning("server %s joined the write set; resyncing it", address)
+        if writes:
+            log.warning("server %s joined the write set; resyncing it", address)
+        else:  # (read where its versions agree: nothing to copy to it first)
+            log.warning("read-only server %s joined", address)
 
     def promote(self, address: str, conn: ReplicatedConnection, skipped: tuple[int, int],
                 writing: set[int], since: int = 0) -> bool:  # fmt: skip
@@ -232,14 +282,17 @@ class Connector:
         """``Client.server_stats``: each server, with its role for ``conn``."""
         lock = conn.address if conn is not None and not conn.closed else None
         replicas = set(conn.replicas) if isinstance(conn, ReplicatedConnection) else set()
+        readers = set(conn.readers) if isinstance(conn, ReplicatedConnection) else set()
         resyncing = set(conn.resyncing) if isinstance(conn, ReplicatedConnection) else set()
         states = {m.spec.address: m.state for m in self.servers.members()}
         out = []
         for spec in self.servers.by_priority():
             role = "lock server" if spec.address == lock else (
                 "resyncing" if spec.address in resyncing else
-                "replica" if spec.address in replicas else "-")  # fmt: skip
+                "replica" if spec.address in replicas else
+                "reader" if spec.address in readers else "-")  # fmt: skip
             out.append({"address": spec.address, "priority": spec.prio,
+                        "permission": {READ: "r", WRITE: "w"}.get(spec.perm, "rw"),
                         "state": states[spec.address], "role": role,
                         **self.stats[spec.address].snapshot()})  # fmt: skip
         return out

@@ -17,6 +17,13 @@ requests in the order sent, and every change went to it first.
 
 Lookups, listings and attributes stay with the lock server: they carry the
 mount's leases and name locks, which one server grants.
+
+A write-only server (``/w``) is never a file's read server. A read-only server
+(``/r``) gets none of this client's changes, so it may be behind: it reads a file
+opened read-only only if, besides both cache locks, the file's version there is
+the lock server's (each OPEN's reply says it, under the lock it grants), and only
+until this client changes the file's data itself (``changing``): that change goes
+to the lock server alone.
 """
 
 from __future__ import annotations
@@ -24,16 +31,42 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from .. import errors
+from .. import protocol as p
+from ..protocol import Command, Message
+from .connection import Connection, Transaction
+
 MAX_EARLY = 4096
+
+
+def close_on(conn: Connection, its: int) -> None:
+    """Close a read-only server's handle (nothing waits for it)."""
+    try:
+        conn.start(Command.CLOSE, callback=lambda _: None, oid=its)
+    except OSError:
+        pass  # (its connection is gone, and the handle with it)
 
 
 class ReadRoutes:
     """``prio``: each server's priority (higher is read first)."""
 
-    def __init__(self, prio: dict[str, int]) -> None:
+    def __init__(self, prio: dict[str, int], unread: set[str] | None = None,
+                 leave: Callable[[str, str], None] = lambda *_: None) -> None:  # fmt: skip
+        """``unread``: the write-only servers; ``leave(address, why)``: a read server
+        that failed a READ leaves the group."""
+        self._leave = leave
         self._prio = dict(prio)
+        self._unread = set(unread or ())
+        self._readers: dict[str, Connection] = {}  # the read-only servers' connections
+        self._read_only: set[str] = set()  # servers of the group that get no changes
+        # Our handles -> the file's identity on the lock server (while there are
+        # read-only servers: which routes a change of the file takes back), and the
+        # read-only server's connection and handle (to close with ours).
+        self._objects: dict[int, bytes] = {}
+        self._on_readers: dict[int, tuple[Any, int]] = {}
         self._turns = itertools.count(random.randrange(1 << 16))  # (clients spread out)
         self._lock = threading.Lock()
         self._routes: dict[int, tuple[Any, int]] = {}  # lock server handle -> (conn, its)
@@ -45,16 +78,88 @@ class ReadRoutes:
     def __bool__(self) -> bool:
         return bool(self._routes)
 
-    def add_server(self, address: str, prio: int) -> None:
+    def add_server(self, address: str, prio: int, read: bool = True,
+                   write: bool = True) -> None:  # fmt: skip
         with self._lock:
             self._prio[address] = prio
+            (self._unread.discard if read else self._unread.add)(address)
+            (self._read_only.discard if write else self._read_only.add)(address)
+
+    def add_reader(self, conn: Connection, prio: int) -> None:
+        """A read-only server joins the group."""
+        with self._lock:
+            self._readers[conn.address] = conn
+        self.add_server(conn.address, prio, write=False)
+
+    def readers(self) -> dict[str, Connection]:
+        with self._lock:
+            return dict(self._readers)
+
+    def take_reader(self, address: str) -> Connection | None:
+        """A read-only server leaves: its connection (None if it was not one); no read
+        goes there any more."""
+        with self._lock:
+            conn = self._readers.pop(address, None)
+        if conn is not None:
+            self.left(address)
+        return conn
+
+    def take_readers(self) -> list[Connection]:
+        with self._lock:
+            conns, self._readers = list(self._readers.values()), {}
+        return conns
+
+    @property
+    def read_only(self) -> bool:
+        """Has the group a read-only server?"""
+        return bool(self._readers)
 
     def pick(self, candidates: list[str]) -> str:
-        """The read server of a file opening now, of ``candidates`` (the live ones)."""
+        """The read server of a file opening now, of ``candidates`` (the live ones,
+        the lock server first: it reads what no other server can)."""
         with self._lock:
-            top = max(self._prio.get(a, 0) for a in candidates)
-            best = [a for a in candidates if self._prio.get(a, 0) == top]
+            fit = [a for a in candidates if a not in self._unread] or candidates[:1]
+            top = max(self._prio.get(a, 0) for a in fit)
+            best = [a for a in fit if self._prio.get(a, 0) == top]
             return best[next(self._turns) % len(best)]
+
+    def opened(self, oid: int, fid: bytes) -> None:
+        """A file opened as ``oid`` is ``fid`` on the lock server (read-only servers)."""
+        with self._lock:
+            self._objects[oid] = fid
+
+    def reader_opened(self, answer: Message | None, conn: Connection, reply: Message) -> None:
+        """A read-only server's answer to an OPEN (``answer``: the lock server's): the
+        file is read there while both cache locks hold if the versions agree (it has
+        every change the lock server has of it); its handle there closes with the
+        file (at once if the OPEN failed)."""
+        if reply.status:
+            return
+        if answer is None or answer.status:
+            close_on(conn, reply.oid)
+            return
+        with self._lock:
+            self._on_readers[answer.oid] = (conn, reply.oid)
+        version = answer["version"]
+        if (answer["cached"] != p.CacheMode.RELEASE and reply["cached"] == p.CacheMode.SHARED
+                and version == reply["version"]
+                and version not in (0, p.UNKNOWN_VERSION)):  # fmt: skip
+            self.granted(answer.oid, conn, reply.oid)
+
+    def changing(self, oid: int) -> None:
+        """This client is about to change the data of the file open as ``oid`` (0: of
+        a file named by path): the change goes to the lock server alone, so no read
+        of that file (of any, when which is not known) goes to a read-only server
+        from now on."""
+        if not self._read_only:
+            return
+        with self._lock:
+            fid = self._objects.get(oid) if oid else None
+            for ours, (conn, its) in list(self._routes.items()):
+                if conn.address in self._read_only and (
+                        fid is None or self._objects.get(ours) == fid):  # fmt: skip
+                    del self._routes[ours]
+                    self._locks.pop((conn.address, its), None)
 
     def granted(self, oid: int, conn: Any, its: int) -> None:
         """``conn``'s server holds a shared cache lock of the file open as our ``oid``
@@ -71,6 +176,37 @@ class ReadRoutes:
         """Where a READ of ``oid`` goes: a replica's connection and handle, or None
         (the lock server)."""
         return self._routes.get(oid)
+
+    def read_on(self, route: tuple[Connection, int], callback: Callable[[Transaction], None]
+                | None, xid: int | None, kw: dict[str, Any]) -> Transaction:  # fmt: skip
+        """A READ on the file's read server (``route``). One that does not answer
+        leaves, and the read goes again to the lock server (``errors.Rerouted``)."""
+        conn, its = route
+        if callback is not None:
+            given = callback
+
+            def callback(t: Transaction) -> None:
+                if isinstance(t.error, (ConnectionError, TimeoutError)):
+                    self._leave(conn.address, f"a READ failed: {t.error}")
+                    t.error = errors.rerouted_error(conn.address, "its READ failed")
+                given(t)
+
+        try:
+            tx = conn.start(Command.READ, callback=callback, xid=xid, oid=its, **kw)
+        except OSError as e:
+            self._leave(conn.address, f"a READ could not be sent: {e}")
+            raise errors.rerouted_error(conn.address, "its READ failed") from None
+        tx.via = conn
+        return tx
+
+    def wait_on(self, tx: Transaction, path: Any, path2: Any) -> Message:
+        """The answer to a READ of ``read_on``."""
+        conn = tx.via
+        try:
+            return conn.wait(tx, path, path2)  # type: ignore[no-any-return]
+        except (ConnectionError, TimeoutError) as e:
+            self._leave(conn.address, f"a READ failed: {e}")
+            raise errors.rerouted_error(conn.address, "its READ failed") from None
 
     def revoked(self, address: str, its: int) -> bool:
         """The replica revokes the lock of its handle ``its``: reads go back to the
@@ -98,11 +234,15 @@ class ReadRoutes:
                 return
             self._locks.pop((route[0].address, route[1]), None)
 
-    def closed(self, oid: int) -> None:
+    def closed(self, oid: int) -> tuple[Any, int] | None:
+        """The file open as ``oid`` closes: the read-only server's connection and
+        handle it has there, if any (to close)."""
         with self._lock:
             route = self._routes.pop(oid, None)
             if route is not None:
                 self._locks.pop((route[0].address, route[1]), None)
+            self._objects.pop(oid, None)
+            return self._on_readers.pop(oid, None)
 
     def left(self, address: str) -> None:
         """A replica left: no read goes there any more."""
@@ -111,6 +251,9 @@ class ReadRoutes:
                 if conn.address == address:
                     del self._routes[oid]
                     self._locks.pop((address, its), None)
+            for oid, (conn, _) in list(self._on_readers.items()):
+                if conn.address == address:
+                    del self._on_readers[oid]
 
     def counts(self) -> dict[str, int]:
         """Files reading from each replica now."""

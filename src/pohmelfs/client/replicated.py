@@ -2,25 +2,22 @@
 goes to each live writable server, everything else to the lock server.
 
 The lock server (the first live writable server in the set's order) grants every
-cache lock, lease and advisory lock, answers every read, lookup and listing, and
-sends the notifications; the replicas only apply changes. A change (``CHANGES``,
-every OPEN and CLOSE, FSYNC) is sent to all of them at once, under one request id
-(each server keeps its own answers for a resend: ``server/replycache.py``), and is
-done when all have answered; its answer is the lock server's. An open file has a
-handle on each server; requests on the lock server's handle are sent to the
-replicas on theirs. A replica that is lost, does not answer, or answers a change
-otherwise than the lock server (it missed something: its copy differs) leaves the
-set, logged, and the others go on. When the lock server is lost the whole group is
-(``closed``): files reopen and locks go, as with one server, and the next group has
-the next lock server, where the lost requests are sent again (``resend.py``).
-
-Readers never see a torn write on a replica: reads go to the lock server only,
-where the range locks of ``server/rangelock.py`` order them against writes.
+cache lock, lease and advisory lock, answers every lookup and listing (and the reads
+``readroutes.py`` does not send elsewhere), and sends the notifications. A change
+(``CHANGES``, every OPEN and CLOSE, FSYNC) is sent to all of them at once, under one
+request id (each server keeps its own answers for a resend: ``server/replycache.py``),
+and is done when all have answered; its answer is the lock server's. An open file has
+a handle on each server; requests on the lock server's handle are sent to the replicas
+on theirs. A replica that is lost, does not answer, or answers a change otherwise than
+the lock server (it missed something: its copy differs) leaves the set, logged, and
+the others go on. When the lock server is lost the whole group is (``closed``): files
+reopen and locks go, as with one server, and the next group has the next lock server,
+where the lost requests are sent again (``resend.py``).
+Read-only servers get no changes: only the OPENs, READs and CLOSEs of files they read.
 """
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -33,22 +30,18 @@ from .. import protocol as p
 from ..protocol import Command, Message
 from .behind import announce_missing
 from .connection import Connection, Transaction
-from .readroutes import ReadRoutes
+from .majority import changes, minority_error, need_majority
+from .readroutes import ReadRoutes, close_on
 
 log = logging.getLogger("pohmelfs.client")
 T = TypeVar("T")
 
 
-def changes(cmd: Command, fields: dict[str, Any]) -> bool:
-    """Does this request change the export (what majority mode refuses without one)?"""
-    if cmd is Command.OPEN:
-        return bool(fields["flags"] & (os.O_CREAT | os.O_TRUNC))
-    return cmd in p.CHANGES and cmd is not Command.SETVERSION
-
-
 # Sent to every server: what changes the export, and what a replica's handles follow.
 # (SETVERSION is a resync's, of one server.)
 REPLICATED = (p.CHANGES - {Command.SETVERSION}) | {Command.OPEN, Command.CLOSE, Command.FSYNC}
+# What changes a file's data: a read-only server, which misses it, reads that file no more.
+DATA_CHANGES = frozenset({Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE})
 
 
 class ReplicatedTransaction(Transaction):
@@ -88,14 +81,18 @@ class ReplicatedConnection:
 
     def __init__(self, lock_server: Connection, replicas: list[Connection],
                  lost: Callable[[str, str], None], prio: dict[str, int] | None = None,
-                 quorum: Callable[[], int] | None = None) -> None:  # fmt: skip
+                 quorum: Callable[[], int] | None = None, readers: list[Connection] = (),  # type: ignore[assignment]
+                 unread: set[str] | None = None) -> None:  # fmt: skip
         """``quorum``: majority mode, with how many writable servers the set has (a
-        change needs more than half of them: ``_majority``)."""
+        change needs more than half of them: ``_majority``); ``readers``: the
+        read-only servers; ``unread``: the write-only ones."""
         self.lock_server = lock_server
         self._quorum = quorum
         self.demoted: Callable[[str], None] = lambda _: None  # (the set: resyncing)
-        self._reads = ReadRoutes(prio or {})
+        self._reads = ReadRoutes(prio or {}, unread, self.leave)
         self._replicas = {c.address: c for c in replicas}
+        for conn in readers:
+            self._reads.add_reader(conn, (prio or {}).get(conn.address, 0))
         # Replicas that joined while the client works and are being resynced: they get
         # every change they can apply, and what they cannot (a file opened before they
         # joined, a name they do not have yet) the resync copies; they never leave for it.
@@ -137,6 +134,11 @@ class ReplicatedConnection:
             return list(self._replicas)
 
     @property
+    def readers(self) -> list[str]:
+        """The read-only servers of the group."""
+        return list(self._reads.readers())
+
+    @property
     def resyncing(self) -> list[str]:
         with self._lock:
             return sorted(self._resyncing)
@@ -153,7 +155,7 @@ class ReplicatedConnection:
     def join(self, conn: Connection, prio: int = 0) -> None:
         """A server joins the write set as resyncing (``promote`` once it is current)."""
         with self._sending, self._lock:  # (between two changes: each goes to all or not)
-            if conn.address in self._replicas or conn.address == self.address:
+            if conn.address in (*self._reads.readers(), *self._replicas, self.address):
                 raise ValueError(f"{conn.address} is already in the write set")
             self._reads.add_server(conn.address, prio)
             self._replicas[conn.address] = conn
@@ -163,6 +165,13 @@ class ReplicatedConnection:
             self._missing.discard(conn.address)
             missing, conns = set(self._missing), list(self._replicas.values())
         announce_missing([self.lock_server, *conns], missing)  # (its changes reach it again)
+
+    def add_reader(self, conn: Connection, prio: int = 0) -> None:
+        """A read-only server joins: it reads the files opened from now on (``readroutes``)."""
+        with self._lock:
+            if conn.address in (*self._reads.readers(), *self._replicas, self.address):
+                raise ValueError(f"{conn.address} is already in the group")
+            self._reads.add_reader(conn, prio)
 
     def reprioritize(self, address: str, prio: int) -> None:
         """A server's new priority, for the files opened from now on."""
@@ -242,15 +251,23 @@ class ReplicatedConnection:
               **kw: Any) -> Transaction:  # fmt: skip
         """``fids``: for an OPEN, the file's identity on each server (a reopen)."""
         if cmd is Command.READ and self._reads:
-            route = self._reads.route(oid)
-            if route is not None:
-                return self._read_on(route, callback, xid, kw)
+            if self._reads.route(oid) is not None:
+                self.lock_server.before_request()  # (this client's held writes go first)
+                route = self._reads.route(oid)  # (which they may have taken back)
+                if route is not None:
+                    return self._reads.read_on(route, callback, xid, kw)
         elif cmd is Command.CACHE and kw.get("type") == p.CacheMode.RELEASE and self._reads:
             self._reads.lock_server_revoked(oid)  # (given back: the same for reads)
+        readers = self._reads.read_only
+        if readers and (cmd in DATA_CHANGES or (cmd is Command.OPEN and kw["flags"] & os.O_TRUNC)):
+            self._reads.changing(oid if cmd in (Command.WRITE, Command.FTRUNCATE,
+                                                Command.FALLOCATE) else 0)  # fmt: skip
         counted = self._quorum is not None and changes(cmd, kw)
         if counted:
             self._need_majority(cmd, self._current())  # (and again where it is sent)
-        if cmd not in REPLICATED or not (self._replicas or counted):  # (the lock server's)
+        if cmd not in REPLICATED or not (
+            self._replicas or counted or (readers and cmd in (Command.OPEN, Command.CLOSE))
+        ):  # fmt: skip  (the lock server's)
             return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
                                           **kw)  # fmt: skip
         with self._sending:
@@ -260,8 +277,9 @@ class ReplicatedConnection:
                     xid: int | None, oid: int, fids: dict[str, bytes] | None,
                     kw: dict[str, Any], counted: bool) -> Transaction:  # fmt: skip
         """``counted``: a change that needs a majority (majority mode)."""
+        on_reader = None
         with self._lock:
-            replicas = dict(self._replicas)
+            replicas, readers = dict(self._replicas), self._reads.readers()
             resyncing = set(self._resyncing)
             mapped = self._handles.get(oid) if oid else None
             handles = dict(mapped) if mapped is not None else {}
@@ -269,7 +287,9 @@ class ReplicatedConnection:
                 self._handles.pop(oid, None)
                 self._fids.pop(oid, None)
                 self._opened_at.pop(oid, None)
-                self._reads.closed(oid)
+                on_reader = self._reads.closed(oid)
+        if on_reader is not None:
+            close_on(*on_reader)
         if oid and mapped is None and cmd is Command.CLOSE:
             replicas = {}  # a lease given back: the lock server's alone
         elif oid:  # a replica without this file's handle cannot apply what is done to it
@@ -281,19 +301,25 @@ class ReplicatedConnection:
                 del replicas[address]
         if counted:  # (again: who it goes to now)
             self._need_majority(cmd, 1 + len(replicas.keys() - resyncing))
-        if not replicas:
-            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
-                                          **kw)  # fmt: skip
-        if xid is None:
-            xid = self.lock_server.next_xid()
         reader = None
         if cmd is Command.OPEN and kw["flags"] & os.O_ACCMODE != os.O_WRONLY:
-            reader = self._reads.pick([self.address, *(a for a in replicas if a not in resyncing)])
+            candidates = [self.address, *(a for a in replicas if a not in resyncing)]
+            if kw["flags"] & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY:
+                candidates += readers  # (read-only servers: for files only read)
+            reader = self._reads.pick(candidates)
             if reader != self.address and kw["cache"] == p.CacheMode.RELEASE:
                 if kw["flags"] & os.O_ACCMODE == os.O_RDONLY:  # (a reader's: cheap to ask)
                     kw = dict(kw, cache=p.CacheMode.SHARED)
                 else:
                     reader = None  # (no lock asked: the lock server reads it)
+        parts = dict(replicas)  # (who gets a part: the replicas, and a read-only reader)
+        if reader in readers:
+            parts[reader] = readers[reader]
+        if not parts and not (cmd is Command.OPEN and readers):  # (readers: its fid kept)
+            return self.lock_server.start(cmd, callback=callback, xid=xid, oid=oid, fids=fids,
+                                          **kw)  # fmt: skip
+        if xid is None:
+            xid = self.lock_server.next_xid()
         tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
         tx.changing = counted
         if cmd is Command.OPEN:
@@ -303,7 +329,7 @@ class ReplicatedConnection:
             tx.parts.append((self.address, self.lock_server,
                              self.lock_server.start(cmd, xid=xid, oid=oid, fids=fids,
                                                     **kw)))  # fmt: skip
-            for address, conn in replicas.items():
+            for address, conn in parts.items():
                 try:
                     tx.parts.append((address, conn, conn.start(
                         cmd, xid=xid, oid=handles.get(address, 0), fids=fids,
@@ -311,10 +337,10 @@ class ReplicatedConnection:
                 except OSError as e:
                     self.leave(address, str(e))
             return tx
-        change = _Change(tx, 1 + len(replicas) + 1)  # (+1: until every part is sent)
+        change = _Change(tx, 1 + len(parts) + 1)  # (+1: until every part is sent)
         self.lock_server.start(cmd, callback=lambda t: self._part(change, t, ""), xid=xid,
                                oid=oid, fids=fids, **kw)  # fmt: skip
-        for address, conn in replicas.items():
+        for address, conn in parts.items():
             try:
                 conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
                            oid=handles.get(address, 0), fids=fids,
@@ -340,35 +366,8 @@ class ReplicatedConnection:
             return 1 + len(self._replicas.keys() - self._resyncing)
 
     def _need_majority(self, cmd: Command, current: int) -> None:
-        """EROFS unless ``current`` servers are more than half of the set."""
         assert self._quorum is not None
-        total = self._quorum()
-        if 2 * current <= total:
-            raise OSError(errno.EROFS, f"{cmd.name} refused: {current} of the {total} "
-                          "servers reachable, no majority (majority mode)")  # fmt: skip
-
-    def _read_on(self, route: tuple[Connection, int], callback: Callable[[Transaction], None]
-                 | None, xid: int | None, kw: dict[str, Any]) -> Transaction:  # fmt: skip
-        """A READ on the file's read server (a replica: ``readroutes.py``). A replica
-        that does not answer leaves, and the read goes again to the lock server."""
-        conn, its = route
-        self.lock_server.before_request()  # (this client's held writes go first)
-        if callback is not None:
-            given = callback
-
-            def callback(t: Transaction) -> None:
-                if isinstance(t.error, (ConnectionError, TimeoutError)):
-                    self.leave(conn.address, f"a READ failed: {t.error}")
-                    t.error = errors.rerouted_error(conn.address, "its READ failed")
-                given(t)
-
-        try:
-            tx = conn.start(Command.READ, callback=callback, xid=xid, oid=its, **kw)
-        except OSError as e:
-            self.leave(conn.address, f"a READ could not be sent: {e}")
-            raise errors.rerouted_error(conn.address, "its READ failed") from None
-        tx.via = conn
-        return tx
+        need_majority(cmd, current, self._quorum())
 
     def lock_server_revoked(self, msg: Message) -> None:
         """The lock server's REVOKE (its receive thread, before the holder gives way):
@@ -383,8 +382,10 @@ class ReplicatedConnection:
 
         def demote() -> None:
             for name in msg["names"]:
-                self.demote(bytes(name).decode(errors="replace"),
-                            "missed changes of another client")  # fmt: skip
+                address = bytes(name).decode(errors="replace")
+                if address == self.address:  # (the next group resyncs it: connector.py)
+                    self.lose("the lock server missed changes of another client")
+                self.demote(address, "missed changes of another client")
             try:
                 conn.answer(msg)
             except OSError:
@@ -444,6 +445,8 @@ class ReplicatedConnection:
         with self._lock:
             resyncing = set(self._resyncing)
         for address, part in others.items():
+            if address not in tx.replicas:
+                continue  # (a read-only server's OPEN: below)
             if address in resyncing and part.reply is not None:
                 expected = answer.status if answer is not None else part.reply.status
                 if part.error is not None or part.reply.status != expected:
@@ -470,12 +473,15 @@ class ReplicatedConnection:
             if (read_on is not None and answer["cached"] != p.CacheMode.RELEASE
                     and opened[read_on.address]["cached"] == p.CacheMode.SHARED):  # fmt: skip
                 self._reads.granted(answer.oid, read_on, opened[read_on.address].oid)
-        if minority:
-            applied = self._current()  # (those that answered otherwise left above)
-            if 2 * applied <= self._quorum():  # type: ignore[misc]
-                return OSError(errno.EIO, f"{cmd.name} was applied by only {applied} of the "
-                               f"{self._quorum()} servers, no majority: its outcome is "  # type: ignore[misc]
-                               "not known (majority mode)")  # fmt: skip
+            if self._reads.read_only:
+                self._reads.opened(answer.oid, answer["fid"])
+        if cmd is Command.OPEN and tx.reader is not None and tx.reader not in tx.replicas:
+            part = others.get(tx.reader)
+            reader = self._reads.readers().get(tx.reader)
+            if part is not None and part.reply is not None and reader is not None:
+                self._reads.reader_opened(answer, reader, part.reply)
+        if minority:  # (those that answered otherwise left above)
+            return minority_error(cmd, self._current(), self._quorum())  # type: ignore[misc]
         return None
 
     def fids(self, oid: int) -> dict[str, bytes]:
@@ -485,6 +491,12 @@ class ReplicatedConnection:
 
     def leave(self, address: str, why: str) -> None:
         """The replica at ``address`` leaves the group (and the client's set)."""
+        reader = self._reads.take_reader(address)
+        if reader is not None:  # (it gets no changes: nothing to tell the others)
+            log.warning("read-only server %s leaves the group: %s", address, why)
+            reader.close()
+            self._lost(address, why)
+            return
         with self._lock:
             conn = self._replicas.pop(address, None)
             self._resyncing.discard(address)
@@ -509,7 +521,7 @@ class ReplicatedConnection:
              forever: bool = False) -> Message:  # fmt: skip
         if not isinstance(tx, ReplicatedTransaction):
             if tx.via is not None:  # a READ on a replica
-                return self._wait_on_replica(tx, path, path2)
+                return self._reads.wait_on(tx, path, path2)
             if not self._replicas:  # (silent alone: nowhere else to go)
                 return self.lock_server.wait(tx, path, path2, forever)
             return self._heard(tx, lambda: self.lock_server.wait(tx, path, path2, forever))
@@ -547,14 +559,6 @@ class ReplicatedConnection:
             self.lock_server.lose(why)
             raise errors.connection_error(self.address, why) from None
 
-    def _wait_on_replica(self, tx: Transaction, path: Any, path2: Any) -> Message:
-        conn = tx.via
-        try:
-            return conn.wait(tx, path, path2)  # type: ignore[no-any-return]
-        except (ConnectionError, TimeoutError) as e:
-            self.leave(conn.address, f"a READ failed: {e}")
-            raise errors.rerouted_error(conn.address, "its READ failed") from None
-
     def result(self, tx: Transaction, path: Any = None, path2: Any = None) -> Message:
         return (tx.via or self.lock_server).result(tx, path, path2)  # type: ignore[no-any-return]
 
@@ -585,6 +589,6 @@ class ReplicatedConnection:
     def close(self) -> None:
         with self._lock:
             replicas, self._replicas = list(self._replicas.values()), {}
-        for conn in replicas:
+        for conn in [*replicas, *self._reads.take_readers()]:
             conn.close()
         self.lock_server.close()

@@ -9,7 +9,9 @@ Syntax (``Client(servers=...)``, ``pohmelfs mount SERVERS``)::
              | "r" | "w" | "rw"   (what the server is used for; default rw)
 
 ``h1:7400/prio=2/rw,h2:7400/prio=1/r``: reads go to h1 while it is live, writes
-go to h1 only (h2 is read-only for this client). HOST may be an IPv6 address in
+go to h1 only (h2 is read-only for this client: it reads a file only where its
+version is the lock server's, ``readroutes.py``). A write-only server (``/w``) gets
+every change and reads no file. At least one server takes changes. HOST may be an IPv6 address in
 brackets (``[::1]:7400``, ``[fe80::1%eth0]:7400``); hosts compare without case.
 
 Reads (lookups, listings, data) go to one live readable server: the highest
@@ -84,16 +86,6 @@ def parse_server(text: str) -> ServerSpec:
     return ServerSpec(host, port, prio, perm)
 
 
-def all_read_write(specs: Iterable[ServerSpec]) -> None:
-    """Every server takes reads and changes (ValueError if one does not): a server
-    that is only read from, or only written to, needs versions to tell what it
-    missed, which are not there yet."""
-    for spec in specs:
-        if spec.perm != READ | WRITE:
-            raise ValueError(f"{spec}: read-only and write-only servers need versions and "
-                             "resync, which are not there yet: use rw")  # fmt: skip
-
-
 def parse_servers(servers: str | Sequence[str]) -> list[ServerSpec]:
     """A comma-separated string or a list of servers; each address once."""
     items = servers.split(",") if isinstance(servers, str) else list(servers)
@@ -106,6 +98,8 @@ def parse_servers(servers: str | Sequence[str]) -> list[ServerSpec]:
     twice = sorted({a for a in addresses if addresses.count(a) > 1})
     if twice:
         raise ValueError(f"server given twice: {', '.join(twice)}")
+    if not any(s.perm & WRITE for s in specs):
+        raise ValueError("every server is read-only (/r): at least one must take changes")
     return specs
 
 

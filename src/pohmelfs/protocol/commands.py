@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from .fields import U32_MAX, ProtocolError
+from .fields import U32_MAX, U64_MAX, ProtocolError
 
 
 class Flag(enum.IntFlag):
@@ -36,6 +36,8 @@ REQUEST_FLAGS = FLAG_BEHIND | FLAG_RESENT | FLAG_UNVERSIONED  # the flags a requ
 
 
 MAX_SERVERS = 32  # a client's server set, at most: MISSING names no more
+# OPEN's ``version`` when it vouches for none (versions are 62 bits: never this)
+UNKNOWN_VERSION = U64_MAX
 
 
 class Cap(enum.IntFlag):
@@ -276,6 +278,9 @@ REPLIES.update(
             ("dir", "attr"),
             ("fid", "fid"),  # the identity of the file opened
             ("watchers", "u32"),  # other clients that hear of its size changes (RESIZE)
+            # the file's version (versions.py) while the cache lock granted holds it
+            # still; UNKNOWN_VERSION when none was granted or a change is under way
+            ("version", "u64"),
         ),
         _C.READ: (DATA,),
         _C.FSTAT: _ATTR_REPLY,

@@ -129,8 +129,13 @@ class FileRequests:
             self.ctx.shared.stamps.seen(h.key, attr, h.file)
         writers = self.ctx.shared.writers.elsewhere(h.key, self.sid)
         watchers = self.sizes.count_elsewhere(h.key, self.sid)
+        version = p.UNKNOWN_VERSION
+        if cached != cachelocks.RELEASE:  # (a change from now on revokes the lock first)
+            value, busy = self.ctx.shared.versions.get(h.key)
+            if not busy:
+                version = value
         return p.reply(m, oid=oid, attr=attr, writers=writers, cached=cached, dir=directory,
-                       fid=fid, watchers=watchers)  # fmt: skip
+                       fid=fid, watchers=watchers, version=version)  # fmt: skip
 
     def close(self, m: Message) -> Message:
         h = self.handles.pop(m.oid)
