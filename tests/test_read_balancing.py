@@ -162,3 +162,20 @@ def test_a_writer_that_lost_the_read_server_still_takes_reads_back(pair: list[Se
             g.pwrite(b"NEW!", 0)
         assert routed(x, r) is None
         assert r.pread(4, 0) == b"NEW!"
+
+
+def test_a_replica_whose_version_differs_reads_nothing(pair: list[Server]) -> None:
+    """A replica that missed a change of a file no one told it of (a client that does
+    not name it changed it) is not read for that file: the versions in the OPEN
+    replies differ, and the lock server reads it; another file is still balanced."""
+    a, b = (address_of(s) for s in pair)
+    with make_client([a, b], retry_every=0) as c:
+        write_files(c, 2)
+        new = os.urandom(SIZE)
+        with make_client([a]) as only_a, only_a.open("f0", "r+b") as f:
+            f.write(new)
+        for _ in range(6):
+            with c.open("f0", "rb", buffering=0) as f:
+                assert routed(c, f) is None and f.pread(SIZE, 0) == new
+        assert {routed(c, g) for g in [c.open("f1", "rb", buffering=0) for _ in range(4)]} \
+            == {None, b}  # fmt: skip

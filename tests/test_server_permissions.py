@@ -181,6 +181,7 @@ def test_permissions_change_at_run_time(pair: list[Server], tmp_path: Path) -> N
         c.modify_server(b, prio=3, perm="rw")
         wait_until(lambda: state(c, b) == ("live", "replica"), 30, "b resynced and live")
         assert (tmp_path / "export1/while-r").read_bytes() == b"x"
+        settle_times(c, b"")  # (each server's own clock set the times of f0, f1)
         assert same_view(tmp_path / "export0") == same_view(tmp_path / "export1")
         with pytest.raises(ValueError, match="permission must be"):
             c.modify_server(b, perm="x")

@@ -3,8 +3,9 @@
 Each file opened through a group gets a read server when it opens: among the live
 servers (never one being resynced) of the highest priority, in turn. If that is
 a replica, the OPEN asks both it and the lock server for a shared cache lock
-(the lock server's may be the exclusive one the caller asked for), and the
-file's READs go to the replica while both hold: a change of the file by another
+(the lock server's may be the exclusive one the caller asked for), and, if the
+file's versions in the two replies agree, the file's READs go to the replica
+while both hold: a change of the file by another
 client revokes the lock server's first (whether or not that client still
 reaches the replica), and the replica's before the change is applied there, so
 a replica never answers with data the lock server would not have given under
@@ -140,6 +141,13 @@ class ReadRoutes:
             return
         with self._lock:
             self._on_readers[answer.oid] = (conn, reply.oid)
+        self.replied(answer, conn, reply)
+
+    def replied(self, answer: Message, conn: Connection, reply: Message) -> None:
+        """The file the lock server opened (``answer``) is read on ``conn`` (``reply``:
+        its OPEN's) while both cache locks hold, if both were granted and the versions
+        agree: it has every change the lock server has of the file, and no other
+        client changes it on either without revoking the lock first."""
         version = answer["version"]
         if (answer["cached"] != p.CacheMode.RELEASE and reply["cached"] == p.CacheMode.SHARED
                 and version == reply["version"]

@@ -470,9 +470,8 @@ class ReplicatedConnection:
                 self._fids[answer.oid] = {a: r["fid"] for a, r in opened.items()}
                 self._opened_at[answer.oid] = tx.sent
                 read_on = self._replicas.get(tx.reader) if tx.reader in opened else None
-            if (read_on is not None and answer["cached"] != p.CacheMode.RELEASE
-                    and opened[read_on.address]["cached"] == p.CacheMode.SHARED):  # fmt: skip
-                self._reads.granted(answer.oid, read_on, opened[read_on.address].oid)
+            if read_on is not None:
+                self._reads.replied(answer, read_on, opened[read_on.address])
             if self._reads.read_only:
                 self._reads.opened(answer.oid, answer["fid"])
         if cmd is Command.OPEN and tx.reader is not None and tx.reader not in tx.replicas:
