@@ -61,11 +61,12 @@ def test_the_set_is_listed_changed_and_counted(controlled: tuple[str, Client],
     assert (Path(pair[1].export.root) / "d").is_dir()  # type: ignore[attr-defined]
     modified = ask(path, {"op": "modify", "server": b, "prio": 9})
     assert {s["address"]: s["priority"] for s in modified["servers"]}[b] == 9  # type: ignore[index]
+    c.mkdir("e")  # (a change: every server gets it)
+    stats = ask(path, {"op": "stats"})
+    assert all(s["requests"] > 0 for s in stats["servers"]), stats  # type: ignore[index]
     reader = ask(path, {"op": "modify", "server": b, "perm": "r"})
     assert {s["address"]: (s["permission"], s["role"])  # type: ignore[index]
             for s in reader["servers"]}[b] == ("r", "reader")  # type: ignore[union-attr]  # fmt: skip
-    stats = ask(path, {"op": "stats"})
-    assert all(s["requests"] > 0 for s in stats["servers"])  # type: ignore[index]
     removed = ask(path, {"op": "remove", "server": b})
     assert [s["address"] for s in removed["servers"]] == [a]  # type: ignore[index]
 

@@ -46,10 +46,10 @@ def marked_behind(conn: Connection) -> dict[str, int]:
 
 
 def clear_marks(conns: dict[str, Connection], address: str, generations: dict[str, int],
-                cred: Cred) -> bool:  # fmt: skip
+                cred: Cred) -> int:  # fmt: skip
     """Take away the marks of ``address`` on each server that had one at the
-    generation read before its resync; False if one refused (it missed changes
-    since, or a client still leaves it out)."""
+    generation read before its resync: 0, or why one refused (ESTALE: it missed
+    changes since; EBUSY: a client connected there still leaves it out)."""
     for member, generation in generations.items():
         conn = conns.get(member)
         if conn is None or not generation:
@@ -57,7 +57,7 @@ def clear_marks(conns: dict[str, Connection], address: str, generations: dict[st
         try:
             conn.call(Command.CLEAR, cred=cred, names=[address.encode()], expect=generation)
         except OSError as e:
-            if e.errno != errno.ESTALE:
+            if e.errno not in (errno.ESTALE, errno.EBUSY):
                 raise
-            return False
-    return True
+            return e.errno
+    return 0

@@ -336,11 +336,12 @@ class Client:
         """A server's priority (0-255): reads follow at once, the choice of lock server
         at the next connection. A new permission (``r``, ``w``, ``rw``) makes it
         leave the set and join again with it (a writable one resynced first).
-        ValueError for a server not in the set, or a bad value."""
+        ValueError for a server not in the set or not live, or a bad value (nothing
+        changes); OSError if it cannot be reached again (it stays, as gone)."""
         again = self.connector.modify(parse_server(address).address, prio, perm, self._conn)
         if again is not None:
             self.remove_server(again.address)
-            self.add_server(str(again))
+            self.membership.add(again, keep=True)
 
     def server_stats(self) -> list[dict[str, Any]]:
         """Each server of the set, highest priority first: its address, priority,

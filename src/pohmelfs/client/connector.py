@@ -111,8 +111,11 @@ class Connector:
                     made.join(self._replica(m.spec.address, group), m.spec.prio)
                 except OSError as e:
                     self.server_lost(m.spec.address, str(e))
-        # (the read-only servers too: other clients must not take them for current)
-        made.set_missing({m.spec.address for m in members} - set(made.connections()))
+        # The read-only servers too, marked at once: other clients that write them
+        # must not take them for current, nor one for their lock server while this
+        # client takes its locks from another.
+        made.set_missing({m.spec.address for m in members} - set(made.connections()),
+                         now=bool(readers))  # fmt: skip
         stale = self._stale(made)
         for address in stale - {made.address}:
             made.demote(address, "missed changes another server has")
@@ -216,6 +219,11 @@ class Connector:
                     None)  # fmt: skip
         if spec is None:
             raise ValueError(f"{address} is not one of this client's servers")
+        if perm is not None and PERMS.get(perm, spec.perm) != spec.perm:
+            state = self.servers.state(address)
+            if state != LIVE:
+                raise ValueError(f"{address} is {state}: its permission changes once it is "
+                                 "live (or remove it, and add it again)")  # fmt: skip
         if perm is not None and perm not in PERMS:
             raise ValueError(f"permission must be r, w or rw, got {perm!r}")
         if prio is not None and not 0 <= prio <= MAX_PRIO:
@@ -249,7 +257,7 @@ class Connector:
                 joined = self._connect(address, 0, None, conn.replica_notified)
                 try:
                     if writes:
-                        conn.join(joined, spec.prio)
+                        conn.join(joined, spec.prio, bool(spec.perm & READ))
                     else:
                         conn.add_reader(joined, spec.prio)
                 except BaseException:

@@ -12,6 +12,7 @@ counted, and copied by the next pass.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ log = logging.getLogger("pohmelfs.client")
 
 BACKOFF_MAX = 300.0  # seconds between tries of a server that keeps failing
 WAIT_FOR_FILES = 1.0  # seconds between passes while files open before it joined stay open
+LEFT_OUT = 5.0  # seconds, at least, before a resync another client made useless again
 
 
 class Membership:
@@ -58,9 +60,16 @@ class Membership:
         if self.retry_every and len(self._connector.servers.members()) > 1:
             self._start()
 
-    def add(self, spec: ServerSpec) -> None:
-        """``spec`` joins the write set now, resynced in the background."""
-        self._connector.join(spec, self._group(), new=True)
+    def add(self, spec: ServerSpec, keep: bool = False) -> None:
+        """``spec`` joins the set now (a writable one resynced in the background).
+        ``keep``: if it cannot be reached it stays in the set as gone (tried again)."""
+        try:
+            self._connector.join(spec, self._group(), new=True)
+        except OSError:
+            if keep:
+                self._connector.servers.add(spec, GONE)
+                self._start()
+            raise
         with self._due_lock:
             self._due.pop(spec.address, None)
         self._start()
@@ -135,7 +144,8 @@ class Membership:
                 source = stack.enter_context(self._make(group.address, False))
                 target = stack.enter_context(self._make(address, True))
                 done = Resync(source, target, stop=self._stop.is_set, on_pass=begins).run()
-            cleared = done.clean and clear_marks(others, address, marks, self._cred)
+            refused = clear_marks(others, address, marks, self._cred) if done.clean else 0
+            cleared = done.clean and not refused
         except Stopped:
             return
         except (OSError, ValueError) as e:
@@ -147,6 +157,10 @@ class Membership:
             with self._due_lock:
                 self._due.pop(address, None)
             return
+        if refused == errno.EBUSY:  # (another client leaves it out: not soon, then)
+            log.info("server %s is resynced, but another client still leaves it out", address)
+            self._failed(address, time.monotonic(), floor=LEFT_OUT)
+            return
         with self._due_lock:
             self._due[address] = (time.monotonic() + WAIT_FOR_FILES, 0.0)
 
@@ -155,8 +169,8 @@ class Membership:
             at, _ = self._due.get(address, (0.0, 0.0))
         return now >= at
 
-    def _failed(self, address: str, now: float) -> None:
+    def _failed(self, address: str, now: float, floor: float = 0.0) -> None:
         with self._due_lock:
             _, backoff = self._due.get(address, (0.0, 0.0))
-            backoff = min(BACKOFF_MAX, max(self.retry_every or 5.0, 2 * backoff))
+            backoff = min(BACKOFF_MAX, max(self.retry_every or 5.0, floor, 2 * backoff))
             self._due[address] = (now + backoff, backoff)

@@ -68,6 +68,7 @@ class ReadRoutes:
         # read-only server's connection and handle (to close with ours).
         self._objects: dict[int, bytes] = {}
         self._on_readers: dict[int, tuple[Any, int]] = {}
+        self.changes = 0  # this client's changes of file data so far (``changing``)
         self._turns = itertools.count(random.randrange(1 << 16))  # (clients spread out)
         self._lock = threading.Lock()
         self._routes: dict[int, tuple[Any, int]] = {}  # lock server handle -> (conn, its)
@@ -79,18 +80,23 @@ class ReadRoutes:
     def __bool__(self) -> bool:
         return bool(self._routes)
 
-    def add_server(self, address: str, prio: int, read: bool = True,
-                   write: bool = True) -> None:  # fmt: skip
+    def add_server(self, address: str, prio: int, read: bool, write: bool) -> None:
+        """A server of the group, with its priority and what it is used for."""
         with self._lock:
             self._prio[address] = prio
             (self._unread.discard if read else self._unread.add)(address)
             (self._read_only.discard if write else self._read_only.add)(address)
 
+    def set_prio(self, address: str, prio: int) -> None:
+        """A server's new priority, for the files opened from now on."""
+        with self._lock:
+            self._prio[address] = prio
+
     def add_reader(self, conn: Connection, prio: int) -> None:
         """A read-only server joins the group."""
         with self._lock:
             self._readers[conn.address] = conn
-        self.add_server(conn.address, prio, write=False)
+        self.add_server(conn.address, prio, read=True, write=False)
 
     def readers(self) -> dict[str, Connection]:
         with self._lock:
@@ -129,19 +135,25 @@ class ReadRoutes:
         with self._lock:
             self._objects[oid] = fid
 
-    def reader_opened(self, answer: Message | None, conn: Connection, reply: Message) -> None:
-        """A read-only server's answer to an OPEN (``answer``: the lock server's): the
-        file is read there while both cache locks hold if the versions agree (it has
-        every change the lock server has of it); its handle there closes with the
-        file (at once if the OPEN failed)."""
+    def reader_opened(self, answer: Message | None, conn: Connection, reply: Message,
+                      changes: int) -> None:  # fmt: skip
+        """A read-only server's answer to an OPEN (``answer``: the lock server's), sent
+        when this client had made ``changes`` changes of file data: the file is read
+        there while both cache locks hold if the versions agree (it has every change
+        the lock server has of it) and this client changed no file's data since (the
+        lock server's version may not count it, and the read-only server never
+        will); its handle there closes with the file (at once if the OPEN failed, or
+        the server left meanwhile)."""
         if reply.status:
             return
-        if answer is None or answer.status:
-            close_on(conn, reply.oid)
-            return
         with self._lock:
-            self._on_readers[answer.oid] = (conn, reply.oid)
-        self.replied(answer, conn, reply)
+            ours = self._readers.get(conn.address) is conn
+            if ours and answer is not None and not answer.status:
+                self._on_readers[answer.oid] = (conn, reply.oid)
+        if not ours or answer is None or answer.status:
+            close_on(conn, reply.oid)
+        elif changes == self.changes:
+            self.replied(answer, conn, reply)
 
     def replied(self, answer: Message, conn: Connection, reply: Message) -> None:
         """The file the lock server opened (``answer``) is read on ``conn`` (``reply``:
@@ -162,6 +174,7 @@ class ReadRoutes:
         if not self._read_only:
             return
         with self._lock:
+            self.changes += 1  # (an OPEN under way when it began reads there no more)
             fid = self._objects.get(oid) if oid else None
             for ours, (conn, its) in list(self._routes.items()):
                 if conn.address in self._read_only and (

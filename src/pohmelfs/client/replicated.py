@@ -51,7 +51,7 @@ class ReplicatedTransaction(Transaction):
     the last part's end (``_Change``). ``replicas``: the servers besides the lock
     server it is for (whether or not their part could be sent)."""
 
-    __slots__ = ("parts", "replicas", "reader", "sent", "changing")
+    __slots__ = ("parts", "replicas", "reader", "sent", "changing", "on_reader", "changes")
 
     def __init__(self, xid: int, cmd: Command, callback: Callable[[Transaction], None] | None,
                  replicas: frozenset[str], reader: str | None) -> None:  # fmt: skip
@@ -61,6 +61,8 @@ class ReplicatedTransaction(Transaction):
         self.reader = reader  # an OPEN's: the server to read the file from
         self.sent = 0  # an OPEN's: the group's count of OPENs sent before it
         self.changing = False  # a change that needs a majority (majority mode)
+        self.on_reader: Connection | None = None  # an OPEN's: a read-only reader's conn
+        self.changes = 0  # ... and this client's changes of file data when it was sent
 
 
 class _Change:
@@ -146,25 +148,22 @@ class ReplicatedConnection:
     @property
     def max_payload(self) -> int:
         """The largest payload every server takes."""
-        if not self._replicas:
-            return self.lock_server.max_payload
         with self._lock:
             sizes = [c.max_payload for c in self._replicas.values()]
         return min([self.lock_server.max_payload, *sizes])
 
-    def join(self, conn: Connection, prio: int = 0) -> None:
+    def join(self, conn: Connection, prio: int = 0, read: bool = True) -> None:
         """A server joins the write set as resyncing (``promote`` once it is current)."""
         with self._sending, self._lock:  # (between two changes: each goes to all or not)
             if conn.address in (*self._reads.readers(), *self._replicas, self.address):
                 raise ValueError(f"{conn.address} is already in the write set")
-            self._reads.add_server(conn.address, prio)
+            self._reads.add_server(conn.address, prio, read, True)
             self._replicas[conn.address] = conn
             self._resyncing.add(conn.address)
             self._joined[conn.address] = next(self._joins)
             self.members = self.members | {conn.address}
-            self._missing.discard(conn.address)
-            missing, conns = set(self._missing), list(self._replicas.values())
-        announce_missing([self.lock_server, *conns], missing)  # (its changes reach it again)
+            missing = self._missing - {conn.address}
+        self.set_missing(missing)  # (its changes reach it again)
 
     def add_reader(self, conn: Connection, prio: int = 0) -> None:
         """A read-only server joins: it reads the files opened from now on (``readroutes``)."""
@@ -172,24 +171,27 @@ class ReplicatedConnection:
             if conn.address in (*self._reads.readers(), *self._replicas, self.address):
                 raise ValueError(f"{conn.address} is already in the group")
             self._reads.add_reader(conn, prio)
+            missing = self._missing | {conn.address}
+        self.set_missing(missing, now=True)  # (at once: connector.py)
 
     def reprioritize(self, address: str, prio: int) -> None:
         """A server's new priority, for the files opened from now on."""
-        self._reads.add_server(address, prio)
+        self._reads.set_prio(address, prio)
 
     def connections(self) -> dict[str, Connection]:
         """The group's connections by server: the lock server's, the replicas'."""
         with self._lock:
             return {self.address: self.lock_server, **self._replicas}
 
-    def set_missing(self, addresses: set[str]) -> None:
+    def set_missing(self, addresses: set[str], now: bool = False) -> None:
         """The servers of the client's set this group's changes do not reach: each
-        server of the group is told (and marks them behind: ``server/peers.py``)."""
+        server of the group is told (and marks them behind: ``server/peers.py``;
+        ``now``: at once, not at this client's first change)."""
         with self._lock:
-            self._missing = set(addresses)
+            told, self._missing = self._missing, set(addresses)
             conns = list(self._replicas.values())
-        if addresses:
-            announce_missing([self.lock_server, *conns], addresses)
+        if addresses or told:  # (none now: the ones told before are reached again)
+            announce_missing([self.lock_server, *conns], addresses, now)
 
     def demote(self, address: str, why: str) -> None:
         """A live replica another server marks behind: it is resynced before it is
@@ -250,6 +252,10 @@ class ReplicatedConnection:
               xid: int | None = None, oid: int = 0, fids: dict[str, bytes] | None = None,
               **kw: Any) -> Transaction:  # fmt: skip
         """``fids``: for an OPEN, the file's identity on each server (a reopen)."""
+        if cmd is Command.CLOSE:  # (whichever way it goes: what the routes keep goes)
+            on_reader = self._reads.closed(oid)
+            if on_reader is not None:
+                close_on(*on_reader)
         if cmd is Command.READ and self._reads:
             if self._reads.route(oid) is not None:
                 self.lock_server.before_request()  # (this client's held writes go first)
@@ -277,7 +283,6 @@ class ReplicatedConnection:
                     xid: int | None, oid: int, fids: dict[str, bytes] | None,
                     kw: dict[str, Any], counted: bool) -> Transaction:  # fmt: skip
         """``counted``: a change that needs a majority (majority mode)."""
-        on_reader = None
         with self._lock:
             replicas, readers = dict(self._replicas), self._reads.readers()
             resyncing = set(self._resyncing)
@@ -287,9 +292,6 @@ class ReplicatedConnection:
                 self._handles.pop(oid, None)
                 self._fids.pop(oid, None)
                 self._opened_at.pop(oid, None)
-                on_reader = self._reads.closed(oid)
-        if on_reader is not None:
-            close_on(*on_reader)
         if oid and mapped is None and cmd is Command.CLOSE:
             replicas = {}  # a lease given back: the lock server's alone
         elif oid:  # a replica without this file's handle cannot apply what is done to it
@@ -321,6 +323,8 @@ class ReplicatedConnection:
         if xid is None:
             xid = self.lock_server.next_xid()
         tx = ReplicatedTransaction(xid, cmd, callback, frozenset(replicas), reader)
+        if reader in readers:
+            tx.on_reader, tx.changes = readers[reader], self._reads.changes
         tx.changing = counted
         if cmd is Command.OPEN:
             with self._lock:
@@ -395,16 +399,17 @@ class ReplicatedConnection:
 
     def replica_notified(self, conn: Connection, msg: Message) -> None:
         """A replica's notification (its receive thread): a REVOKE of the cache lock of
-        a file read from it; reads go back to the lock server, then the answer goes."""
-        if msg.cmd is Command.MARKED:
+        a file read from it; reads go back to the lock server, then the answer goes.
+        (A read-only server's MARKED is not heeded: it is no judge of the write set.)"""
+        if msg.cmd is Command.MARKED and conn.address not in self._reads.readers():
             self.behind_notified(conn, msg)
-        elif msg.cmd is Command.REVOKE:
-            if msg["keep"] != p.CacheMode.SHARED:  # (a shared lock kept: reads stay)
-                self._reads.revoked(conn.address, msg.oid)
-            try:
-                conn.answer(msg)
-            except OSError:
-                pass
+            return
+        if msg.cmd is Command.REVOKE and msg["keep"] != p.CacheMode.SHARED:
+            self._reads.revoked(conn.address, msg.oid)  # (a shared lock kept: reads stay)
+        try:
+            conn.answer(msg)
+        except OSError:
+            pass
 
     def _part(self, change: _Change, part: Transaction | None, address: str | None) -> None:
         """One part is done (or could not be sent: None; or, address None, all are sent)."""
@@ -474,11 +479,12 @@ class ReplicatedConnection:
                 self._reads.replied(answer, read_on, opened[read_on.address])
             if self._reads.read_only:
                 self._reads.opened(answer.oid, answer["fid"])
-        if cmd is Command.OPEN and tx.reader is not None and tx.reader not in tx.replicas:
+        if tx.on_reader is not None and tx.reader is not None:
             part = others.get(tx.reader)
-            reader = self._reads.readers().get(tx.reader)
-            if part is not None and part.reply is not None and reader is not None:
-                self._reads.reader_opened(answer, reader, part.reply)
+            if part is not None and part.reply is not None:
+                self._reads.reader_opened(answer, tx.on_reader, part.reply, tx.changes)
+            else:  # (lost, or silent: it reads nothing more)
+                self.leave(tx.reader, f"its OPEN failed: {(part and part.error) or 'silent'}")
         if minority:  # (those that answered otherwise left above)
             return minority_error(cmd, self._current(), self._quorum())  # type: ignore[misc]
         return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .cachelocks import CacheLocks, Revoker
@@ -26,7 +27,10 @@ REVOKERS = 4  # threads revoking at once
 
 
 class OutsideChanges:
-    def __init__(self, cache: CacheLocks, revoke: Revoker) -> None:
+    def __init__(self, cache: CacheLocks, revoke: Revoker,
+                 moved: Callable[[set[FileKey]], None] = lambda _: None) -> None:  # fmt: skip
+        """``moved``: told of every object changed outside (its version moves)."""
+        self._moved = moved
         self._cache = cache
         self._revoke = revoke
         self._lock = threading.Lock()
@@ -38,6 +42,7 @@ class OutsideChanges:
 
     def changed(self, keys: set[FileKey]) -> None:
         """Other processes changed these objects."""
+        self._moved(keys)
         for key in keys:
             if not self._cache.held(key):
                 continue  # nobody caches it: nothing to tell

@@ -93,6 +93,11 @@ class Peers:
         with self._lock:
             return dict(self._generation)
 
+    def left_out(self, address: bytes) -> bool:
+        """Does a session connected now leave ``address`` out?"""
+        with self._lock:
+            return any(address in names for names in self._missing.values())
+
     def clear(self, address: bytes, expect: int) -> bool:
         """Take the mark of ``address`` away if it is at ``expect`` (0: there is none)
         and no session leaves it out now."""

@@ -156,7 +156,10 @@ class Requests:
     def _clear(self, m: Message) -> Message:
         if len(m["names"]) != 1:
             raise OSError(errno.EINVAL, "CLEAR names one server")
-        if not self.ctx.shared.versions.peers.clear(m["names"][0], m["expect"]):
+        peers = self.ctx.shared.versions.peers
+        if peers.left_out(m["names"][0]):
+            raise OSError(errno.EBUSY, "a client connected here still leaves the server out")
+        if not peers.clear(m["names"][0], m["expect"]):
             raise OSError(errno.ESTALE, "the server missed changes since, or still misses them")
         return p.reply(m)
 

@@ -88,7 +88,8 @@ class Server:
         self._reaper: threading.Thread | None = None
         self.cache = cache = cachelocks.CacheLocks(lease)
         notifiers = Notifiers()
-        self.outside = OutsideChanges(cache, notifiers.revoke)
+        versions = versions if versions is not None else Versions()
+        self.outside = OutsideChanges(cache, notifiers.revoke, versions.moved)
         self.shared = Shared(
             export=export,
             ranges=RangeLocks(),
@@ -106,7 +107,7 @@ class Server:
                 initializer=linux.private_umask_zero,
             ),
             replies=ReplyCache(),
-            versions=versions if versions is not None else Versions(),
+            versions=versions,
             allow_setuid=allow_setuid,
         )
         self.locks, self.waiting = self.shared.locks, self.shared.waiting

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -109,6 +110,16 @@ class Versions:
                     self._values[key] = (self._value(key) + change) & MASK
             if change is not None and created is not None:
                 self._values[created] = change
+            gathered = len(self._values)
+        if self._backing is not None and gathered >= FLUSH_AT:
+            self._wake.set()
+
+    def moved(self, keys: Iterable[FileKey]) -> None:
+        """These objects were changed outside pohmelfs: each takes a new random
+        version, which no other server's copy has (its copy may now differ)."""
+        with self._lock:
+            for key in keys:
+                self._values[key] = secrets.randbits(62) or 1
             gathered = len(self._values)
         if self._backing is not None and gathered >= FLUSH_AT:
             self._wake.set()
