@@ -477,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and not argv[0].startswith("-") and argv[0] not in commands.choices:
+        # mount(8) -t fuse.pohmelfs runs mount.fuse3, which runs "pohmelfs SOURCE
+        # MOUNTPOINT -o OPTIONS": a mount.
+        argv.insert(0, "mount")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s"

@@ -76,8 +76,9 @@ class MountConfig:
                     is_file = key in ("secret_file", "tls_cert", "tls_key", "tls_ca")
                     setattr(cfg, key, os.path.abspath(value) if is_file else value)
                 elif key in ("rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "auto",
-                             "noauto", "user", "nouser", "_netdev"):  # fmt: skip
-                    continue  # fstab words that mean nothing here
+                             "noauto", "user", "nouser", "users", "_netdev", "defaults",
+                             "nofail") or key.startswith("x-"):  # fmt: skip
+                    continue  # fstab and mount(8) words that mean nothing here
                 else:
                     raise ValueError(f"unknown mount option {key!r}")
         if not cfg.servers:
