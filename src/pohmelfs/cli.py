@@ -475,11 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_server_set(text: str) -> bool:
+    from .client.serverset import parse_servers
+
+    try:
+        parse_servers(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if argv and not argv[0].startswith("-") and argv[0] not in commands.choices:
+    if len(argv) >= 2 and argv[0] not in commands.choices and _is_server_set(argv[0]):
         # mount(8) -t fuse.pohmelfs runs mount.fuse3, which runs "pohmelfs SOURCE
         # MOUNTPOINT -o OPTIONS": a mount.
         argv.insert(0, "mount")
