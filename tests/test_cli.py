@@ -91,7 +91,7 @@ def test_client_command_help(command: str) -> None:
 def test_version() -> None:
     r = cli("--version")
     assert r.returncode == 0
-    assert r.stdout.strip() == "pohmelfs 0.1.0"
+    assert r.stdout.strip() == f"pohmelfs 0.1.0 (protocol {pohmelfs.protocol.VERSION})"
     assert pohmelfs.__version__ == "0.1.0"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from . import __version__
 from .cli_servers import add_server_commands
 from .errors import UserError
+from .protocol import VERSION as PROTOCOL_VERSION
 
 DEFAULT_PORT = 7400
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -45,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.service import Limits, Server
     from .server.versionfile import default_state_dir, open_versions
 
+    if args.dir is None:
+        raise UserError("serve needs DIR (or export in the config file's [serve])")
     root = os.path.abspath(args.dir)
     if not os.path.isdir(root):
         raise UserError(f"export folder {args.dir!r} does not exist or is not a directory")
@@ -147,9 +150,23 @@ def _daemonize(args: argparse.Namespace) -> int:
     return w
 
 
+def mount_target(args: argparse.Namespace) -> tuple[str, str]:
+    """The servers and mount point of ``mount``: one argument given with servers in
+    the config file is the mount point."""
+    servers, mountpoint = args.servers, args.mountpoint
+    configured = getattr(args, "config_servers", None)
+    if configured and servers not in (None, configured) and not _is_server_set(servers):
+        servers, mountpoint = configured, servers
+    if servers is None or mountpoint is None:
+        raise UserError("mount needs HOST:PORT and MOUNTPOINT (or servers and mountpoint in "
+                        "the config file's [mount])")  # fmt: skip
+    return servers, mountpoint
+
+
 def _mount(args: argparse.Namespace) -> int:
     from .fuse import mount as fmount
 
+    args.servers, args.mountpoint = mount_target(args)
     try:
         cfg = fmount.MountConfig.parse(args.servers, args.mountpoint, args.o or [])
     except ValueError as e:
@@ -261,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pohmelfs",
         description="pohmelfs: a network filesystem with a coherent client cache.",
     )
-    parser.add_argument("--version", action="version", version=f"pohmelfs {__version__}")
+    version = f"pohmelfs {__version__} (protocol {PROTOCOL_VERSION})"
+    parser.add_argument("--version", action="version", version=version)
+    parser.add_argument("--config", metavar="FILE",
+                        help="options of serve and mount from this TOML file (default: "
+                        "$POHMELFS_CONFIG); the command line overrides it")  # fmt: skip
     parser.add_argument(
         "--log-level",
         default="warning",
@@ -276,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export DIR to pohmelfs clients. Every client path "
         "stays beneath DIR; symlinks are stored, never followed.",
     )
-    serve.add_argument("dir", metavar="DIR", help="the folder to export")
+    serve.add_argument("dir", metavar="DIR", nargs="?", help="the folder to export")
     serve.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
@@ -417,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         "nocoherent (close-to-open caching instead of cached locks; then attr_timeout=S, "
         "entry_timeout=S).",
     )
-    mount.add_argument("servers", metavar="HOST:PORT[,HOST:PORT...]")
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("servers", metavar="HOST:PORT[,HOST:PORT...]", nargs="?")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     mount.add_argument("-o", action="append", metavar="OPTIONS", help="mount options")
     mount.add_argument(
         "-f", "--foreground", action="store_true", help="stay attached (for systemd and debugging)"
@@ -475,6 +496,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure(commands: Any, argv: list[str]) -> None:
+    """The config file's options as the commands' defaults (``config.py``)."""
+    from . import config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    path = pre.parse_known_args(argv)[0].config or os.environ.get("POHMELFS_CONFIG")
+    if not path:
+        return
+    for command, table in config.load(path).items():
+        defaults = config.defaults_for(command, commands.choices[command], table, path)
+        if command == "mount" and "servers" in defaults:
+            defaults["config_servers"] = defaults["servers"]
+        commands.choices[command].set_defaults(**defaults)
+
+
 def _is_server_set(text: str) -> bool:
     from .client.serverset import parse_servers
 
@@ -493,6 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # mount(8) -t fuse.pohmelfs runs mount.fuse3, which runs "pohmelfs SOURCE
         # MOUNTPOINT -o OPTIONS": a mount.
         argv.insert(0, "mount")
+    try:
+        _configure(commands, argv)
+    except ValueError as e:
+        print(f"pohmelfs: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s"
