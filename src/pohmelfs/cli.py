@@ -62,6 +62,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise UserError("--max-connections, --max-per-peer, --idle-timeout must be positive")
     security = _server_security(args)
     security.check_listen(host)
+    metrics = None
+    if args.metrics:
+        from .server.metrics import Metrics
+
+        metrics_at = parse_hostport(args.metrics, "--metrics")
+        metrics = Metrics()
     limits = Limits(
         args.max_connections,
         args.max_per_peer,
@@ -85,11 +91,17 @@ def _serve(args: argparse.Namespace) -> int:
             server = Server(export, host, port, max_payload=args.max_payload << 20,
                             workers=args.workers, lease=args.lease, security=security,
                             limits=limits, allow_setuid=args.allow_setuid,
-                            versions=versions)  # fmt: skip
+                            versions=versions, metrics=metrics)  # fmt: skip
         except OSError as e:
             versions.close()
             why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise UserError(f"cannot listen on {host}:{port}: {why}") from None
+        if metrics is not None:
+            try:
+                shown = "%s:%d" % metrics.serve(*metrics_at)
+            except OSError as e:
+                server.stop()
+                raise UserError(f"cannot serve metrics on {args.metrics}: {e.strerror}") from None
     except (UserError, OSError) as e:
         if report is None:
             raise
@@ -100,13 +112,16 @@ def _serve(args: argparse.Namespace) -> int:
     how = ("no authentication, every client squashed" if args.insecure
            else f"{len(security.keys)} client key(s)")  # fmt: skip
     line = (f"pohmelfs: serving {root} on {server.address[0]}:{server.address[1]}"
-            f"{' (read-only)' if args.read_only else ''} ({how})")  # fmt: skip
+            f"{' (read-only)' if args.read_only else ''} ({how})"
+            f"{f'; metrics on http://{shown}/metrics' if metrics else ''}")  # fmt: skip
     if report is not None:
         os.write(report, f"ok {line}".encode())
         os.close(report)
     print(line, flush=True)
     signal.sigwait(stop_signals)
     server.stop()
+    if metrics is not None:
+        metrics.close()
     export.close()
     _remove_pid_file(args)
     return 0
@@ -404,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run in the background; returns once the server listens",
     )
     serve.add_argument("--pid-file", metavar="FILE", help="write the server's PID here")
+    serve.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve Prometheus metrics over HTTP here (/metrics; no key: "
+                       "keep it on loopback or a trusted network)")  # fmt: skip
     serve.add_argument(
         "--log-file", metavar="FILE", help="with --daemon, append the log here (default: discard)"
     )

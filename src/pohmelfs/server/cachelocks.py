@@ -120,6 +120,8 @@ class CacheLocks:
         self._lease_seq = itertools.count()
         self._lease_thread: threading.Thread | None = None
         self._unheld: Callable[[object], None] = lambda key: None
+        # Told how long each revocation took (answered or run out): metrics.
+        self.on_revoked: Callable[[float], None] | None = None
 
     def when_unheld(self, forget: Callable[[object], None]) -> None:
         """Call ``forget(key)`` (with the table's lock) when a key loses its last
@@ -339,8 +341,12 @@ class CacheLocks:
         when its connection is gone, or when the lease runs out; a lapsed session's
         is over at once (it is still sent, for when the client wakes up)."""
         asked = _Asked(key, h, keep, time.monotonic() + self.lease)
+        sent, told = time.monotonic(), [self.on_revoked]
 
         def done() -> None:
+            if told[0] is not None:  # (once: a late answer comes after the lease ran out)
+                told.pop()(time.monotonic() - sent)
+                told.append(None)
             with self._cond:
                 if asked.expired:  # a late answer: the session is responsive again
                     self._lapsed[h.owner[0]] -= 1
@@ -480,6 +486,11 @@ class CacheLocks:
                 if asked.holder.owner[0] == session:
                     asked.answered = True
             self._cond.notify_all()
+
+    def holder_count(self) -> int:
+        """How many locks are held, on all objects."""
+        with self._mutex:
+            return sum(len(holders) for holders in self._held.values())
 
     def held(self, key: object) -> list[Holder]:
         with self._cond:

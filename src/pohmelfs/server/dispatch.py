@@ -26,6 +26,7 @@ from .cachepolicy import CachePolicy
 from .context import Context
 from .guard import RequestGuard
 from .handles import HandleTable
+from .metrics import MeteredWriter
 from .notifier import Notifier
 from .replies import reply_for
 from .replycache import FORGOTTEN, Replay, Running, SessionReplies, forgotten_reply
@@ -100,6 +101,8 @@ class Dispatch:
         except ProtocolError as e:
             self.send(reply_for(header, e))
             return
+        if isinstance(self.writer, MeteredWriter):
+            self.writer.received(msg.cmd, msg.xid, len(payload))
         try:
             self.guard.admit(msg)
         except OSError as e:

@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from .. import protocol as p
 from ..security.config import ServerSecurity
@@ -74,8 +75,10 @@ class Server:
         limits: Limits | None = None,
         allow_setuid: bool = False,
         versions: Versions | None = None,
+        metrics: Any = None,
     ) -> None:
-        """``versions``: where the versions of objects are kept (none: in memory)."""
+        """``versions``: where the versions of objects are kept (none: in memory);
+        ``metrics``: a ``metrics.Metrics`` to count in (none: nothing counted)."""
         security.check_listen(host)
         linux.raise_descriptor_limit()
         self.export = export
@@ -109,7 +112,11 @@ class Server:
             replies=ReplyCache(),
             versions=versions,
             allow_setuid=allow_setuid,
+            metrics=metrics,
         )
+        if metrics is not None:
+            metrics.holders(cache.holder_count)
+            cache.on_revoked = metrics.revoked
         self.locks, self.waiting = self.shared.locks, self.shared.waiting
         self.shared.versions.peers.told = self._tell_behind
         self.watched: Watched | None = None
@@ -179,6 +186,8 @@ class Server:
                                   self.terms, self.admitted, self.forget)  # fmt: skip
                 self._per_peer[host] += 1
                 self.sessions.add(session)
+                if self.shared.metrics is not None:
+                    self.shared.metrics.sessions.set(len(self.sessions))
                 self._handshake_started(session)
                 t = threading.Thread(
                     target=session.run, name=f"pohmelfs-conn-{session.peer}", daemon=True
@@ -228,6 +237,8 @@ class Server:
             self._handshaking.pop(session, None)
             if session in self.sessions:
                 self.sessions.discard(session)
+                if self.shared.metrics is not None:
+                    self.shared.metrics.sessions.set(len(self.sessions))
                 host = session.peer.rpartition(":")[0]
                 self._per_peer[host] -= 1
                 if self._per_peer[host] <= 0:

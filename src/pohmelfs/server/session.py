@@ -20,6 +20,7 @@ from ..security.tls import peer_name
 from ..wire import FrameWriter, PeerClosed, SocketReader
 from . import admission, linux
 from .dispatch import Dispatch
+from .metrics import MeteredWriter
 from .replycache import SessionReplies
 from .shared import Shared
 
@@ -49,7 +50,7 @@ class Session:
         self._shared, self._terms = shared, terms
         self._admitted, self._ended = admitted, ended
         self.reader = SocketReader(sock)
-        self.writer = FrameWriter(sock)
+        self.writer = self._writer(sock)
         self.dispatch: Dispatch | None = None
         self.replies: SessionReplies | None = None  # the client session's, once admitted
         self.finished = threading.Event()  # closed, and everything it held let go
@@ -113,8 +114,12 @@ class Session:
             log.warning("%s: TLS handshake failed: %s", self.peer, e.reason or e)
             raise Refused("TLS handshake failed") from None
         self.reader = SocketReader(sock)
-        self.writer = FrameWriter(sock)
+        self.writer = self._writer(sock)
         return peer_name(sock)
+
+    def _writer(self, sock: socket.socket) -> FrameWriter:
+        metrics = self._shared.metrics
+        return FrameWriter(sock) if metrics is None else MeteredWriter(sock, metrics)
 
     def close(self) -> None:
         dispatch = self.dispatch

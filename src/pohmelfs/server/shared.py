@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from .cachelocks import CacheLocks
 from .handles import OpenWriters
@@ -56,3 +57,4 @@ class Shared:
     replies: ReplyCache  # client sessions' recent replies, for resent changes
     versions: Versions  # of the objects changed: which server missed a change
     allow_setuid: bool
+    metrics: Any = None  # ``metrics.Metrics`` when exported (serve --metrics), else None
