@@ -467,3 +467,24 @@ def test_mount_refuses_a_set_of_read_only_servers_before_it_daemonizes(
     r = cli("mount", "127.0.0.1:7400/r,127.0.0.1:7401/prio=3/r", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "at least one must take changes" in r.stderr
+
+
+def test_log_lines_as_json(tmp_path: Path) -> None:
+    import json
+    import signal as sig
+
+    (tmp_path / "export").mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pohmelfs.cli", "--log-format", "json",
+                             "--log-level", "info", "serve", str(tmp_path / "export"), "--insecure",
+                             "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path / "st")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "serving" in proc.stdout.readline()  # type: ignore[union-attr]
+        proc.send_signal(sig.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith("serving ") and r["level"] == "info" for r in records)

@@ -109,8 +109,10 @@ def test_a_server_started_from_the_file_serves(tmp_path: Path) -> None:
     (export / "hello").write_text("from the config\n")
     config = tmp_path / "server.toml"
     state = tmp_path / "state"
-    config.write_text(f'[serve]\nexport = "{export}"\nlisten = "127.0.0.1:0"\n'
-                      f'secret_file = "{SECRET_FILE}"\nstate_dir = "{state}"\n')
+    config.write_text(
+        f'[serve]\nexport = "{export}"\nlisten = "127.0.0.1:0"\n'
+        f'secret_file = "{SECRET_FILE}"\nstate_dir = "{state}"\n'
+    )
     proc = subprocess.Popen([sys.executable, "-m", "pohmelfs.cli", "--config", str(config),
                              "serve"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True)  # fmt: skip
@@ -136,8 +138,9 @@ def test_a_mount_from_the_file(tmp_path: Path) -> None:
     server = ServerProcess(export)
     config = tmp_path / "mount.toml"
     options = f'{{ secret_file = "{SECRET_FILE}", allow_other = true }}'
-    config.write_text(f'[mount]\nservers = ["{server.address}"]\nmountpoint = "{mnt}"\n'
-                      f"options = {options}\n")
+    config.write_text(
+        f'[mount]\nservers = ["{server.address}"]\nmountpoint = "{mnt}"\noptions = {options}\n'
+    )
     proc = subprocess.Popen([sys.executable, "-m", "pohmelfs.cli", "--config", str(config),
                              "mount", "--foreground"], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)  # fmt: skip

@@ -194,3 +194,22 @@ def test_a_mount_reads_from_a_read_only_server_where_it_is_current(
     finally:
         for mp in reversed(mounts):
             mp.stop()
+
+
+def test_stats_shows_the_mount_and_its_servers_as_text_and_json(two: TwoServers) -> None:
+    import json
+
+    m, (a, b) = two.mnt, (s.address for s in two.servers)
+    (m / "f").write_bytes(b"z" * 100_000)
+    assert (m / "f").read_bytes() == b"z" * 100_000
+    r = ctl("stats", str(m), "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    mount = got["mount"]
+    assert mount["kernel_requests"] > 0 and mount["kernel_requests_by_op"]["WRITE"] >= 1
+    assert mount["network_requests"] > 0 and mount["coherent"] is True
+    assert {"in_flight", "held_bytes", "cached_files"} <= set(mount)
+    assert {s["address"]: s["state"] for s in got["servers"]} == {a: "live", b: "live"}
+    text = ctl("stats", str(m))
+    assert text.returncode == 0 and text.stdout.startswith("mount: "), text.stdout
+    assert a in text.stdout and b in text.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import logging
 import os
 import shutil
 import signal
@@ -14,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, logformat
 from .cli_servers import add_server_commands
 from .errors import UserError
 from .protocol import VERSION as PROTOCOL_VERSION
@@ -295,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     version = f"pohmelfs {__version__} (protocol {PROTOCOL_VERSION})"
     parser.add_argument("--version", action="version", version=version)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text (default) or as JSON objects")  # fmt: skip
     parser.add_argument("--config", metavar="FILE",
                         help="options of serve and mount from this TOML file (default: "
                         "$POHMELFS_CONFIG); the command line overrides it")  # fmt: skip
@@ -554,9 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pohmelfs: error: {e}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s: %(message)s"
-    )
+    logformat.configure(args.log_level, args.log_format)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

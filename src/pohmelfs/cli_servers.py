@@ -5,6 +5,7 @@ control socket: ``control.py``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ def add_server_commands(sub: Any, client_cmd: Callable[[str, str], argparse.Argu
                            "resyncing, gone), role, requests, errors, bytes and "
                            "latency.")  # fmt: skip
     stats.add_argument("mountpoint", metavar="MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="print the whole answer as JSON")
     stats.set_defaults(func=_stats)
 
     resync = client_cmd("resync", "make a server that missed changes (TARGET) the same as a "
@@ -48,7 +50,7 @@ def add_server_commands(sub: Any, client_cmd: Callable[[str, str], argparse.Argu
     resync.set_defaults(func=lambda args: _resync(args, make_client))
 
 
-def _control(mountpoint: str, request: dict[str, Any]) -> list[dict[str, Any]]:
+def _control(mountpoint: str, request: dict[str, Any], whole: bool = False) -> Any:
     from .control import ask
     from .fuse.mount import control_path
 
@@ -62,7 +64,7 @@ def _control(mountpoint: str, request: dict[str, Any]) -> list[dict[str, Any]]:
         raise UserError(f"{mountpoint}: {e}") from None
     if not reply.get("ok"):
         raise UserError(f"{mountpoint}: {reply.get('error', 'refused')}")
-    return list(reply.get("servers", []))
+    return reply if whole else list(reply.get("servers", []))
 
 
 def _ctl(args: argparse.Namespace) -> int:
@@ -88,7 +90,18 @@ def _ctl(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    servers = _control(args.mountpoint, {"op": "stats"})
+    reply = _control(args.mountpoint, {"op": "stats"}, whole=True)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return 0
+    mount, servers = reply.get("mount") or {}, reply["servers"]
+    if mount:
+        ops = ", ".join(f"{op.lower()} {n}" for op, n in
+                        list(mount["kernel_requests_by_op"].items())[:6])  # fmt: skip
+        print(f"mount: {mount['kernel_requests']} kernel requests ({ops}), "
+              f"{mount['network_requests']} network requests, {mount['in_flight']} in "
+              f"flight, {mount['held_bytes']} bytes of writes held, {mount['cached_files']} "
+              f"files under cache locks")  # fmt: skip
     print(f"{'server':24} {'state':10} {'role':12} {'requests':>9} {'errors':>7} "
           f"{'MiB out':>8} {'MiB in':>8} {'mean ms':>8} {'max ms':>8}")  # fmt: skip
     for s in servers:

@@ -21,6 +21,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("pohmelfs.control")
@@ -44,8 +45,10 @@ class Controlled(Protocol):
 class ControlServer:
     """Serves ``path`` for ``client`` on a thread of its own until ``close``."""
 
-    def __init__(self, path: str, client: Controlled) -> None:
-        self.path, self._client = path, client
+    def __init__(self, path: str, client: Controlled,
+                 view: Callable[[], dict[str, Any]] | None = None) -> None:  # fmt: skip
+        """``view``: the mount's own figures, for ``stats``."""
+        self.path, self._client, self._view = path, client, view
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # (a dead daemon's)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -126,6 +129,8 @@ class ControlServer:
                     if prio is None and perm is None:
                         raise ValueError("modify needs prio or perm")
                     c.modify_server(server, prio, perm)
+            if op == "stats" and self._view is not None:
+                return {"ok": True, "servers": c.server_stats(), "mount": self._view()}
             return {"ok": True, "servers": c.server_stats()}
         except (ValueError, OSError) as e:
             return {"ok": False, "error": str(e)}

@@ -343,6 +343,10 @@ class Client:
             self.remove_server(again.address)
             self.membership.add(again, keep=True)
 
+    def in_flight(self) -> int:
+        conn = self._conn
+        return conn.in_flight() if conn is not None and not conn.closed else 0
+
     def server_stats(self) -> list[dict[str, Any]]:
         """Each server of the set, highest priority first: its address, priority,
         state (live, gone...), role (``lock server``, ``replica`` or ``-``), and what

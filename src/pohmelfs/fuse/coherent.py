@@ -72,6 +72,11 @@ class CacheState:
         # only from the server (RESIZE), so writes are not kept back from it.
         self._watched: set[int] = set()
 
+    def held(self) -> int:
+        """How many files the mount holds a cache lock of (the kernel may cache them)."""
+        with self._cond:
+            return sum(1 for mode in self._state.values() if mode)
+
     def ensure(self, node: Node, f: RemoteFile, exclusive: bool, page_io: bool = False) -> None:
         """Hold at least a shared (or an exclusive) lock on the node's file. Waits for a
         revocation of it under way to end first. ``page_io``: for the kernel's own page

@@ -11,6 +11,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import protocol as p
 from ..client.client import Client
@@ -166,7 +167,8 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
         device.set_readahead(cfg.mountpoint, cfg.readahead_kib)
         with open(pidf, "w") as f:
             f.write(f"{os.getpid()}\n")
-        control = ControlServer(control_path(cfg.mountpoint), client)
+        control = ControlServer(control_path(cfg.mountpoint), client,
+                                lambda: mount_view(client, ops, session))  # fmt: skip
         if ready is not None:
             ready(f"pohmelfs: mounted {source} on {cfg.mountpoint}")
         while not session.stopped.is_set():
@@ -193,6 +195,21 @@ def run(cfg: MountConfig, ready: Callable[[str], None] | None = None) -> int:
         except OSError:
             pass
     return 0
+
+
+def mount_view(client: Client, ops: Operations, session: FuseSession) -> dict[str, Any]:
+    """What ``pohmelfs stats`` shows of the mount itself (the kernel's page cache hits
+    are the kernel's: only what reaches the daemon is counted)."""
+    kernel = session.requests()
+    return {
+        "kernel_requests": sum(kernel.values()),
+        "kernel_requests_by_op": dict(sorted(kernel.items(), key=lambda kv: -kv[1])),
+        "network_requests": sum(s["requests"] for s in client.server_stats()),
+        "in_flight": client.in_flight(),
+        "held_bytes": client.held.bytes,
+        "cached_files": ops.cache.held() if ops.cache is not None else 0,
+        "coherent": ops.cache is not None,
+    }
 
 
 def unmount_quietly(mountpoint: str) -> None:

@@ -40,6 +40,7 @@ class FuseSession:
         self.stopped = threading.Event()
         self._fds: list[int] = []
         self._workers: list[threading.Thread] = []
+        self._counts: list[dict[int, int]] = []  # each reader thread's requests, by opcode
 
     def init(self) -> None:
         """Read and answer INIT; after this the mount is usable."""
@@ -117,6 +118,8 @@ class FuseSession:
         view = memoryview(buf)
         write = writer(fd)
         setxattr_ext = bool(self.flags & k.SETXATTR_EXT)
+        counts: dict[int, int] = {}  # (this thread's alone: no lock)
+        self._counts.append(counts)
         try:
             while not self.stopped.is_set():
                 n = self._read(fd, buf)
@@ -130,11 +133,29 @@ class FuseSession:
                 if req.opcode == k.Op.DESTROY:
                     write(k.reply_parts(req.unique, 0))
                     break
+                counts[req.opcode] = counts.get(req.opcode, 0) + 1
                 self.ops.dispatch(req, Replier(req.unique, write, fd))
         except Exception:
             log.exception("FUSE reader thread failed")
         finally:
             self.stopped.set()
+
+    def requests(self) -> dict[str, int]:
+        """The kernel's requests served so far, by operation."""
+        total: dict[str, int] = {}
+        for counts in list(self._counts):
+            for _ in range(3):  # (its thread may add an operation while it is copied)
+                try:
+                    items = list(counts.items())
+                    break
+                except RuntimeError:
+                    continue
+            else:
+                items = []
+            for opcode, n in items:
+                name = k.Op(opcode).name if opcode in k.Op._value2member_map_ else str(opcode)
+                total[name] = total.get(name, 0) + n
+        return total
 
     def close(self) -> None:
         self.stopped.set()
