@@ -264,15 +264,26 @@ def _cat(args: argparse.Namespace) -> int:
 
 
 def _put(args: argparse.Namespace) -> int:
-    with _client(args) as c, open(args.local, "rb") as src, c.open(args.remote, "wb") as dst:
-        shutil.copyfileobj(src, dst, 4 << 20)
+    from .cli_copy import Side, copy
+
+    with _client(args) as c:
+        copy(Side(), Side(c), args.local, args.remote, False, 1)
     return 0
 
 
 def _get(args: argparse.Namespace) -> int:
-    with _client(args) as c, c.open(args.remote, "rb") as src, open(args.local, "wb") as dst:
-        shutil.copyfileobj(src, dst, 4 << 20)
+    from .cli_copy import Side, copy
+
+    with _client(args) as c:
+        copy(Side(c), Side(), args.remote, args.local, False, 1)
     return 0
+
+
+def _cp(args: argparse.Namespace) -> int:
+    from .cli_copy import run_cp
+
+    with _client(args) as c:
+        return run_cp(args, c)
 
 
 def _df(args: argparse.Namespace) -> int:
@@ -491,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("remote")
     get.add_argument("local")
     get.set_defaults(func=_get)
+    cp = client_cmd("cp", "copy files or trees to or from the export (remote paths start "
+                    "with ':'), with a progress bar on a terminal")  # fmt: skip
+    cp.add_argument("source", metavar="SOURCE", help="a local path, or :REMOTE")
+    cp.add_argument("dest", metavar="DEST", help="a local path, or :REMOTE")
+    cp.add_argument("-r", "--recursive", action="store_true", help="copy directory trees")
+    cp.add_argument("-j", "--jobs", type=int, default=4, help="files copied at once (default 4)")
+    cp.set_defaults(func=_cp)
     df = client_cmd("df", "show the export's size, use and free space")
     df.set_defaults(func=_df)
     keygen = sub.add_parser("keygen", help="make a key", description="Make a new key.")
