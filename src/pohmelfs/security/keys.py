@@ -19,8 +19,12 @@ def new_secret() -> bytes:
 
 
 def write_secret(path: str) -> None:
-    """Create ``path`` (mode 0600, never over an existing file) holding a new secret."""
+    """Create ``path`` (mode 0600, never over an existing file) holding a new secret;
+    missing parent directories are made, mode 0700 (a key's directory is its owner's)."""
     try:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         raise SecurityConfigError(f"{path}: exists (not overwritten)") from None
