@@ -1279,6 +1279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a fast smoke run")
     ap.add_argument("--only", choices=["pohmelfs", "sshfs"], help="run one network filesystem")
     ap.add_argument("--json", metavar="FILE", help="also save the results as JSON here")
+    ap.add_argument("--chart", metavar="FILE", default="bench-mount.svg",
+                    help="the comparison as a chart (.svg, .png; default bench-mount.svg)")  # fmt: skip
     ap.add_argument("--seq-mib", type=int, help="sequential file size (default 1024; quick 256)")
     ap.add_argument("--rand-mib", type=int, help="random I/O file size (default 256; quick 64)")
     ap.add_argument("--rand-seconds", type=int, help="random I/O run time (default 10; quick 4)")
@@ -1441,6 +1443,15 @@ def main(argv: list[str] | None = None) -> int:
             wait_idle(0.25, a.wait_idle)
         bench.run_all(targets, local)
         rows = report(bench, info)
+        if a.chart:
+            from chart import write_chart
+
+            try:
+                write_chart(rows, a.chart, f"pohmelfs mount benchmark, {info['date']}, "
+                            f"{info['nproc']} CPUs")  # fmt: skip
+                log(f"chart saved to {a.chart}")
+            except (ValueError, ImportError) as e:
+                log(f"no chart: {e}")
         daemon_logs = unexpected_log_lines(targets)
         if bench.errors:
             status = 1
