@@ -1280,7 +1280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", choices=["pohmelfs", "sshfs"], help="run one network filesystem")
     ap.add_argument("--json", metavar="FILE", help="also save the results as JSON here")
     ap.add_argument("--chart", metavar="FILE", default="bench-mount.svg",
-                    help="the comparison as a chart (.svg, .png; default bench-mount.svg)")  # fmt: skip
+                    help="the comparison as a chart (.svg, .png)")  # fmt: skip
     ap.add_argument("--seq-mib", type=int, help="sequential file size (default 1024; quick 256)")
     ap.add_argument("--rand-mib", type=int, help="random I/O file size (default 256; quick 64)")
     ap.add_argument("--rand-seconds", type=int, help="random I/O run time (default 10; quick 4)")
