@@ -6,9 +6,9 @@ A few primitives on the library (``Client``), the rest inherited from fsspec, as
 sftp and memory implementations do: ``info`` is one lookup (never a listing of the
 parent), ``ls`` one streamed listing with attributes, ``cat_file``/``cat_ranges`` read
 straight into their result (``RemoteFile.preadinto``), ``rm`` of a tree and
-``makedirs`` are one request each, ``mv`` of one path a rename, ``checksum`` the
-object's version. Paths are relative to the export (``""`` is its root). Errors are
-the library's: builtin ``OSError``s with an errno.
+``makedirs`` are one request each, ``mv`` of one path a rename, ``cp_file`` a copy on
+the server (COPY), ``checksum`` the object's version. Paths are relative to the export
+(``""`` is its root). Errors are the library's: builtin ``OSError``s with an errno.
 
 Without a key option the secret named by ``$POHMELFS_SECRET_FILE``, else the embedded
 default's ``/etc/pohmelfs/secret`` if this user can read it, proves the client.
@@ -265,12 +265,8 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if self.isdir(src):
             self.makedirs(dst, exist_ok=True)
             return
-        with self.client.open(src, "rb", buffering=0) as f, self._writing(dst, "wb", 0) as g:
-            buf = bytearray(4 << 20)
-            offset = 0
-            while n := f.preadinto(buf, offset):
-                view = memoryview(buf)[:n]
-                while view:
-                    view = view[g.write(view) :]
-                offset += n
-        self.invalidate_cache(self._parent(dst))
+        parent = self._parent(dst)
+        if self.auto_mkdir and parent and not self.exists(parent):
+            self.client.makedirs(parent, exist_ok=True)
+        self.client.copy_file(src, dst)  # (on the server: the data stays there)
+        self.invalidate_cache(parent)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import stat as stat_mod
@@ -22,7 +21,16 @@ from .file import RemoteFile
 from .grants import Grants, Revocable
 from .held import HeldFiles
 from .membership import Membership
-from .oslike import ScanEntry, mode_flags, process_umask, stat_result, statvfs_result, utime_args
+from .oslike import (
+    ScanEntry,
+    check_open_args,
+    io_wrapped,
+    mode_flags,
+    process_umask,
+    stat_result,
+    statvfs_result,  # fmt: skip
+    utime_args,
+)
 from .pathlocks import PathLocks
 from .paths import PathArg, encode_path
 from .registry import FileRegistry
@@ -560,6 +568,16 @@ class Client:
 
     # --- files ------------------------------------------------------------------
 
+    def copy_file(self, src: PathArg, dst: PathArg) -> int:
+        """Copy the file ``src`` to ``dst`` (made, or truncated) on the server: the data
+        does not cross the network. Its bytes copied."""
+        with self.open(src, "rb", buffering=0) as f, self.open(dst, "wb", buffering=0) as g:
+            f.cache_lock()  # (other writers write back first, and wait for us)
+            done, size = 0, f.stat().st_size
+            while done < size and (got := g.copy_from(f, done, done, min(16 << 20, size - done))):
+                done += got
+            return done
+
     def open(
         self,
         path: PathArg,
@@ -575,24 +593,6 @@ class Client:
         whose ``readinto`` places data straight into the caller's buffer.
         """
         flags = mode_flags(mode)
-        binary = "b" in mode
-        if binary and (encoding or errors or newline):
-            raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
-        if buffering == 0 and not binary:
-            raise ValueError("can't have unbuffered text I/O")
+        check_open_args(mode, buffering, encoding, errors, newline)
         raw = RemoteFile(self.services, os.fspath(path), flags, 0o666 & ~self.umask, mode)
-        if buffering == 0:
-            return raw
-        size = buffering if buffering > 1 else 256 << 10
-        buffered: io.BufferedIOBase
-        if "+" in mode:
-            buffered = io.BufferedRandom(raw, size)
-        elif raw.readable():
-            buffered = io.BufferedReader(raw, size)
-        else:
-            buffered = io.BufferedWriter(raw, size)
-        if binary:
-            return buffered
-        return io.TextIOWrapper(
-            buffered, encoding or "utf-8", errors, newline, line_buffering=buffering == 1
-        )
+        return io_wrapped(raw, mode, buffering, encoding, errors, newline)

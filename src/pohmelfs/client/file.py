@@ -152,6 +152,30 @@ class RemoteFile(io.RawIOBase):
                                                          resent=resent, **fields),
                               idempotent)  # fmt: skip
 
+    def copy_from(self, source: RemoteFile, src_offset: int, offset: int, length: int) -> int:
+        """Copy up to ``length`` bytes of ``source`` (open for reading through the same
+        client) from ``src_offset`` to ``offset`` of this file, on the server (COPY:
+        the data does not cross the network); how many were copied (fewer at the
+        source's end). ``source`` must be held from other writers (a cache lock:
+        ``Client.copy_file`` takes one), else EAGAIN."""
+        self._services.held.push_all()  # (held writes, of either file, are older)
+        xid = self._services.resender.next_xid()
+
+        def where() -> tuple[Connection, tuple[int, int]]:
+            conn, oid = self.handle()
+            src_conn, src_oid = source.handle()
+            if src_conn is not conn:
+                raise ConnectionError(errno.ECONNRESET, "the two files are on two connections")
+            return conn, (oid, src_oid)
+
+        def send(conn: Connection, oids: tuple[int, int], resent: bool) -> int:
+            reply = conn.call(Command.COPY, self.name, oid=oids[0], xid=xid, resent=resent,
+                              offset=offset, length=length, src=oids[1],
+                              src_offset=src_offset)  # fmt: skip
+            return int(reply.length)
+
+        return resending(where, send, True)
+
     # --- positional I/O ---------------------------------------------------------
 
     def preadinto(self, buffer: Any, offset: int) -> int:

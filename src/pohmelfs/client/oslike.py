@@ -3,10 +3,12 @@ entries, times."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat as stat_mod
 from collections.abc import Callable
+from typing import Any
 
 from .. import protocol as p
 from ..protocol import Attr
@@ -120,3 +122,32 @@ def stat_result(a: Attr, fsid: int) -> os.stat_result:
             a.rdev,
         )
     )
+
+
+def check_open_args(mode: str, buffering: int, encoding: str | None, errors: str | None,
+                    newline: str | None) -> None:  # fmt: skip
+    """ValueError for arguments the built-in ``open`` refuses together."""
+    binary = "b" in mode
+    if binary and (encoding or errors or newline):
+        raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
+    if buffering == 0 and not binary:
+        raise ValueError("can't have unbuffered text I/O")
+
+
+def io_wrapped(raw: Any, mode: str, buffering: int, encoding: str | None, errors: str | None,
+               newline: str | None) -> Any:  # fmt: skip
+    """``raw`` as the built-in ``open`` would give it: buffered, and as text unless binary."""
+    if buffering == 0:
+        return raw
+    size = buffering if buffering > 1 else 256 << 10
+    buffered: io.BufferedIOBase
+    if "+" in mode:
+        buffered = io.BufferedRandom(raw, size)
+    elif raw.readable():
+        buffered = io.BufferedReader(raw, size)
+    else:
+        buffered = io.BufferedWriter(raw, size)
+    if "b" in mode:
+        return buffered
+    return io.TextIOWrapper(buffered, encoding or "utf-8", errors, newline,
+                            line_buffering=buffering == 1)  # fmt: skip

@@ -41,7 +41,8 @@ T = TypeVar("T")
 # (SETVERSION is a resync's, of one server.)
 REPLICATED = (p.CHANGES - {Command.SETVERSION}) | {Command.OPEN, Command.CLOSE, Command.FSYNC}
 # What changes a file's data: a read-only server, which misses it, reads that file no more.
-DATA_CHANGES = frozenset({Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE})
+DATA_CHANGES = frozenset({Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE,
+                          Command.COPY})  # fmt: skip
 
 
 class ReplicatedTransaction(Transaction):
@@ -136,8 +137,7 @@ class ReplicatedConnection:
             return list(self._replicas)
 
     @property
-    def readers(self) -> list[str]:
-        """The read-only servers of the group."""
+    def readers(self) -> list[str]:  # (the read-only servers)
         return list(self._reads.readers())
 
     @property
@@ -174,8 +174,7 @@ class ReplicatedConnection:
             missing = self._missing | {conn.address}
         self.set_missing(missing, now=True)  # (at once: connector.py)
 
-    def reprioritize(self, address: str, prio: int) -> None:
-        """A server's new priority, for the files opened from now on."""
+    def reprioritize(self, address: str, prio: int) -> None:  # (for files opened from now on)
         self._reads.set_prio(address, prio)
 
     def connections(self) -> dict[str, Connection]:
@@ -266,8 +265,7 @@ class ReplicatedConnection:
             self._reads.lock_server_revoked(oid)  # (given back: the same for reads)
         readers = self._reads.read_only
         if readers and (cmd in DATA_CHANGES or (cmd is Command.OPEN and kw["flags"] & os.O_TRUNC)):
-            self._reads.changing(oid if cmd in (Command.WRITE, Command.FTRUNCATE,
-                                                Command.FALLOCATE) else 0)  # fmt: skip
+            self._reads.changing(0 if cmd is Command.TRUNCATE or cmd is Command.OPEN else oid)
         counted = self._quorum is not None and changes(cmd, kw)
         if counted:
             self._need_majority(cmd, self._current())  # (and again where it is sent)
@@ -337,7 +335,7 @@ class ReplicatedConnection:
                 try:
                     tx.parts.append((address, conn, conn.start(
                         cmd, xid=xid, oid=handles.get(address, 0), fids=fids,
-                        **self._fields_for_replica(cmd, kw, address == reader))))  # fmt: skip
+                        **self._fields_for(cmd, kw, address, address == reader))))  # fmt: skip
                 except OSError as e:
                     self.leave(address, str(e))
             return tx
@@ -348,16 +346,18 @@ class ReplicatedConnection:
             try:
                 conn.start(cmd, callback=lambda t, a=address: self._part(change, t, a), xid=xid,
                            oid=handles.get(address, 0), fids=fids,
-                           **self._fields_for_replica(cmd, kw, address == reader))  # fmt: skip
+                           **self._fields_for(cmd, kw, address, address == reader))  # fmt: skip
             except OSError as e:
                 self.leave(address, str(e))
                 self._part(change, None, address)
         self._part(change, None, None)
         return tx
 
-    @staticmethod
-    def _fields_for_replica(cmd: Command, fields: dict[str, Any],
-                            reader: bool) -> dict[str, Any]:  # fmt: skip
+    def _fields_for(self, cmd: Command, fields: dict[str, Any], address: str,
+                    reader: bool) -> dict[str, Any]:  # fmt: skip
+        if cmd is Command.COPY:  # (its source is a handle too: the replica's own)
+            with self._lock:
+                return dict(fields, src=self._handles.get(fields["src"], {}).get(address, 0))
         if cmd is not Command.OPEN:
             return fields
         # A replica's cache lock is only the read server's, and only shared.

@@ -110,6 +110,7 @@ class Command(enum.IntEnum):
     MISSING = 42
     CLEAR = 43
     MARKED = 44
+    COPY = 45
 
 
 # The commands that change the export (besides OPEN with O_CREAT or O_TRUNC): what a
@@ -118,7 +119,7 @@ CHANGES = frozenset({
     Command.WRITE, Command.FTRUNCATE, Command.FALLOCATE, Command.TRUNCATE, Command.MKDIR,
     Command.MAKEDIRS, Command.RMDIR, Command.RMTREE, Command.UNLINK, Command.RENAME,
     Command.LINK, Command.SYMLINK, Command.MKNOD, Command.CHMOD, Command.CHOWN,
-    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR, Command.SETVERSION,
+    Command.UTIMES, Command.SETXATTR, Command.REMOVEXATTR, Command.SETVERSION, Command.COPY,
 })  # fmt: skip
 
 # HELLO's and AUTH's ``auth``: how the client proves its key.
@@ -182,6 +183,8 @@ REQUESTS: dict[Command, Schema] = {
     _C.CLOSE: (),
     _C.READ: (),
     _C.WRITE: (DATA,),
+    # oid: the handle copied to, at offset, length bytes; src: the handle copied from
+    _C.COPY: (("src", "u64"), ("src_offset", "u64")),
     _C.FSTAT: (),
     _C.FTRUNCATE: (),
     _C.FSYNC: (("datasync", "u32"),),

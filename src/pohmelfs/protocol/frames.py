@@ -20,11 +20,12 @@ from .commands import (
 from .fields import DEFAULT_MAX_PAYLOAD, FIELD_TYPES, U32_MAX, U64_MAX, ProtocolError
 
 MAGIC = 0x504F  # "PO"
-VERSION = 9  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
+VERSION = 10  # 2: OPEN grants a cache lock inline; 3: replies carry the changed directory;
 # 4: LEASE; 5: PENDING, paths longer than 4,096 bytes, file ids in OPEN; 6: AUTH, tags;
 # 7: client sessions (HELLO's session, the welcome's resumed, RESENT);
 # 8: versions of objects (VERSION, SETVERSION, UNVERSIONED), servers behind (PEERS,
-# MISSING, CLEAR); 9: OPEN's reply carries the file's version (read-only servers)
+# MISSING, CLEAR); 9: OPEN's reply carries the file's version (read-only servers);
+# 10: COPY (server-side copies)
 TAG_SIZE = 16  # the trailer of every frame of a connection authenticated by a secret
 HEADER = struct.Struct("!HHHHIIQQQQ")
 HEADER_SIZE = HEADER.size  # 48

@@ -29,6 +29,27 @@ READ_BUFFER = 1 << 20  # a reading thread's buffer, at least
 NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when nothing was made
 
 
+# Bytes one COPY may copy: it runs on the session's reader, as a WRITE does, and holds
+# the range locks of both files while it runs.
+MAX_COPY = 16 << 20
+COPY_CHUNK = 1 << 20
+
+
+def copy_range(src: OpenFile, dst: OpenFile, src_offset: int, offset: int, length: int) -> int:
+    """Copy up to ``length`` bytes (fewer at the source's end); how many were copied.
+    Through a buffer and the storage's own read and write (a write all or nothing,
+    as ever), so any storage can do it."""
+    buf = memoryview(bytearray(min(length, COPY_CHUNK)))
+    done = 0
+    while done < length:
+        got = src.read_into(buf[: min(len(buf), length - done)], src_offset + done)
+        if got <= 0:
+            break
+        dst.write(buf[:got], offset + done)
+        done += got
+    return done
+
+
 class FileRequests:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -286,6 +307,38 @@ class FileRequests:
         with self.handles.using(m.oid) as h:
             start, end = (0, END) if h.append else (m.offset, m.offset + len(m["data"]))
             return self.policy.plain(m, h, h.key, True, start, end, lambda: write(h))
+
+    def copy(self, m: Message) -> Message | None:
+        """COPY: ``length`` bytes of the file open as ``src`` from ``src_offset`` into
+        the one open as ``oid`` at ``offset``, here (the data never crosses the
+        network). A change of the target, as a WRITE is; the source is read as a plain
+        read is, but its client must hold it from other writers (a cache lock: its
+        ``Client.copy_file`` takes one), since a copy cannot wait for them to write
+        back on the reader: EAGAIN while another client may keep its data back."""
+        self.policy.check_not_fenced(m)
+        if m.length > MAX_COPY:
+            raise OSError(errno.EINVAL, f"a COPY of {m.length} bytes exceeds {MAX_COPY}")
+        with self.handles.using(m["src"]) as s, self.handles.using(m.oid) as h:
+            if s.key == h.key:
+                raise OSError(errno.EINVAL, "a COPY within one file")
+            so, off, n = m["src_offset"], m.offset, m.length
+            if self.ctx.shared.cache.conflicting(s.key, self.sid, so, so + n):
+                raise OSError(errno.EAGAIN, "another client may keep the source's data back")
+
+            def copy() -> Message:
+                watched = self.sizes.elsewhere(h.key, self.sid)
+                before = h.file.stat().st_size if watched else 0
+                # (in one order of the files, whichever is which: two COPYs each way
+                # between the same two files must not each wait for the other)
+                (k1, o1, w1), (k2, o2, w2) = sorted([(s.key, so, False), (h.key, off, True)])
+                with self.ranges.hold(k1, o1, o1 + n, w1), self.ranges.hold(k2, o2, o2 + n, w2):
+                    self.policy.check_not_fenced(m)
+                    done = copy_range(s.file, h.file, so, off, n)
+                if watched:
+                    self.policy.resized(h.key, h.file.stat(), before, EMPTY)
+                return p.reply(m, length=done, offset=off + done)
+
+            return self.policy.plain(m, h, h.key, True, off, off + n, copy)
 
     def read(self, m: Message) -> Message | None:
         if m.length > self.ctx.max_payload:

@@ -41,6 +41,7 @@ class Requests:
             Command.CLOSE: files.close,
             Command.READ: files.read,
             Command.WRITE: files.write,
+            Command.COPY: files.copy,
             Command.FSTAT: files.fstat,
             Command.FTRUNCATE: files.ftruncate,
             Command.FSYNC: files.fsync,
