@@ -386,7 +386,12 @@ def test_a_change_on_a_servers_disk_keeps_its_copy_from_being_read(
     a, b = (address_of(s) for s in pair)
     with make_client([a, b], retry_every=0) as c:
         data = write_files(c, 1)
-        with c.open("f0", "rb", buffering=0) as f:
+        opened = [c.open("f0", "rb", buffering=0) for _ in range(4)]
+        f = next(g for g in opened if routed(c, g) == b)  # (read from the replica)
+        for g in opened:
+            if g is not f:
+                g.close()
+        with f:
             f.pread(10, 0)  # (held on both: the replica's watcher tells of the change)
             # (by another process: a server's watcher leaves its own process's changes out)
             subprocess.run(["dd", "of=" + str(tmp_path / "export1/f0"), "conv=notrunc",
