@@ -126,3 +126,71 @@ def test_a_copy_goes_to_every_server(pair: list[Server], tmp_path: Path) -> None
         settle_times(c, b"")
     assert same_view(tmp_path / "export0") == same_view(tmp_path / "export1")
     assert (tmp_path / "export1/dst").read_bytes() == (tmp_path / "export0/src").read_bytes()
+
+
+# --- found by review -----------------------------------------------------------------
+
+
+def test_a_copy_onto_itself_or_a_hard_link_of_it_is_refused(client: Client,
+                                                            export_dir: Path) -> None:  # fmt: skip
+    (export_dir / "a").write_bytes(b"precious" * 100)
+    os.link(export_dir / "a", export_dir / "b")
+    for dst in ("a", "b"):
+        with pytest.raises(OSError, match="same file") as e:
+            client.copy_file("a", dst)
+        assert e.value.errno == errno.EINVAL
+    assert (export_dir / "a").read_bytes() == b"precious" * 100
+
+
+@pytest.mark.parametrize("so, off", [(1 << 63, 0), (0, 1 << 63), (0, (1 << 63) - 5),
+                                     ((1 << 64) - 1, 0)])  # fmt: skip
+def test_offsets_past_the_largest_are_refused(client: Client, export_dir: Path, so: int,
+                                              off: int) -> None:  # fmt: skip
+    (export_dir / "a").write_bytes(b"a" * 100)
+    with client.open("a", "rb", buffering=0) as a, client.open("b", "wb", buffering=0) as b:
+        a.cache_lock()
+        with pytest.raises(OSError) as e:
+            b.copy_from(a, so, off, 10)
+        assert e.value.errno == errno.EINVAL
+    assert client.stat("a").st_size == 100
+
+
+def test_a_copy_into_a_file_open_for_appending_is_refused(client: Client,
+                                                         export_dir: Path) -> None:  # fmt: skip
+    (export_dir / "a").write_bytes(b"A" * 10)
+    (export_dir / "b").write_bytes(b"B" * 10)
+    with client.open("a", "rb", buffering=0) as a, client.open("b", "ab", buffering=0) as b:
+        a.cache_lock()
+        with pytest.raises(OSError) as e:
+            b.copy_from(a, 0, 0, 10)
+        assert e.value.errno == errno.EINVAL
+    assert (export_dir / "b").read_bytes() == b"B" * 10
+
+
+def test_a_copy_that_waits_keeps_its_source_open(server: Server, client: Client,
+                                                 export_dir: Path) -> None:  # fmt: skip
+    """The target's holder is slow to give way; meanwhile the copier closes its source
+    and another file is opened (it could take the source's descriptor): the copy still
+    reads the source."""
+    (export_dir / "src").write_bytes(b"s" * 16)
+    (export_dir / "secret").write_bytes(b"TOP SECRET DATA!")
+    (export_dir / "dst").write_bytes(b"d" * 16)
+    go, asked = threading.Event(), threading.Event()
+    g = client.open("/dst", "r+b", buffering=0)
+    g.on_revoke = lambda *_: (asked.set(), go.wait(10))
+    g.cache_lock()
+    with make_client([address_of(server)]) as other:
+        s, d = other.open("src", "rb", buffering=0), other.open("dst", "r+b", buffering=0)
+        s.cache_lock()
+        out: list[object] = []
+        t = threading.Thread(target=lambda: out.append(d.copy_from(s, 0, 0, 16)))
+        t.start()
+        assert asked.wait(10)  # (the copy waits for the target's holder)
+        s.close()
+        x = client.open("secret", "rb", buffering=0)
+        go.set()
+        t.join(20)
+        x.close()
+        d.close()
+    g.close()
+    assert out == [16] and (export_dir / "dst").read_bytes() == b"s" * 16

@@ -101,3 +101,10 @@ def test_the_bar_shows_on_a_terminal(server: Server, tmp_path: Path,
     err = capsys.readouterr().err
     assert "copying [##############################] 4/4 files, 3/3 MiB" in err
     assert bar.files == 4 and bar.bytes == (3 << 20) + 3 + len(b"small\n#!/bin/sh\n")
+
+
+def test_a_copy_makes_no_setuid_file(client, export_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (export_dir / "tool").write_bytes(b"#!/bin/sh\n")
+    os.chmod(export_dir / "tool", 0o6755)
+    copy(Side(client), Side(), "tool", str(tmp_path / "tool"), False, 1, shown=False)
+    assert stat.S_IMODE(os.stat(tmp_path / "tool").st_mode) == 0o755

@@ -221,3 +221,13 @@ def test_pandas_and_pyarrow_through_urls(live: tuple[Server, Path]) -> None:
         frame.iloc[part::3].to_parquet(f"{base}/ds/part{part}.parquet", storage_options=opts)
     table = ds.dataset("ds", filesystem=fs, format="parquet").to_table()
     assert table.num_rows == 1000 and sorted(table.column("n").to_pylist()) == list(range(1000))
+
+
+def test_the_root_is_not_removed(pfs: PohmelfsFileSystem, live: tuple[Server, Path]) -> None:
+    _, root = live
+    (root / "stays").write_bytes(b"x")
+    for name in ("", "/", "pohmelfs://h:1/"):
+        with pytest.raises(PermissionError, match="root"):
+            pfs.rm(name, recursive=True)
+    assert (root / "stays").exists()
+    pfs.rm("stays")

@@ -3,7 +3,8 @@ direction, with a progress bar on a terminal (quiet otherwise).
 
 Remote paths start with ``:`` (``pohmelfs cp SERVER -r ./src :/dst``); with ``-r`` a
 tree is copied (directories made first, then the files on ``-j`` threads; symlinks
-are copied as symlinks), and each file keeps its permission bits. The data goes
+are copied as symlinks), and each file keeps its permission bits (not setuid, setgid
+or sticky ones). The data goes
 through one buffer per thread, read straight into it (``RemoteFile.preadinto``,
 ``readinto`` locally).
 """
@@ -175,7 +176,8 @@ def copy(src: Side, dst: Side, source: str, dest: str, recursive: bool, jobs: in
         if stat.S_ISLNK(st.st_mode):
             dst.symlink(src.readlink(a), b)
         else:
-            with src.reader(a) as f, dst.writer(b, stat.S_IMODE(st.st_mode)) as g:
+            # (permission bits only: a copy makes no setuid or setgid file)
+            with src.reader(a) as f, dst.writer(b, st.st_mode & 0o777) as g:
                 copy_stream(src.read_into(f), g.write, bar)
         bar.add(files=1)
 

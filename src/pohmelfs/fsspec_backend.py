@@ -226,6 +226,8 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
             super().rm(path, recursive=recursive, maxdepth=maxdepth)
             return
         for name in self._expanded(path):
+            if not name:
+                raise PermissionError("refusing to remove the export's root")
             if self.isdir(name):
                 self.client.rmtree(name)
             else:

@@ -17,6 +17,7 @@ from ..security.config import ClientSecurity
 from .calls import CallerCalls
 from .connection import Connection
 from .connector import ConnectionTerms, Connector
+from .copies import copy_file
 from .file import RemoteFile
 from .grants import Grants, Revocable
 from .held import HeldFiles
@@ -570,13 +571,8 @@ class Client:
 
     def copy_file(self, src: PathArg, dst: PathArg) -> int:
         """Copy the file ``src`` to ``dst`` (made, or truncated) on the server: the data
-        does not cross the network. Its bytes copied."""
-        with self.open(src, "rb", buffering=0) as f, self.open(dst, "wb", buffering=0) as g:
-            f.cache_lock()  # (other writers write back first, and wait for us)
-            done, size = 0, f.stat().st_size
-            while done < size and (got := g.copy_from(f, done, done, min(16 << 20, size - done))):
-                done += got
-            return done
+        does not cross the network. Its bytes copied (``copies.py``)."""
+        return copy_file(self.open, self.stat, src, dst)
 
     def open(
         self,

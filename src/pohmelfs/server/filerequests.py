@@ -32,6 +32,7 @@ NO_ATTR = p.Attr(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # OPEN's ``dir`` when noth
 # Bytes one COPY may copy: it runs on the session's reader, as a WRITE does, and holds
 # the range locks of both files while it runs.
 MAX_COPY = 16 << 20
+MAX_OFFSET = (1 << 63) - 1  # a file offset, as the kernel's loff_t
 COPY_CHUNK = 1 << 20
 
 
@@ -316,16 +317,29 @@ class FileRequests:
         ``Client.copy_file`` takes one), since a copy cannot wait for them to write
         back on the reader: EAGAIN while another client may keep its data back."""
         self.policy.check_not_fenced(m)
-        if m.length > MAX_COPY:
-            raise OSError(errno.EINVAL, f"a COPY of {m.length} bytes exceeds {MAX_COPY}")
+        so, off, n = m["src_offset"], m.offset, m.length
+        if n > MAX_COPY:
+            raise OSError(errno.EINVAL, f"a COPY of {n} bytes exceeds {MAX_COPY}")
+        if max(so, off) + n > MAX_OFFSET:
+            raise OSError(errno.EINVAL, "a COPY past the largest file offset")
+        if m.flags & p.FLAG_BEHIND:  # (it may wait, holding the source: not in the queue)
+            raise OSError(errno.EINVAL, "a COPY is not sent behind")
         with self.handles.using(m["src"]) as s, self.handles.using(m.oid) as h:
             if s.key == h.key:
                 raise OSError(errno.EINVAL, "a COPY within one file")
-            so, off, n = m["src_offset"], m.offset, m.length
+            if h.append:
+                raise OSError(errno.EINVAL, "a COPY into a file open for appending")
             if self.ctx.shared.cache.conflicting(s.key, self.sid, so, so + n):
                 raise OSError(errno.EAGAIN, "another client may keep the source's data back")
+            source = self.handles.hold(s)  # (a copy that waits keeps its source open)
 
             def copy() -> Message:
+                try:
+                    return copy_held()
+                finally:
+                    self.handles.release(source)
+
+            def copy_held() -> Message:
                 watched = self.sizes.elsewhere(h.key, self.sid)
                 before = h.file.stat().st_size if watched else 0
                 # (in one order of the files, whichever is which: two COPYs each way
@@ -338,7 +352,11 @@ class FileRequests:
                     self.policy.resized(h.key, h.file.stat(), before, EMPTY)
                 return p.reply(m, length=done, offset=off + done)
 
-            return self.policy.plain(m, h, h.key, True, off, off + n, copy)
+            try:
+                return self.policy.plain(m, h, h.key, True, off, off + n, copy)
+            except BaseException:
+                self.handles.release(source)  # (it never ran)
+                raise
 
     def read(self, m: Message) -> Message | None:
         if m.length > self.ctx.max_payload:
