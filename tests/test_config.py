@@ -153,3 +153,10 @@ def test_a_mount_from_the_file(tmp_path: Path) -> None:
         if device.is_mounted(str(mnt)):
             device.unmount(str(mnt), lazy=True)
         server.stop()
+
+
+def test_only_serve_and_mount_read_the_file(tmp_path: Path) -> None:
+    env = {**os.environ, "POHMELFS_CONFIG": str(tmp_path / "none.toml")}
+    assert run("--version", env=env).returncode == 0
+    r = run("ls", "127.0.0.1:1", "--timeout", "1", env=env)
+    assert "none.toml" not in r.stderr, r.stderr

@@ -194,3 +194,30 @@ def test_a_copy_that_waits_keeps_its_source_open(server: Server, client: Client,
         d.close()
     g.close()
     assert out == [16] and (export_dir / "dst").read_bytes() == b"s" * 16
+
+
+def test_a_copy_goes_on_when_another_client_takes_the_source_meanwhile(
+    server: Server, client: Client, export_dir: Path
+) -> None:
+    import time
+
+    (export_dir / "src").write_bytes(b"." * (96 << 20))
+    out: list[object] = []
+
+    def copying() -> None:
+        try:
+            out.append(client.copy_file("src", "dst"))
+        except OSError as e:
+            out.append(e)
+
+    t = threading.Thread(target=copying)
+    with make_client([address_of(server)]) as other:
+        f = other.open("/src", "r+b", buffering=0)
+        t.start()
+        time.sleep(0.05)
+        f.cache_lock(exclusive=True)  # (the copier's shared lock is taken back)
+        f.hold(b"held", 3)
+        t.join(60)
+        f.close()
+    assert out == [96 << 20], out
+    assert (export_dir / "dst").stat().st_size == 96 << 20

@@ -231,3 +231,17 @@ def test_the_root_is_not_removed(pfs: PohmelfsFileSystem, live: tuple[Server, Pa
             pfs.rm(name, recursive=True)
     assert (root / "stays").exists()
     pfs.rm("stays")
+
+
+def test_a_url_path_is_taken_as_it_is(pfs: PohmelfsFileSystem, live: tuple[Server, Path]) -> None:
+    _, root = live
+    (root / "report").write_bytes(b"keep me")
+    url = f"pohmelfs://{address_of(live[0])}"
+    pfs.pipe_file(f"{url}/report#2.csv", b"new")
+    pfs.pipe_file(f"{url}/what?.txt", b"q")
+    assert (root / "report").read_bytes() == b"keep me"
+    assert (root / "report#2.csv").read_bytes() == b"new" and (root / "what?.txt").exists()
+    assert pfs.cat_file("report", 1, 1 << 40) == b"eep me"  # (an end past it: no more)
+    with pytest.raises(FileNotFoundError):
+        pfs.rm("no-match-*", recursive=True)
+    pfs.rm(["report", "report#2.csv", "what?.txt"])

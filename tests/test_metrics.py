@@ -104,3 +104,22 @@ def test_a_bad_metrics_address_is_one_line(tmp_path: Path) -> None:
                        timeout=30)  # fmt: skip
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--metrics" in r.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "e").mkdir()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        r = subprocess.run([sys.executable, "-m", "pohmelfs.cli", "serve", str(tmp_path / "e"),
+                            "--insecure", "--state-dir", str(tmp_path / "s"),
+                            "--metrics", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                           timeout=30)  # fmt: skip
+    finally:
+        taken.close()
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot serve metrics" in r.stderr and "Traceback" not in r.stderr

@@ -86,6 +86,12 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(e.strerror or str(e)) from None
         export = LocalExport(root, read_only=args.read_only, devices=args.allow_devices)
+        if metrics is not None:
+            try:
+                shown = "%s:%d" % metrics.serve(*metrics_at)
+            except OSError as e:
+                versions.close()
+                raise UserError(f"cannot serve metrics on {args.metrics}: {e.strerror}") from None
         try:
             server = Server(export, host, port, max_payload=args.max_payload << 20,
                             workers=args.workers, lease=args.lease, security=security,
@@ -93,14 +99,10 @@ def _serve(args: argparse.Namespace) -> int:
                             versions=versions, metrics=metrics)  # fmt: skip
         except OSError as e:
             versions.close()
+            if metrics is not None:
+                metrics.close()
             why = "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise UserError(f"cannot listen on {host}:{port}: {why}") from None
-        if metrics is not None:
-            try:
-                shown = "%s:%d" % metrics.serve(*metrics_at)
-            except OSError as e:
-                server.stop()
-                raise UserError(f"cannot serve metrics on {args.metrics}: {e.strerror}") from None
     except (UserError, OSError) as e:
         if report is None:
             raise
@@ -539,8 +541,11 @@ def _configure(commands: Any, argv: list[str]) -> None:
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
-    path = pre.parse_known_args(argv)[0].config or os.environ.get("POHMELFS_CONFIG")
-    if not path:
+    pre.add_argument("rest", nargs=argparse.REMAINDER)
+    known = pre.parse_known_args(argv)[0]
+    path = known.config or os.environ.get("POHMELFS_CONFIG")
+    command = next((a for a in known.rest if a in commands.choices), None)
+    if not path or command not in config.COMMANDS:  # (only serve and mount read it)
         return
     for command, table in config.load(path).items():
         defaults = config.defaults_for(command, commands.choices[command], table, path)

@@ -181,11 +181,12 @@ def copy(src: Side, dst: Side, source: str, dest: str, recursive: bool, jobs: in
                 copy_stream(src.read_into(f), g.write, bar)
         bar.add(files=1)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for done in [pool.submit(one, e) for e in entries]:
-                done.result()
+        for done in [pool.submit(one, e) for e in entries]:
+            done.result()
     finally:
+        pool.shutdown(cancel_futures=True)  # (after an error: the rest are not copied)
         bar.close()
     return bar
 

@@ -21,7 +21,6 @@ import os
 import stat as stat_mod
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from fsspec import AbstractFileSystem
 
@@ -70,13 +69,14 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         path = os.fspath(path)
-        if path.startswith("pohmelfs://"):
-            path = urlsplit(path).path
+        if path.startswith("pohmelfs://"):  # (the rest is the path as it is: no ? or #)
+            path = path[len("pohmelfs://") :].partition("/")[2]
         return path.strip("/")
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
-        netloc = urlsplit(path).netloc if path.startswith("pohmelfs://") else ""
+        netloc = path[len("pohmelfs://") :].partition("/")[0] if path.startswith(
+            "pohmelfs://") else ""  # fmt: skip
         return {"servers": netloc} if netloc else {}
 
     def unstrip_protocol(self, name: str) -> str:
@@ -168,10 +168,9 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     @staticmethod
     def _read_range(f: Any, start: int | None, end: int | None) -> bytes:
-        size = f.stat().st_size if start is None or start < 0 or end is None or end < 0 \
-            else 0  # fmt: skip
+        size = f.stat().st_size  # (an end past it reads, and allocates, no more)
         start = 0 if start is None else (max(0, size + start) if start < 0 else start)
-        end = size if end is None else (max(0, size + end) if end < 0 else end)
+        end = size if end is None else min(size, max(0, size + end) if end < 0 else end)
         buf = bytearray(max(0, end - start))
         got = 0
         while got < len(buf):
@@ -240,7 +239,10 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         for name in names:
             name = self._strip_protocol(name)
             if any(c in name for c in "*?["):
-                out.extend(self.glob(name))
+                found = self.glob(name)
+                if not found:
+                    raise FileNotFoundError(name)
+                out.extend(found)
             elif not self.exists(name):
                 raise FileNotFoundError(name)
             else:

@@ -16,6 +16,7 @@ from typing import Any
 from .paths import PathArg
 
 PIECE = 16 << 20  # bytes a COPY asks for (the server's most)
+RETRIES = 10  # times a piece is asked for again when another writer took the source
 
 
 def copy_file(open_file: Callable[..., Any], stat: Callable[[PathArg], os.stat_result],
@@ -30,9 +31,17 @@ def copy_file(open_file: Callable[..., Any], stat: Callable[[PathArg], os.stat_r
                 raise OSError(errno.EINVAL, "source and target are the same file", dst)
         with open_file(dst, "wb", buffering=0) as g:
             f.cache_lock()  # (other writers write back first, and wait for us)
-            done, size = 0, f.stat().st_size
+            done, size, retries = 0, f.stat().st_size, 0
             while done < size:
-                got = g.copy_from(f, done, done, min(PIECE, size - done))
+                try:
+                    got = g.copy_from(f, done, done, min(PIECE, size - done))
+                except BlockingIOError:  # (another writer took the source meanwhile)
+                    retries += 1
+                    if retries > RETRIES:
+                        raise
+                    f.cache_lock()
+                    size = f.stat().st_size
+                    continue
                 if not got:
                     break
                 done += got

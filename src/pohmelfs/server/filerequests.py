@@ -36,19 +36,21 @@ MAX_OFFSET = (1 << 63) - 1  # a file offset, as the kernel's loff_t
 COPY_CHUNK = 1 << 20
 
 
-def copy_range(src: OpenFile, dst: OpenFile, src_offset: int, offset: int, length: int) -> int:
-    """Copy up to ``length`` bytes (fewer at the source's end); how many were copied.
-    Through a buffer and the storage's own read and write (a write all or nothing,
-    as ever), so any storage can do it."""
+def copy_range(src: OpenFile, dst: OpenFile, src_offset: int, offset: int,
+               length: int) -> tuple[int, bytes]:  # fmt: skip
+    """Copy up to ``length`` bytes (fewer at the source's end); how many were copied,
+    and the last one (for RESIZE). Through a buffer and the storage's own read and
+    write (a write all or nothing, as ever), so any storage can do it."""
     buf = memoryview(bytearray(min(length, COPY_CHUNK)))
-    done = 0
+    done, last = 0, EMPTY
     while done < length:
         got = src.read_into(buf[: min(len(buf), length - done)], src_offset + done)
         if got <= 0:
             break
         dst.write(buf[:got], offset + done)
         done += got
-    return done
+        last = bytes(buf[got - 1 : got])
+    return done, last
 
 
 class FileRequests:
@@ -347,9 +349,14 @@ class FileRequests:
                 (k1, o1, w1), (k2, o2, w2) = sorted([(s.key, so, False), (h.key, off, True)])
                 with self.ranges.hold(k1, o1, o1 + n, w1), self.ranges.hold(k2, o2, o2 + n, w2):
                     self.policy.check_not_fenced(m)
-                    done = copy_range(s.file, h.file, so, off, n)
+                    if self.ctx.shared.cache.conflicting(s.key, self.sid, so, so + n):
+                        # (taken by another writer while this waited for the target's)
+                        raise OSError(errno.EAGAIN, "another client took the source meanwhile")
+                    done, last = copy_range(s.file, h.file, so, off, n)
                 if watched:
-                    self.policy.resized(h.key, h.file.stat(), before, EMPTY)
+                    st = h.file.stat()
+                    self.policy.resized(h.key, st, before,
+                                        last if st.st_size == off + done else EMPTY)  # fmt: skip
                 return p.reply(m, length=done, offset=off + done)
 
             try:

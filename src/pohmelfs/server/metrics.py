@@ -118,7 +118,10 @@ class MeteredWriter(FrameWriter):
         started = self._started
         started[xid] = (cmd, self.metrics.received(cmd, payload))
         if len(started) > MAX_TIMED:  # (requests never answered: the oldest go)
-            del started[next(iter(started))]
+            try:
+                started.pop(next(iter(started)), None)
+            except (RuntimeError, StopIteration):  # (a reply took one meanwhile)
+                pass
 
     def _sent(self, header: Buffer) -> None:
         _, _, flags, _, status, plen, xid, *_ = p.HEADER.unpack_from(header)
