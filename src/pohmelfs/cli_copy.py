@@ -12,6 +12,7 @@ through one buffer per thread, read straight into it (``RemoteFile.preadinto``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
@@ -71,7 +72,7 @@ def copy_stream(read_into: Callable[[memoryview, int], int],
     while n := read_into(buf, offset):
         view = buf[:n]
         while view:
-            view = view[write(view) or len(view) :]
+            view = view[write(view) :]
         offset += n
         bar.add(n)
     return offset
@@ -109,7 +110,7 @@ class Side:
         return os.fsdecode(self.client.readlink(path) if self.remote else os.readlink(path))
 
     def symlink(self, target: str, path: str) -> None:
-        with _suppress_missing():
+        with contextlib.suppress(FileNotFoundError):
             (self.client.unlink if self.remote else os.unlink)(path)
         (self.client.symlink if self.remote else os.symlink)(target, path)
 
@@ -129,14 +130,6 @@ class Side:
         if self.remote:
             return f.preadinto  # type: ignore[no-any-return]
         return lambda buf, _offset: f.readinto(buf)
-
-
-class _suppress_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, *_: Any) -> bool:
-        return kind is not None and issubclass(kind, FileNotFoundError)
 
 
 def plan(src: Side, source: str, dest: str, recursive: bool

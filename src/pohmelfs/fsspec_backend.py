@@ -19,13 +19,14 @@ from __future__ import annotations
 import datetime
 import os
 import stat as stat_mod
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem
 
 from .client.client import Client
 
+T = TypeVar("T")
 DEFAULT_SECRET = "/etc/pohmelfs/secret"
 KEY_OPTIONS = ("secret_file", "key", "tls_cert", "tls_key", "tls_ca")
 CLIENT_OPTIONS = (*KEY_OPTIONS, "tls_server_name", "timeout", "connect_timeout", "majority")
@@ -126,14 +127,19 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         return self._writing(path, mode, block_size or -1)
 
     def _writing(self, path: str, mode: str, buffering: int) -> Any:
+        return self._making_parents(path, lambda: self.client.open(path, mode, buffering))
+
+    def _making_parents(self, path: str, make: Callable[[], T]) -> T:
+        """``make()``, which writes ``path``; with ``auto_mkdir``, again after its
+        missing parents are made (only then: no look beforehand)."""
         try:
-            return self.client.open(path, mode, buffering=buffering)
+            return make()
         except FileNotFoundError:
             parent = self._parent(path)
             if not self.auto_mkdir or not parent or self.exists(parent):
                 raise
         self.client.makedirs(parent, exist_ok=True)
-        return self.client.open(path, mode, buffering=buffering)
+        return make()
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None,
                  **kwargs: Any) -> bytes:  # fmt: skip
@@ -269,8 +275,5 @@ class PohmelfsFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if self.isdir(src):
             self.makedirs(dst, exist_ok=True)
             return
-        parent = self._parent(dst)
-        if self.auto_mkdir and parent and not self.exists(parent):
-            self.client.makedirs(parent, exist_ok=True)
-        self.client.copy_file(src, dst)  # (on the server: the data stays there)
-        self.invalidate_cache(parent)
+        self._making_parents(dst, lambda: self.client.copy_file(src, dst))  # (on the server)
+        self.invalidate_cache(self._parent(dst))

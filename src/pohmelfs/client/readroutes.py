@@ -62,7 +62,6 @@ class ReadRoutes:
         self._prio = dict(prio)
         self._unread = set(unread or ())
         self._readers: dict[str, Connection] = {}  # the read-only servers' connections
-        self._read_only: set[str] = set()  # servers of the group that get no changes
         # Our handles -> the file's identity on the lock server (while there are
         # read-only servers: which routes a change of the file takes back), and the
         # read-only server's connection and handle (to close with ours).
@@ -80,12 +79,11 @@ class ReadRoutes:
     def __bool__(self) -> bool:
         return bool(self._routes)
 
-    def add_server(self, address: str, prio: int, read: bool, write: bool) -> None:
-        """A server of the group, with its priority and what it is used for."""
+    def add_server(self, address: str, prio: int, read: bool = True) -> None:
+        """A server of the group, with its priority and whether files are read there."""
         with self._lock:
             self._prio[address] = prio
             (self._unread.discard if read else self._unread.add)(address)
-            (self._read_only.discard if write else self._read_only.add)(address)
 
     def set_prio(self, address: str, prio: int) -> None:
         """A server's new priority, for the files opened from now on."""
@@ -96,7 +94,7 @@ class ReadRoutes:
         """A read-only server joins the group."""
         with self._lock:
             self._readers[conn.address] = conn
-        self.add_server(conn.address, prio, read=True, write=False)
+        self.add_server(conn.address, prio)
 
     def readers(self) -> dict[str, Connection]:
         with self._lock:
@@ -171,13 +169,13 @@ class ReadRoutes:
         a file named by path): the change goes to the lock server alone, so no read
         of that file (of any, when which is not known) goes to a read-only server
         from now on."""
-        if not self._read_only:
+        if not self._readers:
             return
         with self._lock:
             self.changes += 1  # (an OPEN under way when it began reads there no more)
             fid = self._objects.get(oid) if oid else None
             for ours, (conn, its) in list(self._routes.items()):
-                if conn.address in self._read_only and (
+                if conn.address in self._readers and (
                         fid is None or self._objects.get(ours) == fid):  # fmt: skip
                     del self._routes[ours]
                     self._locks.pop((conn.address, its), None)

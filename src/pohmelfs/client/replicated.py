@@ -157,7 +157,7 @@ class ReplicatedConnection:
         with self._sending, self._lock:  # (between two changes: each goes to all or not)
             if conn.address in (*self._reads.readers(), *self._replicas, self.address):
                 raise ValueError(f"{conn.address} is already in the write set")
-            self._reads.add_server(conn.address, prio, read, True)
+            self._reads.add_server(conn.address, prio, read)
             self._replicas[conn.address] = conn
             self._resyncing.add(conn.address)
             self._joined[conn.address] = next(self._joins)

@@ -144,15 +144,8 @@ class FuseSession:
         """The kernel's requests served so far, by operation."""
         total: dict[str, int] = {}
         for counts in list(self._counts):
-            for _ in range(3):  # (its thread may add an operation while it is copied)
-                try:
-                    items = list(counts.items())
-                    break
-                except RuntimeError:
-                    continue
-            else:
-                items = []
-            for opcode, n in items:
+            # (dict.copy runs no Python code: its thread cannot change it meanwhile)
+            for opcode, n in counts.copy().items():
                 name = k.Op(opcode).name if opcode in k.Op._value2member_map_ else str(opcode)
                 total[name] = total.get(name, 0) + n
         return total

@@ -341,12 +341,13 @@ class CacheLocks:
         when its connection is gone, or when the lease runs out; a lapsed session's
         is over at once (it is still sent, for when the client wakes up)."""
         asked = _Asked(key, h, keep, time.monotonic() + self.lease)
-        sent, told = time.monotonic(), [self.on_revoked]
+        sent, told = time.monotonic(), self.on_revoked
 
         def done() -> None:
-            if told[0] is not None:  # (once: a late answer comes after the lease ran out)
-                told.pop()(time.monotonic() - sent)
-                told.append(None)
+            nonlocal told
+            if told is not None:  # (once: a late answer comes after the lease ran out)
+                tell, told = told, None
+                tell(time.monotonic() - sent)
             with self._cond:
                 if asked.expired:  # a late answer: the session is responsive again
                     self._lapsed[h.owner[0]] -= 1
