@@ -136,6 +136,23 @@ def address_of(server: Server) -> str:
     return "%s:%d" % server.address
 
 
+def root_of(srv: Server) -> Path:
+    """An in-process server's export directory."""
+    return Path(srv.export.root)  # type: ignore[attr-defined]
+
+
+def routed(c: Client, f: object) -> str | None:
+    """The server ``f``'s reads go to, if not the lock server (``client/readroutes.py``)."""
+    conn, oid = f.handle()  # type: ignore[attr-defined]
+    route = conn._reads.route(oid)
+    return None if route is None else route[0].address
+
+
+def bytes_from(c: Client) -> dict[str, int]:
+    """Payload bytes ``c`` received from each of its servers."""
+    return {s["address"]: s["bytes_in"] for s in c.server_stats()}
+
+
 @pytest.fixture
 def server(export_dir: Path) -> Iterator[Server]:
     with stopping(start_server(export_dir)) as srv:

@@ -20,6 +20,7 @@ from conftest import (
     address_of,
     in_process_servers,
     make_client,
+    root_of,
     same_view,
     settle_times,
     tree_snapshot,
@@ -30,10 +31,6 @@ from pohmelfs.client.serverset import GONE, LIVE, RESYNCING
 from pohmelfs.server.service import Server
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def root_of(srv: Server) -> Path:
-    return Path(srv.export.root)  # type: ignore[attr-defined]
 
 
 def state_of(c: Client, address: str) -> dict[str, Any]:

@@ -12,24 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import address_of, make_client, server_processes
+from conftest import address_of, bytes_from, make_client, routed, server_processes
 from pohmelfs import Client
 from pohmelfs.server.service import Server
 
 pytestmark = pytest.mark.timeout(120)
 
 SIZE = 1 << 20
-
-
-def bytes_from(c: Client) -> dict[str, int]:
-    return {s["address"]: s["bytes_in"] for s in c.server_stats()}
-
-
-def routed(c: Client, f: object) -> str | None:
-    """The replica ``f``'s reads go to (None: the lock server)."""
-    conn, oid = f.handle()  # type: ignore[attr-defined]
-    route = conn._reads.route(oid)
-    return None if route is None else route[0].address
 
 
 def write_files(c: Client, n: int) -> dict[str, bytes]:

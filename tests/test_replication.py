@@ -24,6 +24,7 @@ from conftest import (
     address_of,
     in_process_servers,
     make_client,
+    root_of,
     stop_process,
     tree_snapshot,
     wait_until,
@@ -43,10 +44,6 @@ pytestmark = pytest.mark.timeout(60)
 def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Server]]:
     with in_process_servers(tmp_path, getattr(request, "param", 2)) as started:
         yield started
-
-
-def root_of(srv: Server) -> Path:
-    return Path(srv.export.root)  # type: ignore[attr-defined]
 
 
 def replica_view(top: Path) -> dict[str, Any]:

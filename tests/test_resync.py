@@ -22,6 +22,7 @@ from conftest import (
     ServerProcess,
     address_of,
     make_client,
+    root_of,
     same_view,
     server_processes,
     settle_times,
@@ -31,10 +32,6 @@ from pohmelfs.client.resync import Progress, Resync
 from pohmelfs.server.service import Server
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def root_of(srv: Server) -> Path:
-    return Path(srv.export.root)  # type: ignore[attr-defined]
 
 
 def resync(source: Server | str, target: Server | str, **kw: Any) -> Progress:

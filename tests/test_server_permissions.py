@@ -15,11 +15,13 @@ import pytest
 
 from conftest import (
     address_of,
+    bytes_from,
     make_client,
+    routed,
     same_view,
     server_processes,
     settle_times,
-    stop_process,  # fmt: skip
+    stop_process,  # fmt: skip,
     wait_until,
 )
 from pohmelfs import Client
@@ -28,17 +30,6 @@ from pohmelfs.server.service import Server
 pytestmark = pytest.mark.timeout(120)
 
 SIZE = 256 << 10
-
-
-def routed(c: Client, f: object) -> str | None:
-    """The server ``f``'s reads go to (None: the lock server)."""
-    conn, oid = f.handle()  # type: ignore[attr-defined]
-    route = conn._reads.route(oid)
-    return None if route is None else route[0].address
-
-
-def bytes_from(c: Client) -> dict[str, int]:
-    return {s["address"]: s["bytes_in"] for s in c.server_stats()}
 
 
 def state(c: Client, address: str) -> tuple[str, str]:
