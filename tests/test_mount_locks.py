@@ -73,17 +73,23 @@ def test_fcntl_locks_conflict_across_mounts(two: TwoMounts) -> None:
     assert out.stdout.strip() == "locked", out.stderr
 
 
+def lock_waiter(path: Path) -> subprocess.Popen[str]:
+    """A process that takes a blocking exclusive lock of ``path`` and prints how long
+    it waited."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        fd = os.open({str(path)!r}, os.O_RDWR)
+        t = time.monotonic()
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        print(round(time.monotonic() - t, 2))
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
 def test_blocking_lock_waits_for_the_other_mount(two: TwoMounts) -> None:
     (two.a / "w").write_bytes(b"x")
     fd = os.open(two.a / "w", os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX)
-    waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import fcntl, os, time
-        fd = os.open({str(two.b / 'w')!r}, os.O_RDWR)
-        t = time.monotonic()
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        print(round(time.monotonic() - t, 2))
-    """)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    waiter = lock_waiter(two.b / "w")
     try:
         time.sleep(1.0)
         assert waiter.poll() is None  # still waiting
@@ -168,13 +174,7 @@ def test_a_blocking_lock_waits_longer_than_the_time_out_while_it_is_held(
     (quick.a / "w").write_bytes(b"x")
     fd = os.open(quick.a / "w", os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX)
-    waiter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import fcntl, os, time
-        fd = os.open({str(quick.b / 'w')!r}, os.O_RDWR)
-        t = time.monotonic()
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        print(round(time.monotonic() - t, 2))
-    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    waiter = lock_waiter(quick.b / "w")
     try:
         time.sleep(5.0)  # (2.5 time-outs)
         assert waiter.poll() is None, waiter.communicate()
